@@ -1,0 +1,58 @@
+# stronglens — the two set-up commands are `make demo` and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stamp-install
+RUN ?= runs/demo
+NBDEV_TEST_ARGS ?= --flags slow --n_workers 2 --timing
+
+.PHONY: install demo test test-fast sync docs bench clean lint
+
+# Idempotent install: re-runs only when settings.ini or setup.py change.
+# torch is installed first and pinned (a looser torch requirement would pull a CUDA build).
+$(STAMP): settings.ini setup.py
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m ipykernel install --prefix $(VENV) --name python3 >/dev/null
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## make demo: install, then run the whole pipeline on the embedded mock DR10 sky into $(RUN)
+demo: install
+	$(BIN)/stronglens demo $(RUN)
+
+## make test: install, check notebooks and library are in sync, run notebook tests and pytest
+test: install sync
+	$(BIN)/nbdev_test $(NBDEV_TEST_ARGS)
+	$(BIN)/python -m pytest -q tests
+
+## quicker local loop: skip cells and tests flagged slow
+test-fast: install
+	$(BIN)/nbdev_export
+	$(BIN)/nbdev_test --n_workers 2
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+# nbdev's own CI check: the tree must not change under nbdev_export / nbdev_clean.
+# Locally it just exports and cleans; with CI=true a change is an error.
+sync: install
+	@before="$$(git status --porcelain -- stronglens nbs 2>/dev/null)"; \
+	$(BIN)/nbdev_export && $(BIN)/nbdev_clean; \
+	after="$$(git status --porcelain -- stronglens nbs 2>/dev/null)"; \
+	if [ -n "$$CI" ] && [ "$$before" != "$$after" ]; then \
+	  echo "nbdev_export/nbdev_clean changed the tree: notebooks and library are out of sync"; \
+	  git status --short -- stronglens nbs; git diff --stat; exit 1; fi
+
+## make docs: the documentation site (nbdev_docs with quarto when present, else from nbdev_proc_nbs)
+docs: install
+	$(BIN)/python tools/build_docs.py
+
+## make bench: every benchmark in bench/, printing ratios measured in the same run
+bench: install
+	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf _docs _proc runs .pytest_cache
