@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""Build README.md and the documentation site from the notebooks in nbs/.
+
+* README.md: nbs/index.ipynb executed and converted to Markdown (nbconvert).
+* Site: `nbdev_docs` (Quarto) when a `quarto` binary is on PATH; otherwise the same processed notebooks
+  (`nbdev_proc_nbs` -> _proc/) are executed with nbclient and rendered to HTML with nbconvert (both on PyPI),
+  with a sidebar in nbdev's page order, into _docs/.
+Usage: python tools/build_docs.py [--readme-only] [--no-exec]
+"""
+import argparse, html, re, shutil, subprocess, sys
+from pathlib import Path
+import nbformat
+from nbclient import NotebookClient
+from nbconvert import HTMLExporter, MarkdownExporter
+
+ROOT = Path(__file__).resolve().parents[1]
+NBS, PROC, DOCS = ROOT / "nbs", ROOT / "_proc", ROOT / "_docs"
+BIN = Path(sys.executable).parent
+
+
+def execute(nb, cwd, timeout=900):
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
+        return None
+    except Exception as e:  # keep going: a page with an error is still rendered, and reported
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
+def build_readme(execute_nb=True):
+    nb = nbformat.read(NBS / "index.ipynb", as_version=4)
+    if execute_nb:
+        err = execute(nb, NBS)
+        if err: print("index.ipynb:", err)
+    body, _ = MarkdownExporter(exclude_input_prompt=True, exclude_output_prompt=True).from_notebook_node(nb)
+    body = re.sub(r"\n{3,}", "\n\n", body).strip() + "\n"
+    body = re.sub(r"^# (.+)\n+> (.+)\n", r"# \1\n\n\2\n", body, count=1)  # nbdev summary line -> plain paragraph
+    (ROOT / "README.md").write_text(body)
+    print("wrote README.md")
+
+
+def page_title(nb, default):
+    for c in nb.cells:
+        if c.cell_type == "markdown":
+            m = re.search(r"^#\s+(.+)$", c.source, re.M)
+            if m: return m.group(1).strip()
+    return default
+
+
+def build_site(execute_nb=True):
+    if (ROOT / "_quarto.yml").exists(): shutil.copy(ROOT / "_quarto.yml", NBS / "_quarto.yml")
+    if shutil.which("quarto"):
+        subprocess.run([str(BIN / "nbdev_docs")], cwd=ROOT, check=True)
+        return
+    print("quarto not found: rendering nbdev_proc_nbs output with nbclient + nbconvert")
+    subprocess.run([str(BIN / "nbdev_proc_nbs")], cwd=ROOT, check=True)
+    pages = sorted(p for p in PROC.rglob("*.ipynb") if not any(part.startswith((".", "_")) for part in p.relative_to(PROC).parts))
+    pages.sort(key=lambda p: (p.name != "index.ipynb", len(p.relative_to(PROC).parts), str(p)))
+    DOCS.mkdir(exist_ok=True)
+    nbs, errors = [], {}
+    for p in pages:
+        nb = nbformat.read(p, as_version=4)
+        rel = p.relative_to(PROC).with_suffix(".html")
+        is_pipeline = rel.parts[0] == "pipeline"
+        if execute_nb and not is_pipeline:  # pipeline stages need a run folder: shown, not executed
+            err = execute(nb, (NBS / p.relative_to(PROC)).parent)
+            if err: errors[str(rel)] = err
+        nbs.append((rel, page_title(nb, p.stem), nb))
+    nav = "\n".join(f'<li><a href="{{root}}{r.as_posix()}">{html.escape(t)}</a></li>' for r, t, _ in nbs)
+    exporter = HTMLExporter(template_name="lab", exclude_input_prompt=True, exclude_output_prompt=True)
+    for rel, title, nb in nbs:
+        body, _ = exporter.from_notebook_node(nb)
+        root = "../" * (len(rel.parts) - 1)
+        side = ('<nav style="position:fixed;top:0;left:0;width:230px;height:100%;overflow:auto;padding:1em;'
+                'background:#f7f7f7;border-right:1px solid #ddd;font:14px sans-serif"><b>stronglens</b><ul style="padding-left:1em">'
+                + nav.replace("{root}", root) + "</ul></nav>")
+        body = body.replace("<body", "<body style=\"margin-left:260px\"", 1).replace("</body>", side + "</body>", 1)
+        body = re.sub(r"<title>.*?</title>", f"<title>stronglens – {html.escape(title)}</title>", body, count=1, flags=re.S)
+        out = DOCS / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(body)
+    print(f"wrote {len(nbs)} pages to {DOCS}")
+    for k, v in errors.items(): print(f"  page executed with an error: {k}: {v}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--readme-only", action="store_true")
+    ap.add_argument("--no-exec", action="store_true")
+    a = ap.parse_args()
+    build_readme(not a.no_exec)
+    if not a.readme_only: build_site(not a.no_exec)
