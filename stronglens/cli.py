@@ -72,7 +72,7 @@ def run_stage(stage_name:str, run_dir, cfg=None, config_path=None, overrides=Non
         raise SystemExit(f"unknown stage {stage_name!r}; expected one of: {', '.join(STAGES)}")
     import papermill as pm
     stage = STAGES[stage_name]
-    run_dir = str(run_dir)
+    run_dir = str(Path(run_dir).resolve()) if is_local(run_dir) else str(run_dir)   # notebooks run with cwd=nbs/pipeline
     cfg_url = url_join(run_dir, "config.yaml")
     if cfg is None:
         src = config_path or (cfg_url if exists(cfg_url) else default_config_path("demo"))
