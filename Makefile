@@ -16,6 +16,8 @@ $(STAMP): settings.ini setup.py
 	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# lenscat's packaged catalog only: its declared deps (ligo.skymap, lalsuite, ...) are not needed to read the CSV
+	$(BIN)/python -m pip install -q --no-deps lenscat==1.1.3
 	$(BIN)/python -m ipykernel install --prefix $(VENV) --name python3 >/dev/null
 	@touch $(STAMP)
 

@@ -1,0 +1,219 @@
+"""Negative pool: spec §2 schema, cuts, exclusion, N1 stratification, N2 categories, seeding, DR8 input."""
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.coordinates import SkyCoord
+import astropy.units as u
+
+from stronglens.config import NegativeSamplingConfig
+from stronglens.negatives import (CatalogConfig, POOL_COLUMNS, SPEC_POOL_COLUMNS, POSITIVE_EXTRA_COLUMNS, check_pool_schema,
+                                  resolve_catalog_paths, build_catalogs, synthetic_sky, synthetic_sweep, write_sweep_fits,
+                                  sample_negatives, flux_to_mag, nobs_bin, ChunkContext, process_chunk)
+
+# spec §2 "Negative Pool Manifest", transcribed literally (str -> pandas str, int -> int64)
+SPEC = ("galaxy_id str, brickname str, objid int, ra float64, dec float64, type str, nobs_z int, nobs_z_bin str, type_bin str, "
+        "flux_g float32, flux_r float32, flux_z float32, flux_w1 float32, mag_g float32, mag_r float32, mag_z float32, "
+        "g_minus_r float32, r_minus_z float32, z_minus_w1 float32, psfsize_g float32, psfsize_r float32, psfsize_z float32, "
+        "psfdepth_g float32, psfdepth_r float32, psfdepth_z float32, galdepth_g float32, galdepth_r float32, galdepth_z float32, "
+        "ebv float32, maskbits int, healpix_64 int64, healpix_128 int64, split str, pool str, sweep_file str, "
+        "pipeline_version str, git_commit str")
+
+
+@pytest.fixture(scope="module")
+def sky(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    synthetic_sky(str(run / "sky"), n_per_file=30000, n_lenses=60, seed=0)
+    return run
+
+
+@pytest.fixture(scope="module")
+def neg_cfg():
+    neg = NegativeSamplingConfig()
+    neg.stratification.negatives_per_positive = 10
+    return neg
+
+
+@pytest.fixture(scope="module")
+def result(sky, neg_cfg):
+    ccfg = CatalogConfig(progress=False, write_candidates=True)
+    return build_catalogs(ccfg, neg_cfg, resolve_catalog_paths(ccfg, str(sky)))
+
+
+def test_spec_schema_columns_and_dtypes(result):
+    spec = [tuple(x.split()) for x in SPEC.split(", ")]
+    assert SPEC_POOL_COLUMNS == [c for c, _ in spec]
+    for df in (result.negatives, result.positives, result.candidates):
+        for c, t in spec:
+            assert c in df.columns, c
+            if t == "str":
+                assert str(df[c].dtype) == "str", (c, df[c].dtype)
+            else:
+                assert str(df[c].dtype) == {"int": "int64"}.get(t, t), (c, df[c].dtype)
+        assert list(df.columns[: len(POOL_COLUMNS)]) == list(POOL_COLUMNS)
+        assert df[[c for c, _ in spec]].drop(columns=["mag_g", "mag_r", "mag_z", "g_minus_r", "r_minus_z", "z_minus_w1"]).notna().all().all()
+    assert check_pool_schema(result.positives, POSITIVE_EXTRA_COLUMNS) == []
+    assert set(result.negatives.pool) == {"N1", "N2"} and set(result.positives.pool) == {"positive"}
+    assert (result.negatives.galaxy_id == result.negatives.brickname + "_" + result.negatives.objid.astype(str)).all()
+    assert not set(result.negatives.galaxy_id) & set(result.positives.galaxy_id)
+
+
+def test_cuts_follow_config(result, neg_cfg):
+    c = result.candidates
+    assert set(c.type) <= {"SER", "DEV", "REX"}
+    assert (c.nobs_z >= 3).all() and (c.mag_z < 20.0).all()
+    rej = sum(1 << b for b in neg_cfg.cuts.reject_maskbits)
+    assert ((c.maskbits & rej) == 0).all()
+    rows = result.counts
+    assert rows["rows_read"] == sum(rows[k] for k in ("radec", "type", "nonfinite_flux", "nobs", "mag_z", "maskbits", "near_known_lens", "candidates"))
+
+
+def test_mags_colours_depths_independent_reference():
+    flux = np.array([1.0, 0.0, -2.0, np.nan, 100.0], np.float32)
+    m = flux_to_mag(flux)
+    with np.errstate(all="ignore"):
+        ref = np.where(flux > 0, 22.5 - 2.5 * np.log10(flux.astype(np.float64)), np.nan)
+    assert np.allclose(m, ref, equal_nan=True, atol=1e-5)
+    arr = synthetic_sweep(3000, seed=5)
+    arr["flux_g"][:50] = -1.0                     # non-positive g flux -> NaN mag_g and g-r
+    ctx = ChunkContext(NegativeSamplingConfig(), np.array([0.0]), np.array([-80.0]), np.zeros(0), np.zeros(0))
+    res = process_chunk(arr, ctx, "x.fits").candidates
+    gal = res.set_index("objid")
+    bad = gal.index.isin(np.arange(50))
+    assert gal.loc[bad, "mag_g"].isna().all() and gal.loc[bad, "g_minus_r"].isna().all()
+    ok = ~bad
+    assert np.allclose(gal.loc[ok, "g_minus_r"], 2.5 * np.log10(gal.loc[ok, "flux_r"].astype(float) / gal.loc[ok, "flux_g"].astype(float)), atol=1e-4)
+    d = gal.psfdepth_r.astype(float)
+    assert np.allclose(gal.psfdepth_r_mag, 22.5 - 2.5 * np.log10(5 / np.sqrt(d)), atol=1e-4)
+
+
+def test_nobs_bins_reference():
+    n = np.arange(-1, 30)
+    ref = np.select([(n >= 1) & (n <= 2), (n >= 3) & (n <= 5), (n >= 6) & (n <= 10), n >= 11], ["1-2", "3-5", "6-10", "11+"], "none")
+    assert list(nobs_bin(n)) == list(ref)
+
+
+def test_planted_known_lens_excludes_its_neighbours(tmp_path, neg_cfg):
+    arr = synthetic_sweep(20000, seed=11, ra_range=(20.1, 20.4), dec_range=(-4.9, -4.6), brick_prefix="0201m049")
+    sky = tmp_path / "sky"
+    write_sweep_fits(str(sky / "sweep-020m005-025p000.fits"), arr)
+    ccfg = CatalogConfig(progress=False, write_candidates=True, morphology_catalog="")
+    # first without lenses: pick a candidate galaxy, then plant a lens 6" from it (not on any source)
+    pd.DataFrame({"name": ["far"], "RA": [100.0], "DEC": [50.0], "grading": ["confident"]}).to_csv(sky / "known_lenses.csv", index=False)
+    base = build_catalogs(ccfg, neg_cfg, resolve_catalog_paths(ccfg, str(tmp_path)))
+    g = base.candidates.iloc[len(base.candidates) // 2]
+    lens_ra, lens_dec = g.ra + 6.0 / 3600 / np.cos(np.radians(g.dec)), g.dec
+    pd.DataFrame({"name": ["planted", "far"], "RA": [lens_ra, 100.0], "DEC": [lens_dec, 50.0], "type": ["galaxy", "galaxy"],
+                  "grading": ["probable", "confident"]}).to_csv(sky / "known_lenses.csv", index=False)
+    res = build_catalogs(ccfg, neg_cfg, resolve_catalog_paths(ccfg, str(tmp_path)))
+    assert g.galaxy_id not in set(res.candidates.galaxy_id)
+    sep = SkyCoord(res.candidates.ra.values * u.deg, res.candidates.dec.values * u.deg).separation(SkyCoord(lens_ra * u.deg, lens_dec * u.deg)).arcsec
+    assert sep.min() > 11.0
+    before = SkyCoord(base.candidates.ra.values * u.deg, base.candidates.dec.values * u.deg).separation(SkyCoord(lens_ra * u.deg, lens_dec * u.deg)).arcsec
+    assert (before <= 11.0).sum() == res.counts["near_known_lens"] >= 1
+    assert set(base.candidates.galaxy_id[before > 11.0]) == set(res.candidates.galaxy_id)
+
+
+def test_dropped_known_lenses_still_exclude(result):
+    kl = result.inputs.known_lenses
+    dropped = result.inputs.dropped_lenses
+    assert set(dropped.drop_reason) == {"type_cluster", "nosocs_cluster_catalog", "duplicate_within_3arcsec"}
+    c = result.candidates
+    _, d2d, _ = SkyCoord(c.ra.values * u.deg, c.dec.values * u.deg).match_to_catalog_sky(SkyCoord(kl.ra.values * u.deg, kl.dec.values * u.deg))
+    assert d2d.arcsec.min() > 11.0
+
+
+def test_positives_matched_within_radius(result):
+    p = result.positives
+    kl = result.inputs.positives_catalog.set_index("name")
+    assert len(p) == 60 and set(p.tier) == {"A", "B"}
+    sep = SkyCoord(p.ra.values * u.deg, p.dec.values * u.deg).separation(
+        SkyCoord(kl.loc[p.lens_name, "ra"].values * u.deg, kl.loc[p.lens_name, "dec"].values * u.deg)).arcsec
+    assert np.allclose(sep, p.match_sep_arcsec, atol=1e-6) and (sep <= 1.5).all()
+    assert dict(result.unmatched.reason.value_counts()) == {"outside_sweep_footprint": 1}
+
+
+def test_n1_matches_positive_distribution_within_1pct(result, neg_cfg):
+    c = result.candidates.assign(_rank_key=np.arange(len(result.candidates)))
+    # positives concentrated in SER and at 6-10 exposures (unlike the candidates' mix)
+    rng = np.random.default_rng(1)
+    w = np.where(c.type_bin == "SER", 6.0, 1.0) * np.where(c.nobs_z_bin == "6-10", 2.0, 1.0)
+    pos = c.sample(120, weights=w, random_state=2)
+    cand = c[~c.galaxy_id.isin(pos.galaxy_id)]
+    strat = NegativeSamplingConfig().stratification
+    strat.negatives_per_positive = 4
+    s, tab = sample_negatives(cand, pos, strat)
+    assert tab.shortfall.sum() == 0
+    n1 = s[s.pool == "N1"]
+    key = ["nobs_z_bin", "type_bin"]
+    fp = pos.groupby(key).size() / len(pos)
+    fn = (n1.groupby(key).size() / len(n1)).reindex(fp.index, fill_value=0)
+    assert set(n1.groupby(key).size().index) <= set(fp.index)
+    assert (fp - fn).abs().max() < 0.01
+    from scipy.stats import chisquare
+    assert chisquare(n1.groupby(key).size().reindex(fp.index).values, fp.values * len(n1)).pvalue > 0.99
+    # N1:N2 = 85:15 per stratum (rounded half up), 4 negatives per positive
+    per = s.groupby(key + ["pool"]).size().unstack().reindex(fp.index)
+    npos = pos.groupby(key).size()
+    n_t = np.floor(4 * npos + 0.5)
+    assert (per.N1 + per.N2 == n_t).all() and (per.N2 == np.floor(0.15 * n_t + 0.5)).all()
+    assert abs(per.N2.sum() / len(s) - 0.15) < 0.01
+    assert abs(len(s) - 4 * len(pos)) <= len(fp)
+
+
+def test_n2_categories_match_the_categories_catalog(result, sky):
+    conf = pd.read_csv(sky / "sky" / "confusers.csv")
+    c = result.candidates
+    sc = SkyCoord(c.ra.values * u.deg, c.dec.values * u.deg)
+    idx, d2d, _ = sc.match_to_catalog_sky(SkyCoord(conf.ra.values * u.deg, conf.dec.values * u.deg))
+    hit = d2d.arcsec <= 1.0
+    assert hit.sum() > 100
+    expect = conf.category.values[idx[hit]]
+    expect = np.where(expect == "normal", "", expect)
+    assert list(c.n2_category.values[hit]) == list(expect)
+    assert (c.pool.values[hit] == np.where(expect == "", "N1", "N2")).all()
+    # elsewhere the catalog-level proxies apply (first match wins)
+    assert set(c.n2_category.values[~hit]) <= {"", "ring", "edge_on", "blue_clumpy", "large"}
+
+
+def test_seeded_and_chunking_independent(sky, neg_cfg, result):
+    ccfg = CatalogConfig(progress=False, chunk_rows=7001)
+    again = build_catalogs(ccfg, neg_cfg, resolve_catalog_paths(ccfg, str(sky)))
+    pd.testing.assert_frame_equal(again.negatives, result.negatives)
+    pd.testing.assert_frame_equal(again.positives, result.positives)
+    import copy
+    neg2 = copy.deepcopy(neg_cfg); neg2.seed = 7
+    other = build_catalogs(ccfg, neg2, resolve_catalog_paths(ccfg, str(sky)))
+    assert set(other.negatives.galaxy_id) != set(result.negatives.galaxy_id)
+    assert len(other.negatives) == len(result.negatives)
+
+
+def test_process_pool_equals_in_process(sky, neg_cfg, result):
+    ccfg = CatalogConfig(progress=False, n_jobs=2, chunk_rows=10000)
+    par = build_catalogs(ccfg, neg_cfg, resolve_catalog_paths(ccfg, str(sky)))
+    pd.testing.assert_frame_equal(par.negatives, result.negatives)
+
+
+def test_real_dr8_sweeps_through_the_stage(shared_data, tmp_path, neg_cfg):
+    d = shared_data / "dr8_sweeps_desitarget"
+    from stronglens.legacysurvey import read_sweep
+    src = read_sweep(str(sorted(d.glob("sweep-*.fits"))[0]))
+    kl = tmp_path / "kl.csv"
+    pd.DataFrame({"name": ["L1"], "RA": [src.ra[0] + 0.3 / 3600], "DEC": [src.dec[0]], "grading": ["confident"]}).to_csv(kl, index=False)
+    ccfg = CatalogConfig(progress=False, sweep_dir=str(d), known_lenses=str(kl), morphology_catalog="")
+    res = build_catalogs(ccfg, neg_cfg, resolve_catalog_paths(ccfg, str(tmp_path)))
+    assert len(res.problems) == 3 and all("PSFSIZE_Z: missing" in p.problem and "filled" in p.action for p in res.problems)
+    assert res.counts["rows_read"] == 18
+    assert list(res.positives.galaxy_id) == [f"{src.brickname[0]}_{src.objid[0]}"]
+    assert res.positives.psfsize_z.isna().all()          # missing in DR8 -> NaN, documented
+    ccfg2 = CatalogConfig(progress=False, sweep_dir=str(d), known_lenses=str(kl), morphology_catalog="", missing_columns="skip_file")
+    res2 = build_catalogs(ccfg2, neg_cfg, resolve_catalog_paths(ccfg2, str(tmp_path)))
+    assert len(res2.problems) == 3 and all(p.action.startswith("skipped") for p in res2.problems)
+    assert len(res2.positives) == 0 and len(res2.negatives) == 0
+    assert list(res2.unmatched.reason) == ["sweep_file_skipped"]
+
+
+def test_catalog_config_validation():
+    CatalogConfig().validate()
+    for bad in (dict(engine="x"), dict(missing_columns="zero"), dict(match_radius_arcsec=0), dict(chunk_rows=0), dict(keep_tiers=["C"])):
+        with pytest.raises(ValueError, match="catalogs"):
+            CatalogConfig(**bad).validate()
