@@ -1,0 +1,96 @@
+"""End-to-end: the demo pipeline on the mock sky, through the `stronglens` runner (papermill stage notebooks).
+
+One module-scoped run (slow; CI runs it) feeds every check, including the lens finder's test AUC >= 0.95 (issue 8)."""
+import json, subprocess, sys
+from pathlib import Path
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    from stronglens.cli import run_pipeline
+    run = tmp_path_factory.mktemp("e2e") / "run"
+    log = []
+    res = run_pipeline(str(run), str(ROOT / "configs" / "demo.yaml"), log=log.append)
+    return run, res, log
+
+
+def test_every_stage_ran(demo_run):
+    run, res, _ = demo_run
+    assert [r["status"] for r in res] == ["ran"] * len(res)
+    for stage in ("sky", "manifests", "cutouts", "model", "validation"):
+        assert (run / stage / "_stage.json").exists(), stage
+    for nb in ("00_sky", "01_catalogs", "02_cutouts", "03_train", "04_validate"):
+        assert (run / "notebooks" / f"{nb}.ipynb").exists(), nb
+    prov = json.loads((run / "provenance.json").read_text())
+    assert prov["pipeline_version"] and len(prov["config_hash"]) == 16
+
+
+def test_manifests_are_leakage_free(demo_run):
+    run, _, _ = demo_run
+    m = pd.read_parquet(run / "manifests" / "training_manifest.parquet")
+    assert {"s3_key", "s3_path", "galaxy_id", "filename", "label", "cutout_type", "split", "ra", "dec"} <= set(m.columns)
+    assert m.galaxy_id.is_unique and m.split.notna().all()
+    assert set(m.split) == {"train", "val", "test"} and set(m.label) == {0, 1}
+    from stronglens.splits import compute_healpix
+    hp = compute_healpix(m.ra.values, m.dec.values, 128, nest=True)
+    assert (pd.DataFrame({"hp": hp, "split": m.split}).groupby("hp").split.nunique() == 1).all()
+    leak = json.loads((run / "manifests" / "leakage.json").read_text())
+    assert leak.get("passed", True) is True
+
+
+def test_cutouts_cover_the_manifest(demo_run):
+    run, _, _ = demo_run
+    m = pd.read_parquet(run / "manifests" / "training_manifest.parquet")
+    failed = pd.read_parquet(run / "cutouts" / "failed_cutouts.parquet")
+    have = {p.stem for p in (run / "cutouts").glob("*.npz")}
+    from stronglens.cutouts import safe_filename
+    expected = {safe_filename(g) for g in m.galaxy_id} - {safe_filename(g) for g in failed.get("galaxy_id", [])}
+    assert expected <= have and len(failed) <= 0.01 * len(m)
+
+
+def test_lens_finder_test_auc(demo_run):
+    run, _, _ = demo_run
+    s = pd.read_parquet(run / "model" / "scores.parquet")
+    t = s[s.split == "test"]
+    assert len(t) > 100 and t.label.nunique() == 2
+    from sklearn.metrics import roc_auc_score
+    auc = roc_auc_score(t.label, t.p_lens)
+    print("demo test AUC", auc)
+    assert auc >= 0.95, auc
+
+
+def test_validation_report(demo_run):
+    run, _, _ = demo_run
+    stamps = [p for p in (run / "validation").iterdir() if p.is_dir()]
+    assert len(stamps) == 1
+    rep = stamps[0]
+    for f in ("summary.json", "per_cutout_metrics.parquet", "shortcut_auc_by_feature.parquet", "failed_cutouts.parquet"):
+        assert (rep / f).exists(), f
+    summary = json.loads((rep / "summary.json").read_text())
+    from stronglens.validation import SUMMARY_SCHEMA
+    import jsonschema
+    jsonschema.validate(summary, SUMMARY_SCHEMA)
+    assert summary["total_cutouts"] == summary["positives"] + summary["negatives"]
+    assert (run / "validation" / "gates.json").exists()
+
+
+def test_rerun_skips_every_stage(demo_run):
+    run, _, _ = demo_run
+    from stronglens.cli import run_pipeline
+    res = run_pipeline(str(run), str(ROOT / "configs" / "demo.yaml"), log=lambda *_: None)
+    assert [r["status"] for r in res] == ["skipped"] * len(res)
+
+
+def test_cli_entry_point_and_bad_config(tmp_path):
+    exe = Path(sys.executable).with_name("stronglens")
+    out = subprocess.run([str(exe), "stages"], capture_output=True, text=True)
+    assert out.returncode == 0 and "catalogs" in out.stdout
+    bad = subprocess.run([str(exe), "run", "sky", "--run-dir", str(tmp_path / "r"), "--config",
+                          str(ROOT / "configs" / "demo.yaml"), "-p", "sky.no_such_key", "1"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "sky.no_such_key" in bad.stderr
