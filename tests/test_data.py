@@ -1,0 +1,203 @@
+"""stronglens.data: preprocessing vs a direct numpy reference, augmentation invariants, packed cache."""
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from stronglens.cutouts import radial_grid, write_cutout
+from stronglens.data import (AugmentSpec, Augmenter, PreprocessSpec, PreprocessingMismatchError, build_packed_split,
+                             check_preprocessing, epoch_batches, preprocess, raw_robust, residual, ring_index,
+                             synthetic_cutouts, write_synthetic_manifest)
+
+
+def _ref_raw_robust(X, r_in=32.5, r_out=45.0, clip=10.0):
+    "Direct per-cutout, per-band numpy reference (loops; independent of the vectorised code)."
+    h, w = X.shape[1:3]
+    yy, xx = np.mgrid[:h, :w]
+    r = np.sqrt((yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2)
+    ann = (r >= r_in) & (r <= r_out)
+    out = np.zeros_like(X, dtype=np.float32)
+    for n in range(X.shape[0]):
+        for b in range(X.shape[3]):
+            img = X[n, :, :, b].astype(np.float64)
+            v = img[ann]
+            v = v[np.isfinite(v)]
+            med = np.median(v)
+            mad = np.median(np.abs(v - med))
+            y = np.clip((img - med) / mad, -clip, clip)
+            y[~np.isfinite(y)] = 0
+            out[n, :, :, b] = y
+    return out
+
+
+@pytest.fixture(scope="module")
+def toy():
+    X, y = synthetic_cutouts(12, seed=3, nan_fraction=0.3)
+    return X, y
+
+
+def test_raw_robust_matches_numpy_reference(toy):
+    X, _ = toy
+    assert np.isnan(X).any()
+    for r_in, r_out, clip in [(32.5, 45.0, 10.0), (20.0, 32.0, 5.0)]:
+        got = raw_robust(X, r_in, r_out, clip)
+        np.testing.assert_allclose(got, _ref_raw_robust(X, r_in, r_out, clip), rtol=1e-5, atol=1e-5)
+    # the normalised annulus has median 0 and MAD 1 per band
+    Y = raw_robust(X[~np.isnan(X).reshape(len(X), -1).any(1)])
+    ann = (radial_grid() >= 32.5) & (radial_grid() <= 45)
+    np.testing.assert_allclose(np.median(Y[:, ann], axis=1), 0, atol=1e-5)
+    np.testing.assert_allclose(np.median(np.abs(Y[:, ann]), axis=1), 1, atol=1e-4)
+
+
+def test_preprocess_counts_nans_and_zeroes_them(toy):
+    X, _ = toy
+    for mode in ("raw_robust", "raw", "residual"):
+        Y, n_nan = preprocess(X, mode)
+        assert Y.shape == (12, 3, 101, 101) and Y.dtype == np.float32
+        assert np.isfinite(Y).all()
+        np.testing.assert_array_equal(n_nan, np.isnan(X).reshape(12, -1).sum(1))
+        assert (Y.transpose(0, 2, 3, 1)[np.isnan(X)] == 0).all()
+
+
+def test_residual_removes_ring_medians(toy):
+    X, _ = toy
+    X = X[~np.isnan(X).reshape(len(X), -1).any(1)]
+    R = residual(X, clip=10.0)
+    rr = ring_index()
+    Yr = _ref_raw_robust(X, clip=np.inf)     # unclipped normalisation; the clip comes after the subtraction
+    assert (np.abs(Yr[:, rr <= 3]) > 10).any()
+    for k in (0, 1, 2, 7, 30, 60):
+        m = rr == k
+        np.testing.assert_allclose(np.median(R[:, m, :], axis=1), 0, atol=1e-5)
+        ref = np.clip(Yr[:, m, :] - np.median(Yr[:, m, :], axis=1, keepdims=True), -10, 10)
+        np.testing.assert_allclose(R[:, m, :], ref, rtol=1e-5, atol=1e-4)
+
+
+def test_preprocessing_spec_mismatch():
+    s = PreprocessSpec(annulus_r_in_px=30, annulus_r_out_px=44, clip=8)
+    assert check_preprocessing(s.to_dict(), None) == s
+    with pytest.raises(PreprocessingMismatchError):
+        check_preprocessing(s.to_dict(), "residual")
+    with pytest.raises(PreprocessingMismatchError):
+        check_preprocessing(s.to_dict(), PreprocessSpec())
+    with pytest.raises(ValueError):
+        PreprocessSpec(annulus_r_in_px=45, annulus_r_out_px=30)
+
+
+def _images(n=16, seed=0):
+    X, y = synthetic_cutouts(n, seed=seed, lens_fraction=0.5)
+    return torch.from_numpy(preprocess(X)[0]), y
+
+
+def test_az_shuffle_keeps_radial_profile_exactly():
+    x, _ = _images()
+    aug = Augmenter(AugmentSpec(flips=False, rot90=False, az_shuffle_prob=1.0), seed=11)
+    out = aug(x, np.arange(len(x)), epoch=0)
+    assert out.shape == x.shape
+    assert not torch.equal(out, x)
+    rr = ring_index().ravel()
+    a, b = x.reshape(len(x), 3, -1).numpy(), out.reshape(len(x), 3, -1).numpy()
+    for n in range(len(x)):
+        for k in np.unique(rr):
+            m = rr == k
+            # same multiset of pixels per ring and band => identical radial profile (any statistic)
+            np.testing.assert_array_equal(np.sort(a[n][:, m], axis=1), np.sort(b[n][:, m], axis=1))
+        # the same permutation for all bands: each output pixel's (g, r, z) vector is an input pixel's vector
+        pairs_in = {tuple(v) for v in a[n].T}
+        assert all(tuple(v) in pairs_in for v in b[n].T)
+    # the arc is destroyed: pixel-wise the images differ a lot beyond the centre
+    assert (np.abs(a - b)[:, :, rr > 3]).mean() > 0.1
+
+
+def test_flips_rot90_preserve_label_shape_and_profile():
+    x, y = _images()
+    aug = Augmenter(AugmentSpec(), seed=5)
+    idx = np.arange(len(x))
+    out = aug(x, idx, epoch=3)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    d = aug.draws(idx, 3)
+    for n in range(len(x)):
+        t = int(d["transform"][n])
+        ref = torch.rot90(x[n], t % 4, dims=(1, 2))
+        if t >= 4:
+            ref = torch.flip(ref, dims=(2,))
+        torch.testing.assert_close(out[n], ref, rtol=0, atol=0)
+    assert len(set(d["transform"].tolist())) > 3
+    # labels untouched: the augmenter never sees them; same draws for the same (seed, epoch, index)
+    torch.testing.assert_close(aug(x, idx, 3), out, rtol=0, atol=0)
+    assert not torch.equal(aug(x, idx, 4), out)
+    sub = aug(x[5:9], idx[5:9], 3)   # independent of batch composition
+    torch.testing.assert_close(sub, out[5:9], rtol=0, atol=0)
+
+
+def test_core_dropout_zeroes_the_disc():
+    x, _ = _images()
+    x = x + 1.0   # no zeros anywhere before
+    aug = Augmenter(AugmentSpec(flips=False, rot90=False, core_dropout_prob=1.0, core_dropout_radius_px=5.0))
+    out = aug(x, np.arange(len(x)), 0)
+    disc = torch.from_numpy(radial_grid() <= 5.0)
+    assert disc.sum() == 81
+    assert (out[:, :, disc] == 0).all()
+    torch.testing.assert_close(out[:, :, ~disc], x[:, :, ~disc], rtol=0, atol=0)
+    aug2 = Augmenter(AugmentSpec(flips=False, rot90=False, core_dropout_prob=0.5), seed=2)
+    frac = aug2.draws(np.arange(4000), 0)["core_dropout"].mean()
+    assert 0.45 < frac < 0.55
+
+
+def test_subpixel_shift_moves_centroid():
+    x, _ = _images(4)
+    aug = Augmenter(AugmentSpec(flips=False, rot90=False, subpixel_shift_px=0.5), seed=1)
+    out = aug(x, np.arange(4), 0)
+    sh = aug.draws(np.arange(4), 0)["shift_px"]
+    g = torch.from_numpy(np.exp(-radial_grid() ** 2 / 8.0)).float()[None, None].repeat(4, 3, 1, 1)
+    og = aug(g, np.arange(4), 0)
+    jj = torch.arange(101.0)
+    cx = (og[:, 1].sum(1) * jj).sum(1) / og[:, 1].sum((1, 2)) - 50
+    cy = (og[:, 1].sum(2) * jj).sum(1) / og[:, 1].sum((1, 2)) - 50
+    np.testing.assert_allclose(cx.numpy(), sh[:, 0], atol=0.03)
+    np.testing.assert_allclose(cy.numpy(), sh[:, 1], atol=0.03)
+    assert out.shape == x.shape
+
+
+def test_epoch_batches_seeded_per_epoch():
+    a = epoch_batches(100, 16, seed=1, epoch=1)
+    assert sorted(np.concatenate(a).tolist()) == list(range(100))
+    assert all(np.array_equal(u, v) for u, v in zip(a, epoch_batches(100, 16, seed=1, epoch=1)))
+    assert not np.array_equal(np.concatenate(a), np.concatenate(epoch_batches(100, 16, seed=1, epoch=2)))
+
+
+def test_packed_cache_build_reuse_and_invalidation(tmp_path):
+    man = write_synthetic_manifest(str(tmp_path), n=40, seed=4, nan_fraction=0.2)
+    # a broken file: left out of the cache and listed in failures
+    bad = man[man.split == "train"].s3_path.iloc[0]
+    with open(bad, "wb") as f:
+        f.write(b"not an npz")
+    mp = str(tmp_path / "manifests" / "training_manifest.parquet")
+    ps = build_packed_split(mp, "train", progress=False)
+    n_train = int((man.split == "train").sum())
+    assert len(ps) == n_train - 1 and len(ps.failures) == 1
+    assert ps.X.shape == (n_train - 1, 3, 101, 101)
+    assert isinstance(ps.X, np.memmap) or isinstance(getattr(ps.X, "base", None), np.memmap)
+    X, _ = synthetic_cutouts(40, seed=4, nan_fraction=0.2)
+    sel = (man.split == "train").to_numpy() & (man.s3_path != bad).to_numpy()
+    np.testing.assert_allclose(np.asarray(ps.X), preprocess(X[sel])[0], atol=1e-6)
+    assert list(ps.index.galaxy_id) == list(man.galaxy_id[sel])
+    np.testing.assert_array_equal(ps.index.n_nan, np.isnan(X[sel]).reshape(sel.sum(), -1).sum(1))
+    # reused: no rebuild (mtime unchanged)
+    m0 = os.path.getmtime(ps.path + ".npy")
+    ps2 = build_packed_split(mp, "train", progress=False)
+    assert ps2.path == ps.path and os.path.getmtime(ps2.path + ".npy") == m0
+    # changed preprocessing or manifest -> new key
+    assert build_packed_split(mp, "train", PreprocessSpec(clip=3.0), progress=False).path != ps.path
+    man2 = man.copy(); man2.loc[man2.index[man2.split == "train"][1], "label"] ^= 1
+    man2.to_parquet(mp)
+    assert build_packed_split(mp, "train", progress=False).path != ps.path
+    # float16 cache
+    h = build_packed_split(mp, "val", dtype="float16", progress=False)
+    assert h.X.dtype == np.float16
+    assert json.load(open(h.path + ".json"))["dtype"] == "float16"
+    # no temporary files left behind
+    assert not [f for f in os.listdir(os.path.dirname(ps.path)) if f.startswith(".tmp")]
