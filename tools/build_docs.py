@@ -51,19 +51,33 @@ def build_site(execute_nb=True):
     if shutil.which("quarto"):
         subprocess.run([str(BIN / "nbdev_docs")], cwd=ROOT, check=True)
         return
-    print("quarto not found: rendering nbdev_proc_nbs output with nbclient + nbconvert")
-    subprocess.run([str(BIN / "nbdev_proc_nbs")], cwd=ROOT, check=True)
+    print("quarto not found: executing the notebooks (nbclient), processing them with nbdev_proc_nbs, rendering with nbconvert")
+    # Quarto would render the processed notebooks with the outputs saved in them. Our notebooks are kept without
+    # outputs, so they are executed first (in place, restored afterwards), then processed by nbdev, then rendered.
+    srcs = sorted(p for p in NBS.glob("*.ipynb") if not p.name.startswith(("_", ".")))
+    originals = {p: p.read_bytes() for p in srcs}
+    errors = {}
+    try:
+        if execute_nb:
+            from concurrent.futures import ThreadPoolExecutor
+            def _run(p):
+                nb = nbformat.read(p, as_version=4)
+                err = execute(nb, p.parent)
+                nbformat.write(nb, p)
+                return p, err
+            with ThreadPoolExecutor(2) as ex:
+                for p, err in ex.map(_run, srcs):
+                    if err: errors[p.name] = err
+        subprocess.run([str(BIN / "nbdev_proc_nbs"), "--force"], cwd=ROOT, check=True)
+    finally:
+        for p, b in originals.items(): p.write_bytes(b)
     pages = sorted(p for p in PROC.rglob("*.ipynb") if not any(part.startswith((".", "_")) for part in p.relative_to(PROC).parts))
     pages.sort(key=lambda p: (p.name != "index.ipynb", len(p.relative_to(PROC).parts), str(p)))
     DOCS.mkdir(exist_ok=True)
-    nbs, errors = [], {}
+    nbs = []
     for p in pages:
         nb = nbformat.read(p, as_version=4)
         rel = p.relative_to(PROC).with_suffix(".html")
-        is_pipeline = rel.parts[0] == "pipeline"
-        if execute_nb and not is_pipeline:  # pipeline stages need a run folder: shown, not executed
-            err = execute(nb, (NBS / p.relative_to(PROC)).parent)
-            if err: errors[str(rel)] = err
         nbs.append((rel, page_title(nb, p.stem), nb))
     nav = "\n".join(f'<li><a href="{{root}}{r.as_posix()}">{html.escape(t)}</a></li>' for r, t, _ in nbs)
     exporter = HTMLExporter(template_name="lab", exclude_input_prompt=True, exclude_output_prompt=True)
