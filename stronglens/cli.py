@@ -109,7 +109,7 @@ def run_pipeline(run_dir, config_path=None, overrides=None, stages=None, force:b
     cfg = load_config(config_path or default_config_path("demo"), overrides)
     return [run_stage(s, run_dir, cfg=cfg, force=force, log=log) for s in (stages or DEMO_STAGES)]
 
-# %% ../nbs/18_cli.ipynb 14
+# %% ../nbs/18_cli.ipynb 15
 def _parse_p(pairs) -> list[str]:
     "argparse `-p key value` pairs (or `-p key=value`) -> `['key=value', ...]`."
     out = []

@@ -411,7 +411,7 @@ def read_bytes(url) -> bytes:
     fs, p = get_fs(url)
     with fs.open(p, "rb") as f: return f.read()
 
-# %% ../nbs/00_config.ipynb 32
+# %% ../nbs/00_config.ipynb 34
 def _pkg_version() -> str:
     try:
         from stronglens import __version__; return __version__

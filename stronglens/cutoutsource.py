@@ -190,7 +190,7 @@ def cube_to_fits_bytes(arr_hwc: np.ndarray, bands: str = "grz", extra_header: di
     buf = io.BytesIO(); hdu.writeto(buf)
     return buf.getvalue()
 
-# %% ../nbs/06b_cutoutsource.ipynb 15
+# %% ../nbs/06b_cutoutsource.ipynb 17
 class RateLimiter:
     "Thread-safe spacing of events to at most `rate_per_s` per second (0 = unlimited)."
     def __init__(self, rate_per_s: float):
@@ -230,7 +230,7 @@ class _Retryable(Exception):
     def __init__(self, reason: str, wait_s: float | None = None):
         super().__init__(reason); self.reason, self.wait_s = reason, wait_s
 
-# %% ../nbs/06b_cutoutsource.ipynb 16
+# %% ../nbs/06b_cutoutsource.ipynb 18
 class LegacySurveyCutoutService(CutoutSource):
     "Cutouts from the Legacy Survey FITS cutout service (`layer`, `pixscale`, `size`, `bands` from the config)."
     name = "legacysurvey"
@@ -354,7 +354,7 @@ class LegacySurveyCutoutService(CutoutSource):
         with ThreadPoolExecutor(max_workers=min(self.cfg.concurrency, len(rows))) as ex:
             return list(ex.map(lambda r: self.fetch_one(*r), rows))
 
-# %% ../nbs/06b_cutoutsource.ipynb 20
+# %% ../nbs/06b_cutoutsource.ipynb 23
 def object_seed(seed: int, galaxy_id) -> int:
     "Per-galaxy 32-bit seed from the run seed and the galaxy id (stable across processes and platforms)."
     return int.from_bytes(hashlib.sha256(f"{int(seed)}|{galaxy_id}".encode()).digest()[:4], "big")
@@ -439,7 +439,7 @@ def source_from_config(cfg: CutoutsConfig, run_dir: str | None = None, sky_dir: 
         return MockSkySource(sky, seed=cfg.seed, timestamp=cfg.mock_timestamp, size=cfg.size)
     return LegacySurveyCutoutService(cfg)
 
-# %% ../nbs/06b_cutoutsource.ipynb 24
+# %% ../nbs/06b_cutoutsource.ipynb 27
 FAILURE_COLUMNS = ["galaxy_id", "stage", "reason"]
 _META_FROM_TARGETS = ("type", "nobs_z", "psfsize_z", "flux_r")
 

@@ -454,7 +454,7 @@ def build_packed_split(manifest, split: str, spec: PreprocessSpec | str = "raw_r
                                            manifest=str(man_path) if man_path else ""))
     return PackedSplit.open(stem)
 
-# %% ../nbs/09_data.ipynb 29
+# %% ../nbs/09_data.ipynb 30
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
                   subset: np.ndarray | None = None) -> list[np.ndarray]:
     "Row indices of each batch of one epoch (a permutation seeded by (seed, epoch) when `shuffle`)."

@@ -170,7 +170,7 @@ def synthetic_stamps(n:int, seed:int=0, arc:bool=False, arc_amp:float=0.02, thet
     colours = np.array([0.6, 1.0, 1.4], np.float32)
     return (img[..., None] * colours + rng.normal(0, noise, (n, npix, npix, 3))).astype(np.float32)
 
-# %% ../nbs/12_gates.ipynb 33
+# %% ../nbs/12_gates.ipynb 34
 def sample_split(manifest:pd.DataFrame, split:str="test", n:int=2048, seed:int=42, balance:str="balanced") -> pd.DataFrame:
     "Seeded sample of `n` rows of `split` from a training manifest; `balance` = 'balanced' | 'proportional'."
     for col in ("split", "label"):
@@ -191,7 +191,7 @@ def sample_split(manifest:pd.DataFrame, split:str="test", n:int=2048, seed:int=4
     take = np.sort(np.r_[rng.choice(pos, n_pos, replace=False), rng.choice(neg, n_neg, replace=False)])
     return m.iloc[take].reset_index(drop=True)
 
-# %% ../nbs/12_gates.ipynb 36
+# %% ../nbs/12_gates.ipynb 37
 def _dataset_section(cfg):
     "The `dataset` section of a training config or of a pipeline config's `training` section."
     if hasattr(cfg, "dataset"): return cfg.dataset
@@ -212,7 +212,7 @@ def apply_preprocessing(xs:np.ndarray, dataset=None, mode:str|None=None) -> tupl
     y, _ = preprocess(to_nhwc(xs), spec, channels_first=False)
     return np.asarray(y, np.float32), mode
 
-# %% ../nbs/12_gates.ipynb 39
+# %% ../nbs/12_gates.ipynb 40
 def _resolve(path:str, config_path:str|None) -> str:
     "A relative local path: as given if it exists (cwd), else relative to the config file's folder."
     if "://" in str(path) or Path(path).is_absolute() or Path(path).exists() or not config_path or "://" in str(config_path): return str(path)
@@ -255,7 +255,7 @@ def gates_from_config(cfg, split:str="test", n:int=2048, seed:int|None=None, pre
                 balance=balance, **res.to_dict())
     return res, info
 
-# %% ../nbs/12_gates.ipynb 41
+# %% ../nbs/12_gates.ipynb 42
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m stronglens.gates", description="Shortcut gates (spec §4): cross-validated core-pixel and radial-profile logistic-regression AUCs.")
     p.add_argument("--config", default=None, help="training config (spec §4) or pipeline config YAML (default: <run-dir>/config.yaml)")

@@ -357,7 +357,7 @@ def _stamp_size(ext_arcsec):
     need = 2 * np.ceil(np.asarray(ext_arcsec) / PIXSCALE_ARCSEC + 1.5) + 1
     return _STAMP_SIZES[np.minimum(np.searchsorted(_STAMP_SIZES, need), len(_STAMP_SIZES) - 1)]
 
-# %% ../nbs/05_mocksky.ipynb 25
+# %% ../nbs/05_mocksky.ipynb 26
 def sersic_norm(P:dict, n_t:int=1024) -> np.ndarray:
     "Total of the truncated Tractor-like Sérsic surface brightness (arcsec² units): 2π q r_e² ∫ I(t) t dt, t = R/r_e."
     n = np.asarray(P["n"], float); re = np.asarray(P["r_e"], float); e = np.clip(np.hypot(P["e1"], P["e2"]), 0, 0.95); q = (1 - e) / (1 + e)
@@ -425,7 +425,7 @@ def paint_components(buf, cut_idx, x_px, y_px, kind, P:dict, flux, max_elems=4_0
                 flat.index_add_(0, lin[ok], vals[ok])
     return buf
 
-# %% ../nbs/05_mocksky.ipynb 27
+# %% ../nbs/05_mocksky.ipynb 28
 def point_source_ft(N, G, cut_idx, x_px, y_px, flux, chunk=256):
     "Fourier transform (N, 3, G, G//2+1) of point sources (deltas at sub-pixel positions) on the GxG grids."
     Gh = G // 2 + 1; out = torch.zeros((N, 3, G, Gh), dtype=torch.complex64)
@@ -447,7 +447,7 @@ def convolve_and_crop(buf, pts_ft, kern_ft, npix=NPIX):
     img = torch.fft.irfft2(F * kern_ft, s=(G, G))
     return img[:, :, pad:pad + npix, pad:pad + npix].permute(0, 2, 3, 1).contiguous()
 
-# %% ../nbs/05_mocksky.ipynb 29
+# %% ../nbs/05_mocksky.ipynb 30
 GRID_PAD_PX = 21                       # padding before the 101 px field (5.5"); 22 px after it
 GRID_SIZE = 144                        # FFT grid (2^4·3^2, fast): sources up to ~5.5" outside the field are drawn whole
 
@@ -485,7 +485,7 @@ def _kernel_ft_for(widths_px, kind, beta, G=GRID_SIZE):
     ft = psf_kernel_ft(uw, G, kind, beta).to(torch.complex64)
     return ft[torch.as_tensor(inv)].reshape(w.shape[0], 3, G, G // 2 + 1)
 
-# %% ../nbs/05_mocksky.ipynb 31
+# %% ../nbs/05_mocksky.ipynb 32
 def make_bricks(cfg:SkyConfig) -> pd.DataFrame:
     """Brick grid over the footprint with per-brick seeing, exposure counts, depths and E(B-V), each a smooth random
     field (correlation length `cfg.field_scale_deg`) mapped to the DR10 distributions of DR10_FACTS §2."""
@@ -524,7 +524,7 @@ def make_bricks(cfg:SkyConfig) -> pd.DataFrame:
     b["psf_kind"] = cfg.psf_kind; b["moffat_beta"] = cfg.moffat_beta
     return b
 
-# %% ../nbs/05_mocksky.ipynb 34
+# %% ../nbs/05_mocksky.ipynb 35
 def _truncated_power_mags(n, m_bright, m_faint, slope, rng):
     "Magnitudes with N(<m) ∝ 10^(slope·m) between m_bright and m_faint."
     a, bb = 10 ** (slope * m_bright), 10 ** (slope * m_faint)
@@ -579,7 +579,7 @@ def make_sources(cfg:SkyConfig, bricks:pd.DataFrame) -> pd.DataFrame:
     s["role"] = ""; s["maskbits"] = np.zeros(len(s), np.int16)
     return s
 
-# %% ../nbs/05_mocksky.ipynb 36
+# %% ../nbs/05_mocksky.ipynb 37
 def _finish_photometry(cfg:SkyConfig, s:pd.DataFrame, bricks:pd.DataFrame) -> pd.DataFrame:
     "Fluxes from mags/colours, per-source exposure counts, depths, inverse variances, extinction (DR10 units, §1)."
     rng = np.random.default_rng([cfg.seed, 3]); n = len(s); bi = s.brick_idx.to_numpy()
@@ -602,7 +602,7 @@ def _finish_photometry(cfg:SkyConfig, s:pd.DataFrame, bricks:pd.DataFrame) -> pd
     s["flux_ivar_w1"] = np.clip(rng.normal(4.0, 1.0, n), 0.5, None)
     return s
 
-# %% ../nbs/05_mocksky.ipynb 38
+# %% ../nbs/05_mocksky.ipynb 39
 def _apply_masks(cfg:SkyConfig, s:pd.DataFrame, bricks:pd.DataFrame) -> pd.DataFrame:
     "Bright (bit 1) / medium (bit 11) star masks with their stars in the catalog, WISE (8), SGA large galaxies (12), ALLMASK (5-7)."
     rng = np.random.default_rng([cfg.seed, 4])
@@ -647,7 +647,7 @@ def _unit(ra_deg, dec_deg):
 
 def _chord(theta_deg): return 2 * np.sin(np.deg2rad(np.asarray(theta_deg, float)) / 2)
 
-# %% ../nbs/05_mocksky.ipynb 40
+# %% ../nbs/05_mocksky.ipynb 41
 def _comp_rows(kind, ra, dec, flux_g, flux_r, flux_z, host, category, **params):
     n = len(ra); d = {"kind": np.full(n, kind), "ra": np.asarray(ra, float), "dec": np.asarray(dec, float),
                       "flux_g": flux_g, "flux_r": flux_r, "flux_z": flux_z, "host_row": np.asarray(host), "category": category}
@@ -727,7 +727,7 @@ def make_confusers(cfg:SkyConfig, s:pd.DataFrame):
     conf = pd.concat(conf, ignore_index=True) if conf else pd.DataFrame({"row": [], "category": []})
     return s, comps, conf
 
-# %% ../nbs/05_mocksky.ipynb 42
+# %% ../nbs/05_mocksky.ipynb 43
 def _sample_lens_params(cfg:SkyConfig, defl:pd.DataFrame, rng):
     "SIE+shear and Sérsic-source parameters (DR10_FACTS §3, spec §6); mu in [mu_min, mu_max] by rejection on the rendered magnification."
     n = len(defl)
@@ -773,7 +773,7 @@ _REJECT_BITS = sum(1 << b for b in (1, 5, 6, 7, 11, 12, 13))
 
 def _lens_name(ra, dec): return [f"DESI-{r:08.4f}{'+' if d >= 0 else '-'}{abs(d):07.4f}" for r, d in zip(ra, dec)]
 
-# %% ../nbs/05_mocksky.ipynb 44
+# %% ../nbs/05_mocksky.ipynb 45
 def _sources_to_sweep_array(s:pd.DataFrame) -> np.ndarray:
     "DR10 sweep rows (uppercase names, DR9 Tractor dtypes) from the internal source table."
     a = np.zeros(len(s), dtype=SWEEP_DTYPE)
@@ -911,7 +911,7 @@ def _build_sky(cfg:SkyConfig, out_dir:str, progress:bool) -> dict:
     steps.update(); steps.close()
     return urls
 
-# %% ../nbs/05_mocksky.ipynb 48
+# %% ../nbs/05_mocksky.ipynb 50
 def run_sky_stage(cfg, run_dir:str, progress:bool=True) -> dict:
     """Pipeline stage `sky`: build `<run_dir>/sky/` from `cfg.sky` (a pipeline config or a `SkyConfig`) unless a sky
     built from the same `sky` section is already there. Returns {"sky_dir", "skipped", "meta"}."""
@@ -925,7 +925,7 @@ def run_sky_stage(cfg, run_dir:str, progress:bool=True) -> dict:
     build_sky(sky_cfg, sky_dir, progress=progress)
     return {"sky_dir": sky_dir, "skipped": False, "meta": json.loads(read_bytes(mu))}
 
-# %% ../nbs/05_mocksky.ipynb 51
+# %% ../nbs/05_mocksky.ipynb 53
 def _read_sweep_table(url) -> pd.DataFrame:
     with fits.open(io.BytesIO(read_bytes(url)), memmap=False) as h:
         d = h[1].data
@@ -1087,7 +1087,7 @@ class MockSky:
                              "confuser_category": [self._confuser.get(g, "") for g in gid]})
         return img, meta
 
-# %% ../nbs/05_mocksky.ipynb 55
+# %% ../nbs/05_mocksky.ipynb 57
 def rgb_composite(x, Q:float=10.0, stretch:float=4.0, scales=(0.0066, 0.01, 0.025)):
     "asinh (Lupton) grz composite of cutouts (..., H, W, 3) in nmgy -> RGB in [0, 1] (z, r, g -> R, G, B)."
     x = np.asarray(x, float); im = np.stack([x[..., 2] / scales[2], x[..., 1] / scales[1], x[..., 0] / scales[0]], -1)

@@ -450,7 +450,7 @@ def write_sweep_fits(url: str, arrays: dict) -> str:
     fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU(rec)]).writeto(buf)
     return atomic_write_bytes(url, buf.getvalue())
 
-# %% ../nbs/07_negatives.ipynb 26
+# %% ../nbs/07_negatives.ipynb 27
 @dataclass(frozen=True)
 class SweepTask:
     url: str
@@ -506,7 +506,7 @@ def run_tasks_local(tasks: list[SweepTask], ctx: ChunkContext, n_jobs: int = 1, 
     lr = pd.concat(lrs, ignore_index=True) if lrs else empty_pool({**ex, "_lens_idx": "int64", "_lens_sep_arcsec": "float64"})
     return cand, lr, counts
 
-# %% ../nbs/07_negatives.ipynb 28
+# %% ../nbs/07_negatives.ipynb 29
 def match_positives(lens_rows: pd.DataFrame, positives_cat: pd.DataFrame, sweep_urls=(), skipped_urls=(),
                     match_radius_arcsec: float = 1.5) -> tuple[pd.DataFrame, pd.DataFrame]:
     "(positives in pool schema + lens columns, unmatched lenses with `reason`) from per-chunk lens rows."
@@ -541,7 +541,7 @@ def match_positives(lens_rows: pd.DataFrame, positives_cat: pd.DataFrame, sweep_
     unmatched = L[reason != ""].assign(reason=reason[reason != ""].values).reset_index(drop=True)
     return pos, unmatched
 
-# %% ../nbs/07_negatives.ipynb 30
+# %% ../nbs/07_negatives.ipynb 31
 def round_half_up(x) -> np.ndarray: return np.floor(np.asarray(x, np.float64) + 0.5).astype(np.int64)
 
 def sampling_targets(positives: pd.DataFrame, strat) -> pd.DataFrame:
@@ -597,7 +597,7 @@ def stratification_table(positives: pd.DataFrame, negatives: pd.DataFrame, strat
     t.loc[("all", "all"), :] = tot
     return t
 
-# %% ../nbs/07_negatives.ipynb 33
+# %% ../nbs/07_negatives.ipynb 34
 def load_morphology_catalog(url: str) -> pd.DataFrame:
     "A morphology catalog with columns ra, dec, category (CSV or Parquet, local or URL); category lower-cased."
     fs, p = get_fs(url)
@@ -684,7 +684,7 @@ def build_catalogs(ccfg: CatalogConfig, neg: NegativeSamplingConfig, paths: dict
     cand, lr, counts = run_tasks_local(tasks, inputs.ctx, n_jobs=ccfg.n_jobs, progress=ccfg.progress, problems=problems)
     return finish_catalogs(inputs, cand, lr, counts, problems, ccfg)
 
-# %% ../nbs/07_negatives.ipynb 35
+# %% ../nbs/07_negatives.ipynb 36
 def synthetic_sky(out_dir: str, n_per_file: int = 40000, n_lenses: int = 60, seed: int = 0) -> dict:
     """Write a tiny sky for tests: two sweep files, `known_lenses.csv` (lenscat columns; lenses centred on
     random SER/DEV/REX sources, plus a cluster entry, a NoSOCS row and a near-duplicate), `confusers.csv`."""

@@ -327,7 +327,7 @@ def _scores_frame(index: pd.DataFrame, logits: np.ndarray) -> pd.DataFrame:
     if "n_nan" in index: df["n_nan"] = index["n_nan"].to_numpy(np.int64)
     return df
 
-# %% ../nbs/11_train.ipynb 22
+# %% ../nbs/11_train.ipynb 23
 class LensScorer:
     "A trained model + its preprocessing: raw (N, 101, 101, 3) cutouts in, logits out."
     def __init__(self, model, spec: PreprocessSpec, device: str | torch.device = "cpu", batch_size: int = 256,
@@ -400,7 +400,7 @@ def _logits_progress(sc: LensScorer, X, progress: bool, desc: str) -> np.ndarray
     return np.concatenate([sc.logits_from_input(X[i:i + step]) for i in
                            tqdm(range(0, len(X), step), desc=f"score {desc}", disable=not progress, leave=False)] or [np.zeros(0, np.float32)])
 
-# %% ../nbs/11_train.ipynb 25
+# %% ../nbs/11_train.ipynb 26
 def settings_from_config(cfg) -> TrainSettings:
     "`TrainSettings` from a `TrainingConfig`."
     t = cfg.train

@@ -249,7 +249,7 @@ def metrics_from_array(X, galaxy_ids=None, labels=None, batch_size:int=1024, n_j
     df.insert(1, "type", label_type(labels) if labels is not None else np.full(n, "unknown", object))
     return df[METRIC_COLUMNS + ["reason"]]
 
-# %% ../nbs/13_validation.ipynb 21
+# %% ../nbs/13_validation.ipynb 22
 def _tie_groups(s_sorted:np.ndarray) -> np.ndarray:
     "Start index of each run of equal values in a sorted array."
     return np.r_[0, np.flatnonzero(np.diff(s_sorted)) + 1]
@@ -289,7 +289,7 @@ def bootstrap_auc(scores, labels, n_bootstrap:int=1000, seed:int=42, max_block:i
         out[b0:b0 + b] = _u_stat(wp, wn, starts) / (n1 * n0)
     return out
 
-# %% ../nbs/13_validation.ipynb 23
+# %% ../nbs/13_validation.ipynb 25
 FLAGS: tuple[str, ...] = ("green", "yellow", "red", "expected_physics", "insufficient_data")
 
 def severity(auc:float, yellow:float=0.60, red:float=0.80) -> str:
@@ -322,7 +322,7 @@ def shortcut_auc_by_feature(metrics:pd.DataFrame, features:list[str]|None=None, 
                          severity=sev, n_bootstrap=n_bootstrap))
     return pd.DataFrame(rows)
 
-# %% ../nbs/13_validation.ipynb 25
+# %% ../nbs/13_validation.ipynb 27
 def quality_gates(metrics:pd.DataFrame, core_ratio_threshold:float=1.10, nan_rate_threshold:float=0.05) -> dict:
     "The two spec-§5 quality gates as `{name: {value, threshold, passed}}` (value None when undefined)."
     q = metrics[metrics["quality_ok"].astype(bool)]
@@ -335,7 +335,7 @@ def quality_gates(metrics:pd.DataFrame, core_ratio_threshold:float=1.10, nan_rat
             "nan_rejection_rate": {"value": val(rate), "threshold": nan_rate_threshold,
                                    "passed": bool(np.isfinite(rate) and rate <= nan_rate_threshold)}}
 
-# %% ../nbs/13_validation.ipynb 28
+# %% ../nbs/13_validation.ipynb 30
 @dataclass
 class ValidationConfig:
     "Pipeline section `validation`: quality/shortcut thresholds, bootstrap, gate sample and report location."
@@ -374,7 +374,7 @@ class ValidationConfig:
         if self.gates_k < 2: raise ValueError("validation.gates_k: expected >= 2")
         if self.batch_size < 1 or self.n_jobs < 1: raise ValueError("validation.batch_size and n_jobs: expected >= 1")
 
-# %% ../nbs/13_validation.ipynb 31
+# %% ../nbs/13_validation.ipynb 34
 SUMMARY_SCHEMA: dict = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "https://stronglens.github.io/schemas/validation_summary.schema.json",
@@ -416,7 +416,7 @@ def write_summary_schema(url:str) -> str:
     "Write `SUMMARY_SCHEMA` as a JSON file to `url` (local path or s3://) atomically."
     return atomic_write_json(url, SUMMARY_SCHEMA)
 
-# %% ../nbs/13_validation.ipynb 36
+# %% ../nbs/13_validation.ipynb 40
 def utc_now() -> datetime.datetime:
     "The current UTC time, to the second."
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
@@ -478,7 +478,7 @@ def write_report(prefix:str, summary:dict, metrics:pd.DataFrame, shortcut:pd.Dat
     for name in REPORT_FILES: atomic_write_bytes(url_join(url, name), files[name])   # summary.json last
     return url
 
-# %% ../nbs/13_validation.ipynb 38
+# %% ../nbs/13_validation.ipynb 42
 def run_validation(manifest, prefix:str, cfg:ValidationConfig|None=None, n_jobs:int|None=None,
                    progress:bool=True, provenance:dict|None=None, timestamp:datetime.datetime|None=None):
     """Metrics of every cutout of a training manifest (DataFrame or Parquet URL with s3_path, galaxy_id, label),
