@@ -36,7 +36,8 @@ from .cutouts import (BANDS, CUTOUT_SHAPE, META_FIELDS, PIXSCALE_ARCSEC, CutoutE
 __all__ = ['DEFAULT_BASE_URL', 'MOCK_TIMESTAMP', 'FAILURE_COLUMNS', 'CutoutsConfig', 'utc_now_iso', 'CutoutResult',
            'CutoutSource', 'CutoutFetchError', 'parse_cutout_fits', 'cube_to_fits_bytes', 'RateLimiter',
            'retry_after_seconds', 'LegacySurveyCutoutService', 'object_seed', 'MockSkySource', 'source_from_config',
-           'destinations', 'process_batch', 'prepare_targets', 'remove_stale_temp_files', 'generate_cutouts']
+           'destinations', 'process_batch', 'prepare_targets', 'remove_stale_temp_files', 'finalize_failures',
+           'generate_cutouts']
 
 # %% ../nbs/06b_cutoutsource.ipynb 5
 DEFAULT_BASE_URL = "https://www.legacysurvey.org/viewer/fits-cutout"
@@ -541,6 +542,17 @@ def _pool_init(threads: int):
 def _batches(df: pd.DataFrame, batch_size: int):
     return [df.iloc[i:i + batch_size] for i in range(0, len(df), batch_size)]
 
+def finalize_failures(fails, t, done, todo, out_prefix, write_failures: bool, t0: float) -> pd.DataFrame:
+    "Failures in target order, written atomically to `<out_prefix>/failed_cutouts.parquet`, with run counts in `.attrs`."
+    fails = fails.astype({c: str for c in FAILURE_COLUMNS})
+    order = {g: i for i, g in enumerate(t["galaxy_id"])}
+    fails = fails.sort_values("galaxy_id", key=lambda s: s.map(order)).reset_index(drop=True)
+    if write_failures:
+        atomic_write_parquet(fails, url_join(out_prefix, "failed_cutouts.parquet"))
+    fails.attrs.update(n_targets=len(t), n_skipped=int(done.sum()), n_attempted=len(todo),
+                       n_written=len(todo) - len(fails), n_failed=len(fails), elapsed_s=time.perf_counter() - t0)
+    return fails
+
 def generate_cutouts(targets_df: pd.DataFrame, source: CutoutSource, out_prefix: str, n_workers: int = 1,
                      batch_size: int = 96, progress: bool = True, resume: bool = True,
                      write_failures: bool = True) -> pd.DataFrame:
@@ -574,11 +586,4 @@ def generate_cutouts(targets_df: pd.DataFrame, source: CutoutSource, out_prefix:
             finally:   # all work is done (or failed): let idle workers exit in the background
                 ex.shutdown(wait=False, cancel_futures=True)
     fails = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=FAILURE_COLUMNS)
-    fails = fails.astype({c: str for c in FAILURE_COLUMNS})
-    order = {g: i for i, g in enumerate(t["galaxy_id"])}
-    fails = fails.sort_values("galaxy_id", key=lambda s: s.map(order)).reset_index(drop=True)
-    if write_failures:
-        atomic_write_parquet(fails, url_join(out_prefix, "failed_cutouts.parquet"))
-    fails.attrs.update(n_targets=len(t), n_skipped=int(done.sum()), n_attempted=len(todo),
-                       n_written=len(todo) - len(fails), n_failed=len(fails), elapsed_s=time.perf_counter() - t0)
-    return fails
+    return finalize_failures(fails, t, done, todo, out_prefix, write_failures, t0)

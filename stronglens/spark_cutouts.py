@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from .config import atomic_write_parquet, url_join
-from .cutoutsource import (FAILURE_COLUMNS, CutoutSource, _existing_valid, prepare_targets, process_batch)
+from .cutoutsource import (FAILURE_COLUMNS, finalize_failures, CutoutSource, _existing_valid, prepare_targets, process_batch)
 
 # %% auto 0
 __all__ = ['generate_cutouts_spark']
@@ -57,11 +57,4 @@ def generate_cutouts_spark(targets_df: pd.DataFrame, source: CutoutSource, out_p
         fails = pd.DataFrame([r.asDict() for r in rows], columns=FAILURE_COLUMNS)
     else:
         fails = pd.DataFrame(columns=FAILURE_COLUMNS)
-    fails = fails.astype({c: str for c in FAILURE_COLUMNS})
-    order = {g: i for i, g in enumerate(t["galaxy_id"])}
-    fails = fails.sort_values("galaxy_id", key=lambda s: s.map(order)).reset_index(drop=True)
-    if write_failures:
-        atomic_write_parquet(fails, url_join(out_prefix, "failed_cutouts.parquet"))
-    fails.attrs.update(n_targets=len(t), n_skipped=int(done.sum()), n_attempted=len(todo),
-                       n_written=len(todo) - len(fails), n_failed=len(fails), elapsed_s=time.perf_counter() - t0)
-    return fails
+    return finalize_failures(fails, t, done, todo, out_prefix, write_failures, t0)
