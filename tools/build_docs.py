@@ -46,6 +46,30 @@ def page_title(nb, default):
     return default
 
 
+def quarto_like(nb):
+    """Apply what Quarto would do with a processed notebook: front matter -> title, `#| echo: false` hides the
+    input, `#|` directive lines are not shown, Pandoc attribute blocks (`{target=...}`) are dropped."""
+    import yaml
+    cells = []
+    for c in nb.cells:
+        if c.cell_type == "raw" and c.source.lstrip().startswith("---"):
+            fm = yaml.safe_load(c.source.strip().strip("-")) or {}
+            md = f"# {fm.get('title', '')}\n\n> {fm.get('description', '')}".rstrip("> \n")
+            cells.append(nbformat.v4.new_markdown_cell(md)); continue
+        if c.cell_type == "code":
+            lines = c.source.split("\n")
+            if any(re.match(r"#\|\s*(echo:\s*false|hide)", l) for l in lines):
+                c.metadata.setdefault("tags", []).append("hide_input")
+            c.source = "\n".join(l for l in lines if not l.startswith("#|")).strip("\n")
+            for o in c.get("outputs", []):
+                d = o.get("data", {})
+                if "text/markdown" in d:
+                    d["text/markdown"] = re.sub(r"\{(?:target|style|\.)[^}]*\}", "", d["text/markdown"])
+        cells.append(c)
+    nb.cells = cells
+    return nb
+
+
 def build_site(execute_nb=True):
     if (ROOT / "_quarto.yml").exists(): shutil.copy(ROOT / "_quarto.yml", NBS / "_quarto.yml")
     if shutil.which("quarto"):
@@ -76,11 +100,13 @@ def build_site(execute_nb=True):
     DOCS.mkdir(exist_ok=True)
     nbs = []
     for p in pages:
-        nb = nbformat.read(p, as_version=4)
+        nb = quarto_like(nbformat.read(p, as_version=4))
         rel = p.relative_to(PROC).with_suffix(".html")
         nbs.append((rel, page_title(nb, p.stem), nb))
     nav = "\n".join(f'<li><a href="{{root}}{r.as_posix()}">{html.escape(t)}</a></li>' for r, t, _ in nbs)
-    exporter = HTMLExporter(template_name="lab", exclude_input_prompt=True, exclude_output_prompt=True)
+    from traitlets.config import Config
+    tc = Config(); tc.TagRemovePreprocessor.enabled = True; tc.TagRemovePreprocessor.remove_input_tags = ("hide_input",)
+    exporter = HTMLExporter(config=tc, template_name="lab", exclude_input_prompt=True, exclude_output_prompt=True)
     for rel, title, nb in nbs:
         body, _ = exporter.from_notebook_node(nb)
         root = "../" * (len(rel.parts) - 1)
