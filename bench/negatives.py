@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 warnings.filterwarnings("ignore")
-from stronglens.config import NegativeSamplingConfig, atomic_write_parquet, git_commit
+from stronglens.config import atomic_write_parquet, git_commit
+from stronglens.negatives import NegativeSamplingConfig
 from stronglens.negatives import (synthetic_sweep, write_sweep_fits, ChunkContext, process_chunk, plan_tasks, run_tasks_local,
                                   POOL_COLUMNS)
 from stronglens.splits import compute_healpix_scalar, assign_split_scalar

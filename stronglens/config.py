@@ -12,13 +12,11 @@ import fsspec, yaml
 import pandas as pd
 
 # %% auto 0
-__all__ = ['SECTIONS', 'PIPELINE_VERSION', 'ConfigError', 'from_dict', 'config_to_dict', 'config_hash', 'DatasetSection',
-           'AugmentSection', 'TrainSection', 'TrainingConfig', 'HealpixSection', 'SplitsSection', 'ExclusionSection',
-           'CutsSection', 'StratificationSection', 'N2ProxiesSection', 'NegativeSamplingConfig', 'RunConfig',
+__all__ = ['SECTIONS', 'PIPELINE_VERSION', 'ConfigError', 'from_dict', 'config_to_dict', 'config_hash', 'RunConfig',
            'register_section', 'PipelineConfig', 'parse_overrides', 'detect_schema', 'load_config', 'config_from_dict',
            'dump_config', 'save_config', 'is_local', 'storage_options', 'get_fs', 'url_join', 'exists', 'makedirs',
            'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_write_parquet', 'read_parquet',
-           'read_bytes', 'git_commit', 'provenance']
+           'read_bytes', 'resolve_path', 'relative_path', 'git_commit', 'provenance']
 
 # %% ../nbs/00_config.ipynb 6
 class ConfigError(ValueError):
@@ -114,139 +112,18 @@ def config_hash(cfg, sections:list[str]|None=None) -> str:
 
 # %% ../nbs/00_config.ipynb 14
 @dataclass
-class DatasetSection:
-    parquet_path: str                 # spec §4: original paired-parquet location (kept for provenance)
-    mode: str                         # "unpaired_manifest": train from a training manifest (spec §2)
-    manifest_path: str                # training manifest Parquet (local path or s3:// URL)
-    preprocessing: str                # "raw_robust" | "raw" | "residual"
-    seed: int                         # data/augmentation seed
-    annulus_r_in_px: float = 32.5     # raw_robust normalisation annulus, inner radius (px)
-    annulus_r_out_px: float = 45.0    # raw_robust normalisation annulus, outer radius (px)
-    clip: float = 10.0                # clip normalised pixels to ±clip
-    cache_dir: str = ""               # packed per-split cache; "" -> <manifest dir>/cache
-    def validate(self):
-        if self.mode not in ("unpaired_manifest",): raise ValueError(f"dataset.mode: expected 'unpaired_manifest', got {self.mode!r}")
-        if self.preprocessing not in ("raw_robust", "raw", "residual"):
-            raise ValueError(f"dataset.preprocessing: expected one of raw_robust, raw, residual; got {self.preprocessing!r}")
-        if not 0 <= self.annulus_r_in_px < self.annulus_r_out_px: raise ValueError("dataset.annulus_r_in_px must be >= 0 and < annulus_r_out_px")
-        if self.clip <= 0: raise ValueError("dataset.clip must be > 0")
-
-@dataclass
-class AugmentSection:
-    core_dropout_prob: float            # probability of zeroing the central disc
-    az_shuffle_prob: float              # probability of permuting pixels within each 1-px ring
-    flips: bool = True                  # random horizontal/vertical flips
-    rot90: bool = True                  # random 90-degree rotations
-    subpixel_shift_px: float = 0.0      # max random sub-pixel shift (0 = off)
-    core_dropout_radius_px: float = 5.0 # radius of the zeroed central disc
-    def validate(self):
-        for k in ("core_dropout_prob", "az_shuffle_prob"):
-            if not 0.0 <= getattr(self, k) <= 1.0: raise ValueError(f"augment.{k}: expected a probability in [0, 1], got {getattr(self, k)}")
-
-@dataclass
-class TrainSection:
-    epochs: int                       # maximum number of epochs
-    batch_size: int                   # images per optimiser step
-    lr: float                         # AdamW learning rate
-    weight_decay: float               # AdamW weight decay
-    num_workers: int                  # data-loader worker processes
-    device: str                       # "cuda" (falls back to CPU with a warning) | "cpu" | "auto"
-    early_stopping_patience: int      # epochs without val-AUC improvement before stopping
-    out_dir: str                      # checkpoints, metrics and scores
-    mixed_precision: bool             # AMP autocast on CUDA
-    arch: str = "resnet"              # "resnet" (full) | "small" (CPU demo)
-    seed: int = 1337                  # weight-init / shuffling seed
-    max_train_samples: int = 0        # 0 = all; >0 subsamples the training split (quick runs)
-    def validate(self):
-        for k in ("epochs", "batch_size", "early_stopping_patience"):
-            if getattr(self, k) < 1: raise ValueError(f"train.{k}: expected an integer >= 1, got {getattr(self, k)}")
-        if self.lr <= 0: raise ValueError(f"train.lr: expected > 0, got {self.lr}")
-        if self.num_workers < 0: raise ValueError("train.num_workers: expected >= 0")
-        if self.device not in ("cuda", "cpu", "auto", "mps"): raise ValueError(f"train.device: expected cuda, cpu, mps or auto; got {self.device!r}")
-        if self.arch not in ("resnet", "small"): raise ValueError(f"train.arch: expected 'resnet' or 'small', got {self.arch!r}")
-
-@dataclass
-class TrainingConfig:
-    dataset: DatasetSection
-    augment: AugmentSection
-    train: TrainSection
-
-# %% ../nbs/00_config.ipynb 16
-@dataclass
-class HealpixSection:
-    nside: int = 128          # HEALPix resolution of the split pixels
-    nest: bool = True         # nested ordering (spec §3)
-    def validate(self):
-        if self.nside < 1 or self.nside & (self.nside - 1): raise ValueError(f"healpix.nside: expected a power of 2, got {self.nside}")
-
-@dataclass
-class SplitsSection:
-    allocations: dict[str, float] = field(default_factory=lambda: {"train": 0.70, "val": 0.15, "test": 0.15})
-    seed: int = 42            # salt of the sha256 split hash
-    def validate(self):
-        if not self.allocations: raise ValueError("splits.allocations: expected at least one split")
-        if any(v < 0 for v in self.allocations.values()): raise ValueError("splits.allocations: expected non-negative fractions")
-        s = sum(self.allocations.values())
-        if abs(s - 1.0) > 1e-9: raise ValueError(f"splits.allocations: expected fractions summing to 1 (within 1e-9), got {s!r}")
-
-@dataclass
-class ExclusionSection:
-    radius_arcsec: float = 11.0   # 5" buffer + 2 x 3.0" maximum theta_E
-    def validate(self):
-        if self.radius_arcsec <= 0: raise ValueError("exclusion.radius_arcsec: expected > 0")
-
-@dataclass
-class CutsSection:
-    types: list[str] = field(default_factory=lambda: ["SER", "DEV", "REX"])   # Tractor types kept
-    min_nobs_grz: int = 3                 # minimum exposures in each of g, r, z
-    max_mag_z: float = 20.0               # z-band magnitude limit (AB, not extinction-corrected)
-    reject_maskbits: list[int] = field(default_factory=lambda: [1, 5, 6, 7, 11, 12, 13])  # DR10 MASKBITS rejected
-    require_finite_flux: bool = True      # drop rows with non-finite g/r/z fluxes
-
-@dataclass
-class StratificationSection:
-    nobs_z_bins: list[str] = field(default_factory=lambda: ["1-2", "3-5", "6-10", "11+"])
-    type_bins: list[str] = field(default_factory=lambda: ["SER", "DEV", "REX", "OTHER"])
-    negatives_per_positive: float = 100.0   # per nobs_z_bin x type_bin stratum
-    n1_fraction: float = 0.85               # N1 share of each stratum (N2 gets the rest)
-    def validate(self):
-        if not 0.0 <= self.n1_fraction <= 1.0: raise ValueError("stratification.n1_fraction: expected a fraction in [0, 1]")
-        if self.negatives_per_positive <= 0: raise ValueError("stratification.negatives_per_positive: expected > 0")
-
-@dataclass
-class N2ProxiesSection:
-    ring_min_sersic: float = 4.0          # ring proxy: DEV, or SER with n >= this ...
-    ring_min_flux_r: float = 5.0          # ... and flux_r >= this (nmgy)
-    edgeon_min_ellipticity: float = 0.5   # edge-on proxy: ellipticity >= this ...
-    edgeon_min_shape_r: float = 0.6       # ... and shape_r >= this (arcsec)
-    blue_max_g_minus_r: float = 0.4       # blue clumpy: g-r <= this ...
-    blue_max_mag_r: float = 20.5          # ... and r <= this (AB)
-    large_min_shape_r: float = 2.0        # large galaxy: shape_r >= this (arcsec) ...
-    large_min_flux_r: float = 3.0         # ... and flux_r >= this (nmgy)
-
-@dataclass
-class NegativeSamplingConfig:
-    seed: int = 42
-    healpix: HealpixSection = field(default_factory=HealpixSection)
-    splits: SplitsSection = field(default_factory=SplitsSection)
-    exclusion: ExclusionSection = field(default_factory=ExclusionSection)
-    cuts: CutsSection = field(default_factory=CutsSection)
-    stratification: StratificationSection = field(default_factory=StratificationSection)
-    n2_proxies: N2ProxiesSection = field(default_factory=N2ProxiesSection)
-
-@dataclass
 class RunConfig:
     name: str = "demo"     # run label (provenance only)
     seed: int = 42         # master seed recorded in provenance.json
 
-# %% ../nbs/00_config.ipynb 18
+# %% ../nbs/00_config.ipynb 16
 SECTIONS: dict[str, str] = {
     "run": "stronglens.config:RunConfig",
     "sky": "stronglens.mocksky:SkyConfig",
-    "negatives": "stronglens.config:NegativeSamplingConfig",
+    "negatives": "stronglens.negatives:NegativeSamplingConfig",
     "catalogs": "stronglens.negatives:CatalogConfig",
     "cutouts": "stronglens.cutoutsource:CutoutsConfig",
-    "training": "stronglens.config:TrainingConfig",
+    "training": "stronglens.train:TrainingConfig",
     "validation": "stronglens.validation:ValidationConfig",
 }
 
@@ -274,7 +151,7 @@ def _pipeline_from_dict(data:dict, file=None, required:tuple=("run",)) -> Pipeli
         secs[name] = from_dict(_section_class(name), data[name] if data[name] is not None else {}, file=file, prefix=name)
     return PipelineConfig(secs)
 
-# %% ../nbs/00_config.ipynb 20
+# %% ../nbs/00_config.ipynb 18
 def _set_path(d:dict, key:str, value):
     "Set dotted `key` in nested dict `d`, creating intermediate dicts."
     parts = key.split(".")
@@ -301,9 +178,10 @@ def parse_overrides(overrides) -> dict:
 def detect_schema(data:dict):
     "Which config a raw YAML dict is: `TrainingConfig`, `NegativeSamplingConfig` or a pipeline config (`None`)."
     keys = set(data)
-    if keys and keys <= {"dataset", "augment", "train"}: return TrainingConfig
-    if keys and keys <= {f.name for f in fields(NegativeSamplingConfig)} and keys & {"healpix", "splits", "exclusion", "cuts", "stratification"}:
-        return NegativeSamplingConfig
+    if keys and keys <= {"dataset", "augment", "train"}: return _section_class("training")
+    neg = _section_class("negatives")
+    if keys and keys <= {f.name for f in fields(neg)} and keys & {"healpix", "splits", "exclusion", "cuts", "stratification"}:
+        return neg
     return None
 
 def load_config(path, overrides=None, schema=None, required_sections:tuple=("run",)):
@@ -335,7 +213,7 @@ def save_config(cfg, url:str) -> str:
     "Write `cfg` as YAML to `url` atomically; returns `url`."
     atomic_write_text(url, dump_config(cfg)); return url
 
-# %% ../nbs/00_config.ipynb 27
+# %% ../nbs/00_config.ipynb 26
 def is_local(url) -> bool:
     "True for a plain path or a `file://` URL."
     u = str(url)
@@ -411,7 +289,22 @@ def read_bytes(url) -> bytes:
     fs, p = get_fs(url)
     with fs.open(p, "rb") as f: return f.read()
 
-# %% ../nbs/00_config.ipynb 34
+# %% ../nbs/00_config.ipynb 30
+def resolve_path(base, path) -> str:
+    "`path` as given when it is absolute or a URL, else joined onto `base` (a run folder or prefix)."
+    p = str(path)
+    if not is_local(p) or Path(p.removeprefix("file://")).is_absolute(): return p
+    return url_join(base, p)
+
+def relative_path(base, url) -> str:
+    "`url` relative to `base` (POSIX separators) when it lies inside `base`, else `url` unchanged."
+    b, u = str(base).rstrip("/"), str(url)
+    if is_local(b) and is_local(u):
+        bp, up = Path(b.removeprefix("file://")).resolve(), Path(u.removeprefix("file://")).resolve()
+        return up.relative_to(bp).as_posix() if up.is_relative_to(bp) else u
+    return u[len(b) + 1:] if u.startswith(b + "/") else u
+
+# %% ../nbs/00_config.ipynb 36
 def _pkg_version() -> str:
     try:
         from stronglens import __version__; return __version__

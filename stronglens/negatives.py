@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm.auto import tqdm
 
-from .config import (NegativeSamplingConfig, PIPELINE_VERSION, git_commit, url_join, get_fs, is_local, exists)
+from .config import (PIPELINE_VERSION, git_commit, url_join, get_fs, is_local, exists)
 from .splits import compute_healpix, assign_split
 from .exclusion import LensIndex
 from .legacysurvey import (SWEEP_COLUMNS, SweepReadError, SweepProblem, open_table, plan_columns,
@@ -22,16 +22,81 @@ from .legacysurvey import (SWEEP_COLUMNS, SweepReadError, SweepProblem, open_tab
 
 # %% auto 0
 __all__ = ['POOL_COLUMNS', 'SPEC_POOL_COLUMNS', 'EXTRA_POOL_COLUMNS', 'POSITIVE_EXTRA_COLUMNS', 'N2_PROXY_ORDER', 'CUT_REASONS',
-           'STRATUM_POOL', 'CatalogConfig', 'resolve_catalog_paths', 'list_sweeps', 'empty_pool', 'check_pool_schema',
-           'flux_to_mag', 'depth_to_mag', 'parse_bins', 'nobs_bin_codes', 'nobs_bin', 'type_bin_codes', 'type_bin',
-           'n2_proxy_codes', 'n2_proxy_category', 'rank_key', 'galaxy_ids', 'labels_to_str', 'ChunkContext',
-           'prefilter_nside', 'lens_neighbourhood_pixels', 'maybe_near_lens', 'quality_masks', 'pool_columns',
-           'ChunkResult', 'process_chunk', 'synthetic_sweep', 'write_sweep_fits', 'SweepTask', 'plan_tasks', 'run_task',
+           'STRATUM_POOL', 'HealpixSection', 'SplitsSection', 'ExclusionSection', 'CutsSection',
+           'StratificationSection', 'N2ProxiesSection', 'NegativeSamplingConfig', 'CatalogConfig',
+           'resolve_catalog_paths', 'list_sweeps', 'empty_pool', 'check_pool_schema', 'flux_to_mag', 'depth_to_mag',
+           'parse_bins', 'nobs_bin_codes', 'nobs_bin', 'type_bin_codes', 'type_bin', 'n2_proxy_codes',
+           'n2_proxy_category', 'rank_key', 'galaxy_ids', 'labels_to_str', 'ChunkContext', 'prefilter_nside',
+           'lens_neighbourhood_pixels', 'maybe_near_lens', 'quality_masks', 'pool_columns', 'ChunkResult',
+           'process_chunk', 'synthetic_sweep', 'write_sweep_fits', 'SweepTask', 'plan_tasks', 'run_task',
            'run_tasks_local', 'match_positives', 'round_half_up', 'sampling_targets', 'targets_long', 'sampling_table',
            'sample_negatives', 'stratification_table', 'load_morphology_catalog', 'CatalogInputs', 'prepare_catalogs',
            'CatalogResult', 'finish_catalogs', 'build_catalogs', 'synthetic_sky']
 
 # %% ../nbs/07_negatives.ipynb 5
+@dataclass
+class HealpixSection:
+    nside: int = 128          # HEALPix resolution of the split pixels
+    nest: bool = True         # nested ordering (spec §3)
+    def validate(self):
+        if self.nside < 1 or self.nside & (self.nside - 1): raise ValueError(f"healpix.nside: expected a power of 2, got {self.nside}")
+
+@dataclass
+class SplitsSection:
+    allocations: dict[str, float] = field(default_factory=lambda: {"train": 0.70, "val": 0.15, "test": 0.15})
+    seed: int = 42            # salt of the sha256 split hash
+    def validate(self):
+        if not self.allocations: raise ValueError("splits.allocations: expected at least one split")
+        if any(v < 0 for v in self.allocations.values()): raise ValueError("splits.allocations: expected non-negative fractions")
+        s = sum(self.allocations.values())
+        if abs(s - 1.0) > 1e-9: raise ValueError(f"splits.allocations: expected fractions summing to 1 (within 1e-9), got {s!r}")
+
+@dataclass
+class ExclusionSection:
+    radius_arcsec: float = 11.0   # 5" buffer + 2 x 3.0" maximum theta_E
+    def validate(self):
+        if self.radius_arcsec <= 0: raise ValueError("exclusion.radius_arcsec: expected > 0")
+
+@dataclass
+class CutsSection:
+    types: list[str] = field(default_factory=lambda: ["SER", "DEV", "REX"])   # Tractor types kept
+    min_nobs_grz: int = 3                 # minimum exposures in each of g, r, z
+    max_mag_z: float = 20.0               # z-band magnitude limit (AB, not extinction-corrected)
+    reject_maskbits: list[int] = field(default_factory=lambda: [1, 5, 6, 7, 11, 12, 13])  # DR10 MASKBITS rejected
+    require_finite_flux: bool = True      # drop rows with non-finite g/r/z fluxes
+
+@dataclass
+class StratificationSection:
+    nobs_z_bins: list[str] = field(default_factory=lambda: ["1-2", "3-5", "6-10", "11+"])
+    type_bins: list[str] = field(default_factory=lambda: ["SER", "DEV", "REX", "OTHER"])
+    negatives_per_positive: float = 100.0   # per nobs_z_bin x type_bin stratum
+    n1_fraction: float = 0.85               # N1 share of each stratum (N2 gets the rest)
+    def validate(self):
+        if not 0.0 <= self.n1_fraction <= 1.0: raise ValueError("stratification.n1_fraction: expected a fraction in [0, 1]")
+        if self.negatives_per_positive <= 0: raise ValueError("stratification.negatives_per_positive: expected > 0")
+
+@dataclass
+class N2ProxiesSection:
+    ring_min_sersic: float = 4.0          # ring proxy: DEV, or SER with n >= this ...
+    ring_min_flux_r: float = 5.0          # ... and flux_r >= this (nmgy)
+    edgeon_min_ellipticity: float = 0.5   # edge-on proxy: ellipticity >= this ...
+    edgeon_min_shape_r: float = 0.6       # ... and shape_r >= this (arcsec)
+    blue_max_g_minus_r: float = 0.4       # blue clumpy: g-r <= this ...
+    blue_max_mag_r: float = 20.5          # ... and r <= this (AB)
+    large_min_shape_r: float = 2.0        # large galaxy: shape_r >= this (arcsec) ...
+    large_min_flux_r: float = 3.0         # ... and flux_r >= this (nmgy)
+
+@dataclass
+class NegativeSamplingConfig:
+    seed: int = 42
+    healpix: HealpixSection = field(default_factory=HealpixSection)
+    splits: SplitsSection = field(default_factory=SplitsSection)
+    exclusion: ExclusionSection = field(default_factory=ExclusionSection)
+    cuts: CutsSection = field(default_factory=CutsSection)
+    stratification: StratificationSection = field(default_factory=StratificationSection)
+    n2_proxies: N2ProxiesSection = field(default_factory=N2ProxiesSection)
+
+# %% ../nbs/07_negatives.ipynb 8
 @dataclass
 class CatalogConfig:
     sweep_dir: str = ""                   # folder/prefix of sweep FITS files; "" -> <run_dir>/sky
@@ -90,7 +155,7 @@ def list_sweeps(sweep_dir: str, pattern: str = "sweep-*.fits") -> list[str]:
     proto = str(sweep_dir).split("://")[0]
     return [f"{proto}://{h}" for h in hits]
 
-# %% ../nbs/07_negatives.ipynb 8
+# %% ../nbs/07_negatives.ipynb 11
 POOL_COLUMNS: dict[str, str] = {
     "galaxy_id": "str", "brickname": "str", "objid": "int64", "ra": "float64", "dec": "float64", "type": "str",
     "nobs_z": "int64", "nobs_z_bin": "str", "type_bin": "str",
@@ -126,7 +191,7 @@ def check_pool_schema(df: pd.DataFrame, extra: dict | None = None) -> list[str]:
         elif str(df[c].dtype) != d: out.append(f"{c}: dtype {df[c].dtype}, expected {d}")
     return out
 
-# %% ../nbs/07_negatives.ipynb 10
+# %% ../nbs/07_negatives.ipynb 13
 def flux_to_mag(flux) -> np.ndarray:
     "AB magnitude (float32) of fluxes in nanomaggies; NaN where flux <= 0 or non-finite."
     f = np.asarray(flux, np.float64)
@@ -143,7 +208,7 @@ def depth_to_mag(ivar, nsigma: float = 5.0) -> np.ndarray:
     out[ok] = 22.5 - 2.5 * np.log10(nsigma / np.sqrt(v[ok]))
     return out
 
-# %% ../nbs/07_negatives.ipynb 13
+# %% ../nbs/07_negatives.ipynb 16
 def parse_bins(labels) -> list[tuple[str, int, float]]:
     "[(label, lo, hi)] inclusive integer ranges from labels like '1-2', '11+', '7'."
     out = []
@@ -185,7 +250,7 @@ def type_bin(types, bins=("SER", "DEV", "REX", "OTHER")) -> np.ndarray:
     codes, labs = type_bin_codes(types, bins)
     return np.array(labs, dtype=object)[codes]
 
-# %% ../nbs/07_negatives.ipynb 16
+# %% ../nbs/07_negatives.ipynb 19
 N2_PROXY_ORDER = ("ring", "edge_on", "blue_clumpy", "large")
 
 def n2_proxy_codes(type_, flux_r, sersic, shape_r, shape_e1, shape_e2, mag_r, g_minus_r, proxies) -> np.ndarray:
@@ -209,7 +274,7 @@ def n2_proxy_category(type_, flux_r, sersic, shape_r, shape_e1, shape_e2, mag_r,
     codes = n2_proxy_codes(type_, flux_r, sersic, shape_r, shape_e1, shape_e2, mag_r, g_minus_r, proxies)
     return np.array([""] + list(N2_PROXY_ORDER), dtype=object)[codes]
 
-# %% ../nbs/07_negatives.ipynb 19
+# %% ../nbs/07_negatives.ipynb 22
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -411,7 +476,7 @@ def process_chunk(arr: dict, ctx: ChunkContext, sweep_file: str) -> ChunkResult:
     counts["lens_match_rows"] = len(lr)
     return ChunkResult(cand, lr, counts)
 
-# %% ../nbs/07_negatives.ipynb 21
+# %% ../nbs/07_negatives.ipynb 24
 def synthetic_sweep(n: int, seed: int = 0, ra_range=(150.0, 150.5), dec_range=(1.0, 1.5), brick_prefix: str = "1500p010") -> dict:
     """A dict of sweep-like arrays (DR10 column names, lower case, sweep dtypes) with `n` random sources:
     types, exposure counts, fluxes, depths, shapes with roughly DR10-like distributions. For tests and benchmarks."""
@@ -450,7 +515,7 @@ def write_sweep_fits(url: str, arrays: dict) -> str:
     fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU(rec)]).writeto(buf)
     return atomic_write_bytes(url, buf.getvalue())
 
-# %% ../nbs/07_negatives.ipynb 27
+# %% ../nbs/07_negatives.ipynb 30
 @dataclass(frozen=True)
 class SweepTask:
     url: str
@@ -506,7 +571,7 @@ def run_tasks_local(tasks: list[SweepTask], ctx: ChunkContext, n_jobs: int = 1, 
     lr = pd.concat(lrs, ignore_index=True) if lrs else empty_pool({**ex, "_lens_idx": "int64", "_lens_sep_arcsec": "float64"})
     return cand, lr, counts
 
-# %% ../nbs/07_negatives.ipynb 29
+# %% ../nbs/07_negatives.ipynb 32
 def match_positives(lens_rows: pd.DataFrame, positives_cat: pd.DataFrame, sweep_urls=(), skipped_urls=(),
                     match_radius_arcsec: float = 1.5) -> tuple[pd.DataFrame, pd.DataFrame]:
     "(positives in pool schema + lens columns, unmatched lenses with `reason`) from per-chunk lens rows."
@@ -541,7 +606,7 @@ def match_positives(lens_rows: pd.DataFrame, positives_cat: pd.DataFrame, sweep_
     unmatched = L[reason != ""].assign(reason=reason[reason != ""].values).reset_index(drop=True)
     return pos, unmatched
 
-# %% ../nbs/07_negatives.ipynb 31
+# %% ../nbs/07_negatives.ipynb 34
 def round_half_up(x) -> np.ndarray: return np.floor(np.asarray(x, np.float64) + 0.5).astype(np.int64)
 
 def sampling_targets(positives: pd.DataFrame, strat) -> pd.DataFrame:
@@ -597,7 +662,7 @@ def stratification_table(positives: pd.DataFrame, negatives: pd.DataFrame, strat
     t.loc[("all", "all"), :] = tot
     return t
 
-# %% ../nbs/07_negatives.ipynb 34
+# %% ../nbs/07_negatives.ipynb 37
 def load_morphology_catalog(url: str) -> pd.DataFrame:
     "A morphology catalog with columns ra, dec, category (CSV or Parquet, local or URL); category lower-cased."
     fs, p = get_fs(url)
@@ -684,7 +749,7 @@ def build_catalogs(ccfg: CatalogConfig, neg: NegativeSamplingConfig, paths: dict
     cand, lr, counts = run_tasks_local(tasks, inputs.ctx, n_jobs=ccfg.n_jobs, progress=ccfg.progress, problems=problems)
     return finish_catalogs(inputs, cand, lr, counts, problems, ccfg)
 
-# %% ../nbs/07_negatives.ipynb 36
+# %% ../nbs/07_negatives.ipynb 39
 def synthetic_sky(out_dir: str, n_per_file: int = 40000, n_lenses: int = 60, seed: int = 0) -> dict:
     """Write a tiny sky for tests: two sweep files, `known_lenses.csv` (lenscat columns; lenses centred on
     random SER/DEV/REX sources, plus a cluster entry, a NoSOCS row and a near-duplicate), `confusers.csv`."""

@@ -31,7 +31,8 @@ from .model import architecture_text, count_parameters, model_config, model_from
 # %% auto 0
 __all__ = ['CHECKPOINT_FORMAT', 'resolve_device', 'amp_dtype_for', 'masked_bce', 'binary_metrics', 'train', 'evaluate',
            'make_loader', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'load_model', 'TrainSettings',
-           'TrainResult', 'fit', 'LensScorer', 'score', 'settings_from_config', 'train_from_config']
+           'TrainResult', 'fit', 'LensScorer', 'score', 'DatasetSection', 'AugmentSection', 'TrainSection',
+           'TrainingConfig', 'settings_from_config', 'train_from_config']
 
 # %% ../nbs/11_train.ipynb 5
 def resolve_device(requested: str | torch.device = "cuda") -> torch.device:
@@ -160,7 +161,7 @@ def load_model(checkpoint: str | dict, device: str | torch.device = "cpu"):
 # %% ../nbs/11_train.ipynb 15
 @dataclass
 class TrainSettings:
-    "Hyperparameters of one training run (see `TrainSection` in `stronglens.config`)."
+    "Hyperparameters of one training run (see `TrainSection`)."
     arch: str = "small"
     epochs: int = 10
     batch_size: int = 128
@@ -401,6 +402,65 @@ def _logits_progress(sc: LensScorer, X, progress: bool, desc: str) -> np.ndarray
                            tqdm(range(0, len(X), step), desc=f"score {desc}", disable=not progress, leave=False)] or [np.zeros(0, np.float32)])
 
 # %% ../nbs/11_train.ipynb 26
+@dataclass
+class DatasetSection:
+    parquet_path: str                 # spec §4: original paired-parquet location (kept for provenance)
+    mode: str                         # "unpaired_manifest": train from a training manifest (spec §2)
+    manifest_path: str                # training manifest Parquet (local path or s3:// URL)
+    preprocessing: str                # "raw_robust" | "raw" | "residual"
+    seed: int                         # data/augmentation seed
+    annulus_r_in_px: float = 32.5     # raw_robust normalisation annulus, inner radius (px)
+    annulus_r_out_px: float = 45.0    # raw_robust normalisation annulus, outer radius (px)
+    clip: float = 10.0                # clip normalised pixels to ±clip
+    cache_dir: str = ""               # packed per-split cache; "" -> <manifest dir>/cache
+    def validate(self):
+        if self.mode not in ("unpaired_manifest",): raise ValueError(f"dataset.mode: expected 'unpaired_manifest', got {self.mode!r}")
+        if self.preprocessing not in ("raw_robust", "raw", "residual"):
+            raise ValueError(f"dataset.preprocessing: expected one of raw_robust, raw, residual; got {self.preprocessing!r}")
+        if not 0 <= self.annulus_r_in_px < self.annulus_r_out_px: raise ValueError("dataset.annulus_r_in_px must be >= 0 and < annulus_r_out_px")
+        if self.clip <= 0: raise ValueError("dataset.clip must be > 0")
+
+@dataclass
+class AugmentSection:
+    core_dropout_prob: float            # probability of zeroing the central disc
+    az_shuffle_prob: float              # probability of permuting pixels within each 1-px ring
+    flips: bool = True                  # random horizontal/vertical flips
+    rot90: bool = True                  # random 90-degree rotations
+    subpixel_shift_px: float = 0.0      # max random sub-pixel shift (0 = off)
+    core_dropout_radius_px: float = 5.0 # radius of the zeroed central disc
+    def validate(self):
+        for k in ("core_dropout_prob", "az_shuffle_prob"):
+            if not 0.0 <= getattr(self, k) <= 1.0: raise ValueError(f"augment.{k}: expected a probability in [0, 1], got {getattr(self, k)}")
+
+@dataclass
+class TrainSection:
+    epochs: int                       # maximum number of epochs
+    batch_size: int                   # images per optimiser step
+    lr: float                         # AdamW learning rate
+    weight_decay: float               # AdamW weight decay
+    num_workers: int                  # data-loader worker processes
+    device: str                       # "cuda" (falls back to CPU with a warning) | "cpu" | "auto"
+    early_stopping_patience: int      # epochs without val-AUC improvement before stopping
+    out_dir: str                      # checkpoints, metrics and scores
+    mixed_precision: bool             # AMP autocast on CUDA
+    arch: str = "resnet"              # "resnet" (full) | "small" (CPU demo)
+    seed: int = 1337                  # weight-init / shuffling seed
+    max_train_samples: int = 0        # 0 = all; >0 subsamples the training split (quick runs)
+    def validate(self):
+        for k in ("epochs", "batch_size", "early_stopping_patience"):
+            if getattr(self, k) < 1: raise ValueError(f"train.{k}: expected an integer >= 1, got {getattr(self, k)}")
+        if self.lr <= 0: raise ValueError(f"train.lr: expected > 0, got {self.lr}")
+        if self.num_workers < 0: raise ValueError("train.num_workers: expected >= 0")
+        if self.device not in ("cuda", "cpu", "auto", "mps"): raise ValueError(f"train.device: expected cuda, cpu, mps or auto; got {self.device!r}")
+        if self.arch not in ("resnet", "small"): raise ValueError(f"train.arch: expected 'resnet' or 'small', got {self.arch!r}")
+
+@dataclass
+class TrainingConfig:
+    dataset: DatasetSection
+    augment: AugmentSection
+    train: TrainSection
+
+# %% ../nbs/11_train.ipynb 28
 def settings_from_config(cfg) -> TrainSettings:
     "`TrainSettings` from a `TrainingConfig`."
     t = cfg.train

@@ -1,8 +1,10 @@
 """Bad-input tests for stronglens.config: every error names the file, the key path and what was expected."""
 from pathlib import Path
 import pytest, yaml
-from stronglens.config import (ConfigError, load_config, config_from_dict, TrainingConfig, NegativeSamplingConfig,
-                               PipelineConfig, config_hash, dump_config, save_config)
+from stronglens.config import (ConfigError, load_config, config_from_dict, PipelineConfig, config_hash, dump_config,
+                               save_config)
+from stronglens.train import TrainingConfig
+from stronglens.negatives import NegativeSamplingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC_TRAIN = ROOT / "configs" / "unpaired_matched_raw.yaml"

@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stronglens.config import NegativeSamplingConfig, read_parquet
+from stronglens.config import read_parquet
+from stronglens.negatives import NegativeSamplingConfig
 from stronglens.cutouts import cutout_filename
 from stronglens.negatives import CatalogConfig, synthetic_sky, POOL_COLUMNS
 from stronglens.manifest import (TRAINING_MANIFEST_COLUMNS, build_training_manifest, check_leakage, LeakageError, run_catalog_stage)

@@ -5,7 +5,7 @@ import pytest
 from astropy.coordinates import SkyCoord
 import astropy.units as u
 
-from stronglens.config import NegativeSamplingConfig
+from stronglens.negatives import NegativeSamplingConfig
 from stronglens.negatives import (CatalogConfig, POOL_COLUMNS, SPEC_POOL_COLUMNS, POSITIVE_EXTRA_COLUMNS, check_pool_schema,
                                   resolve_catalog_paths, build_catalogs, synthetic_sky, synthetic_sweep, write_sweep_fits,
                                   sample_negatives, flux_to_mag, nobs_bin, ChunkContext, process_chunk)

@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stronglens.config import NegativeSamplingConfig, read_parquet
+from stronglens.config import read_parquet
+from stronglens.negatives import NegativeSamplingConfig
 
 mocksky = pytest.importorskip("stronglens.mocksky")
 pytestmark = pytest.mark.slow

@@ -4,7 +4,8 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from stronglens.config import NegativeSamplingConfig, read_parquet, read_bytes, get_fs
+from stronglens.config import read_parquet, read_bytes, get_fs
+from stronglens.negatives import NegativeSamplingConfig
 from stronglens.negatives import CatalogConfig, synthetic_sky
 from stronglens.manifest import run_catalog_stage, TRAINING_MANIFEST_COLUMNS
 from stronglens.legacysurvey import read_sweep, load_known_lenses

@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stronglens.config import NegativeSamplingConfig, read_parquet, get_fs
+from stronglens.config import read_parquet, get_fs
+from stronglens.negatives import NegativeSamplingConfig
 from stronglens.negatives import CatalogConfig, synthetic_sky, resolve_catalog_paths, build_catalogs
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow, pytest.mark.filterwarnings("ignore::FutureWarning"),

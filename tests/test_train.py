@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import stronglens.train as T
-from stronglens.config import AugmentSection, DatasetSection, TrainingConfig, TrainSection
+from stronglens.train import AugmentSection, DatasetSection, TrainingConfig, TrainSection
 from stronglens.data import (AugmentSpec, PackedSplit, PreprocessSpec, PreprocessingMismatchError, preprocess,
                              synthetic_cutouts, write_synthetic_manifest)
 from stronglens.train import (CheckpointError, TrainSettings, evaluate, fit, load_checkpoint, make_loader, masked_bce,

@@ -3,7 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stronglens.config import AugmentSection, DatasetSection, TrainingConfig, TrainSection, exists, read_parquet
+from stronglens.config import exists, read_parquet
+from stronglens.train import AugmentSection, DatasetSection, TrainingConfig, TrainSection
 from stronglens.data import write_synthetic_manifest
 from stronglens.train import load_checkpoint, score, train_from_config
 
