@@ -11,7 +11,7 @@ NBDEV_TEST_ARGS ?= --flags slow --n_workers 2 --timing
 REALDATA_NBS := 04_lensing|05_mocksky|06_legacysurvey|06b_cutoutsource|07_negatives|17b_spark_cutouts
 NB_SKIP := $(if $(wildcard ../shared/data),,--skip_file_re '^([_.]|$(REALDATA_NBS))')
 
-.PHONY: install demo test test-fast sync docs bench clean lint
+.PHONY: install demo test test-fast sync docs bench clean lint outputs
 
 # Idempotent install: re-runs only when settings.ini or setup.py change.
 # torch is installed first and pinned (a looser torch requirement would pull a CUDA build).
@@ -56,6 +56,10 @@ sync: install
 ## make docs: the documentation site (nbdev_docs with quarto when present, else from nbdev_proc_nbs)
 docs: install
 	$(BIN)/python tools/build_docs.py
+
+## make outputs [NB="nbs/04_lensing.ipynb ..."]: execute module notebooks in place so their outputs are committed
+outputs: install
+	$(BIN)/python tools/exec_nb.py $(or $(NB),$(wildcard nbs/[0-9]*.ipynb) nbs/index.ipynb)
 
 ## make bench: every benchmark in bench/, printing ratios measured in the same run
 bench: install

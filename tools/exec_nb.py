@@ -1,0 +1,32 @@
+#!/usr/bin/env python
+"""Execute module notebooks in place so that their outputs (plots, tables, galleries) are committed, then clean them.
+
+  .venv/bin/python tools/exec_nb.py nbs/04_lensing.ipynb [more.ipynb ...]   # or: make outputs NB=nbs/04_lensing.ipynb
+
+Cells run with the notebook's folder as working directory (as `nbdev_test` does), slow cells included. A notebook that
+raises is left unchanged and reported (exit 1). `nbdev_clean` then strips volatile metadata and keeps the outputs.
+"""
+import os, subprocess, sys, time
+from pathlib import Path
+import nbformat
+from nbclient import NotebookClient
+
+BIN = Path(sys.executable).parent
+
+def run(path: Path, timeout: int = 1800) -> str | None:
+    nb = nbformat.read(path, as_version=4)
+    t0 = time.time()
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    except Exception as e:
+        return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[-1][:300]}"
+    nbformat.write(nb, path)
+    subprocess.run([str(BIN / "nbdev_clean"), "--fname", str(path)], check=True)
+    print(f"{path}: executed in {time.time() - t0:.0f} s")
+    return None
+
+if __name__ == "__main__":
+    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    bad = [(p, e) for p in map(Path, sys.argv[1:]) if (e := run(p))]
+    for p, e in bad: print(f"{p}: FAILED, left unchanged: {e}", file=sys.stderr)
+    sys.exit(1 if bad else 0)
