@@ -5,11 +5,16 @@
 # %% ../nbs/01_cutouts.ipynb 2
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import os
 import re
+import signal
 import struct
+import sys
+import threading
+import time
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -24,9 +29,9 @@ from .config import atomic_write_bytes, is_local, read_bytes
 
 # %% auto 0
 __all__ = ['CUTOUT_SHAPE', 'PIXSCALE_ARCSEC', 'BANDS', 'MAX_NAN_FRAC', 'CORE_RADIUS_PX', 'META_PREFIX', 'META_FIELDS',
-           'META_DEFAULTS', 'FAILURE_COLUMNS', 'CutoutError', 'radial_grid', 'safe_filename', 'cutout_filename',
-           'cutout_to_bytes', 'write_cutout', 'validate_cutout', 'load_cutout_bytes', 'read_cutout', 'read_cutouts',
-           'iter_cutout_batches']
+           'META_DEFAULTS', 'MIN_NPZ_BYTES', 'FAILURE_COLUMNS', 'CutoutError', 'radial_grid', 'safe_filename',
+           'cutout_filename', 'cutout_to_bytes', 'write_cutout', 'validate_cutout', 'load_cutout_bytes', 'read_cutout',
+           'die_with_parent', 'cutout_pool', 'read_cutouts', 'iter_cutout_batches']
 
 # %% ../nbs/01_cutouts.ipynb 5
 CUTOUT_SHAPE: tuple[int, int, int] = (101, 101, 3)   # (height, width, channel)
@@ -34,6 +39,8 @@ PIXSCALE_ARCSEC: float = 0.262                      # arcsec per pixel (DR10)
 BANDS: tuple[str, str, str] = ("g", "r", "z")       # channel order
 MAX_NAN_FRAC: float = 0.05                          # a stamp with more non-finite pixels than this is rejected
 CORE_RADIUS_PX: float = 8.0                         # any non-finite pixel within this radius of (50,50) rejects a stamp
+
+# %% ../nbs/01_cutouts.ipynb 8
 META_PREFIX = "meta_"
 
 #: metadata field -> numpy dtype stored in the NPZ (key is ``meta_<field>``), spec §1
@@ -49,19 +56,21 @@ META_FIELDS: dict[str, np.dtype] = {
     "download_timestamp": np.dtype(np.str_),  # ISO 8601 UTC
 }
 
+# %% ../nbs/01_cutouts.ipynb 9
 #: value written when a caller does not know a field (only ``galaxy_id`` is mandatory)
 META_DEFAULTS: dict[str, object] = {
     "galaxy_id": None, "ra": np.nan, "dec": np.nan, "type": "", "nobs_z": -1,
     "psfsize_z": np.nan, "flux_r": np.nan, "cutout_url": "", "download_timestamp": "",
 }
 
+# %% ../nbs/01_cutouts.ipynb 11
 class CutoutError(ValueError):
     "A cutout file or array that does not follow spec §1; `problems` lists every issue found."
     def __init__(self, msg: str, problems: list[str] | None = None, path: str | None = None):
         super().__init__(msg)
         self.problems, self.path = list(problems or []), path
 
-# %% ../nbs/01_cutouts.ipynb 7
+# %% ../nbs/01_cutouts.ipynb 14
 def radial_grid(shape: tuple[int, ...] = CUTOUT_SHAPE[:2]) -> np.ndarray:
     "Distance (px) of each pixel centre (row i, col j) to the stamp centre ((H-1)/2, (W-1)/2); shape (H, W)."
     h, w = shape[:2]
@@ -69,7 +78,7 @@ def radial_grid(shape: tuple[int, ...] = CUTOUT_SHAPE[:2]) -> np.ndarray:
     j = np.arange(w, dtype=np.float64)[None, :] - (w - 1) / 2
     return np.hypot(i, j)
 
-# %% ../nbs/01_cutouts.ipynb 10
+# %% ../nbs/01_cutouts.ipynb 17
 _SAFE_RE = re.compile(r"[^A-Za-z0-9._-]")
 _MAX_NAME = 150
 
@@ -86,11 +95,12 @@ def safe_filename(galaxy_id) -> str:
         name = f"{name[:_MAX_NAME]}~{digest}"
     return name
 
+# %% ../nbs/01_cutouts.ipynb 19
 def cutout_filename(galaxy_id) -> str:
     "`<safe_filename(galaxy_id)>.npz`"
     return safe_filename(galaxy_id) + ".npz"
 
-# %% ../nbs/01_cutouts.ipynb 13
+# %% ../nbs/01_cutouts.ipynb 22
 _DOS_DATE_1980 = (0 << 9) | (1 << 5) | 1   # 1980-01-01
 _DOS_TIME_0 = 0
 
@@ -98,12 +108,10 @@ def _normalise_zip_timestamps(buf: bytes) -> bytes:
     "Set every member's DOS mtime in local + central headers to 1980-01-01 00:00 (deterministic bytes)."
     out = bytearray(buf)
     with zipfile.ZipFile(io.BytesIO(buf)) as zf:
-        infos = zf.infolist()
-        start_dir = zf.start_dir
+        infos, start_dir = zf.infolist(), zf.start_dir
     for zi in infos:                              # local file headers
-        off = zi.header_offset
-        assert out[off:off + 4] == b"PK\x03\x04"
-        struct.pack_into("<HH", out, off + 10, _DOS_TIME_0, _DOS_DATE_1980)
+        assert out[zi.header_offset:zi.header_offset + 4] == b"PK\x03\x04"
+        struct.pack_into("<HH", out, zi.header_offset + 10, _DOS_TIME_0, _DOS_DATE_1980)
     off = start_dir                               # central directory entries
     for _ in infos:
         assert out[off:off + 4] == b"PK\x01\x02"
@@ -112,9 +120,14 @@ def _normalise_zip_timestamps(buf: bytes) -> bytes:
         off += 46 + n + m + k
     return bytes(out)
 
+# %% ../nbs/01_cutouts.ipynb 25
+def _strip_prefix(meta: Mapping) -> dict:
+    "Metadata dict with keys without the `meta_` prefix (accepts both spellings)."
+    return {(k[len(META_PREFIX):] if str(k).startswith(META_PREFIX) else k): v for k, v in dict(meta).items()}
+
 def _coerce_meta(meta: Mapping) -> dict[str, np.ndarray]:
     "Validate + coerce caller metadata to the spec's 0-d arrays, keyed `meta_<field>`."
-    meta = {(k[len(META_PREFIX):] if str(k).startswith(META_PREFIX) else k): v for k, v in dict(meta).items()}
+    meta = _strip_prefix(meta)
     unknown = sorted(set(meta) - set(META_FIELDS))
     if unknown:
         raise ValueError(f"unknown metadata field(s) {unknown}; spec §1 allows {list(META_FIELDS)}")
@@ -136,6 +149,7 @@ def _coerce_meta(meta: Mapping) -> dict[str, np.ndarray]:
         out[META_PREFIX + k] = a
     return out
 
+# %% ../nbs/01_cutouts.ipynb 27
 def cutout_to_bytes(cutout: np.ndarray, meta: Mapping) -> bytes:
     "Spec §1 NPZ bytes (deterministic) for a `(101,101,3)` image and its metadata dict (fields of `META_FIELDS`)."
     arr = np.asarray(cutout)
@@ -149,7 +163,83 @@ def cutout_to_bytes(cutout: np.ndarray, meta: Mapping) -> bytes:
     np.savez_compressed(buf, cutout=arr, **_coerce_meta(meta))
     return _normalise_zip_timestamps(buf.getvalue())
 
-# %% ../nbs/01_cutouts.ipynb 14
+# %% ../nbs/01_cutouts.ipynb 30
+MIN_NPZ_BYTES: int = 2048   # no complete spec §1 NPZ is smaller (see the check below)
+
+# %% ../nbs/01_cutouts.ipynb 33
+def write_cutout(url: str, cutout: np.ndarray, meta: Mapping) -> str:
+    "Write one spec §1 NPZ atomically to `url` (local path or fsspec URL such as `s3://b/k.npz`); returns `url`."
+    atomic_write_bytes(str(url), cutout_to_bytes(cutout, meta))
+    return str(url)
+
+# %% ../nbs/01_cutouts.ipynb 35
+_CORE_MASK = radial_grid(CUTOUT_SHAPE[:2]) < CORE_RADIUS_PX
+
+def _image_problems(a: np.ndarray) -> list[str]:
+    "Problems of the image array `a` (shape, dtype, non-finite pixels)."
+    if a.dtype == object:
+        return ["object array in 'cutout' (pickled data is refused)"]
+    problems = []
+    if a.shape != CUTOUT_SHAPE:
+        hint = " (channels-first; expected height, width, channel)" if a.shape == (CUTOUT_SHAPE[2], *CUTOUT_SHAPE[:2]) else ""
+        problems.append(f"wrong shape {tuple(a.shape)}{hint}, expected {CUTOUT_SHAPE}")
+    if a.dtype != np.float32:
+        problems.append(f"wrong dtype {a.dtype}, expected float32")
+    if a.dtype.kind not in "fciu":
+        return problems + [f"non-numeric dtype {a.dtype}"]
+    if a.dtype.kind in "fc" and a.size:
+        bad = ~np.isfinite(a)
+        if (frac := float(bad.mean())) > MAX_NAN_FRAC:
+            problems.append(f"non-finite fraction {frac:.4f} > MAX_NAN_FRAC={MAX_NAN_FRAC}")
+        if a.shape == CUTOUT_SHAPE and (n_core := int(bad[_CORE_MASK].sum())):
+            problems.append(f"{n_core} non-finite value(s) within {CORE_RADIUS_PX} px of the centre")
+    return problems
+
+# %% ../nbs/01_cutouts.ipynb 37
+def _meta_problems(meta: Mapping) -> list[str]:
+    "Problems of a metadata mapping (keys with or without `meta_`): missing, pickled, non-scalar or mistyped fields."
+    m, problems = _strip_prefix(meta), []
+    for k, dt in META_FIELDS.items():
+        if k not in m:
+            problems.append(f"missing key 'meta_{k}'"); continue
+        v = np.asarray(m[k])
+        if v.dtype == object and not isinstance(m[k], str):
+            problems.append(f"object array in 'meta_{k}' (pickled data is refused)")
+        elif v.ndim != 0:
+            problems.append(f"'meta_{k}' is not a scalar (shape {v.shape})")
+        elif dt.kind == "U" and v.dtype.kind not in "US":
+            problems.append(f"'meta_{k}' has dtype {v.dtype}, expected str")
+        elif dt.kind != "U" and v.dtype.kind not in ("iu" if dt.kind in "iu" else "fiu"):
+            problems.append(f"'meta_{k}' has dtype {v.dtype}, expected {dt}")
+    return problems
+
+# %% ../nbs/01_cutouts.ipynb 40
+def _file_problems(url) -> list[str]:
+    "Every problem of the NPZ file at `url` (unreadable file or archive included)."
+    try:
+        data = _read_bytes(os.fspath(url) if isinstance(url, os.PathLike) else str(url))
+    except OSError as e:
+        return [f"cannot read {url}: {type(e).__name__}: {e}"]
+    try:
+        return load_cutout_bytes(data, str(url), strict=False)[2]
+    except CutoutError as e:
+        return e.problems
+
+# %% ../nbs/01_cutouts.ipynb 41
+def validate_cutout(arr, meta: Mapping | None = None) -> list[str]:
+    "Every problem of the image `arr` (and of `meta` when given), or of the NPZ file when `arr` is a path; `[]` when valid."
+    if isinstance(arr, (str, os.PathLike)):
+        if meta is not None:
+            raise TypeError("validate_cutout(path) checks the file's own metadata: pass meta=None")
+        return _file_problems(arr)
+    if isinstance(arr, (bytes, bytearray, memoryview)):
+        raise TypeError("validate_cutout got bytes: use load_cutout_bytes(data, strict=False) for NPZ bytes")
+    if isinstance(arr, Mapping) or hasattr(arr, "files"):
+        raise TypeError(f"validate_cutout got a {type(arr).__name__}: pass the 'cutout' array (and its meta), or a path")
+    problems = ["missing key 'cutout'"] if arr is None else _image_problems(np.asarray(arr))
+    return problems + ([] if meta is None else _meta_problems(meta))
+
+# %% ../nbs/01_cutouts.ipynb 44
 def _read_bytes(url: str) -> bytes:
     "All bytes of `url` (plain `open` for local paths: the fast path of the batch reader)."
     if is_local(url):
@@ -157,111 +247,59 @@ def _read_bytes(url: str) -> bytes:
             return f.read()
     return read_bytes(url)
 
-def write_cutout(url: str, cutout: np.ndarray, meta: Mapping) -> str:
-    "Write one spec §1 NPZ atomically to `url` (local path or fsspec URL such as `s3://b/k.npz`); returns `url`."
-    atomic_write_bytes(str(url), cutout_to_bytes(cutout, meta))
-    return str(url)
-
-# %% ../nbs/01_cutouts.ipynb 17
-_CORE_MASK = radial_grid(CUTOUT_SHAPE[:2]) < CORE_RADIUS_PX
-
-def _nonfinite_stats(arr: np.ndarray) -> tuple[float, int]:
-    "(fraction of non-finite values, number of non-finite values inside the core) of a (101,101,3) array."
-    bad = ~np.isfinite(arr)
-    return float(bad.mean()), int(bad[_CORE_MASK].sum())
-
-def validate_cutout(arr, meta: Mapping | None = None) -> list[str]:
-    "Every problem of `arr` (and of `meta` when given; keys with or without `meta_`); `[]` when valid."
-    problems: list[str] = []
-    if arr is None:
-        problems.append("missing key 'cutout'")
-    else:
-        a = np.asarray(arr)
-        if a.dtype == object:
-            problems.append("object array in 'cutout' (pickled data is refused)")
-        else:
-            if a.shape != CUTOUT_SHAPE:
-                hint = " (channels-first; expected height, width, channel)" if a.shape == (CUTOUT_SHAPE[2], *CUTOUT_SHAPE[:2]) else ""
-                problems.append(f"wrong shape {tuple(a.shape)}{hint}, expected {CUTOUT_SHAPE}")
-            if a.dtype != np.float32:
-                problems.append(f"wrong dtype {a.dtype}, expected float32")
-            if a.dtype.kind in "fc" and a.size:
-                bad = ~np.isfinite(a)
-                frac = float(bad.mean())
-                if frac > MAX_NAN_FRAC:
-                    problems.append(f"non-finite fraction {frac:.4f} > MAX_NAN_FRAC={MAX_NAN_FRAC}")
-                if a.shape == CUTOUT_SHAPE:
-                    n_core = int(bad[_CORE_MASK].sum())
-                    if n_core:
-                        problems.append(f"{n_core} non-finite value(s) within {CORE_RADIUS_PX} px of the centre")
-            elif a.dtype.kind not in "fciu":
-                problems.append(f"non-numeric dtype {a.dtype}")
-    if meta is not None:
-        m = {(k[len(META_PREFIX):] if str(k).startswith(META_PREFIX) else k): v for k, v in dict(meta).items()}
-        for k, dt in META_FIELDS.items():
-            if k not in m:
-                problems.append(f"missing key 'meta_{k}'"); continue
-            v = np.asarray(m[k])
-            if v.dtype == object and not isinstance(m[k], str):
-                problems.append(f"object array in 'meta_{k}' (pickled data is refused)"); continue
-            if v.ndim != 0:
-                problems.append(f"'meta_{k}' is not a scalar (shape {v.shape})"); continue
-            if dt.kind == "U":
-                if v.dtype.kind not in "US":
-                    problems.append(f"'meta_{k}' has dtype {v.dtype}, expected str")
-            elif v.dtype.kind not in ("iu" if dt.kind in "iu" else "fiu"):
-                problems.append(f"'meta_{k}' has dtype {v.dtype}, expected {dt}")
-    return problems
-
-# %% ../nbs/01_cutouts.ipynb 20
+# %% ../nbs/01_cutouts.ipynb 45
 def _typed_meta_value(k: str, v: np.ndarray):
+    "A stored 0-d metadata array as the plain Python value of its field's type."
     dt = META_FIELDS.get(k)
     if dt is None or v.ndim != 0:
         return v
     if dt.kind == "U":
         item = v.item()
         return item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
-    if dt.kind in "iu":
-        return int(v.item())
-    return float(v.item())
+    return int(v.item()) if dt.kind in "iu" else float(v.item())
 
-def load_cutout_bytes(data: bytes, path: str | None = None, strict: bool = True) -> tuple[np.ndarray | None, dict, list[str]]:
-    "Parse NPZ bytes -> (cutout or None, typed meta dict, problems). Raises `CutoutError` on an unreadable archive, or on any problem when `strict`."
-    where = f" in {path}" if path else ""
+# %% ../nbs/01_cutouts.ipynb 47
+def _npz_members(data: bytes, where: str, path) -> tuple[dict, list[str]]:
+    "Every member of NPZ bytes, one by one: ({key: array; object arrays for unreadable ones}, problems)."
     try:
         npz = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as e:   # BadZipFile, truncated, not an npz at all
-        raise CutoutError(f"unreadable archive{where}: {type(e).__name__}: {e}", [f"unreadable archive: {type(e).__name__}: {e}"], path) from None
-    problems, raw = [], {}
+        why = f"{type(e).__name__}: {e}"
+        raise CutoutError(f"unreadable archive{where}: {why}", [f"unreadable archive: {why}"], path) from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise CutoutError(f"not an NPZ archive{where}", ["not an NPZ archive"], path)
+    raw, problems = {}, []
     with npz:
         for key in npz.files:
             try:
                 raw[key] = npz[key]
             except ValueError as e:
-                msg = str(e)
-                problems.append(f"object array in '{key}' (pickled data is refused)" if "allow_pickle" in msg or "Object arrays" in msg
-                                else f"unreadable key '{key}': {msg}")
+                pickled = "allow_pickle" in str(e) or "Object arrays" in str(e)
+                problems.append(f"object array in '{key}' (pickled data is refused)" if pickled else f"unreadable key '{key}': {e}")
                 raw[key] = np.array(None, dtype=object)
             except Exception as e:  # zlib/CRC errors inside a member
                 problems.append(f"unreadable key '{key}': {type(e).__name__}: {e}")
                 raw[key] = np.array(None, dtype=object)
+    return raw, problems
+
+# %% ../nbs/01_cutouts.ipynb 48
+def load_cutout_bytes(data: bytes, path: str | None = None, strict: bool = True) -> tuple[np.ndarray | None, dict, list[str]]:
+    "Parse NPZ bytes -> (cutout or None, typed meta dict, problems). Raises `CutoutError` on an unreadable archive, or on any problem when `strict`."
+    where = f" in {path}" if path else ""
+    raw, problems = _npz_members(data, where, path)
     arr = raw.get("cutout")
-    for p in validate_cutout(arr, {k: v for k, v in raw.items() if k.startswith(META_PREFIX)}):
-        if p not in problems:
-            problems.append(p)
+    stored = {k: v for k, v in raw.items() if k.startswith(META_PREFIX)}
+    problems += [p for p in validate_cutout(arr, stored) if p not in problems]
     meta = {}
-    for key, v in raw.items():
-        if key.startswith(META_PREFIX) and v.dtype != object:
+    for key, v in stored.items():
+        if v.dtype != object:
             try: meta[key[len(META_PREFIX):]] = _typed_meta_value(key[len(META_PREFIX):], v)
             except (TypeError, ValueError): pass
     if strict and problems:
         raise CutoutError(f"invalid cutout{where}: " + "; ".join(problems), problems, path)
-    if arr is not None and arr.dtype == object:
-        arr = None
-    return arr, meta, problems
+    return (None if arr is not None and arr.dtype == object else arr), meta, problems
 
+# %% ../nbs/01_cutouts.ipynb 49
 def read_cutout(url: str, strict: bool = True) -> tuple[np.ndarray, dict]:
     "Read one spec §1 NPZ -> (float32 (101,101,3) array, typed meta dict without `meta_` prefix)."
     try:
@@ -271,13 +309,16 @@ def read_cutout(url: str, strict: bool = True) -> tuple[np.ndarray, dict]:
     arr, meta, _ = load_cutout_bytes(data, str(url), strict=strict)
     return arr, meta
 
-# %% ../nbs/01_cutouts.ipynb 23
-FAILURE_COLUMNS = ["galaxy_id", "path", "stage", "reason"]
+# %% ../nbs/01_cutouts.ipynb 54
+FAILURE_COLUMNS: list[str] = ["galaxy_id", "path", "stage", "reason"]   # the one schema of every failures table
 
+# %% ../nbs/01_cutouts.ipynb 55
 def _gid_from_path(url: str) -> str:
+    "The galaxy id a cutout file name stands for (its stem)."
     name = str(url).rstrip("/").rsplit("/", 1)[-1]
     return name[:-4] if name.endswith(".npz") else name
 
+# %% ../nbs/01_cutouts.ipynb 57
 def _read_one(url: str):
     "Worker: (arr, meta, None) on success or (None, None, (galaxy_id, path, stage, reason))."
     url = str(url)
@@ -294,62 +335,100 @@ def _read_one(url: str):
     gid = meta.get("galaxy_id") or _gid_from_path(url)
     if problems:
         return None, None, (gid, url, "validate", "; ".join(problems))
-    meta = {**meta, "path": url, "nonfinite_frac": float((~np.isfinite(arr)).mean())}
-    return arr, meta, None
+    return arr, {**meta, "path": url, "nonfinite_frac": float((~np.isfinite(arr)).mean())}, None
 
+# %% ../nbs/01_cutouts.ipynb 58
 def _read_chunk(urls: list[str]):
+    "Worker task: `_read_one` over a chunk of URLs."
     return [_read_one(u) for u in urls]
 
+# %% ../nbs/01_cutouts.ipynb 59
 def _meta_frame(rows: list[dict]) -> pd.DataFrame:
-    cols = list(META_FIELDS) + ["path", "nonfinite_frac"]
-    df = pd.DataFrame(rows, columns=cols)
+    "Metadata rows -> DataFrame with the spec's dtypes (+ `path`, `nonfinite_frac`), also when empty."
+    df = pd.DataFrame(rows, columns=list(META_FIELDS) + ["path", "nonfinite_frac"])
     for k, dt in META_FIELDS.items():
         df[k] = df[k].astype(object if dt.kind == "U" else dt)
     df["nonfinite_frac"] = df["nonfinite_frac"].astype(np.float64)
     return df
 
+# %% ../nbs/01_cutouts.ipynb 60
 def _assemble(results) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
-    arrs, metas, fails = [], [], []
-    for arr, meta, fail in results:
-        if fail is None:
-            arrs.append(arr); metas.append(meta)
-        else:
-            fails.append(fail)
-    X = np.stack(arrs).astype(np.float32, copy=False) if arrs else np.empty((0, *CUTOUT_SHAPE), np.float32)
-    return X, _meta_frame(metas), pd.DataFrame(fails, columns=FAILURE_COLUMNS)
+    "Worker results -> (X, meta DataFrame, failures DataFrame), input order kept."
+    ok = [(a, m) for a, m, f in results if f is None]
+    fails = [f for _, _, f in results if f is not None]
+    X = np.stack([a for a, _ in ok]).astype(np.float32, copy=False) if ok else np.empty((0, *CUTOUT_SHAPE), np.float32)
+    return X, _meta_frame([m for _, m in ok]), pd.DataFrame(fails, columns=FAILURE_COLUMNS)
 
-def _pool(n_jobs: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("spawn"))
+# %% ../nbs/01_cutouts.ipynb 62
+_PR_SET_PDEATHSIG = 1   # linux/prctl.h
 
+def _watch_parent(parent_pid: int, poll_s: float):
+    "Thread body: exit this process as soon as its parent is no longer `parent_pid`."
+    while True:
+        if os.getppid() != parent_pid:
+            os._exit(1)
+        time.sleep(poll_s)
+
+def die_with_parent(parent_pid: int | None = None, # pid the worker must not outlive (default: its current parent)
+                    poll_s: float = 0.5):           # parent-watch interval, seconds
+    "Process-pool initializer: end this worker when its parent process dies (PR_SET_PDEATHSIG + a watch thread)."
+    parent_pid = int(parent_pid or os.getppid())
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass                                  # no prctl: the watch thread still works
+    if os.getppid() != parent_pid:                # the parent died before prctl took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent_pid, poll_s), daemon=True, name="die-with-parent").start()
+
+# %% ../nbs/01_cutouts.ipynb 65
+def cutout_pool(n_jobs: int, initializer=None, initargs: tuple = ()) -> ProcessPoolExecutor:
+    "A spawned process pool whose workers die with this process (then run `initializer(*initargs)`)."
+    return ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("spawn"),
+                               initializer=_init_worker, initargs=(os.getpid(), initializer, initargs))
+
+def _init_worker(parent_pid: int, initializer, initargs: tuple):
+    die_with_parent(parent_pid)
+    if initializer is not None:
+        initializer(*initargs)
+
+# %% ../nbs/01_cutouts.ipynb 66
 def _read_many(urls: list[str], n_jobs: int, pbar, pool=None, chunk: int = 64):
+    "`_read_one` over `urls`, serially or in chunks through a (given or new) process pool; input order kept."
     if n_jobs <= 1 or len(urls) < 2:
         out = []
         for u in urls:
             out.append(_read_one(u)); pbar.update(1)
         return out
-    chunks = [urls[i:i + chunk] for i in range(0, len(urls), chunk)]
-    own = pool is None
-    pool = pool or _pool(n_jobs)
+    own, pool = pool is None, pool or cutout_pool(n_jobs)
     try:
         out = []
-        for res in pool.map(_read_chunk, chunks):
+        for res in pool.map(_read_chunk, [urls[i:i + chunk] for i in range(0, len(urls), chunk)]):
             out.extend(res); pbar.update(len(res))
         return out
     finally:
         if own: pool.shutdown()
 
-def read_cutouts(urls: Iterable[str], n_jobs: int = 1, progress: bool = True
+# %% ../nbs/01_cutouts.ipynb 67
+def read_cutouts(urls: Iterable[str], # NPZ paths or URLs
+                 n_jobs: int = 1,     # processes (1: read in this process)
+                 progress: bool = True
                  ) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
     "Read NPZ cutouts -> (X (N,101,101,3) float32, meta DataFrame (row i = X[i]), failures DataFrame)."
     urls = [str(u) for u in urls]
     with tqdm(total=len(urls), desc="read cutouts", unit="cutout", disable=not progress) as pbar:
         return _assemble(_read_many(urls, n_jobs, pbar))
 
-def iter_cutout_batches(urls: Iterable[str], batch_size: int = 256, n_jobs: int = 1, progress: bool = True
+# %% ../nbs/01_cutouts.ipynb 71
+def iter_cutout_batches(urls: Iterable[str],    # NPZ paths or URLs
+                        batch_size: int = 256,  # files per yielded batch
+                        n_jobs: int = 1,        # processes (one pool for all batches)
+                        progress: bool = True
                         ) -> Iterator[tuple[np.ndarray, pd.DataFrame, pd.DataFrame]]:
     "Yield `read_cutouts`-style triples for consecutive batches of `batch_size` URLs (one process pool reused)."
     urls = [str(u) for u in urls]
-    pool = _pool(n_jobs) if n_jobs > 1 else None
+    pool = cutout_pool(n_jobs) if n_jobs > 1 else None
     try:
         with tqdm(total=len(urls), desc="read cutouts", unit="cutout", disable=not progress) as pbar:
             for i in range(0, len(urls), batch_size):

@@ -251,3 +251,40 @@ def test_radial_grid():
     r = C.radial_grid()
     i, j = np.indices((101, 101))
     np.testing.assert_allclose(r, np.sqrt((i - 50) ** 2 + (j - 50) ** 2))
+
+
+# ---------------------------------------------------------------- validate_cutout given a path (issue 13.3)
+
+def test_validate_cutout_accepts_a_path(tmp_path):
+    good = C.write_cutout(tmp_path / "good.npz", _img(), GOOD_META)
+    assert C.validate_cutout(str(good)) == [] and C.validate_cutout(Path(good)) == []   # was "wrong shape ()"
+    core = _img(); core[50, 50, 0] = np.nan
+    bad = C.write_cutout(tmp_path / "bad.npz", core, GOOD_META)
+    assert C.validate_cutout(bad) == [f"1 non-finite value(s) within {C.CORE_RADIUS_PX} px of the centre"]
+    no_meta = _raw_npz(tmp_path / "nometa.npz", cutout=_img())
+    assert C.validate_cutout(no_meta) == [f"missing key 'meta_{k}'" for k in C.META_FIELDS]
+    (tmp_path / "trunc.npz").write_bytes(Path(good).read_bytes()[:300])
+    assert C.validate_cutout(tmp_path / "trunc.npz")[0].startswith("unreadable archive")
+    assert C.validate_cutout(tmp_path / "missing.npz")[0].startswith("cannot read")
+
+
+def test_validate_cutout_refuses_other_types_clearly(tmp_path):
+    blob = C.cutout_to_bytes(_img(), GOOD_META)
+    with pytest.raises(TypeError, match="load_cutout_bytes"):
+        C.validate_cutout(blob)
+    with pytest.raises(TypeError, match="pass the 'cutout' array"):
+        C.validate_cutout({"cutout": _img()})
+    p = C.write_cutout(tmp_path / "a.npz", _img(), GOOD_META)
+    with np.load(p) as z, pytest.raises(TypeError, match="NpzFile"):
+        C.validate_cutout(z)
+    with pytest.raises(TypeError, match="meta=None"):
+        C.validate_cutout(p, GOOD_META)
+
+
+def test_min_npz_bytes_is_below_every_valid_file(tmp_path):
+    "The resume check's floor: the smallest valid archives are above it, a truncated real one below."
+    smallest = [C.cutout_to_bytes(np.zeros(C.CUTOUT_SHAPE, np.float32), {"galaxy_id": g, "ra": ra, "dec": 0.0, "nobs_z": 0})
+                for g in ("x", "1") for ra in (0.0, 1.0, -0.0)]
+    assert min(map(len, smallest)) >= C.MIN_NPZ_BYTES
+    real = C.cutout_to_bytes(_img(), GOOD_META)
+    assert len(real) > 40 * C.MIN_NPZ_BYTES
