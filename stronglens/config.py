@@ -113,8 +113,13 @@ def config_hash(cfg, sections:list[str]|None=None) -> str:
 # %% ../nbs/00_config.ipynb 14
 @dataclass
 class RunConfig:
-    name: str = "demo"     # run label (provenance only)
-    seed: int = 42         # master seed recorded in provenance.json
+    name: str = "demo"              # run label (provenance only)
+    seed: int = 42                  # master seed recorded in provenance.json
+    max_failure_frac: float = 0.01  # a stage whose per-item failure share passes this fails (stronglens.runs)
+
+    def validate(self):
+        if not 0.0 <= self.max_failure_frac <= 1.0:
+            raise ValueError(f"run.max_failure_frac: expected a fraction in [0, 1], got {self.max_failure_frac}")
 
 # %% ../nbs/00_config.ipynb 16
 SECTIONS: dict[str, str] = {
