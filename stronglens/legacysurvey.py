@@ -4,22 +4,25 @@
 
 # %% ../nbs/06_legacysurvey.ipynb 2
 from __future__ import annotations
-import re, math, importlib.metadata
-from dataclasses import dataclass, field
+import re, importlib.metadata
+from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import pandas as pd
-import fsspec
 from astropy.io import fits
 from tqdm.auto import tqdm
 from .config import get_fs
+from .exclusion import radec_to_unit, chord_from_arcsec
 
 # %% auto 0
-__all__ = ['SWEEP_COLUMNS', 'REQUIRED_COLUMNS', 'MISSING_POLICIES', 'GRADING_TIER', 'KNOWN_LENS_COLUMNS', 'NOSOCS_REF_PATTERN',
-           'SweepReadError', 'tform_dtype', 'FitsTable', 'open_table', 'check_columns', 'rstrip_bytes',
-           'read_table_chunk', 'SweepProblem', 'plan_columns', 'iter_sweep_chunks', 'arrays_to_frame', 'read_sweep',
-           'iter_sweeps', 'sweep_box', 'in_sweep_boxes', 'lenscat_available', 'lenscat_csv_path', 'load_known_lenses',
-           'duplicate_mask', 'clean_known_lenses']
+__all__ = ['SWEEP_COLUMNS', 'REQUIRED_COLUMNS', 'MISSING_POLICIES', 'GRADING_TIER', 'KNOWN_LENS_COLUMNS',
+           'MISSING_GRADING_POLICIES', 'NOSOCS_REF_PATTERN', 'SweepReadError', 'read_header', 'data_unit_bytes',
+           'padded_bytes', 'tform_dtype', 'FitsTable', 'find_bintable', 'table_layout', 'open_table', 'column_kind',
+           'check_columns', 'fill_column', 'rstrip_bytes', 'read_row_bytes', 'native_column', 'read_table_chunk',
+           'SweepProblem', 'plan_columns', 'problem_from_error', 'iter_sweep_chunks', 'arrays_to_frame', 'read_sweep',
+           'iter_sweeps', 'sweep_box', 'in_sweep_boxes', 'lenscat_available', 'lenscat_csv_path', 'lens_column_names',
+           'check_lens_coordinates', 'grading_tiers', 'normalise_known_lenses', 'load_known_lenses', 'duplicate_mask',
+           'clean_known_lenses']
 
 # %% ../nbs/06_legacysurvey.ipynb 5
 SWEEP_COLUMNS: dict[str, str] = {  # column -> required dtype kind: f float, i integer, S string
@@ -34,45 +37,49 @@ SWEEP_COLUMNS: dict[str, str] = {  # column -> required dtype kind: f float, i i
 REQUIRED_COLUMNS = ("BRICKNAME", "OBJID", "RA", "DEC", "TYPE")
 MISSING_POLICIES = ("fill_nan", "skip_file", "raise")
 
-class SweepReadError(RuntimeError):
-    "A sweep file that cannot be used: the message names the file and what is wrong."
-
 # %% ../nbs/06_legacysurvey.ipynb 7
+class SweepReadError(RuntimeError):
+    "A sweep file that cannot be used: the message names the file and what is wrong; `nrows` = rows lost when known."
+    def __init__(self, message: str, nrows: int | None = None):
+        super().__init__(message); self.nrows = nrows
+
+# %% ../nbs/06_legacysurvey.ipynb 10
 _BLOCK = 2880
 _TFORM_RE = re.compile(r"^\s*(\d*)\s*([LXBIJKAEDCMPQ])(.*)$")
 _CODE_DTYPE = {"L": "S1", "B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8",
                "C": ">c8", "M": ">c16"}
 
-def _read_header(f, where: str) -> tuple[fits.Header, int]:
+# %% ../nbs/06_legacysurvey.ipynb 11
+def _has_end_card(block: bytes) -> bool:
+    return any(block[i:i + 8] == b"END     " or block[i:i + 80].rstrip() == b"END" for i in range(0, _BLOCK, 80))
+
+def read_header(f, where: str) -> tuple[fits.Header, int]:
     "Read one FITS header from file object `f` at its position; returns (header, bytes consumed)."
     chunks = []
-    while True:
+    while not chunks or not _has_end_card(chunks[-1]):
         blk = f.read(_BLOCK)
         if len(blk) < _BLOCK:
             raise SweepReadError(f"{where}: unexpected end of file inside a FITS header (not a FITS file or truncated)")
+        if len(chunks) >= 2000: raise SweepReadError(f"{where}: no END card in the first {len(chunks)} header blocks")
         chunks.append(blk)
-        cards = [blk[i:i + 80] for i in range(0, _BLOCK, 80)]
-        if any(c[:8] == b"END     " or c.rstrip() == b"END" for c in cards):
-            break
-        if len(chunks) > 2000:
-            raise SweepReadError(f"{where}: no END card in the first {len(chunks)} header blocks")
     raw = b"".join(chunks)
-    try:
-        hdr = fits.Header.fromstring(raw.decode("ascii", errors="replace"))
-    except Exception as e:
-        raise SweepReadError(f"{where}: unparsable FITS header ({e})") from e
+    try: hdr = fits.Header.fromstring(raw.decode("ascii", errors="replace"))
+    except Exception as e: raise SweepReadError(f"{where}: unparsable FITS header ({e})") from e
     return hdr, len(raw)
 
-def _data_bytes(hdr: fits.Header) -> int:
+# %% ../nbs/06_legacysurvey.ipynb 13
+def data_unit_bytes(hdr: fits.Header) -> int:
     "Size in bytes (unpadded) of the data unit that follows `hdr`."
     naxis = int(hdr.get("NAXIS", 0))
     if naxis == 0: return 0
-    n = 1
-    for i in range(1, naxis + 1): n *= int(hdr[f"NAXIS{i}"])
+    n = int(np.prod([int(hdr[f"NAXIS{i}"]) for i in range(1, naxis + 1)], dtype=np.int64))
     return abs(int(hdr["BITPIX"])) // 8 * int(hdr.get("GCOUNT", 1)) * (int(hdr.get("PCOUNT", 0)) + n)
 
-def _padded(nbytes: int) -> int: return (nbytes + _BLOCK - 1) // _BLOCK * _BLOCK
+def padded_bytes(nbytes: int) -> int:
+    "`nbytes` rounded up to whole 2880-byte FITS blocks."
+    return (nbytes + _BLOCK - 1) // _BLOCK * _BLOCK
 
+# %% ../nbs/06_legacysurvey.ipynb 15
 def tform_dtype(tform: str) -> tuple[np.dtype, str]:
     "numpy (big-endian) dtype of one FITS binary-table column from its TFORM, and the FITS type code."
     m = _TFORM_RE.match(tform)
@@ -85,6 +92,7 @@ def tform_dtype(tform: str) -> tuple[np.dtype, str]:
     base = np.dtype(_CODE_DTYPE[code])
     return (base if r == 1 else np.dtype((base, (r,)))), code
 
+# %% ../nbs/06_legacysurvey.ipynb 17
 @dataclass
 class FitsTable:
     "Layout of the first binary table of a FITS file."
@@ -96,49 +104,60 @@ class FitsTable:
     columns: dict                   # UPPER name -> (field name, code, tscal, tzero)
     header: fits.Header
 
-def open_table(url: str, fs=None) -> FitsTable:
-    "Parse the headers of `url` (local path or fsspec URL) and return the layout of its first BINTABLE."
-    if fs is None: fs, path = get_fs(url)
-    else: path = url
-    try:
-        with fs.open(path, "rb") as f:
-            pos, ihdu = 0, 0
-            while True:
-                hdr, n = _read_header(f, f"{url} HDU {ihdu}")
-                pos += n
-                if ihdu > 0 and str(hdr.get("XTENSION", "")).strip() == "BINTABLE": break
-                skip = _padded(_data_bytes(hdr))
-                f.seek(pos + skip); pos += skip; ihdu += 1
-                if ihdu > 50: raise SweepReadError(f"{url}: no BINTABLE extension in the first 50 HDUs")
-        size = fs.size(path)
-    except SweepReadError: raise
-    except FileNotFoundError as e: raise SweepReadError(f"{url}: file not found") from e
-    except Exception as e: raise SweepReadError(f"{url}: unreadable ({type(e).__name__}: {e})") from e
-    nf, names, formats, cols = int(hdr.get("TFIELDS", 0)), [], [], {}
-    for i in range(1, nf + 1):
+# %% ../nbs/06_legacysurvey.ipynb 19
+def find_bintable(f, url: str) -> tuple[fits.Header, int]:
+    "(header, data offset in bytes) of the first BINTABLE extension in open file `f`."
+    pos, ihdu = 0, 0
+    while True:
+        hdr, n = read_header(f, f"{url} HDU {ihdu}")
+        pos += n
+        if ihdu > 0 and str(hdr.get("XTENSION", "")).strip() == "BINTABLE": return hdr, pos
+        pos += padded_bytes(data_unit_bytes(hdr)); ihdu += 1
+        f.seek(pos)
+        if ihdu > 50: raise SweepReadError(f"{url}: no BINTABLE extension in the first 50 HDUs")
+
+# %% ../nbs/06_legacysurvey.ipynb 20
+def table_layout(hdr: fits.Header, url: str) -> tuple[np.dtype, dict]:
+    "(big-endian record dtype, {UPPER name: (field, code, tscal, tzero)}) of a BINTABLE header."
+    names, formats, cols = [], [], {}
+    for i in range(1, int(hdr.get("TFIELDS", 0)) + 1):
         name = str(hdr.get(f"TTYPE{i}", f"COL{i}")).strip()
         try: dt, code = tform_dtype(str(hdr[f"TFORM{i}"]))
         except (KeyError, ValueError) as e: raise SweepReadError(f"{url}: column {i} ({name}): bad TFORM ({e})") from e
         fname = name if name not in names else f"{name}__{i}"
         names.append(fname); formats.append(dt)
         cols[name.upper()] = (fname, code, float(hdr.get(f"TSCAL{i}", 1.0)), float(hdr.get(f"TZERO{i}", 0.0)))
-    dtype = np.dtype({"names": names, "formats": formats})
+    return np.dtype({"names": names, "formats": formats}), cols
+
+# %% ../nbs/06_legacysurvey.ipynb 21
+def open_table(url: str, fs=None) -> FitsTable:
+    "Parse the headers of `url` (local path or fsspec URL) and return the layout of its first BINTABLE."
+    fs, path = get_fs(url) if fs is None else (fs, url)
+    try:
+        with fs.open(path, "rb") as f: hdr, pos = find_bintable(f, url)
+        size = fs.size(path)
+    except SweepReadError: raise
+    except FileNotFoundError as e: raise SweepReadError(f"{url}: file not found") from e
+    except Exception as e: raise SweepReadError(f"{url}: unreadable ({type(e).__name__}: {e})") from e
+    dtype, cols = table_layout(hdr, url)
     row_bytes, nrows = int(hdr["NAXIS1"]), int(hdr["NAXIS2"])
     if dtype.itemsize != row_bytes:
-        raise SweepReadError(f"{url}: TFORMs add up to {dtype.itemsize} bytes per row but NAXIS1 = {row_bytes}")
-    need = pos + row_bytes * nrows
-    if size < need:
-        raise SweepReadError(f"{url}: truncated: table needs {need} bytes, file has {size}")
+        raise SweepReadError(f"{url}: TFORMs add up to {dtype.itemsize} bytes per row but NAXIS1 = {row_bytes}", nrows)
+    if size < pos + row_bytes * nrows:
+        raise SweepReadError(f"{url}: truncated: the table of {nrows} rows needs {pos + row_bytes * nrows} bytes, "
+                             f"the file has {size} ({(pos + row_bytes * nrows - size + row_bytes - 1) // row_bytes} rows short)", nrows)
     return FitsTable(url, nrows, row_bytes, pos, dtype, cols, hdr)
 
-# %% ../nbs/06_legacysurvey.ipynb 9
-def _kind(code: str, tscal: float, tzero: float) -> str:
+# %% ../nbs/06_legacysurvey.ipynb 25
+def column_kind(code: str, tscal: float, tzero: float) -> str:
+    "Dtype kind a FITS column yields: 'S' string, 'i' integer, 'f' float, 'b' logical, '?' other."
     if code == "A": return "S"
     if code in "BIJK": return "i" if tscal == 1.0 and float(tzero).is_integer() else "f"
     if code in "ED": return "f"
     if code == "L": return "b"
     return "?"
 
+# %% ../nbs/06_legacysurvey.ipynb 27
 def check_columns(table: FitsTable, columns: dict[str, str] | None = None) -> dict[str, str]:
     "Problems with the wanted `columns` (name -> kind) of `table`: {COLUMN: 'missing' | 'dtype ... expected ...'}."
     columns = SWEEP_COLUMNS if columns is None else columns
@@ -147,111 +166,129 @@ def check_columns(table: FitsTable, columns: dict[str, str] | None = None) -> di
         if c.upper() not in table.columns: out[c.upper()] = "missing"; continue
         fname, code, tscal, tzero = table.columns[c.upper()]
         shape = table.dtype[fname].shape
-        got = _kind(code, tscal, tzero)
+        got = column_kind(code, tscal, tzero)
         ok = (got == want) or (want == "f" and got == "i")   # ints are accepted where floats are wanted
         if not ok or shape not in ((), (1,)):
             out[c.upper()] = f"dtype {table.dtype[fname].str}{list(shape) if shape else ''} (TFORM code {code}), expected kind {want!r} scalar"
     return out
 
-# %% ../nbs/06_legacysurvey.ipynb 11
-def _fill_value(kind: str, n: int) -> np.ndarray:
+# %% ../nbs/06_legacysurvey.ipynb 30
+def fill_column(kind: str, n: int) -> np.ndarray:
+    "The fill of a missing column of `kind`: NaN floats, -1 integers, empty strings."
     if kind == "f": return np.full(n, np.nan, np.float32)
     if kind == "i": return np.full(n, -1, np.int64)
     return np.full(n, b"", "S1")
 
+# %% ../nbs/06_legacysurvey.ipynb 32
 def rstrip_bytes(a: np.ndarray) -> np.ndarray:
     "Fixed-width bytes array with trailing blanks removed (vectorised over byte positions; = np.char.rstrip(a, b' '))."
     a = np.asarray(a)
     n, w = len(a), a.dtype.itemsize
     if n == 0 or w == 0: return a.copy()
-    u = np.ascontiguousarray(a).copy().view(np.uint8).reshape(n, w)
+    u8 = np.ascontiguousarray(a).copy().view(np.uint8).reshape(n, w)
     trailing = np.ones(n, bool)
     for j in range(w - 1, -1, -1):
-        c = u[:, j]
+        c = u8[:, j]
         trailing &= (c == 32) | (c == 0)
         if not trailing.any(): break
         c[trailing] = 0
-    return u.view(f"S{w}").ravel()
+    return u8.view(f"S{w}").ravel()
 
+# %% ../nbs/06_legacysurvey.ipynb 34
+def read_row_bytes(table: FitsTable, start: int, stop: int, fs=None) -> np.ndarray:
+    "Records [start, stop) of `table` as a big-endian record array (one range read)."
+    fs, path = get_fs(table.url) if fs is None else (fs, table.url)
+    n = max(0, stop - start)
+    try:
+        with fs.open(path, "rb") as f:
+            f.seek(table.data_offset + start * table.row_bytes)
+            buf = f.read(n * table.row_bytes)
+    except Exception as e:
+        raise SweepReadError(f"{table.url}: reading rows {start}-{stop} failed ({type(e).__name__}: {e})", n) from e
+    if len(buf) != n * table.row_bytes:
+        raise SweepReadError(f"{table.url}: rows {start}-{stop}: got {len(buf)} bytes, expected {n * table.row_bytes}", n)
+    return np.frombuffer(buf, dtype=table.dtype, count=n)
+
+# %% ../nbs/06_legacysurvey.ipynb 35
+def native_column(rec: np.ndarray, table: FitsTable, column: str, kind: str) -> np.ndarray:
+    "One column of a record array in native byte order: strings stripped, TSCAL/TZERO applied, integers int64."
+    fname, code, tscal, tzero = table.columns[column.upper()]
+    a = rec[fname]
+    if a.ndim > 1: a = a[:, 0]
+    if code == "A": a = rstrip_bytes(a)
+    elif tscal != 1.0 or tzero != 0.0:
+        a = (a.astype(np.float64) * tscal + tzero) if kind == "f" or not float(tzero).is_integer() else a.astype(np.int64) + int(tzero)
+    else: a = a.astype(a.dtype.newbyteorder("="))
+    return a.astype(np.int64, copy=False) if kind == "i" and a.dtype.kind in "iu" else a
+
+# %% ../nbs/06_legacysurvey.ipynb 36
 def read_table_chunk(table: FitsTable, start: int, stop: int, columns: dict[str, str] | None = None,
                      bad: dict[str, str] | None = None, fs=None) -> dict[str, np.ndarray]:
     "Rows [start, stop) of `table` as {lower name: native array}; columns listed in `bad` are filled (NaN / -1 / b'')."
     columns = SWEEP_COLUMNS if columns is None else columns
     bad = {} if bad is None else bad
     start, stop = max(0, int(start)), min(int(stop), table.nrows)
-    n = max(0, stop - start)
-    if fs is None: fs, path = get_fs(table.url)
-    else: path = table.url
-    try:
-        with fs.open(path, "rb") as f:
-            f.seek(table.data_offset + start * table.row_bytes)
-            buf = f.read(n * table.row_bytes)
-    except Exception as e:
-        raise SweepReadError(f"{table.url}: reading rows {start}-{stop} failed ({type(e).__name__}: {e})") from e
-    if len(buf) != n * table.row_bytes:
-        raise SweepReadError(f"{table.url}: rows {start}-{stop}: got {len(buf)} bytes, expected {n * table.row_bytes}")
-    rec = np.frombuffer(buf, dtype=table.dtype, count=n)
-    out = {}
-    for c, kind in columns.items():
-        C = c.upper()
-        if C in bad: out[c.lower()] = _fill_value(kind, n); continue
-        fname, code, tscal, tzero = table.columns[C]
-        a = rec[fname]
-        if a.ndim > 1: a = a[:, 0]
-        if code == "A": a = rstrip_bytes(a)
-        elif tscal != 1.0 or tzero != 0.0:
-            a = (a.astype(np.float64) * tscal + tzero) if kind == "f" or not float(tzero).is_integer() else a.astype(np.int64) + int(tzero)
-        else:
-            a = a.astype(a.dtype.newbyteorder("="))
-        if kind == "i" and a.dtype.kind in "iu": a = a.astype(np.int64, copy=False)
-        out[c.lower()] = a
-    return out
+    rec = read_row_bytes(table, start, stop, fs)
+    return {c.lower(): fill_column(kind, len(rec)) if c.upper() in bad else native_column(rec, table, c, kind)
+            for c, kind in columns.items()}
 
+# %% ../nbs/06_legacysurvey.ipynb 39
 @dataclass
 class SweepProblem:
-    "One problem with one file: which file, what is wrong, and what was done (skipped / filled)."
+    "One problem with one file: which file, what is wrong, what was done (skipped / filled), rows lost (-1 unknown)."
     file: str
     problem: str
     action: str
-    def as_dict(self): return {"file": self.file, "problem": self.problem, "action": self.action}
+    rows: int = 0
+    @property
+    def lost(self) -> bool: return self.action.startswith(("skipped", "rows"))
+    def as_dict(self): return {"file": self.file, "problem": self.problem, "action": self.action, "rows": self.rows}
 
+# %% ../nbs/06_legacysurvey.ipynb 41
 def plan_columns(table: FitsTable, columns: dict[str, str] | None = None, missing_columns: str = "fill_nan",
                  problems: list | None = None) -> dict[str, str]:
     "Check `table`'s columns; record problems; return the columns to fill. Raises SweepReadError if the file must be skipped."
     if missing_columns not in MISSING_POLICIES: raise ValueError(f"missing_columns={missing_columns!r}: expected one of {MISSING_POLICIES}")
-    columns = SWEEP_COLUMNS if columns is None else columns
-    bad = check_columns(table, columns)
+    bad = check_columns(table, SWEEP_COLUMNS if columns is None else columns)
     if not bad: return {}
     msg = "; ".join(f"{c}: {p}" for c, p in bad.items())
     req = [c for c in bad if c in REQUIRED_COLUMNS]
     if req or missing_columns != "fill_nan":
         why = f"required column(s) {req} unusable" if req else f"missing_columns={missing_columns!r}"
-        if problems is not None: problems.append(SweepProblem(table.url, msg, f"skipped ({why})"))
-        raise SweepReadError(f"{table.url}: {msg} -> file skipped ({why})")
+        if problems is not None: problems.append(SweepProblem(table.url, msg, f"skipped ({why})", table.nrows))
+        raise SweepReadError(f"{table.url}: {msg} -> file skipped ({why})", table.nrows)
     if problems is not None: problems.append(SweepProblem(table.url, msg, "filled (floats NaN, integers -1)"))
     return bad
 
+# %% ../nbs/06_legacysurvey.ipynb 43
+def problem_from_error(url: str, err: SweepReadError) -> SweepProblem:
+    "The SweepProblem of a file that raised `err` (skipped; rows lost from the header when known)."
+    return SweepProblem(url, str(err), "skipped", -1 if err.nrows is None else int(err.nrows))
+
+# %% ../nbs/06_legacysurvey.ipynb 46
 def iter_sweep_chunks(url: str, columns: dict[str, str] | None = None, chunk_rows: int = 500_000,
                       missing_columns: str = "fill_nan", problems: list | None = None, fs=None):
     "Yield (start_row, dict of arrays) chunks of one sweep file; raises SweepReadError for unusable files."
     table = open_table(url, fs=fs)
     bad = plan_columns(table, columns, missing_columns, problems)
-    for start in range(0, max(table.nrows, 1), int(chunk_rows)):
-        if table.nrows == 0: return
+    for start in range(0, table.nrows, int(chunk_rows)):
         yield start, read_table_chunk(table, start, start + chunk_rows, columns, bad, fs=fs)
 
+# %% ../nbs/06_legacysurvey.ipynb 47
 def arrays_to_frame(arrays: dict[str, np.ndarray]) -> pd.DataFrame:
     "Dict of arrays -> DataFrame, decoding `bytes` columns to `str`."
     return pd.DataFrame({k: (np.char.decode(v, "ascii") if v.dtype.kind == "S" else v) for k, v in arrays.items()})
 
+# %% ../nbs/06_legacysurvey.ipynb 48
 def read_sweep(url: str, columns: dict[str, str] | list[str] | None = None, chunk_rows: int = 500_000,
                missing_columns: str = "fill_nan", problems: list | None = None) -> pd.DataFrame:
     "Read the needed columns of one sweep/Tractor FITS file (local or fsspec URL) into a DataFrame (lower-case names)."
     if isinstance(columns, (list, tuple)): columns = {c.upper(): SWEEP_COLUMNS.get(c.upper(), "f") for c in columns}
     parts = [arrays_to_frame(a) for _, a in iter_sweep_chunks(url, columns, chunk_rows, missing_columns, problems)]
-    if not parts: return arrays_to_frame({c.lower(): _fill_value(k, 0) for c, k in (columns or SWEEP_COLUMNS).items()})
+    if not parts: return arrays_to_frame({c.lower(): fill_column(k, 0) for c, k in (columns or SWEEP_COLUMNS).items()})
     return pd.concat(parts, ignore_index=True)
 
+# %% ../nbs/06_legacysurvey.ipynb 53
 def iter_sweeps(urls, columns: dict[str, str] | None = None, chunk_rows: int = 500_000, missing_columns: str = "fill_nan",
                 problems: list | None = None, progress: bool = True):
     """Yield (url, start_row, arrays) over many files. An unusable file is recorded in `problems`
@@ -263,9 +300,9 @@ def iter_sweeps(urls, columns: dict[str, str] | None = None, chunk_rows: int = 5
                 yield url, start, arr
         except SweepReadError as e:
             if missing_columns == "raise": raise
-            if not any(p.file == url for p in problems): problems.append(SweepProblem(url, str(e), "skipped"))
+            if not any(p.file == url for p in problems): problems.append(problem_from_error(url, e))
 
-# %% ../nbs/06_legacysurvey.ipynb 20
+# %% ../nbs/06_legacysurvey.ipynb 57
 _SWEEP_RE = re.compile(r"sweep-(\d{3})([pm])(\d{3})-(\d{3})([pm])(\d{3})")
 
 def sweep_box(name: str) -> tuple[float, float, float, float] | None:
@@ -275,6 +312,7 @@ def sweep_box(name: str) -> tuple[float, float, float, float] | None:
     s = lambda sg: 1.0 if sg == "p" else -1.0
     return (float(m.group(1)), float(m.group(4)), s(m.group(2)) * float(m.group(3)), s(m.group(5)) * float(m.group(6)))
 
+# %% ../nbs/06_legacysurvey.ipynb 59
 def in_sweep_boxes(ra_deg, dec_deg, names) -> np.ndarray:
     "True where (ra, dec) falls inside the box of any sweep file in `names` (False for non-sweep names)."
     ra, dec = np.asarray(ra_deg, float) % 360.0, np.asarray(dec_deg, float)
@@ -283,15 +321,18 @@ def in_sweep_boxes(ra_deg, dec_deg, names) -> np.ndarray:
         out |= (ra >= b[0]) & (ra < b[1]) & (dec >= b[2]) & (dec < b[3])
     return out
 
-# %% ../nbs/06_legacysurvey.ipynb 23
+# %% ../nbs/06_legacysurvey.ipynb 62
 GRADING_TIER = {"confident": "A", "probable": "B"}
 KNOWN_LENS_COLUMNS = ["name", "ra", "dec", "zlens", "type", "grading", "tier", "ref"]
+MISSING_GRADING_POLICIES = ("error", "confident", "probable", "drop")
 
+# %% ../nbs/06_legacysurvey.ipynb 63
 def lenscat_available() -> bool:
     "Is the lenscat distribution installed (checked without importing it)?"
     try: importlib.metadata.distribution("lenscat"); return True
     except importlib.metadata.PackageNotFoundError: return False
 
+# %% ../nbs/06_legacysurvey.ipynb 64
 def lenscat_csv_path() -> Path:
     "Path of lenscat's packaged catalog CSV, found without importing lenscat (which imports ligo.skymap)."
     try: dist = importlib.metadata.distribution("lenscat")
@@ -301,56 +342,80 @@ def lenscat_csv_path() -> Path:
         if str(f).replace("\\", "/").endswith("lenscat/data/catalog.csv"): return Path(dist.locate_file(f))
     raise FileNotFoundError(f"lenscat {dist.version}: no lenscat/data/catalog.csv in the installed files")
 
-def _normalise_lenses(df: pd.DataFrame, source: str) -> pd.DataFrame:
+# %% ../nbs/06_legacysurvey.ipynb 66
+def lens_column_names(columns) -> dict:
+    "{original: normalised} column names of a known-lens table: lower case, '[unit]' dropped, ra_deg/dec_deg -> ra/dec."
     ren = {}
-    for c in df.columns:
+    for c in columns:
         k = re.sub(r"\s*\[.*\]\s*$", "", str(c)).strip().lower()
-        if k in ("ra", "ra_deg"): k = "ra"
-        if k in ("dec", "dec_deg"): k = "dec"
-        ren[c] = k
-    df = df.rename(columns=ren)
+        ren[c] = {"ra_deg": "ra", "dec_deg": "dec"}.get(k, k)
+    return ren
+
+# %% ../nbs/06_legacysurvey.ipynb 69
+def check_lens_coordinates(df: pd.DataFrame, source: str) -> None:
+    "Raise ValueError naming the rows of `df` whose ra (0 <= RA < 360 deg) or dec (|Dec| <= 90 deg) is invalid or missing."
+    ra, dec = df["ra"].to_numpy(np.float64), df["dec"].to_numpy(np.float64)
+    with np.errstate(invalid="ignore"):
+        bad = ~((ra >= 0) & (ra < 360) & (np.abs(dec) <= 90))
+    if not bad.any(): return
+    rows = np.flatnonzero(bad)
+    name = df["name"].astype(str).to_numpy() if "name" in df else np.full(len(df), "")
+    ex = "; ".join(f"row {i} (name {name[i]!r}): RA={ra[i]}, Dec={dec[i]}" for i in rows[:5])
+    raise ValueError(f"{source}: {len(rows)} known-lens row(s) with invalid coordinates (expected 0 <= RA < 360 deg and "
+                     f"-90 <= Dec <= 90 deg, finite numbers; rows counted from 0 after the header): {ex}")
+
+# %% ../nbs/06_legacysurvey.ipynb 72
+def grading_tiers(grading: pd.Series, source: str, missing_grading: str = "error") -> tuple[pd.Series, pd.Series]:
+    "(grading, tier) of each row: confident -> A, probable -> B; empty gradings handled by `missing_grading`."
+    if missing_grading not in MISSING_GRADING_POLICIES:
+        raise ValueError(f"missing_grading={missing_grading!r}: expected one of {MISSING_GRADING_POLICIES}")
+    g = grading.astype(object).where(grading.notna(), "").astype(str).str.strip().str.lower()
+    empty = (g == "").to_numpy()
+    if empty.any() and missing_grading == "error":
+        raise ValueError(f"{source}: {int(empty.sum())} known-lens row(s) without a grading (rows {np.flatnonzero(empty)[:10].tolist()}); "
+                         f"expected one of {list(GRADING_TIER)}, or set catalogs.missing_grading to 'confident', 'probable' or 'drop'")
+    if missing_grading in GRADING_TIER: g = g.where(~empty, missing_grading)
+    unk = sorted(set(g[g != ""]) - set(GRADING_TIER))
+    if unk: raise ValueError(f"{source}: unknown grading value(s) {unk}; expected {list(GRADING_TIER)}")
+    return g, g.map(GRADING_TIER).fillna("").astype(str)
+
+# %% ../nbs/06_legacysurvey.ipynb 74
+def normalise_known_lenses(df: pd.DataFrame, source: str, missing_grading: str = "error") -> pd.DataFrame:
+    "Known-lens table with KNOWN_LENS_COLUMNS first (checked coordinates, tier from grading), other columns kept."
+    df = df.rename(columns=lens_column_names(df.columns))
     for c in ("ra", "dec"):
         if c not in df.columns: raise ValueError(f"{source}: known-lens catalog has no {c!r} column (columns: {list(df.columns)})")
-    df["ra"], df["dec"] = pd.to_numeric(df["ra"], errors="coerce").astype(np.float64), pd.to_numeric(df["dec"], errors="coerce").astype(np.float64)
-    bad = ~(np.isfinite(df.ra) & np.isfinite(df.dec) & (df.dec.abs() <= 90))
-    if bad.any(): raise ValueError(f"{source}: rows {list(np.flatnonzero(bad.values)[:10])} have invalid RA/Dec")
-    for c, d in (("name", ""), ("zlens", ""), ("type", "galaxy"), ("grading", "confident"), ("ref", "")):
-        if c not in df.columns: df[c] = d
-        df[c] = df[c].fillna(d).astype(str)
+    df["ra"], df["dec"] = (pd.to_numeric(df[c], errors="coerce").astype(np.float64) for c in ("ra", "dec"))
+    check_lens_coordinates(df, source)
+    df["grading"], df["tier"] = grading_tiers(df["grading"] if "grading" in df else pd.Series("", index=df.index), source, missing_grading)
+    for c, d in (("name", ""), ("zlens", ""), ("type", "galaxy"), ("ref", "")):
+        df[c] = (df[c] if c in df else pd.Series(d, index=df.index)).fillna(d).astype(str)
     df["name"] = np.where(df["name"] == "", [f"lens_{i}" for i in range(len(df))], df["name"])
-    df["grading"] = df["grading"].str.strip().str.lower()
     df["type"] = df["type"].str.strip().str.lower()
-    unk = sorted(set(df.grading) - set(GRADING_TIER))
-    if unk: raise ValueError(f"{source}: unknown grading value(s) {unk}; expected {list(GRADING_TIER)}")
-    df["tier"] = df["grading"].map(GRADING_TIER)
     return df[KNOWN_LENS_COLUMNS + [c for c in df.columns if c not in KNOWN_LENS_COLUMNS]].reset_index(drop=True)
 
-def load_known_lenses(source: str) -> pd.DataFrame:
+# %% ../nbs/06_legacysurvey.ipynb 75
+def load_known_lenses(source: str, missing_grading: str = "error") -> pd.DataFrame:
     "Known lenses from `source`: 'lenscat' or a CSV/Parquet path/URL with name, RA, DEC, zlens, type, grading (+ anything)."
     if str(source).strip().lower() == "lenscat":
-        return _normalise_lenses(pd.read_csv(lenscat_csv_path(), dtype={"zlens": str}), "lenscat")
+        return normalise_known_lenses(pd.read_csv(lenscat_csv_path(), dtype={"zlens": str}), "lenscat", missing_grading)
     src = str(source)
     fs, p = get_fs(src)
     with fs.open(p, "rb") as f:
         df = pd.read_parquet(f) if src.endswith((".parquet", ".pq")) else pd.read_csv(f, dtype={"zlens": str})
-    return _normalise_lenses(df, src)
+    return normalise_known_lenses(df, src, missing_grading)
 
-# %% ../nbs/06_legacysurvey.ipynb 26
+# %% ../nbs/06_legacysurvey.ipynb 80
 NOSOCS_REF_PATTERN = r"Lopes et al\. \(2004\)|10\.1086/423038"
 
-def _unit_vectors(ra_deg, dec_deg) -> np.ndarray:
-    ra, dec = np.radians(np.asarray(ra_deg, float)), np.radians(np.asarray(dec_deg, float))
-    return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], -1)
-
+# %% ../nbs/06_legacysurvey.ipynb 81
 def duplicate_mask(ra_deg, dec_deg, radius_arcsec: float, priority=None) -> np.ndarray:
     """True for rows that lie within `radius_arcsec` of a row kept before them (friends-of-friends free:
     rows are visited by `priority` (lower first, ties by row order) and a row is dropped if a kept row is near)."""
     from scipy.spatial import cKDTree
     n = len(ra_deg)
     if n == 0: return np.zeros(0, bool)
-    xyz = _unit_vectors(ra_deg, dec_deg)
-    chord = 2 * np.sin(np.radians(radius_arcsec / 3600.0) / 2)
-    pairs = cKDTree(xyz).query_pairs(chord, output_type="ndarray")
+    pairs = cKDTree(radec_to_unit(ra_deg, dec_deg)).query_pairs(float(chord_from_arcsec(radius_arcsec)), output_type="ndarray")
     order = np.lexsort((np.arange(n), np.zeros(n) if priority is None else np.asarray(priority)))
     rank = np.empty(n, int); rank[order] = np.arange(n)
     drop = np.zeros(n, bool)
@@ -363,22 +428,23 @@ def duplicate_mask(ra_deg, dec_deg, radius_arcsec: float, priority=None) -> np.n
             if rank[j] > rank[i]: drop[j] = True
     return drop
 
+# %% ../nbs/06_legacysurvey.ipynb 84
 def clean_known_lenses(lenses: pd.DataFrame, drop_nosocs: bool = True, drop_types=("cluster", "group"),
                        dedup_radius_arcsec: float = 3.0, keep_tiers=("A", "B")) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split a known-lens table into (positives, dropped); dropped has a `drop_reason` column:
-    nosocs_cluster_catalog, type_<type>, tier_<tier>_not_kept, duplicate_within_<r>arcsec."""
+    nosocs_cluster_catalog, type_<type>, no_grading, tier_<tier>_not_kept, duplicate_within_<r>arcsec."""
     reason = pd.Series("", index=lenses.index, dtype=object)
     if drop_nosocs and "ref" in lenses:
         reason[lenses["ref"].astype(str).str.contains(NOSOCS_REF_PATTERN, regex=True)] = "nosocs_cluster_catalog"
     for t in drop_types:
         reason[(reason == "") & (lenses["type"].str.lower() == t)] = f"type_{t}"
+    reason[(reason == "") & (lenses["tier"] == "")] = "no_grading"
     reason[(reason == "") & ~lenses["tier"].isin(list(keep_tiers))] = lenses["tier"].map(lambda t: f"tier_{t}_not_kept")
     ok = (reason == "").values
     if dedup_radius_arcsec > 0 and ok.any():
         sub = lenses[ok]
         dup = duplicate_mask(sub.ra.values, sub.dec.values, dedup_radius_arcsec, priority=(sub.tier != "A").values.astype(int))
-        idx = sub.index[dup]
-        reason[idx] = f"duplicate_within_{dedup_radius_arcsec:g}arcsec"
+        reason[sub.index[dup]] = f"duplicate_within_{dedup_radius_arcsec:g}arcsec"
     kept = lenses[reason == ""].reset_index(drop=True)
     dropped = lenses[reason != ""].assign(drop_reason=reason[reason != ""].values).reset_index(drop=True)
     return kept, dropped

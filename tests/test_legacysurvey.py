@@ -164,3 +164,48 @@ def test_known_lens_csv_in_lenscat_columns(tmp_path):
     pd.DataFrame({"RA": [1.0], "DEC": [0.0], "grading": ["maybe"]}).to_csv(p, index=False)
     with pytest.raises(ValueError, match="unknown grading"):
         load_known_lenses(str(p))
+
+
+@pytest.mark.parametrize("ra, dec, shown", [(725.0, 1.0, "RA=725.0"), (-3.0, 1.0, "RA=-3.0"), (10.0, 95.0, "Dec=95.0"),
+                                            (10.0, -90.5, "Dec=-90.5"), ("", 1.0, "RA=nan"), ("inf", 1.0, "RA=inf")])
+def test_known_lens_bad_coordinates_name_the_row(tmp_path, ra, dec, shown):
+    "Issue 12.11: a known-lens RA of 725 (or Dec beyond +-90, or a blank) is an error naming the row and the value."
+    p = tmp_path / "kl.csv"
+    pd.DataFrame({"name": ["ok1", "typo", "ok2"], "RA": [1.0, ra, 2.0], "DEC": [0.0, dec, 0.0],
+                  "grading": ["confident"] * 3}).to_csv(p, index=False)
+    with pytest.raises(ValueError, match=r"kl\.csv: 1 known-lens row\(s\) with invalid coordinates") as e:
+        load_known_lenses(str(p))
+    msg = str(e.value)
+    assert "row 1 (name 'typo'): RA=" in msg and shown in msg.split("row 1 (name 'typo'): ")[1]
+    assert "0 <= RA < 360" in str(e.value) and len(str(e.value).splitlines()) == 1
+
+
+def test_known_lens_without_grading_is_not_tier_a(tmp_path):
+    "Issue 13.2: an empty or absent grading never becomes Tier-A silently."
+    p = tmp_path / "kl.csv"
+    pd.DataFrame({"name": ["a", "b", "c"], "RA": [1.0, 2.0, 3.0], "DEC": [0.0] * 3,
+                  "grading": ["confident", None, "probable"]}).to_csv(p, index=False)
+    with pytest.raises(ValueError, match=r"1 known-lens row\(s\) without a grading \(rows \[1\]\)"):
+        load_known_lenses(str(p))
+    pd.DataFrame({"name": ["a"], "RA": [1.0], "DEC": [0.0]}).to_csv(tmp_path / "nograde.csv", index=False)
+    with pytest.raises(ValueError, match="without a grading"):
+        load_known_lenses(str(tmp_path / "nograde.csv"))
+    assert list(load_known_lenses(str(p), missing_grading="probable").tier) == ["A", "B", "B"]
+    kl = load_known_lenses(str(p), missing_grading="drop")
+    assert list(kl.tier) == ["A", "", "B"]
+    kept, dropped = clean_known_lenses(kl)
+    assert list(kept.name) == ["a", "c"] and list(dropped.drop_reason) == ["no_grading"]
+
+
+def test_truncated_file_counts_its_lost_rows(shared_data, tmp_path):
+    "Issue 12.6: a truncated sweep file is skipped with the number of rows its header promised (the stage counts them)."
+    good = sorted((shared_data / "dr8_sweeps_desitarget").glob("sweep-*.fits"))[0]
+    t = open_table(str(good))
+    (tmp_path / "trunc.fits").write_bytes(good.read_bytes()[: t.data_offset + t.row_bytes * 2 + 5])
+    with pytest.raises(SweepReadError, match=r"truncated: the table of 6 rows .* \(4 rows short\)") as e:
+        open_table(str(tmp_path / "trunc.fits"))
+    assert e.value.nrows == 6
+    problems = []
+    assert list(iter_sweeps([str(tmp_path / "trunc.fits"), str(good)], problems=problems, progress=False))
+    lost = [p for p in problems if p.lost]
+    assert [(p.file.split("/")[-1], p.rows) for p in lost] == [("trunc.fits", 6)]
