@@ -15,10 +15,11 @@ from .config import (ConfigError, config_to_dict, url_join, exists, read_bytes, 
 
 # %% auto 0
 __all__ = ['STAGES', 'PIPELINE_STAGES', 'MARKER', 'FILES_TABLE', 'HASH_MAX_BYTES', 'HASH_BUDGET_BYTES', 'TOKEN_ENV', 'StageError',
-           'StageOrderError', 'StageSpec', 'get_stage', 'stage_config', 'stage_config_hash', 'config_changes',
-           'scan_files', 'file_digest', 'fingerprint_outputs', 'table_digest', 'OutputCheck', 'check_outputs',
-           'input_fingerprint', 'holder_alive', 'marker_url', 'read_marker', 'run_command', 'output_roots',
-           'needed_upstream', 'Plan', 'plan_stage', 'remove_stale_temps', 'clear_folder', 'StageRun', 'stage_run']
+           'StageOrderError', 'StageSpec', 'get_stage', 'stage_config', 'stage_config_hash', 'changed_keys',
+           'config_changes', 'scan_files', 'file_digest', 'fingerprint_outputs', 'table_digest', 'OutputCheck',
+           'check_outputs', 'input_fingerprint', 'holder_alive', 'marker_url', 'read_marker', 'run_command',
+           'output_roots', 'needed_upstream', 'Plan', 'plan_stage', 'remove_stale_temps', 'clear_folder', 'StageRun',
+           'stage_run']
 
 # %% ../nbs/00b_runs.ipynb 6
 class StageError(RuntimeError):
@@ -80,6 +81,7 @@ class StageSpec:
     outputs: Callable|None = None      # `outputs(cfg, run_dir)`: output folders outside its stage folder
     runner: str = ""                   # `module:function` of its stage runner (documentation, `stronglens stages`)
 
+# %% ../nbs/00b_runs.ipynb 15
 STAGES: dict[str, StageSpec] = {s.name: s for s in [
     StageSpec("sky", "sky", "00_sky.ipynb", (), ("sky", "-sky.num_threads"), in_use=_sky_in_use,
               runner="stronglens.mocksky:run_sky_stage"),
@@ -104,7 +106,7 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
 ]}
 PIPELINE_STAGES = ["sky", "catalogs", "cutouts", "train", "validate", "inject", "report"]
 
-# %% ../nbs/00b_runs.ipynb 15
+# %% ../nbs/00b_runs.ipynb 16
 def get_stage(name:str, instance:str|None=None) -> StageSpec:
     "The `StageSpec` of stage `name`; `audit:<name>` (or `instance=`) is the audit of one finder, in `audits/<name>/`."
     base, _, inst = str(name).partition(":")
@@ -117,7 +119,7 @@ def get_stage(name:str, instance:str|None=None) -> StageSpec:
         raise StageError(f"audit needs a finder name of letters, digits, '_', '.', '-' (audit:<name>), got {inst!r}")
     return StageSpec(f"audit:{inst}", f"audits/{inst}", s.notebook, s.upstream, s.config, s.in_use, s.inputs, s.outputs, s.runner)
 
-# %% ../nbs/00b_runs.ipynb 18
+# %% ../nbs/00b_runs.ipynb 19
 def _flatten(d, prefix:str="") -> dict:
     "Nested dict -> {dotted key: leaf value}."
     if not isinstance(d, dict) or not d: return {prefix: d} if prefix else {}
@@ -125,7 +127,7 @@ def _flatten(d, prefix:str="") -> dict:
     for k, v in d.items(): out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
     return out
 
-# %% ../nbs/00b_runs.ipynb 19
+# %% ../nbs/00b_runs.ipynb 20
 def _section_dict(cfg, name:str):
     "Config section `name` as a dict; a section the config lacks counts as its defaults (when it has any)."
     d = config_to_dict(cfg)
@@ -135,7 +137,7 @@ def _section_dict(cfg, name:str):
     try: return config_to_dict(_section_class(name)())
     except Exception: return None
 
-# %% ../nbs/00b_runs.ipynb 20
+# %% ../nbs/00b_runs.ipynb 21
 def stage_config(cfg, spec:StageSpec) -> dict:
     "The config values stage `spec` depends on, as `{dotted key: value}` (sections, sub-keys, minus '-' exclusions)."
     vals, drop = {}, [k[1:] for k in spec.config if k.startswith("-")]
@@ -147,19 +149,46 @@ def stage_config(cfg, spec:StageSpec) -> dict:
     keep = {k: v for k, v in sorted(vals.items()) if not any(k == x or k.startswith(x + ".") for x in drop)}
     return json.loads(json.dumps(keep, default=str))   # as stored in a marker (tuples -> lists, ...)
 
-# %% ../nbs/00b_runs.ipynb 21
+# %% ../nbs/00b_runs.ipynb 22
 def stage_config_hash(cfg, spec:StageSpec) -> str:
     "Short sha256 of `stage_config(cfg, spec)`: the stage reruns when it changes."
     return hashlib.sha256(json.dumps(stage_config(cfg, spec), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-# %% ../nbs/00b_runs.ipynb 22
-def config_changes(old:dict, new:dict, limit:int=6) -> list[str]:
-    "Readable `key: old -> new` lines between two `stage_config` dicts."
+# %% ../nbs/00b_runs.ipynb 23
+_NODEFAULT = object()
+
+def _default_of(key:str):
+    "Default of dotted config `key` from its section's dataclasses (`_NODEFAULT` when it has none)."
+    import dataclasses, typing
+    from stronglens.config import SECTIONS, _section_class
+    sec, *path = key.split(".")
+    if sec not in SECTIONS or not path: return _NODEFAULT
+    tp, val = _section_class(sec), _NODEFAULT
+    for name in path:
+        if val is not _NODEFAULT:
+            if not isinstance(val, dict) or name not in val: return _NODEFAULT
+            val = val[name]; continue
+        f = {f.name: f for f in dataclasses.fields(tp)}.get(name) if dataclasses.is_dataclass(tp) else None
+        if f is None: return _NODEFAULT
+        if f.default is not dataclasses.MISSING: val = config_to_dict(f.default)
+        elif f.default_factory is not dataclasses.MISSING: val = config_to_dict(f.default_factory())
+        else: tp = typing.get_type_hints(tp)[name]
+    return _NODEFAULT if val is _NODEFAULT else json.loads(json.dumps(config_to_dict(val), default=str))
+
+# %% ../nbs/00b_runs.ipynb 24
+def changed_keys(old:dict, new:dict) -> list[str]:
+    "Keys whose value differs between two `stage_config` dicts; a key new in `new` at its default is no change."
     keys = sorted(set(old) | set(new))
-    ch = [f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in keys if old.get(k, None) != new.get(k, None)]
-    return ch[:limit] + ([f"... and {len(ch) - limit} more"] if len(ch) > limit else [])
+    return [k for k in keys if old.get(k, _NODEFAULT) != new.get(k, _NODEFAULT)
+            and not (k not in old and _default_of(k) == new[k])]
 
 # %% ../nbs/00b_runs.ipynb 25
+def config_changes(old:dict, new:dict, limit:int=6) -> list[str]:
+    "Readable `key: old -> new` lines for the `changed_keys` of two `stage_config` dicts."
+    ch = [f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in changed_keys(old, new)]
+    return ch[:limit] + ([f"... and {len(ch) - limit} more"] if len(ch) > limit else [])
+
+# %% ../nbs/00b_runs.ipynb 30
 MARKER = "_stage.json"          # the stage marker, in the stage folder
 FILES_TABLE = "_stage_files.parquet"   # output fingerprints (path, size, mtime_ns, digest), beside the marker
 HASH_MAX_BYTES = 256 * 2**20    # files up to this size are content-hashed at finish ...
@@ -167,7 +196,7 @@ HASH_BUDGET_BYTES = 4 * 2**30   # ... while the stage's outputs total at most th
 
 def _ignored(name:str) -> bool: return name.startswith((".tmp-", "_stage")) or name.endswith(".tmp")
 
-# %% ../nbs/00b_runs.ipynb 26
+# %% ../nbs/00b_runs.ipynb 31
 def _scan_local(root:Path, rel:str="") -> list[tuple]:
     "(relative path, size, mtime_ns) of every file under `root` (os.scandir: one stat per file, no reads)."
     out, stack = [], [(root, rel)]
@@ -184,7 +213,7 @@ def _scan_local(root:Path, rel:str="") -> list[tuple]:
                     st = e.stat(); out.append((p, st.st_size, st.st_mtime_ns))
     return out
 
-# %% ../nbs/00b_runs.ipynb 27
+# %% ../nbs/00b_runs.ipynb 32
 def scan_files(root) -> pd.DataFrame:
     "Files under folder `root` (local or fsspec URL): `path` (relative, POSIX), `size`, `mtime_ns`, `etag` (object stores)."
     if is_local(root):
@@ -204,7 +233,7 @@ def scan_files(root) -> pd.DataFrame:
         df = pd.DataFrame(rows, columns=["path", "size", "mtime_ns", "etag"])
     return df.astype({"path": str, "size": "int64", "mtime_ns": "int64", "etag": str}).sort_values("path", ignore_index=True)
 
-# %% ../nbs/00b_runs.ipynb 28
+# %% ../nbs/00b_runs.ipynb 33
 def file_digest(url, chunk_bytes:int=4 * 2**20) -> str:
     "blake2b-128 of a file's bytes (hex)."
     h = hashlib.blake2b(digest_size=16)
@@ -213,7 +242,7 @@ def file_digest(url, chunk_bytes:int=4 * 2**20) -> str:
         while b := f.read(chunk_bytes): h.update(b)
     return h.hexdigest()
 
-# %% ../nbs/00b_runs.ipynb 29
+# %% ../nbs/00b_runs.ipynb 34
 def fingerprint_outputs(roots:dict, hash_max_bytes:int=HASH_MAX_BYTES, budget_bytes:int=HASH_BUDGET_BYTES) -> pd.DataFrame:
     "Fingerprint table of the files under `roots` ({label: url}): `root, path, size, mtime_ns, digest`."
     parts = []
@@ -226,14 +255,14 @@ def fingerprint_outputs(roots:dict, hash_max_bytes:int=HASH_MAX_BYTES, budget_by
         t.loc[local, "digest"] = [file_digest(url_join(u, p)) for u, p in zip(t.url[local], t.path[local])]
     return t.drop(columns=["etag", "url"]).astype({"root": str, "path": str, "digest": str}).reset_index(drop=True)
 
-# %% ../nbs/00b_runs.ipynb 30
+# %% ../nbs/00b_runs.ipynb 35
 def table_digest(t:pd.DataFrame) -> str:
     "Digest of a fingerprint table by content (names, sizes, content digests; not mtimes): equal for a copy."
     h = hashlib.sha256()
     for r, p, s, d in sorted(zip(t["root"], t["path"], t["size"], t["digest"])): h.update(f"{r}\t{p}\t{s}\t{d}\n".encode())
     return h.hexdigest()[:16]
 
-# %% ../nbs/00b_runs.ipynb 31
+# %% ../nbs/00b_runs.ipynb 36
 @dataclass
 class OutputCheck:
     missing: list                 # recorded files that are gone
@@ -245,7 +274,7 @@ class OutputCheck:
     @property
     def ok(self) -> bool: return not self.missing and not self.changed
 
-# %% ../nbs/00b_runs.ipynb 32
+# %% ../nbs/00b_runs.ipynb 37
 def check_outputs(recorded:pd.DataFrame, roots:dict, moved:bool=False) -> OutputCheck:
     "Compare a recorded fingerprint table with the files now under `roots`: one stat per file; hashes only if an mtime moved."
     cur = pd.concat([scan_files(u).assign(root=k) for k, u in roots.items()], ignore_index=True) if roots else pd.DataFrame(
@@ -268,7 +297,7 @@ def check_outputs(recorded:pd.DataFrame, roots:dict, moved:bool=False) -> Output
     return OutputCheck(name(m.index[gone]), name(ch), len(recorded), [url_join(roots[m.root[i]], m.path[i]) for i in ch],
                        refreshed=bool(touched.any()) and not bad, table=t)
 
-# %% ../nbs/00b_runs.ipynb 33
+# %% ../nbs/00b_runs.ipynb 38
 def input_fingerprint(url, hash_max_bytes:int=64 * 2**20) -> str:
     "Fingerprint of an input file or folder outside the run: content hashes of small files, size+mtime of big ones."
     if not exists(url): return "missing"
@@ -284,10 +313,10 @@ def input_fingerprint(url, hash_max_bytes:int=64 * 2**20) -> str:
         h.update(f"{pth}\t{s}\t{d}\n".encode())
     return h.hexdigest()[:16]
 
-# %% ../nbs/00b_runs.ipynb 38
+# %% ../nbs/00b_runs.ipynb 43
 def _now() -> str: return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
-# %% ../nbs/00b_runs.ipynb 39
+# %% ../nbs/00b_runs.ipynb 44
 def _proc_start(pid:int) -> str|None:
     "Start time of live process `pid` (clock ticks since boot on Linux; 'alive' elsewhere); None if gone or a zombie."
     if Path("/proc/self/stat").exists():
@@ -300,7 +329,7 @@ def _proc_start(pid:int) -> str|None:
 
 def _me() -> dict: return {"pid": os.getpid(), "pid_start": _proc_start(os.getpid()), "host": socket.gethostname()}
 
-# %% ../nbs/00b_runs.ipynb 40
+# %% ../nbs/00b_runs.ipynb 45
 def holder_alive(marker:dict) -> bool:
     "Is a process that holds this running marker still alive (same host, same pid and start time)?"
     for h in marker.get("holders", []):
@@ -308,7 +337,7 @@ def holder_alive(marker:dict) -> bool:
             return True
     return False
 
-# %% ../nbs/00b_runs.ipynb 41
+# %% ../nbs/00b_runs.ipynb 46
 def marker_url(run_dir, spec:StageSpec) -> str: return url_join(run_dir, spec.folder, MARKER)
 
 def read_marker(run_dir, spec:StageSpec) -> dict|None:
@@ -320,17 +349,17 @@ def read_marker(run_dir, spec:StageSpec) -> dict|None:
     if not isinstance(m, dict) or "protocol" not in m: return {"status": "legacy"}
     return m
 
-# %% ../nbs/00b_runs.ipynb 42
+# %% ../nbs/00b_runs.ipynb 47
 def run_command(spec_name:str, run_dir) -> str:
     "The command that (re)runs a stage into `run_dir`."
     return f"stronglens run {spec_name} --run-dir {run_dir}"
 
-# %% ../nbs/00b_runs.ipynb 45
+# %% ../nbs/00b_runs.ipynb 50
 def _norm_run_dir(run_dir) -> str:
     "Absolute local path (stage notebooks run with another cwd) or the URL unchanged."
     return str(Path(str(run_dir).removeprefix("file://")).resolve()) if is_local(run_dir) else str(run_dir).rstrip("/")
 
-# %% ../nbs/00b_runs.ipynb 46
+# %% ../nbs/00b_runs.ipynb 51
 def output_roots(run_dir, spec:StageSpec, cfg) -> dict:
     "{label: url} of the folders holding a stage's outputs: its stage folder ('') and declared prefixes outside it."
     roots = {"": url_join(run_dir, spec.folder)}
@@ -338,12 +367,12 @@ def output_roots(run_dir, spec:StageSpec, cfg) -> dict:
         if u.rstrip("/") != roots[""].rstrip("/"): roots[relative_path(run_dir, u)] = u
     return roots
 
-# %% ../nbs/00b_runs.ipynb 47
+# %% ../nbs/00b_runs.ipynb 52
 def needed_upstream(spec:StageSpec, cfg) -> list[str]:
     "The upstream stages `spec` reads under this config (the mock sky only when the config uses it)."
     return [u for u in spec.upstream if STAGES[u].in_use(cfg)]
 
-# %% ../nbs/00b_runs.ipynb 48
+# %% ../nbs/00b_runs.ipynb 53
 def _files_table(run_dir, spec:StageSpec) -> pd.DataFrame|None:
     u = url_join(run_dir, spec.folder, FILES_TABLE)
     return read_parquet(u) if exists(u) else None
@@ -354,7 +383,7 @@ def _external_inputs(run_dir, spec:StageSpec, cfg) -> dict:
 def _short(items, n:int=3) -> str:
     return ", ".join(map(str, items[:n])) + (f" (+{len(items) - n} more)" if len(items) > n else "")
 
-# %% ../nbs/00b_runs.ipynb 49
+# %% ../nbs/00b_runs.ipynb 54
 def _upstream_state(run_dir, name:str, cfg, memo:dict, verify_outputs:bool) -> str|None:
     "Why upstream stage `name` cannot be used now (None when it is finished, current and intact)."
     if (name, verify_outputs) in memo: return memo[(name, verify_outputs)]
@@ -365,7 +394,7 @@ def _upstream_state(run_dir, name:str, cfg, memo:dict, verify_outputs:bool) -> s
     elif st == "unreadable": why = f"has an unreadable marker ({m['error']['message'][:120]})"
     elif st == "running": why = ("is still running (" + _holders(m) + ")") if holder_alive(m) else "was interrupted before it finished"
     elif st == "failed": why = f"failed: {(m.get('error') or {}).get('message', '?').strip()[:300]}"
-    elif m.get("config_hash") != stage_config_hash(cfg, spec):
+    elif changed_keys(m.get("config", {}), stage_config(cfg, spec)):
         why = "is out of date: its config changed (" + "; ".join(config_changes(m.get("config", {}), stage_config(cfg, spec), 3)) + ")"
     else: why = _stale_inputs(run_dir, spec, cfg, m, memo)
     if why is None and verify_outputs:
@@ -376,7 +405,7 @@ def _upstream_state(run_dir, name:str, cfg, memo:dict, verify_outputs:bool) -> s
     memo[(name, verify_outputs)] = why
     return why
 
-# %% ../nbs/00b_runs.ipynb 50
+# %% ../nbs/00b_runs.ipynb 55
 def _stale_inputs(run_dir, spec:StageSpec, cfg, m:dict, memo:dict) -> str|None:
     "Has an input of finished stage `spec` (upstream stage or external file) changed since it ran?"
     for u in needed_upstream(spec, cfg):
@@ -388,7 +417,7 @@ def _stale_inputs(run_dir, spec:StageSpec, cfg, m:dict, memo:dict) -> str|None:
     changed = [k[5:] for k, v in ext.items() if m.get("inputs", {}).get(k) != v]
     return f"is out of date: input changed ({_short(changed)})" if changed else None
 
-# %% ../nbs/00b_runs.ipynb 51
+# %% ../nbs/00b_runs.ipynb 56
 def _changes(chk) -> str:
     "'2 missing (a, b), 1 changed (c)' for an `OutputCheck`."
     return ", ".join(f"{len(v)} {k} ({_short(v)})" for k, v in (("missing", chk.missing), ("changed", chk.changed)) if v)
@@ -396,7 +425,7 @@ def _changes(chk) -> str:
 def _holders(m:dict) -> str:
     return ", ".join(f"pid {h.get('pid')} on {h.get('host')}" for h in m.get("holders", [])) + f", since {m.get('started_utc')}"
 
-# %% ../nbs/00b_runs.ipynb 52
+# %% ../nbs/00b_runs.ipynb 57
 @dataclass
 class Plan:
     stage: str                    # stage name
@@ -415,7 +444,7 @@ class Plan:
     def retrying(self) -> bool: return self.action == "retry"
     def __str__(self): return f"{self.stage}: {self.action} ({'; '.join(self.reasons)})"
 
-# %% ../nbs/00b_runs.ipynb 53
+# %% ../nbs/00b_runs.ipynb 58
 def _upstream_inputs(run_dir, spec, cfg, assume_rerun) -> dict:
     "Fingerprints of the upstream stages; `StageOrderError` naming the command when one cannot be used."
     memo, inputs = {}, {}
@@ -430,14 +459,14 @@ def _upstream_inputs(run_dir, spec, cfg, assume_rerun) -> dict:
         inputs[f"stage:{u}"] = read_marker(run_dir, get_stage(u))["fingerprint"]
     return inputs
 
-# %% ../nbs/00b_runs.ipynb 54
+# %% ../nbs/00b_runs.ipynb 59
 def _first_to_run(run_dir, name:str, cfg, memo:dict) -> str:
     "The earliest stage upstream of (or equal to) `name` that must run before `name` can."
     for w in needed_upstream(get_stage(name), cfg):
         if _upstream_state(run_dir, w, cfg, memo, verify_outputs=False): return _first_to_run(run_dir, w, cfg, memo)
     return name
 
-# %% ../nbs/00b_runs.ipynb 55
+# %% ../nbs/00b_runs.ipynb 60
 def plan_stage(run_dir, stage:str, cfg, force:bool=False, assume_rerun=(), instance:str|None=None) -> Plan:
     "Decide, without writing anything, whether `stage` skips, runs, resumes, retries or reruns (and why)."
     run_dir, spec = _norm_run_dir(run_dir), get_stage(stage, instance)
@@ -458,11 +487,11 @@ def plan_stage(run_dir, stage:str, cfg, force:bool=False, assume_rerun=(), insta
     else: _decide(p, m, run_dir, spec, cfg)
     return p
 
-# %% ../nbs/00b_runs.ipynb 56
+# %% ../nbs/00b_runs.ipynb 61
 def _decide(p:Plan, m:dict, run_dir:str, spec:StageSpec, cfg):
     "The decision for a stage with a protocol marker (see `plan_stage`)."
     st, diffs = m["status"], []
-    if m.get("config_hash") != p.config_hash: diffs.append("config changed: " + "; ".join(config_changes(m.get("config", {}), p.config)))
+    if changed_keys(m.get("config", {}), p.config): diffs.append("config changed: " + "; ".join(config_changes(m.get("config", {}), p.config)))
     old_in = m.get("inputs", {})
     ch = [k.split(":", 1)[1] for k in sorted(set(old_in) | set(p.inputs)) if old_in.get(k) != p.inputs.get(k)]
     if ch: diffs.append(f"input changed: {_short(ch)}")
@@ -489,10 +518,10 @@ def _decide(p:Plan, m:dict, run_dir:str, spec:StageSpec, cfg):
             p.action, p.delete = "resume", chk.changed_urls
             p.reasons = ["outputs changed since it finished: " + _changes(chk) + "; redoing them"]
 
-# %% ../nbs/00b_runs.ipynb 58
+# %% ../nbs/00b_runs.ipynb 63
 TOKEN_ENV = "STRONGLENS_STAGE_TOKEN"   # set by the `stronglens` command while it holds a stage; the runner inside adopts it
 
-# %% ../nbs/00b_runs.ipynb 59
+# %% ../nbs/00b_runs.ipynb 64
 def _jsonable(o, depth:int=0):
     "JSON-safe copy of a result dict: numbers, strings, lists, dicts; anything else becomes its type name."
     import numpy as np
@@ -504,7 +533,7 @@ def _jsonable(o, depth:int=0):
     if isinstance(o, Path): return str(o)
     return f"<{type(o).__name__}>"
 
-# %% ../nbs/00b_runs.ipynb 60
+# %% ../nbs/00b_runs.ipynb 65
 def remove_stale_temps(roots) -> int:
     "Delete temp files (`.tmp-*`) left by killed writers under local folders `roots`; returns how many."
     n = 0
@@ -517,7 +546,7 @@ def remove_stale_temps(roots) -> int:
                     except FileNotFoundError: pass
     return n
 
-# %% ../nbs/00b_runs.ipynb 61
+# %% ../nbs/00b_runs.ipynb 66
 def clear_folder(url, run_dir) -> int:
     "Delete everything under output folder `url` (refuses the run folder itself or a folder above it); returns files removed."
     r = _norm_run_dir(url)
@@ -528,15 +557,16 @@ def clear_folder(url, run_dir) -> int:
     if fs.exists(p): fs.rm(p, recursive=True)
     return n
 
-# %% ../nbs/00b_runs.ipynb 62
+# %% ../nbs/00b_runs.ipynb 67
 class StageRun:
     "One execution of a stage under the run-folder protocol (use `stage_run(...)` as a context manager)."
-    def __init__(self, run_dir, stage:str, cfg, instance:str|None=None, force:bool=False, log=None, hold:bool=False):
+    def __init__(self, run_dir, stage:str, cfg, instance:str|None=None, force:bool=False, log=None, hold:bool=False, plan=None):
         self.run_dir, self.spec, self.cfg = _norm_run_dir(run_dir), get_stage(stage, instance), cfg
         self.name, self.force, self.hold, self._log = self.spec.name, force, hold, log or print
         self.out = url_join(self.run_dir, self.spec.folder)       # the stage folder
         self.roots = output_roots(self.run_dir, self.spec, cfg)   # {label: url} of every output folder
         self.skip, self.result, self.plan, self._failures, self._env_old = False, {}, None, None, None
+        self._preplanned = plan
         self.max_failure_frac = float(getattr(getattr(cfg, "run", None), "max_failure_frac", 0.01))
 
     def log(self, msg:str): self._log(f"[{self.name}] {msg}")
@@ -574,19 +604,22 @@ class StageRun:
     def __enter__(self): return _enter(self)
     def __exit__(self, et, ev, tb): return _exit(self, et, ev)
 
-# %% ../nbs/00b_runs.ipynb 63
-def stage_run(run_dir, stage:str, cfg, instance:str|None=None, force:bool=False, log=None, hold:bool=False) -> StageRun:
+# %% ../nbs/00b_runs.ipynb 68
+def stage_run(run_dir, stage:str, cfg, instance:str|None=None, force:bool=False, log=None, hold:bool=False,
+              plan:Plan|None=None) -> StageRun:
     "The stage protocol: `with stage_run(run_dir, 'cutouts', cfg) as st: if st.skip: return st.result ...`."
-    return StageRun(run_dir, stage, cfg, instance=instance, force=force, log=log, hold=hold)
+    # hold: the caller runs the stage's code in a child process (the command line's papermill kernel), which adopts the plan
+    # plan: a `plan_stage` decision made just before (saves planning twice)
+    return StageRun(run_dir, stage, cfg, instance=instance, force=force, log=log, hold=hold, plan=plan)
 
-# %% ../nbs/00b_runs.ipynb 64
+# %% ../nbs/00b_runs.ipynb 69
 def _marker_base(st:StageRun, status:str, token:str|None) -> dict:
     p = st.plan
     return {"protocol": 1, "stage": st.name, "status": status, "config_hash": p.config_hash, "config": p.config,
             "inputs": p.inputs, "run_dir": st.run_dir, "token": token, "holders": [_me()], "started_utc": _now(),
             "plan": {"action": p.action, "reasons": p.reasons}, "pipeline_version": PIPELINE_VERSION, "git_commit": git_commit()}
 
-# %% ../nbs/00b_runs.ipynb 65
+# %% ../nbs/00b_runs.ipynb 70
 def _adopt(st:StageRun, m:dict) -> StageRun:
     "Continue a stage the `stronglens` command already planned and marked as running (same process tree)."
     st.plan = Plan(st.name, m["plan"]["action"], m["plan"]["reasons"], m["config_hash"], m["config"], m["inputs"], m)
@@ -597,11 +630,11 @@ def _adopt(st:StageRun, m:dict) -> StageRun:
     st.log(f"{st.plan.action} (planned by the stronglens command)")
     return st
 
-# %% ../nbs/00b_runs.ipynb 66
+# %% ../nbs/00b_runs.ipynb 71
 def _enter(st:StageRun) -> StageRun:
     m, tok = read_marker(st.run_dir, st.spec), os.environ.get(TOKEN_ENV)
     if not st.hold and tok and m and m.get("status") == "running" and m.get("token") == tok: return _adopt(st, m)
-    st.plan = p = plan_stage(st.run_dir, st.name, st.cfg, force=st.force)
+    st.plan = p = st._preplanned or plan_stage(st.run_dir, st.name, st.cfg, force=st.force)
     st.log(f"{p.action}: {'; '.join(p.reasons)}")
     if p.action == "skip":
         st.skip, st.result = True, dict((p.marker or {}).get("result") or {})
@@ -622,7 +655,7 @@ def _enter(st:StageRun) -> StageRun:
     st._t0 = time.time()
     return st
 
-# %% ../nbs/00b_runs.ipynb 67
+# %% ../nbs/00b_runs.ipynb 72
 def _finish(st:StageRun):
     "Fingerprint the outputs, write the files table, then the done marker (atomically, last)."
     t = fingerprint_outputs(st.roots)
@@ -635,7 +668,7 @@ def _finish(st:StageRun):
     atomic_write_json(st.marker_url, st._marker)
     st.log(f"{status} in {time.time() - st._t0:.1f} s ({outputs['n_files']} files, {outputs['bytes'] / 2**20:.1f} MiB)")
 
-# %% ../nbs/00b_runs.ipynb 68
+# %% ../nbs/00b_runs.ipynb 73
 def _fail(st:StageRun, ev:BaseException):
     "Mark the stage failed with the error (the outputs stay for the next run to resume from)."
     msg = ev.message if isinstance(ev, StageError) else (f"{type(ev).__name__}: {ev}" if str(ev) else type(ev).__name__)
@@ -643,7 +676,7 @@ def _fail(st:StageRun, ev:BaseException):
                       result=_jsonable(st.result), error={"type": type(ev).__name__, "message": str(msg)[:4000]})
     atomic_write_json(st.marker_url, st._marker)
 
-# %% ../nbs/00b_runs.ipynb 69
+# %% ../nbs/00b_runs.ipynb 74
 def _exit(st:StageRun, et, ev) -> bool:
     if st.skip: return False
     if st.hold:
