@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_config.ipynb 3
 from __future__ import annotations
-import dataclasses, hashlib, importlib, io, json, os, subprocess, tempfile, typing
+import dataclasses, hashlib, importlib, io, json, math, os, subprocess, tempfile, typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type_hints
@@ -13,10 +13,11 @@ import pandas as pd
 
 # %% auto 0
 __all__ = ['SECTIONS', 'PIPELINE_VERSION', 'ConfigError', 'from_dict', 'config_to_dict', 'config_hash', 'RunConfig',
-           'register_section', 'PipelineConfig', 'parse_overrides', 'detect_schema', 'load_config', 'config_from_dict',
-           'dump_config', 'save_config', 'is_local', 'storage_options', 'get_fs', 'url_join', 'exists', 'makedirs',
-           'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json', 'atomic_write_parquet', 'read_parquet',
-           'read_bytes', 'resolve_path', 'relative_path', 'git_commit', 'provenance']
+           'register_section', 'PipelineConfig', 'DuplicateKeyError', 'parse_overrides', 'detect_schema', 'load_config',
+           'config_from_dict', 'dump_config', 'save_config', 'is_local', 'storage_options', 'get_fs', 'url_join',
+           'exists', 'makedirs', 'current_umask', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
+           'atomic_write_parquet', 'read_parquet', 'read_bytes', 'resolve_path', 'relative_path', 'git_commit',
+           'provenance']
 
 # %% ../nbs/00_config.ipynb 6
 class ConfigError(ValueError):
@@ -32,15 +33,15 @@ def _tname(tp) -> str:
     if get_origin(tp) is Literal: return "one of " + ", ".join(repr(a) for a in get_args(tp))
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
-def _coerce(value, tp, key:str, file):
-    "Check/convert `value` against annotation `tp`; raise ConfigError naming `key`."
+def _coerce(value, tp, key:str, file, finite:bool=True):
+    "Check/convert `value` against annotation `tp` (floats finite unless `finite=False`); raise ConfigError naming `key`."
     err = lambda: ConfigError(f"expected {_tname(tp)}, got {value!r} ({type(value).__name__})", file, key)
     if tp is Any: return value
     origin, args = get_origin(tp), get_args(tp)
     if origin is Union or (hasattr(typing, "UnionType") and isinstance(tp, getattr(__import__("types"), "UnionType", ()))):
         if value is None and type(None) in args: return None
         for a in (a for a in args if a is not type(None)):
-            try: return _coerce(value, a, key, file)
+            try: return _coerce(value, a, key, file, finite)
             except ConfigError: pass
         raise err()
     if origin is Literal:
@@ -50,11 +51,11 @@ def _coerce(value, tp, key:str, file):
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)): raise err()
         sub = args[0] if args else Any
-        return [_coerce(v, sub, f"{key}[{i}]", file) for i, v in enumerate(value)]
+        return [_coerce(v, sub, f"{key}[{i}]", file, finite) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict): raise err()
         ksub, vsub = (args if args else (str, Any))
-        return {_coerce(k, ksub, f"{key}.<key>", file): _coerce(v, vsub, f"{key}.{k}", file) for k, v in value.items()}
+        return {_coerce(k, ksub, f"{key}.<key>", file): _coerce(v, vsub, f"{key}.{k}", file, finite) for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool): return value
         raise err()
@@ -62,11 +63,15 @@ def _coerce(value, tp, key:str, file):
         if isinstance(value, int) and not isinstance(value, bool): return value
         raise err()
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool): return float(value)
-        if isinstance(value, str):
-            try: return float(value)
+        v = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool): v = float(value)
+        elif isinstance(value, str):
+            try: v = float(value)
             except ValueError: pass
-        raise err()
+        if v is None: raise err()
+        if finite and not math.isfinite(v):
+            raise ConfigError(f"expected a finite number, got {value!r} (.nan/.inf are not allowed here)", file, key)
+        return v
     if tp is str:
         if isinstance(value, str): return value
         raise err()
@@ -85,7 +90,7 @@ def from_dict(cls, data:dict, file:str|None=None, prefix:str=""):
         raise ConfigError(f"unknown key (expected one of: {', '.join(names)})", file, dot(unknown[0]))
     kw = {}
     for f in fields(cls):
-        if f.name in data: kw[f.name] = _coerce(data[f.name], hints[f.name], dot(f.name), file)
+        if f.name in data: kw[f.name] = _coerce(data[f.name], hints[f.name], dot(f.name), file, not f.metadata.get("allow_nonfinite"))
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required key (expected {_tname(hints[f.name])})", file, dot(f.name))
     obj = cls(**kw)
@@ -157,6 +162,27 @@ def _pipeline_from_dict(data:dict, file=None, required:tuple=("run",)) -> Pipeli
     return PipelineConfig(secs)
 
 # %% ../nbs/00_config.ipynb 18
+class DuplicateKeyError(yaml.YAMLError):
+    "A YAML mapping names the same key twice (PyYAML would silently keep the last value)."
+    def __init__(self, key, first_line:int, line:int):
+        self.key = str(key)
+        super().__init__(f"duplicated key (lines {first_line} and {line}): YAML would silently keep only the last value")
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    "`yaml.SafeLoader` that refuses a key given twice in one mapping."
+
+def _construct_unique_mapping(loader, node, deep=False):
+    seen = {}
+    for k_node, _ in node.value:
+        if k_node.tag == "tag:yaml.org,2002:merge": continue
+        k = loader.construct_object(k_node, deep=True)
+        if k in seen: raise DuplicateKeyError(k, seen[k], k_node.start_mark.line + 1)
+        seen[k] = k_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep)
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+# %% ../nbs/00_config.ipynb 19
 def _set_path(d:dict, key:str, value):
     "Set dotted `key` in nested dict `d`, creating intermediate dicts."
     parts = key.split(".")
@@ -190,11 +216,12 @@ def detect_schema(data:dict):
     return None
 
 def load_config(path, overrides=None, schema=None, required_sections:tuple=("run",)):
-    "Read YAML `path` (fsspec URL) with `yaml.safe_load`, apply `overrides`, validate into `schema` (auto-detected)."
+    "Read YAML `path` (fsspec URL) safely, refusing duplicated keys; apply `overrides`; validate into `schema` (auto-detected)."
     path = str(path)
     try:
-        with fsspec.open(path, "rt") as f: data = yaml.safe_load(f)
+        with fsspec.open(path, "rt") as f: data = yaml.load(f, Loader=_UniqueKeyLoader)
     except FileNotFoundError: raise ConfigError("config file not found", path) from None
+    except DuplicateKeyError as e: raise ConfigError(str(e), path, e.key) from None
     except yaml.YAMLError as e: raise ConfigError(f"not valid YAML: {e}", path) from None
     return config_from_dict(data if data is not None else {}, overrides, schema, file=path, required_sections=required_sections)
 
@@ -218,7 +245,7 @@ def save_config(cfg, url:str) -> str:
     "Write `cfg` as YAML to `url` atomically; returns `url`."
     atomic_write_text(url, dump_config(cfg)); return url
 
-# %% ../nbs/00_config.ipynb 26
+# %% ../nbs/00_config.ipynb 29
 def is_local(url) -> bool:
     "True for a plain path or a `file://` URL."
     u = str(url)
@@ -252,6 +279,14 @@ def makedirs(url):
     "Create folder `url` (no-op on object stores)."
     if is_local(url): Path(str(url).removeprefix("file://")).mkdir(parents=True, exist_ok=True)
 
+def current_umask() -> int:
+    "The process umask (read from /proc where possible: setting it to read it is not thread-safe)."
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"): return int(line.split()[1], 8)
+    except OSError: pass
+    m = os.umask(0o022); os.umask(m); return m
+
 def atomic_write_bytes(url, data:bytes) -> str:
     "Write `data` to `url` atomically (temp file + rename locally, one PUT on object stores)."
     if is_local(url):
@@ -259,6 +294,7 @@ def atomic_write_bytes(url, data:bytes) -> str:
         p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".tmp-{p.name}.", dir=p.parent)
         try:
+            os.fchmod(fd, 0o666 & ~current_umask())      # mkstemp makes 0600; a plain open() would honour the umask
             with os.fdopen(fd, "wb") as f:
                 f.write(data); f.flush(); os.fsync(f.fileno())
             os.replace(tmp, p)
@@ -294,7 +330,7 @@ def read_bytes(url) -> bytes:
     fs, p = get_fs(url)
     with fs.open(p, "rb") as f: return f.read()
 
-# %% ../nbs/00_config.ipynb 30
+# %% ../nbs/00_config.ipynb 33
 def resolve_path(base, path) -> str:
     "`path` as given when it is absolute or a URL, else joined onto `base` (a run folder or prefix)."
     p = str(path)
@@ -309,7 +345,7 @@ def relative_path(base, url) -> str:
         return up.relative_to(bp).as_posix() if up.is_relative_to(bp) else u
     return u[len(b) + 1:] if u.startswith(b + "/") else u
 
-# %% ../nbs/00_config.ipynb 36
+# %% ../nbs/00_config.ipynb 41
 def _pkg_version() -> str:
     try:
         from stronglens import __version__; return __version__
