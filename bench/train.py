@@ -7,7 +7,9 @@ Both paths run the same model, optimizer, augmentation and batch size on the sam
 (written to a temporary folder); the only difference is where the batches come from:
   baseline: torch DataLoader over `data.NPZDataset` (decompress + preprocess one NPZ per sample, every epoch)
   cache:    `data.build_packed_split` once (timed separately), then whole batches from the memory map.
-Reported: data-loading-only images/s and training images/s for both, and the ratios cache / NPZ.
+Reported: data-loading-only images/s and training images/s for both, and the ratios cache / NPZ; the time to decide
+that an existing cache is still valid (manifest rows + a size/mtime fingerprint of every cutout file, issue 12.2), and
+with --fingerprint-files N that decision's file scan for N (empty) files against a per-file os.stat loop.
 With --device cuda also: pure GPU compute images/s (batches already on the GPU) for the chosen arch with
 bf16 autocast and channels_last, so "data loading is not the bottleneck" can be read off directly.
 """
@@ -23,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from stronglens.data import (AugmentSpec, Augmenter, NPZDataset, PreprocessSpec, build_packed_split,  # noqa: E402
-                             write_synthetic_manifest)
+                             file_fingerprints, resolve_paths, write_synthetic_manifest)
 from stronglens.model import build_model, count_parameters  # noqa: E402
 from stronglens.train import amp_dtype_for, make_loader, masked_bce, resolve_device  # noqa: E402
 
@@ -69,6 +71,7 @@ def main(argv=None):
     p.add_argument("--device", default="cpu")
     p.add_argument("--cache-dtype", default="float32", choices=["float32", "float16"])
     p.add_argument("--gpu-steps", type=int, default=50, help="steps of the pure-compute GPU measurement")
+    p.add_argument("--fingerprint-files", type=int, default=0, help="also time the cache-key file scan for this many files")
     a = p.parse_args(argv)
     n = 256 if a.quick else a.n
     dev = resolve_device(a.device)
@@ -95,7 +98,7 @@ def main(argv=None):
         aug = Augmenter(AugmentSpec(), seed=0)
 
         # baseline: one NPZ per sample
-        npz = NPZDataset(man.s3_path, man.label, spec)
+        npz = NPZDataset(resolve_paths(tmp, man.s3_path), man.label, spec)
         npz_loader = lambda: torch.utils.data.DataLoader(npz, batch_size=a.batch_size, shuffle=True, num_workers=a.num_workers,
                                                          pin_memory=cl, generator=torch.Generator().manual_seed(0))
         load_npz = run_epoch(npz_loader(), None, None, None, dev, amp, cl)
@@ -105,14 +108,19 @@ def main(argv=None):
         # packed cache
         t = time.perf_counter()
         ps = build_packed_split(mp, "train", spec, cache_dir=str(Path(tmp) / "cache"), dtype=a.cache_dtype,
-                                n_jobs=max(1, a.num_workers), progress=False)
+                                n_jobs=max(1, a.num_workers), progress=False, root=tmp)
         build_s = time.perf_counter() - t
+        t = time.perf_counter()
+        again = build_packed_split(mp, "train", spec, cache_dir=str(Path(tmp) / "cache"), dtype=a.cache_dtype, progress=False, root=tmp)
+        reuse_s = time.perf_counter() - t
+        assert again.path == ps.path
         cache_loader = lambda: make_loader(ps, a.batch_size, seed=0, epoch=1, shuffle=True, num_workers=a.num_workers, pin_memory=cl)
         load_cache = run_epoch(cache_loader(), None, None, None, dev, amp, cl)
         m, o = fresh()
         train_cache = run_epoch(cache_loader(), m, o, aug, dev, amp, cl)
 
-        print(f"cache build (once): {build_s:.2f} s for {len(ps)} cutouts ({len(ps) / build_s:.0f} cutouts/s, {a.cache_dtype})")
+        print(f"cache build (once): {build_s:.2f} s for {len(ps)} cutouts ({len(ps) / build_s:.0f} cutouts/s, {a.cache_dtype}); "
+              f"re-use check (key incl. file fingerprints): {reuse_s * 1e3:.0f} ms ({reuse_s / build_s:.1%} of a build)")
         print(f"data loading only  NPZ: {load_npz:9.1f} img/s   cache: {load_cache:9.1f} img/s   ratio {load_cache / load_npz:6.1f}x")
         print(f"training           NPZ: {train_npz:9.1f} img/s   cache: {train_cache:9.1f} img/s   ratio {train_cache / train_npz:6.1f}x")
 
@@ -136,8 +144,23 @@ def main(argv=None):
             gpu = a.gpu_steps * a.batch_size / (time.perf_counter() - t)
             print(f"GPU compute only (batch on device, {amp}, channels_last): {gpu:9.1f} img/s; "
                   f"cache-fed training reaches {train_cache / gpu:.0%} of it")
+        if a.fingerprint_files:
+            bench_fingerprints(Path(tmp) / "many", a.fingerprint_files)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_fingerprints(folder: Path, n: int):
+    "Cache-key file scan (`data.file_fingerprints`: one listing per folder) vs a per-file os.stat loop, n empty files."
+    import os
+    folder.mkdir(parents=True)
+    urls = [str(folder / f"g{i:07d}.npz") for i in range(n)]
+    for u in urls:
+        open(u, "wb").close()
+    t = time.perf_counter(); base = [f"{st.st_size}:{st.st_mtime_ns}" for st in map(os.stat, urls)]; t_base = time.perf_counter() - t
+    t = time.perf_counter(); fp = file_fingerprints(urls); t_fp = time.perf_counter() - t
+    assert list(fp) == base
+    print(f"fingerprints of {n} files: file_fingerprints {t_fp:.2f} s, per-file os.stat loop {t_base:.2f} s (ratio {t_base / t_fp:.2f}x)")
 
 
 if __name__ == "__main__":

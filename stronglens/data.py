@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,20 +19,21 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from .config import (atomic_write_json, atomic_write_parquet, exists, is_local, read_parquet,
+from .config import (atomic_write_json, atomic_write_parquet, is_local, read_parquet,
                                url_join)
 from .cutouts import (CUTOUT_SHAPE, FAILURE_COLUMNS, iter_cutout_batches, radial_grid, read_cutout,
                                 write_cutout)
+from .runs import scan_files
 
 # %% auto 0
-__all__ = ['PREPROCESSING_MODES', 'CACHE_FORMAT_VERSION', 'MANIFEST_COLUMNS', 'ring_index', 'PreprocessingMismatchError',
-           'PreprocessSpec', 'check_preprocessing', 'robust_stats', 'raw_robust', 'azimuthal_median_profile',
-           'residual', 'count_nonfinite', 'preprocess', 'sample_keys', 'hash_uniform', 'AugmentSpec',
-           'dihedral_permutations', 'ring_shuffle_permutations', 'Augmenter', 'synthetic_cutouts',
-           'write_synthetic_manifest', 'default_cache_dir', 'load_manifest', 'cache_key', 'PackedSplit',
-           'build_packed_split', 'epoch_batches', 'BatchDataset', 'NPZDataset']
+__all__ = ['ANNULUS_R_IN_PX', 'ANNULUS_R_OUT_PX', 'DEFAULT_CLIP', 'PREPROCESSING_MODES', 'CACHE_FORMAT_VERSION',
+           'MANIFEST_COLUMNS', 'ring_index', 'PreprocessingMismatchError', 'PreprocessSpec', 'check_preprocessing',
+           'robust_stats', 'raw_robust', 'azimuthal_median_profile', 'residual', 'count_nonfinite', 'preprocess',
+           'sample_keys', 'hash_uniform', 'AugmentSpec', 'dihedral_permutations', 'ring_shuffle_permutations',
+           'Augmenter', 'synthetic_cutouts', 'write_synthetic_manifest', 'load_manifest', 'resolve_paths',
+           'check_manifest_leakage', 'default_cache_dir', 'file_fingerprints', 'cache_key', 'temp_path',
+           'remove_stale_temp', 'PackedSplit', 'build_packed_split', 'epoch_batches', 'BatchDataset', 'NPZDataset']
 
 # %% ../nbs/09_data.ipynb 5
 def ring_index(shape: tuple[int, int] = CUTOUT_SHAPE[:2]) -> np.ndarray:
@@ -38,30 +41,33 @@ def ring_index(shape: tuple[int, int] = CUTOUT_SHAPE[:2]) -> np.ndarray:
     return np.floor(radial_grid(shape)).astype(np.int64)
 
 # %% ../nbs/09_data.ipynb 8
+ANNULUS_R_IN_PX: float = 32.5     # default normalisation annulus, inner radius (px): 0.65 of a 101-px stamp's half-width
+ANNULUS_R_OUT_PX: float = 45.0    # default normalisation annulus, outer radius (px): 0.90 of the half-width
+DEFAULT_CLIP: float = 10.0        # default clip of normalised pixels (±)
 PREPROCESSING_MODES = ("raw_robust", "raw", "residual")
 
+# %% ../nbs/09_data.ipynb 9
 class PreprocessingMismatchError(ValueError):
     "A requested preprocessing differs from the one a checkpoint was trained with."
 
+# %% ../nbs/09_data.ipynb 10
 @dataclass(frozen=True)
 class PreprocessSpec:
     "Everything needed to reproduce the network input from a raw cutout (saved in checkpoints)."
-    mode: str = "raw_robust"            # raw_robust | raw | residual
-    annulus_r_in_px: float = 32.5       # normalisation annulus, inner radius (px)
-    annulus_r_out_px: float = 45.0      # normalisation annulus, outer radius (px)
-    clip: float = 10.0                  # clip normalised values to +-clip (raw_robust, residual)
-    version: int = 1                    # bump when the arithmetic changes
+    mode: str = "raw_robust"                   # raw_robust | raw | residual
+    annulus_r_in_px: float = ANNULUS_R_IN_PX   # normalisation annulus, inner radius (px)
+    annulus_r_out_px: float = ANNULUS_R_OUT_PX # normalisation annulus, outer radius (px)
+    clip: float = DEFAULT_CLIP                 # clip normalised values to ±clip (raw_robust, residual)
+    version: int = 1                           # bump when the arithmetic changes
 
     def __post_init__(self):
         if self.mode not in PREPROCESSING_MODES:
             raise ValueError(f"preprocessing mode: expected one of {PREPROCESSING_MODES}, got {self.mode!r}")
         if not 0 <= self.annulus_r_in_px < self.annulus_r_out_px:
             raise ValueError(f"preprocessing annulus: need 0 <= r_in < r_out, got {self.annulus_r_in_px}, {self.annulus_r_out_px}")
-        if not self.clip > 0:
-            raise ValueError(f"preprocessing clip: expected > 0, got {self.clip}")
+        if not self.clip > 0: raise ValueError(f"preprocessing clip: expected > 0, got {self.clip}")
 
-    def to_dict(self) -> dict:
-        return {k: (float(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+    def to_dict(self) -> dict: return {k: (float(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "PreprocessSpec":
@@ -71,15 +77,11 @@ class PreprocessSpec:
 
     @classmethod
     def from_config(cls, dataset) -> "PreprocessSpec":
-        "From a `DatasetSection` (config `dataset:`)."
-        return cls(mode=dataset.preprocessing, annulus_r_in_px=float(getattr(dataset, "annulus_r_in_px", 32.5)),
-                   annulus_r_out_px=float(getattr(dataset, "annulus_r_out_px", 45.0)),
-                   clip=float(getattr(dataset, "clip", 10.0)))
+        "From a `train.DatasetSection` (config `training.dataset`)."
+        return cls(mode=dataset.preprocessing, annulus_r_in_px=float(dataset.annulus_r_in_px),
+                   annulus_r_out_px=float(dataset.annulus_r_out_px), clip=float(dataset.clip))
 
-    def key(self) -> str:
-        "Short hash of the spec (part of the cache key)."
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
-
+# %% ../nbs/09_data.ipynb 12
 def check_preprocessing(stored: PreprocessSpec | dict, requested: PreprocessSpec | dict | str | None) -> PreprocessSpec:
     """The spec to apply when scoring: the checkpoint's `stored` one. `requested` (a mode name, a dict
     or a spec) must agree with it (a bare name is compared on the mode only), else `PreprocessingMismatchError`."""
@@ -95,26 +97,28 @@ def check_preprocessing(stored: PreprocessSpec | dict, requested: PreprocessSpec
         raise PreprocessingMismatchError(f"checkpoint preprocessing differs from the requested one (stored, requested): {diff}")
     return stored
 
-# %% ../nbs/09_data.ipynb 10
+# %% ../nbs/09_data.ipynb 14
 def _annulus_mask(shape, r_in_px: float, r_out_px: float) -> np.ndarray:
+    "Boolean (H, W) mask of the pixels with `r_in_px <= r_px <= r_out_px`."
     r = radial_grid(shape[:2])
     return (r >= r_in_px) & (r <= r_out_px)
 
-def robust_stats(X: np.ndarray, r_in_px: float = 32.5, r_out_px: float = 45.0) -> tuple[np.ndarray, np.ndarray]:
+# %% ../nbs/09_data.ipynb 16
+def robust_stats(X: np.ndarray, r_in_px: float = ANNULUS_R_IN_PX, r_out_px: float = ANNULUS_R_OUT_PX
+                 ) -> tuple[np.ndarray, np.ndarray]:
     "Median and MAD (not rescaled) of the annulus pixels, per cutout and band: two (N, C) arrays (NaNs ignored)."
     X = np.asarray(X, np.float32)
     A = X[:, _annulus_mask(X.shape[1:3], r_in_px, r_out_px), :]              # (N, Npix, C)
     bad = ~np.isfinite(A)
-    if bad.any():
-        A = np.where(bad, np.nan, A)
-        med = np.nanmedian(A, axis=1)
-        mad = np.nanmedian(np.abs(A - med[:, None, :]), axis=1)
-    else:
-        med = np.median(A, axis=1)
-        mad = np.median(np.abs(A - med[:, None, :]), axis=1)
+    med_fn = np.nanmedian if bad.any() else np.median
+    if bad.any(): A = np.where(bad, np.nan, A)
+    med = med_fn(A, axis=1)
+    mad = med_fn(np.abs(A - med[:, None, :]), axis=1)
     return med.astype(np.float32), mad.astype(np.float32)
 
-def raw_robust(X: np.ndarray, r_in_px: float = 32.5, r_out_px: float = 45.0, clip: float = 10.0) -> np.ndarray:
+# %% ../nbs/09_data.ipynb 18
+def raw_robust(X: np.ndarray, r_in_px: float = ANNULUS_R_IN_PX, r_out_px: float = ANNULUS_R_OUT_PX,
+               clip: float = DEFAULT_CLIP) -> np.ndarray:
     """Spec §4 `raw_robust` on (N, H, W, C) cutouts: per cutout and band `(x - median) / MAD` over the
     annulus, clipped to ±`clip`; non-finite pixels -> 0. Returns float32 (N, H, W, C)."""
     X = np.asarray(X, np.float32)
@@ -122,12 +126,11 @@ def raw_robust(X: np.ndarray, r_in_px: float = 32.5, r_out_px: float = 45.0, cli
     scale = np.where(np.isfinite(mad) & (mad > 0), mad, 1.0).astype(np.float32)
     med = np.where(np.isfinite(med), med, 0.0).astype(np.float32)
     with np.errstate(invalid="ignore"):
-        Y = (X - med[:, None, None, :]) / scale[:, None, None, :]
-        Y = np.clip(Y, -clip, clip)
+        Y = np.clip((X - med[:, None, None, :]) / scale[:, None, None, :], -clip, clip)
     Y[~np.isfinite(Y)] = 0.0
     return Y
 
-# %% ../nbs/09_data.ipynb 13
+# %% ../nbs/09_data.ipynb 21
 def azimuthal_median_profile(X: np.ndarray) -> np.ndarray:
     "Median of each 1-px ring (`ring_index`) per cutout and band: (N, n_rings, C) for (N, H, W, C) input."
     X = np.asarray(X, np.float32)
@@ -138,21 +141,24 @@ def azimuthal_median_profile(X: np.ndarray) -> np.ndarray:
     # loop over the ~71 rings (not pixels): each median is vectorised over cutouts and bands
     return np.stack([np.median(part, axis=1) for part in np.split(flat, bounds, axis=1)], axis=1)
 
-def residual(X: np.ndarray, r_in_px: float = 32.5, r_out_px: float = 45.0, clip: float = 10.0) -> np.ndarray:
+# %% ../nbs/09_data.ipynb 23
+def residual(X: np.ndarray, r_in_px: float = ANNULUS_R_IN_PX, r_out_px: float = ANNULUS_R_OUT_PX,
+             clip: float = DEFAULT_CLIP) -> np.ndarray:
     """The `raw_robust` normalisation minus its azimuthal-median profile (1-px rings), per cutout and band,
     clipped to ±`clip` *after* the subtraction (so arcs on the clipped galaxy core survive); NaN pixels -> 0."""
     Y = raw_robust(X, r_in_px, r_out_px, clip=np.inf)
     prof = azimuthal_median_profile(Y)                                     # (N, R, C)
-    ring = ring_index(Y.shape[1:3])
-    R = np.clip(Y - prof[:, ring, :], -clip, clip).astype(np.float32)
+    R = np.clip(Y - prof[:, ring_index(Y.shape[1:3]), :], -clip, clip).astype(np.float32)
     R[~np.isfinite(np.asarray(X))] = 0.0       # NaN pixels stay 0 in every mode
     return R
 
+# %% ../nbs/09_data.ipynb 25
 def count_nonfinite(X: np.ndarray) -> np.ndarray:
     "Number of non-finite pixels (all bands) per cutout: (N,) int64."
     X = np.asarray(X)
     return (~np.isfinite(X)).reshape(X.shape[0], -1).sum(axis=1).astype(np.int64)
 
+# %% ../nbs/09_data.ipynb 27
 def preprocess(X: np.ndarray, spec: PreprocessSpec | str = "raw_robust", channels_first: bool = True
                ) -> tuple[np.ndarray, np.ndarray]:
     """Apply `spec` to raw cutouts (N, H, W, C) -> (network input float32, n_nan (N,)).
@@ -162,25 +168,23 @@ def preprocess(X: np.ndarray, spec: PreprocessSpec | str = "raw_robust", channel
     if X.ndim == 3: X = X[None]
     if X.ndim != 4 or X.shape[3] != 3:
         raise ValueError(f"preprocess: expected cutouts of shape (N, H, W, 3), got {X.shape}")
-    n_nan = count_nonfinite(X)
-    if spec.mode == "raw":
-        Y = np.where(np.isfinite(X), X, 0.0).astype(np.float32)
-    elif spec.mode == "raw_robust":
-        Y = raw_robust(X, spec.annulus_r_in_px, spec.annulus_r_out_px, spec.clip)
-    else:
-        Y = residual(X, spec.annulus_r_in_px, spec.annulus_r_out_px, spec.clip)
+    args = (spec.annulus_r_in_px, spec.annulus_r_out_px, spec.clip)
+    if spec.mode == "raw": Y = np.where(np.isfinite(X), X, 0.0).astype(np.float32)
+    else: Y = (raw_robust if spec.mode == "raw_robust" else residual)(X, *args)
     if channels_first: Y = np.ascontiguousarray(Y.transpose(0, 3, 1, 2))
-    return Y, n_nan
+    return Y, count_nonfinite(X)
 
-# %% ../nbs/09_data.ipynb 16
+# %% ../nbs/09_data.ipynb 30
 _M1, _M2, _G = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
+    "SplitMix64 finaliser of `x + golden gamma` (Steele, Lea & Flood 2014), element-wise on uint64."
     x = (np.asarray(x, np.uint64) + _G).astype(np.uint64)
     x = (x ^ (x >> np.uint64(30))) * _M1
     x = (x ^ (x >> np.uint64(27))) * _M2
     return x ^ (x >> np.uint64(31))
 
+# %% ../nbs/09_data.ipynb 32
 def sample_keys(seed: int, epoch: int, index) -> np.ndarray:
     "64-bit key per sample from (seed, epoch, index): (N,) uint64."
     with np.errstate(over="ignore"):
@@ -188,6 +192,7 @@ def sample_keys(seed: int, epoch: int, index) -> np.ndarray:
         k = _splitmix64(k ^ np.uint64(epoch % 2**64))
         return _splitmix64(k ^ np.asarray(index, np.int64).astype(np.uint64))
 
+# %% ../nbs/09_data.ipynb 34
 def hash_uniform(keys: np.ndarray, n: int, stream: int = 0) -> np.ndarray:
     "Uniform [0, 1) draws, `n` per key, for random stream `stream`: (N, n) float64."
     keys = np.asarray(keys, np.uint64)
@@ -196,23 +201,26 @@ def hash_uniform(keys: np.ndarray, n: int, stream: int = 0) -> np.ndarray:
         x = _splitmix64(k[:, None] + np.arange(n, dtype=np.uint64)[None, :] * _G)
     return (x >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
 
-# %% ../nbs/09_data.ipynb 18
+# %% ../nbs/09_data.ipynb 37
 @dataclass
 class AugmentSpec:
-    "Augmentation settings (config `augment:`)."
-    flips: bool = True
-    rot90: bool = True
-    core_dropout_prob: float = 0.0
-    core_dropout_radius_px: float = 5.0
-    az_shuffle_prob: float = 0.0
-    subpixel_shift_px: float = 0.0
+    "Augmentation settings: config `training.augment` (spec §4 keys first) and the `Augmenter`'s recipe."
+    core_dropout_prob: float = 0.0        # probability of zeroing the central disc
+    az_shuffle_prob: float = 0.0          # probability of permuting the pixels within each 1-px ring
+    flips: bool = True                    # random left-right flips (with rot90: all 8 symmetries of the square)
+    rot90: bool = True                    # random 90-degree rotations
+    subpixel_shift_px: float = 0.0        # maximum random sub-pixel shift in x and y (px; 0 = off)
+    core_dropout_radius_px: float = 5.0   # radius of the zeroed central disc (px)
 
-    @classmethod
-    def from_config(cls, augment) -> "AugmentSpec":
-        return cls(**{k: getattr(augment, k) for k in cls.__dataclass_fields__ if hasattr(augment, k)})
+    def validate(self):
+        for k in ("core_dropout_prob", "az_shuffle_prob"):
+            if not 0.0 <= getattr(self, k) <= 1.0: raise ValueError(f"augment.{k}: expected a probability in [0, 1], got {getattr(self, k)}")
+        for k in ("subpixel_shift_px", "core_dropout_radius_px"):
+            if not 0.0 <= getattr(self, k) < 50: raise ValueError(f"augment.{k}: expected a radius in [0, 50) px, got {getattr(self, k)}")
 
     def to_dict(self) -> dict: return asdict(self)
 
+# %% ../nbs/09_data.ipynb 39
 def dihedral_permutations(shape=CUTOUT_SHAPE[:2]) -> np.ndarray:
     """Flat pixel permutations of the 8 square symmetries, (8, H*W): transform t = 4*flip + k applies
     `rot90(k)` then (if flip) a left-right flip; `out.flat[p] = in.flat[perm[t, p]]`."""
@@ -223,6 +231,7 @@ def dihedral_permutations(shape=CUTOUT_SHAPE[:2]) -> np.ndarray:
     perms += [torch.flip(p, dims=(1,)) for p in perms]
     return torch.stack(perms).reshape(8, -1).numpy()
 
+# %% ../nbs/09_data.ipynb 41
 def ring_shuffle_permutations(u: torch.Tensor, ring: torch.Tensor) -> torch.Tensor:
     """Per-row permutation that shuffles pixels within each ring: `u` (N, P) uniforms (float64 tensor),
     `ring` (P,) int tensor, same device. Row n gives `out.flat[p] = in.flat[perm[n, p]]` with
@@ -233,11 +242,33 @@ def ring_shuffle_permutations(u: torch.Tensor, ring: torch.Tensor) -> torch.Tens
     perm[:, base] = shuffled
     return perm
 
-class Augmenter:
-    """Vectorised batch augmentation, seeded per (seed, epoch, index).
+# %% ../nbs/09_data.ipynb 44
+def _gather_pixels(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    "`out[n, c].flat[p] = x[n, c].flat[perm[n, p]]` for a batch `x` (N, C, H, W) and `perm` (N, H*W)."
+    n, c, h, w = x.shape
+    return torch.gather(x.reshape(n, c, h * w), 2, perm[:, None, :].expand(n, c, h * w)).reshape(n, c, h, w)
 
-    `aug(x, index, epoch)` with `x` (N, C, H, W) float tensor (any device), `index` (N,) ints -> new tensor.
-    Random draws are made on the CPU (cheap, per sample); permutations, sorting and masking run on `x.device`."""
+# %% ../nbs/09_data.ipynb 45
+def _subpixel_shift(x: torch.Tensor, shift_px: np.ndarray) -> torch.Tensor:
+    "Bilinear shift of each image by `shift_px` (N, 2) = (dx cols, dy rows) pixels; border pixels repeated."
+    n, c, h, w = x.shape
+    sh = torch.as_tensor(shift_px, dtype=x.dtype, device=x.device)
+    theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, 0, 2], theta[:, 1, 2] = -2 * sh[:, 0] / w, -2 * sh[:, 1] / h
+    grid = F.affine_grid(theta, (n, c, h, w), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+# %% ../nbs/09_data.ipynb 46
+def _zero_disc(x: torch.Tensor, which: np.ndarray, disc: torch.Tensor) -> torch.Tensor:
+    "Zero the (H, W) boolean `disc` in the images flagged by `which` (N,) bool."
+    return x.masked_fill(torch.from_numpy(which).to(x.device)[:, None, None, None] & disc[None, None], 0.0)
+
+# %% ../nbs/09_data.ipynb 48
+class Augmenter:
+    """Vectorised batch augmentation, seeded per (seed, epoch, index): `aug(x, index, epoch)` with `x` (N, C, H, W)
+    float tensor (any device) and `index` (N,) ints -> new tensor. Random draws are made on the CPU (cheap, per
+    sample); permutations, sorting and masking run on `x.device`."""
     def __init__(self, spec: AugmentSpec | None = None, seed: int = 1337, shape=CUTOUT_SHAPE[:2]):
         self.spec, self.seed, self.shape = spec or AugmentSpec(), int(seed), tuple(shape)
         self._cpu = dict(dihedral=torch.from_numpy(dihedral_permutations(self.shape)),
@@ -246,9 +277,9 @@ class Augmenter:
         self._tables = {}
 
     def _on(self, dev) -> dict:
-        key = str(dev)
-        if key not in self._tables: self._tables[key] = {k: v.to(dev) for k, v in self._cpu.items()}
-        return self._tables[key]
+        "The permutation tables and the disc on device `dev` (copied once per device)."
+        if str(dev) not in self._tables: self._tables[str(dev)] = {k: v.to(dev) for k, v in self._cpu.items()}
+        return self._tables[str(dev)]
 
     def draws(self, index, epoch: int) -> dict:
         "The per-sample random choices (numpy): dihedral transform, az-shuffle flag, core-dropout flag, shift."
@@ -261,33 +292,25 @@ class Augmenter:
                     az_shuffle=u[:, 2] < s.az_shuffle_prob, core_dropout=u[:, 3] < s.core_dropout_prob,
                     shift_px=(2 * u[:, 4:6] - 1) * s.subpixel_shift_px)
 
-    def __call__(self, x: torch.Tensor, index, epoch: int) -> torch.Tensor:
-        n, c, h, w = x.shape
-        if (h, w) != self.shape: raise ValueError(f"Augmenter built for {self.shape}, got images {(h, w)}")
-        d, dev = self.draws(np.asarray(index), epoch), x.device
-        tb = self._on(dev)
-        perm = tb["dihedral"][torch.from_numpy(d["transform"]).to(dev)]                  # (N, HW)
+    def permutation(self, d: dict, dev) -> torch.Tensor:
+        "The composed pixel permutation (N, H*W) of draws `d`: ring shuffle (where drawn), then the dihedral transform."
+        tb, hw = self._on(dev), self.shape[0] * self.shape[1]
+        perm = tb["dihedral"][torch.from_numpy(d["transform"]).to(dev)]
         if d["az_shuffle"].any():
             sel = torch.from_numpy(np.flatnonzero(d["az_shuffle"])).to(dev)
-            u = torch.from_numpy(hash_uniform(d["keys"][d["az_shuffle"]], h * w, stream=1)).to(dev)
-            rp = ring_shuffle_permutations(u, tb["ring"])
-            perm[sel] = torch.gather(rp, 1, perm[sel])                                   # shuffle, then dihedral
-        if bool((d["transform"] != 0).any() or d["az_shuffle"].any()):
-            idx = perm[:, None, :].expand(n, c, h * w)
-            x = torch.gather(x.reshape(n, c, h * w), 2, idx).reshape(n, c, h, w)
-        if self.spec.subpixel_shift_px > 0:
-            sh = torch.as_tensor(d["shift_px"], dtype=x.dtype, device=dev)             # (N, 2): dx (cols), dy (rows)
-            theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=dev)
-            theta[:, 0, 0] = theta[:, 1, 1] = 1
-            theta[:, 0, 2], theta[:, 1, 2] = -2 * sh[:, 0] / w, -2 * sh[:, 1] / h
-            grid = F.affine_grid(theta, (n, c, h, w), align_corners=False)
-            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        if d["core_dropout"].any():
-            drop = torch.from_numpy(d["core_dropout"]).to(dev)[:, None, None, None] & tb["disc"][None, None]
-            x = x.masked_fill(drop, 0.0)
+            u = torch.from_numpy(hash_uniform(d["keys"][d["az_shuffle"]], hw, stream=1)).to(dev)
+            perm[sel] = torch.gather(ring_shuffle_permutations(u, tb["ring"]), 1, perm[sel])
+        return perm
+
+    def __call__(self, x: torch.Tensor, index, epoch: int) -> torch.Tensor:
+        if tuple(x.shape[2:]) != self.shape: raise ValueError(f"Augmenter built for {self.shape}, got images {tuple(x.shape[2:])}")
+        d = self.draws(np.asarray(index), epoch)
+        if bool((d["transform"] != 0).any() or d["az_shuffle"].any()): x = _gather_pixels(x, self.permutation(d, x.device))
+        if self.spec.subpixel_shift_px > 0: x = _subpixel_shift(x, d["shift_px"])
+        if d["core_dropout"].any(): x = _zero_disc(x, d["core_dropout"], self._on(x.device)["disc"])
         return x
 
-# %% ../nbs/09_data.ipynb 22
+# %% ../nbs/09_data.ipynb 52
 def synthetic_cutouts(n: int, seed: int = 0, lens_fraction: float = 0.5, arc_amp: float = 1.0,
                       noise_nmgy: float = 0.01, nan_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Toy (N, 101, 101, 3) float32 cutouts (nmgy) and labels (N,) int64. `nan_fraction` of the cutouts
@@ -306,64 +329,135 @@ def synthetic_cutouts(n: int, seed: int = 0, lens_fraction: float = 0.5, arc_amp
     rad, phi = np.hypot(i, j), np.arctan2(i, j)
     te = g.uniform(6, 14, n)[:, None, None]; phi0 = g.uniform(-np.pi, np.pi, n)[:, None, None]
     half = np.deg2rad(g.uniform(30, 90, n))[:, None, None]
-    dphi = np.angle(np.exp(1j * (phi[None] - phi0)))
-    arc = np.exp(-0.5 * ((rad[None] - te) / 0.9) ** 2) * (np.abs(dphi) < half)
-    arc_col = np.array([1.0, 0.8, 0.5])[None, None, None, :]
-    X = X + (arc_amp * 0.05 * label[:, None, None, None]) * arc[..., None] * arc_col
-    X = X + g.normal(0, noise_nmgy, X.shape)
-    X = X.astype(np.float32)
+    arc = np.exp(-0.5 * ((rad[None] - te) / 0.9) ** 2) * (np.abs(np.angle(np.exp(1j * (phi[None] - phi0)))) < half)
+    X = X + (arc_amp * 0.05 * label[:, None, None, None]) * arc[..., None] * np.array([1.0, 0.8, 0.5])
+    X = (X + g.normal(0, noise_nmgy, X.shape)).astype(np.float32)
     for n_i in np.flatnonzero(g.random(n) < nan_fraction):
         X[n_i, g.integers(0, 5, 4), g.integers(0, 101, 4), g.integers(0, 3, 4)] = np.nan
     return X, label
 
+# %% ../nbs/09_data.ipynb 55
 def write_synthetic_manifest(out_dir: str, n: int = 400, seed: int = 0, splits=(0.6, 0.2, 0.2),
                              **kw) -> pd.DataFrame:
     """Write `n` synthetic NPZ cutouts (spec §1) into `out_dir/cutouts/` and a spec §2 training manifest
-    `out_dir/manifests/training_manifest.parquet`; returns the manifest."""
+    `out_dir/manifests/training_manifest.parquet` (paths relative to `out_dir`); returns the manifest."""
     X, label = synthetic_cutouts(n, seed, **kw)
     g = np.random.default_rng(seed + 1)
     split = np.array(["train", "val", "test"])[np.searchsorted(np.cumsum(splits), g.random(n) * sum(splits), side="right").clip(0, 2)]
-    rows = []
+    gid = np.array([f"synth{seed}_{k:06d}" for k in range(n)])
+    ra, dec = (np.arange(n) % 360).astype(np.float64), (np.arange(n) // 360).astype(np.float64)
     for k in range(n):
-        gid = f"synth{seed}_{k:06d}"
-        url = url_join(out_dir, "cutouts", f"{gid}.npz")
-        write_cutout(url, X[k], {"galaxy_id": gid, "ra": float(k % 360), "dec": 0.0})
-        rows.append(dict(s3_key=f"cutouts/{gid}.npz", s3_path=url, galaxy_id=gid, filename=f"{gid}.npz",
-                         label=int(label[k]), cutout_type="positive" if label[k] else "negative",
-                         split=split[k], ra=float(k % 360), dec=0.0))
-    man = pd.DataFrame(rows)
+        write_cutout(url_join(out_dir, "cutouts", f"{gid[k]}.npz"), X[k], {"galaxy_id": gid[k], "ra": ra[k], "dec": dec[k]})
+    man = pd.DataFrame(dict(s3_key=[f"{g}.npz" for g in gid], s3_path=[f"cutouts/{g}.npz" for g in gid], galaxy_id=gid,
+                            filename=[f"{g}.npz" for g in gid], label=label,
+                            cutout_type=np.where(label == 1, "positive", "negative"), split=split, ra=ra, dec=dec))
     atomic_write_parquet(man, url_join(out_dir, "manifests", "training_manifest.parquet"))
     return man
 
-# %% ../nbs/09_data.ipynb 25
-CACHE_FORMAT_VERSION = 1
+# %% ../nbs/09_data.ipynb 57
+CACHE_FORMAT_VERSION = 2
 MANIFEST_COLUMNS = ("s3_path", "galaxy_id", "label", "split")
 
+# %% ../nbs/09_data.ipynb 58
+def load_manifest(manifest) -> pd.DataFrame:
+    "A training manifest (spec §2) from a path/URL or DataFrame, checked for the needed columns and null split/label."
+    df = read_parquet(manifest) if isinstance(manifest, (str, os.PathLike)) else pd.DataFrame(manifest)
+    where = manifest if isinstance(manifest, (str, os.PathLike)) else "manifest DataFrame"
+    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    if missing: raise ValueError(f"{where}: missing column(s) {missing} (spec §2 needs {list(MANIFEST_COLUMNS)})")
+    bad = df["split"].isna() | df["label"].isna()
+    if bad.any(): raise ValueError(f"{where}: null split/label in rows {df.index[bad][:5].tolist()} ...")
+    return df.reset_index(drop=True)
+
+# %% ../nbs/09_data.ipynb 60
+def resolve_paths(root: str | None, paths) -> np.ndarray:
+    "`config.resolve_path(root, p)` for every manifest path `p`, vectorised; relative paths need a `root`."
+    p = pd.Series(np.asarray(paths, dtype=object)).astype(str)
+    rel = ~(p.str.contains("://", regex=False) | p.str.startswith("/"))
+    if not rel.any(): return p.to_numpy(object)
+    if root is None:
+        raise ValueError(f"manifest path {p[rel].iloc[0]!r} is relative: pass root= (the run folder it is relative to)")
+    base = url_join(root, "x")[:-1]                  # root + its separator, as url_join writes it
+    return np.where(rel, base + p.str.lstrip("/"), p).astype(object)
+
+# %% ../nbs/09_data.ipynb 63
+def check_manifest_leakage(man: pd.DataFrame, where: str = "manifest", nside: int = 128, nest: bool = True) -> dict:
+    "The leakage report of a training manifest (`manifest.check_leakage`); `LeakageError` naming `where` if it leaks."
+    from stronglens.manifest import LeakageError, check_leakage
+    if f"healpix_{nside}" not in man.columns and not {"ra", "dec"} <= set(man.columns):
+        raise LeakageError(f"{where}: no ra/dec (or healpix_{nside}) columns: cannot check that no HEALPix pixel spans two splits")
+    try:
+        return check_leakage(man, nside=nside, nest=nest)
+    except LeakageError as e:
+        raise LeakageError(f"{where}: refusing a leaking training manifest: {e}", e.report) from None
+    except ValueError as e:                            # e.g. a null or non-finite position: no pixel
+        raise LeakageError(f"{where}: refusing a training manifest without a valid HEALPix pixel per row: {e}") from None
+
+# %% ../nbs/09_data.ipynb 66
 def default_cache_dir(manifest_path: str | None) -> str:
     "`<manifest dir>/cache` for a local manifest, else `~/.cache/stronglens`."
     if manifest_path and is_local(manifest_path):
         return str(Path(str(manifest_path).removeprefix("file://")).resolve().parent / "cache")
     return str(Path.home() / ".cache" / "stronglens")
 
-def load_manifest(manifest) -> pd.DataFrame:
-    "A training manifest (spec §2) from a path/URL or DataFrame, checked for the needed columns."
-    df = read_parquet(manifest) if isinstance(manifest, (str, os.PathLike)) else pd.DataFrame(manifest)
-    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
-    if missing:
-        where = manifest if isinstance(manifest, (str, os.PathLike)) else "manifest DataFrame"
-        raise ValueError(f"{where}: missing column(s) {missing} (spec §2 needs {list(MANIFEST_COLUMNS)})")
-    if df["split"].isna().any() or df["label"].isna().any():
-        bad = df.index[df["split"].isna() | df["label"].isna()][:5].tolist()
-        raise ValueError(f"manifest has null split/label (rows {bad} ...)")
-    return df.reset_index(drop=True)
+# %% ../nbs/09_data.ipynb 68
+def file_fingerprints(urls) -> np.ndarray:
+    """Cheap content fingerprint of each file, `'<size>:<ETag or mtime_ns>'`, `''` for a missing one: one listing
+    per folder (`runs.scan_files`, the stage protocol's own scan), no file is opened."""
+    u = pd.Series(np.asarray(urls, dtype=object)).astype(str).str.rpartition("/")
+    want = pd.DataFrame({"folder": u[0], "path": u[2]})
+    t = pd.concat([scan_files(f).assign(folder=f) for f in want["folder"].unique()], ignore_index=True)
+    t["fingerprint"] = t["size"].astype(str) + ":" + t["etag"].where(t["etag"] != "", t["mtime_ns"].astype(str))
+    out = want.merge(t[["folder", "path", "fingerprint"]], on=["folder", "path"], how="left")["fingerprint"]
+    return out.fillna("").to_numpy(object)
 
-def cache_key(manifest_split: pd.DataFrame, spec: PreprocessSpec, dtype: str = "float32") -> str:
-    "Hash of a split's manifest rows + preprocessing + dtype (+ cache format)."
+# %% ../nbs/09_data.ipynb 70
+def cache_key(manifest_split: pd.DataFrame, spec: PreprocessSpec, dtype: str = "float32", fingerprints=None) -> str:
+    "Hash of a split's manifest rows + cutout file fingerprints + preprocessing + dtype (+ cache format)."
     h = hashlib.sha256(json.dumps({"v": CACHE_FORMAT_VERSION, "spec": spec.to_dict(), "dtype": dtype}, sort_keys=True).encode())
     cols = manifest_split[["galaxy_id", "s3_path", "label"]].astype({"galaxy_id": str, "s3_path": str, "label": np.int64})
+    if fingerprints is not None: cols = cols.assign(fingerprint=np.asarray(fingerprints, dtype=object).astype(str))
     h.update(pd.util.hash_pandas_object(cols, index=False).values.tobytes())
     return h.hexdigest()[:20]
 
+# %% ../nbs/09_data.ipynb 72
+_TMP_TAG = re.compile(r"\.pid(\d+)@([A-Za-z0-9_-]+)\.")
+
+def _host() -> str: return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
+
+# %% ../nbs/09_data.ipynb 73
+def temp_path(final: str) -> str:
+    "A new empty temporary file beside `final` (`.tmp-<name>.pid<pid>@<host>.XXXX<suffix>`), for an atomic rename."
+    d, name = os.path.split(final)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{name}.pid{os.getpid()}@{_host()}.", suffix=Path(name).suffix, dir=d or ".")
+    os.close(fd)
+    return tmp
+
+# %% ../nbs/09_data.ipynb 74
+def _pid_alive(pid: int) -> bool:
+    "Is process `pid` running on this host (a zombie counts as gone)?"
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError): return True
+
+# %% ../nbs/09_data.ipynb 75
+def remove_stale_temp(folder: str, max_age_s: float = 3600.0) -> list[str]:
+    """Remove the `.tmp-*` files in local `folder` left by writers that are gone: tagged with this host and a
+    process id that is no longer running, or (untagged, other hosts) not modified for `max_age_s`. Returns them."""
+    gone, now = [], time.time()
+    try: entries = list(os.scandir(folder))
+    except FileNotFoundError: return gone
+    for e in (e for e in entries if e.name.startswith(".tmp-") and e.is_file()):
+        m = _TMP_TAG.search(e.name)
+        mine = m is not None and m.group(2) == _host()
+        if (mine and not _pid_alive(int(m.group(1)))) or (not mine and now - e.stat().st_mtime > max_age_s):
+            try: os.unlink(e.path); gone.append(e.path)
+            except FileNotFoundError: pass
+    return gone
+
+# %% ../nbs/09_data.ipynb 77
 @dataclass
 class PackedSplit:
     "One split of the packed cache: `X` (N, 3, H, W) memory map, `index` DataFrame (row i = X[i]), spec."
@@ -390,71 +484,105 @@ class PackedSplit:
         fails = pd.read_parquet(fpath) if os.path.exists(fpath) else pd.DataFrame(columns=FAILURE_COLUMNS)
         return cls(X, index, PreprocessSpec.from_dict(meta["preprocessing"]), meta["split"], stem, fails)
 
-def build_packed_split(manifest, split: str, spec: PreprocessSpec | str = "raw_robust", cache_dir: str | None = None,
-                       dtype: str = "float32", n_jobs: int = 1, batch_size: int = 256, force: bool = False,
-                       progress: bool = True) -> PackedSplit:
-    """Preprocess the `split` rows of a training manifest into a memory-mapped cache (or reuse the cache
-    when manifest rows, preprocessing and dtype are unchanged). `n_jobs` processes read the NPZ files."""
-    spec = PreprocessSpec(mode=spec) if isinstance(spec, str) else spec
-    if dtype not in ("float32", "float16"): raise ValueError(f"cache dtype: float32 or float16, got {dtype!r}")
-    man_path = manifest if isinstance(manifest, (str, os.PathLike)) else None
-    man = load_manifest(manifest)
-    part = man[man["split"] == split].reset_index(drop=True)
-    if len(part) == 0: raise ValueError(f"manifest has no rows in split {split!r} (splits: {sorted(man['split'].unique())})")
-    cache_dir = str(cache_dir or default_cache_dir(str(man_path) if man_path else None))
-    if not is_local(cache_dir): raise ValueError(f"cache_dir must be a local folder (memory-mapped), got {cache_dir}")
-    cache_dir = cache_dir.removeprefix("file://")
-    os.makedirs(cache_dir, exist_ok=True)
-    key = cache_key(part, spec, dtype)
-    stem = os.path.join(cache_dir, f"{split}-{key}")
-    if not force and os.path.exists(stem + ".json"):
-        try:
-            return PackedSplit.open(stem)
-        except Exception:  # a damaged cache is rebuilt
-            pass
-    n, (h, w, c) = len(part), CUTOUT_SHAPE
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{split}-{key}.", suffix=".npy", dir=cache_dir); os.close(fd)
+# %% ../nbs/09_data.ipynb 80
+def _fill_memmap(tmp: str, urls, spec: PreprocessSpec, dtype: str, n_jobs: int, batch_size: int, progress: bool):
+    "Preprocess the cutouts `urls` into the `.npy` `tmp` (N rows) -> (row of each filled entry, n_nan, failures)."
+    h, w, c = CUTOUT_SHAPE
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(len(urls), c, h, w))
+    pos = {p: k for k, p in enumerate(urls)}
+    rows, nnan, fails, filled = [], [], [], 0
+    for X, meta, fail in iter_cutout_batches(list(urls), batch_size=batch_size, n_jobs=n_jobs, progress=progress):
+        if len(fail): fails.append(fail)
+        if len(X) == 0: continue
+        Y, nn = preprocess(X, spec)
+        out[filled:filled + len(Y)] = Y.astype(dtype, copy=False)
+        filled += len(Y)
+        rows.extend(pos[p] for p in meta["path"]); nnan.append(nn)
+    out.flush(); del out
+    failures = pd.concat(fails, ignore_index=True) if fails else pd.DataFrame(columns=FAILURE_COLUMNS)
+    return np.asarray(rows, np.int64), (np.concatenate(nnan) if nnan else np.zeros(0, np.int64)), failures
+
+# %% ../nbs/09_data.ipynb 81
+def _truncate_npy(path: str, n: int):
+    "Rewrite the `.npy` at `path` keeping its first `n` rows (through a temporary file)."
+    src = np.load(path, mmap_mode="r")
+    tmp2 = temp_path(path)
+    out = np.lib.format.open_memmap(tmp2, mode="w+", dtype=src.dtype, shape=(n,) + src.shape[1:])
+    out[:] = src[:n]; out.flush(); del out, src
+    os.replace(tmp2, path)
+
+# %% ../nbs/09_data.ipynb 83
+_INDEX_COLUMNS = ("galaxy_id", "label", "split", "s3_path", "filename", "cutout_type", "ra", "dec")
+
+def _cache_index(part: pd.DataFrame, rows: np.ndarray, n_nan: np.ndarray) -> pd.DataFrame:
+    "The cache index: `row`, the manifest columns worth keeping for the filled `rows` (in cache order), `n_nan`."
+    index = part.iloc[rows].reset_index(drop=True)
+    index = index[[k for k in index.columns if k in _INDEX_COLUMNS]].copy()
+    index.insert(0, "row", np.arange(len(index), dtype=np.int64))
+    index["label"] = index["label"].astype(np.int64)
+    index["n_nan"] = np.asarray(n_nan, np.int64)
+    return index
+
+# %% ../nbs/09_data.ipynb 85
+def _write_cache(stem: str, part: pd.DataFrame, urls, spec: PreprocessSpec, dtype: str, n_jobs: int,
+                 batch_size: int, progress: bool, manifest: str = "") -> None:
+    "Build and commit the cache `<stem>.*` of the manifest rows `part` (cutouts at `urls`)."
+    t0, tmp = time.time(), temp_path(stem + ".npy")
     try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(n, c, h, w))
-        pos = {p: k for k, p in enumerate(part["s3_path"].astype(str))}
-        rows, nnan, fails, filled = [], [], [], 0
-        t0 = time.time()
-        for X, meta, fail in iter_cutout_batches(part["s3_path"].astype(str).tolist(), batch_size=batch_size,
-                                                 n_jobs=n_jobs, progress=progress):
-            if len(fail): fails.append(fail)
-            if len(X) == 0: continue
-            Y, nn = preprocess(X, spec)
-            out[filled:filled + len(Y)] = Y.astype(dtype, copy=False)
-            filled += len(Y)
-            rows.extend(pos[p] for p in meta["path"]); nnan.append(nn)
-        out.flush(); del out
-        index = part.iloc[rows].reset_index(drop=True)
-        keep = [k for k in index.columns if k in ("galaxy_id", "label", "split", "s3_path", "filename", "cutout_type", "ra", "dec")]
-        index = index[keep].copy()
-        index.insert(0, "row", np.arange(len(index), dtype=np.int64))
-        index["label"] = index["label"].astype(np.int64)
-        index["n_nan"] = np.concatenate(nnan) if nnan else np.zeros(0, np.int64)
-        failures = pd.concat(fails, ignore_index=True) if fails else pd.DataFrame(columns=FAILURE_COLUMNS)
-        if filled < n:   # drop the unused tail rows (rewrite into a right-sized file)
-            src = np.load(tmp, mmap_mode="r")
-            fd, tmp2 = tempfile.mkstemp(prefix=f".tmp-{split}-{key}.", suffix=".npy", dir=cache_dir); os.close(fd)
-            out = np.lib.format.open_memmap(tmp2, mode="w+", dtype=np.dtype(dtype), shape=(filled, c, h, w))
-            out[:] = src[:filled]; out.flush(); del out, src
-            os.replace(tmp2, tmp)
+        rows, n_nan, failures = _fill_memmap(tmp, urls, spec, dtype, n_jobs, batch_size, progress)
+        if len(rows) < len(urls): _truncate_npy(tmp, len(rows))     # drop the unused tail rows
         os.replace(tmp, stem + ".npy")
     except BaseException:
         if os.path.exists(tmp): os.unlink(tmp)
         raise
+    index = _cache_index(part, rows, n_nan)
     atomic_write_parquet(index, stem + ".parquet")
     atomic_write_parquet(failures.astype(str), stem + "-failures.parquet")
-    atomic_write_json(stem + ".json", dict(format_version=CACHE_FORMAT_VERSION, key=key, split=split, dtype=dtype,
-                                           shape=[filled, c, h, w], preprocessing=spec.to_dict(),
-                                           n_manifest=n, n_failed=int(len(failures)), n_nan_cutouts=int((index["n_nan"] > 0).sum()),
-                                           build_seconds=round(time.time() - t0, 3),
-                                           manifest=str(man_path) if man_path else ""))
+    atomic_write_json(stem + ".json", dict(
+        format_version=CACHE_FORMAT_VERSION, key=os.path.basename(stem).rsplit("-", 1)[-1], split=str(part["split"].iloc[0]),
+        dtype=dtype, shape=[len(rows), CUTOUT_SHAPE[2], *CUTOUT_SHAPE[:2]], preprocessing=spec.to_dict(),
+        n_manifest=len(part), n_failed=int(len(failures)), n_nan_cutouts=int((index["n_nan"] > 0).sum()),
+        build_seconds=round(time.time() - t0, 3), manifest=manifest))
+
+# %% ../nbs/09_data.ipynb 86
+def _open_or_none(stem: str) -> PackedSplit | None:
+    "The committed cache at `stem`, or None when there is none (a damaged one is rebuilt)."
+    if not os.path.exists(stem + ".json"): return None
+    try: return PackedSplit.open(stem)
+    except Exception: return None
+
+# %% ../nbs/09_data.ipynb 87
+def build_packed_split(
+    manifest,                          # training manifest: path/URL or DataFrame (spec §2)
+    split: str,                        # "train" | "val" | "test" (any value of the `split` column)
+    spec: PreprocessSpec | str = "raw_robust",  # preprocessing (a spec or a mode name)
+    cache_dir: str | None = None,      # local folder; None -> `default_cache_dir(manifest)`
+    dtype: str = "float32",            # "float32" | "float16" (half the disk and page cache)
+    n_jobs: int = 1,                   # processes reading the NPZ files
+    batch_size: int = 256,             # cutouts read and preprocessed per step
+    force: bool = False,               # rebuild even when a cache with the same key exists
+    progress: bool = True,             # progress bar
+    root: str | None = None,           # folder the manifest's relative `s3_path`s are relative to (the run folder)
+) -> PackedSplit:
+    "Preprocess the `split` rows of a training manifest into a memory-mapped cache, or re-use one with the same key."
+    spec = PreprocessSpec(mode=spec) if isinstance(spec, str) else spec
+    if dtype not in ("float32", "float16"): raise ValueError(f"cache dtype: float32 or float16, got {dtype!r}")
+    man_path = str(manifest) if isinstance(manifest, (str, os.PathLike)) else ""
+    man = load_manifest(manifest)
+    part = man[man["split"] == split].reset_index(drop=True)
+    if len(part) == 0: raise ValueError(f"manifest has no rows in split {split!r} (splits: {sorted(man['split'].unique())})")
+    cache_dir = str(cache_dir or default_cache_dir(man_path or None))
+    if not is_local(cache_dir): raise ValueError(f"cache_dir must be a local folder (memory-mapped), got {cache_dir}")
+    cache_dir = cache_dir.removeprefix("file://")
+    os.makedirs(cache_dir, exist_ok=True)
+    remove_stale_temp(cache_dir)
+    urls = resolve_paths(root, part["s3_path"])
+    stem = os.path.join(cache_dir, f"{split}-{cache_key(part, spec, dtype, file_fingerprints(urls))}")
+    if not force and (ps := _open_or_none(stem)) is not None: return ps
+    _write_cache(stem, part, urls, spec, dtype, n_jobs, batch_size, progress, manifest=man_path)
     return PackedSplit.open(stem)
 
-# %% ../nbs/09_data.ipynb 30
+# %% ../nbs/09_data.ipynb 93
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
                   subset: np.ndarray | None = None) -> list[np.ndarray]:
     "Row indices of each batch of one epoch (a permutation seeded by (seed, epoch) when `shuffle`)."
@@ -463,6 +591,7 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool 
         rows = rows[np.random.default_rng([int(seed), int(epoch)]).permutation(len(rows))]
     return [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
 
+# %% ../nbs/09_data.ipynb 95
 class BatchDataset(torch.utils.data.Dataset):
     "Item b = (x float32 (B, C, H, W), y float32 (B,), rows int64 (B,)) of batch b, read from `X` (e.g. a memmap)."
     def __init__(self, X: np.ndarray, labels: np.ndarray, batches: list[np.ndarray]):
@@ -475,6 +604,7 @@ class BatchDataset(torch.utils.data.Dataset):
         x[order] = self.X[rows[order]]
         return torch.from_numpy(x), torch.from_numpy(self.labels[rows].astype(np.float32)), torch.from_numpy(rows.astype(np.int64))
 
+# %% ../nbs/09_data.ipynb 97
 class NPZDataset(torch.utils.data.Dataset):
     "Per-sample NPZ reading + preprocessing (no cache): item i = (x (C, H, W), y, i)."
     def __init__(self, urls, labels, spec: PreprocessSpec | str = "raw_robust"):

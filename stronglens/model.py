@@ -10,7 +10,7 @@ import torch.nn as nn
 import pandas as pd
 
 # %% auto 0
-__all__ = ['ARCHS', 'BasicBlock', 'LensResNet', 'build_model', 'model_config', 'model_from_config', 'count_parameters',
+__all__ = ['ARCHS', 'BasicBlock', 'LensResNet', 'build_model', 'count_parameters', 'model_config', 'model_from_config',
            'architecture_summary', 'architecture_text']
 
 # %% ../nbs/10_model.ipynb 5
@@ -31,8 +31,9 @@ class BasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         return self.relu(out + self.shortcut(x))
 
+# %% ../nbs/10_model.ipynb 7
 class LensResNet(nn.Module):
-    "ResNet-style binary classifier: (N, C, H, W) -> (N,) logits."
+    "ResNet-style binary classifier: (N, C, H, W) -> (N,) logits; `features` gives the pooled penultimate layer."
     def __init__(self, in_channels: int = 3, stem_width: int = 32, stem_stride: int = 1,
                  widths: tuple = (32, 64, 128, 256), blocks: tuple = (2, 2, 2, 2), strides: tuple = (2, 2, 2, 2)):
         super().__init__()
@@ -53,52 +54,58 @@ class LensResNet(nn.Module):
             if isinstance(m, BasicBlock): nn.init.zeros_(m.bn2.weight)
 
     def features(self, x):
-        "Pooled penultimate features (N, width) (for linear probes)."
+        "Pooled penultimate features (N, width of the last stage), the input of the head (and of linear probes)."
         return torch.flatten(self.pool(self.stages(self.stem(x))), 1)
 
     def forward(self, x):
         return self.head(self.features(x)).squeeze(1)
 
-# %% ../nbs/10_model.ipynb 6
+# %% ../nbs/10_model.ipynb 9
 ARCHS: dict[str, dict] = {
     "resnet": dict(stem_width=32, stem_stride=1, widths=(32, 64, 128, 256), blocks=(2, 2, 2, 2), strides=(2, 2, 2, 2)),
     "small": dict(stem_width=16, stem_stride=2, widths=(16, 32, 64), blocks=(1, 1, 1), strides=(2, 2, 2)),
 }
 
+# %% ../nbs/10_model.ipynb 10
 def build_model(arch: str = "resnet", in_channels: int = 3, **overrides) -> LensResNet:
     "A `LensResNet` of a named architecture (`ARCHS`), keyword overrides allowed."
     if arch not in ARCHS: raise ValueError(f"unknown arch {arch!r}: expected one of {sorted(ARCHS)}")
     return LensResNet(in_channels=in_channels, **{**ARCHS[arch], **overrides})
 
+# %% ../nbs/10_model.ipynb 12
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    "Number of (trainable) parameters."
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+# %% ../nbs/10_model.ipynb 15
 def model_config(arch: str = "resnet", in_channels: int = 3, **overrides) -> dict:
-    "Plain-dict description saved in checkpoints; `build_model(**model_config(...))` rebuilds the net."
+    "Plain-dict description saved in checkpoints; `model_from_config(model_config(...))` rebuilds the net."
+    if arch not in ARCHS: raise ValueError(f"unknown arch {arch!r}: expected one of {sorted(ARCHS)}")
     kw = {**ARCHS[arch], **overrides}
     return {"arch": arch, "in_channels": in_channels, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in kw.items()}}
 
+# %% ../nbs/10_model.ipynb 16
 def model_from_config(cfg: dict) -> LensResNet:
     "Rebuild a model from `model_config(...)` output."
     cfg = dict(cfg); arch = cfg.pop("arch")
     return build_model(arch, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()})
 
-def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
-    "Number of (trainable) parameters."
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+# %% ../nbs/10_model.ipynb 19
+def _summary_layers(model: nn.Module):
+    "(name, module) of the stem, every block of every stage, the pool and the head."
+    for name, mod in model.named_modules():
+        parent = name.rsplit(".", 1)[0] if "." in name else ""
+        if name in ("stem", "pool", "head") or (parent.startswith("stages.") and parent.count(".") == 1):
+            yield name, mod
 
-# %% ../nbs/10_model.ipynb 9
+# %% ../nbs/10_model.ipynb 21
 def architecture_summary(model: nn.Module, input_shape=(1, 3, 101, 101)) -> pd.DataFrame:
-    "Layer table (name, type, output shape, parameters) for the top-level stem, each block, pool and head."
-    rows, hooks = [], []
-    def leaves():
-        for name, mod in model.named_modules():
-            if name == "" or name == "stages": continue
-            parent = name.rsplit(".", 1)[0] if "." in name else ""
-            if name in ("stem", "pool", "head") or (parent.startswith("stages.") and parent.count(".") == 1):
-                yield name, mod
-    for name, mod in leaves():
-        def hook(m, i, o, name=name):
-            rows.append(dict(layer=name, type=type(m).__name__, output_shape=tuple(o.shape[1:]),
-                             params=sum(p.numel() for p in m.parameters())))
-        hooks.append(mod.register_forward_hook(hook))
+    "Layer table (layer, type, output shape, parameters) of `_summary_layers` plus a total row."
+    rows = []
+    def hook(m, i, o, name):
+        rows.append(dict(layer=name, type=type(m).__name__, output_shape=tuple(o.shape[1:]),
+                         params=sum(p.numel() for p in m.parameters())))
+    hooks = [mod.register_forward_hook(lambda m, i, o, name=name: hook(m, i, o, name)) for name, mod in _summary_layers(model)]
     was_training = model.training
     try:
         model.eval()
@@ -107,15 +114,14 @@ def architecture_summary(model: nn.Module, input_shape=(1, 3, 101, 101)) -> pd.D
     finally:
         for h in hooks: h.remove()
         model.train(was_training)
-    df = pd.DataFrame(rows)
-    return pd.concat([df, pd.DataFrame([dict(layer="total", type="", output_shape=(1,), params=count_parameters(model))])],
-                     ignore_index=True)
+    total = dict(layer="total", type="", output_shape=(1,), params=count_parameters(model))
+    return pd.concat([pd.DataFrame(rows), pd.DataFrame([total])], ignore_index=True)
 
+# %% ../nbs/10_model.ipynb 23
 def architecture_text(model: nn.Module, arch: str = "", input_shape=(1, 3, 101, 101)) -> str:
     "Plain-text architecture summary (for logs, the model card and Table 5)."
     df = architecture_summary(model, input_shape)
     lines = [f"LensResNet {arch}".rstrip() + f": input {tuple(input_shape[1:])} -> 1 logit, {count_parameters(model):,d} parameters"]
-    for r in df.itertuples():
-        if r.layer == "total": continue
+    for r in df[df.layer != "total"].itertuples():
         lines.append(f"  {r.layer:<12s} {r.type:<18s} {str(r.output_shape):<16s} {r.params:>10,d}")
     return "\n".join(lines)

@@ -1,16 +1,29 @@
-"""stronglens.data: preprocessing vs a direct numpy reference, augmentation invariants, packed cache."""
+"""stronglens.data: preprocessing vs a direct numpy reference, augmentation invariants, packed cache (keyed on the
+pixels, no litter after SIGKILL), run-relative manifest paths, the loader's leakage checks."""
 import json
 import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from stronglens.config import resolve_path
 from stronglens.cutouts import radial_grid, write_cutout
-from stronglens.data import (AugmentSpec, Augmenter, PreprocessSpec, PreprocessingMismatchError, build_packed_split,
-                             check_preprocessing, epoch_batches, preprocess, raw_robust, residual, ring_index,
+from stronglens.data import (ANNULUS_R_IN_PX, ANNULUS_R_OUT_PX, DEFAULT_CLIP, AugmentSpec, Augmenter, PreprocessSpec,
+                             PreprocessingMismatchError, build_packed_split, check_manifest_leakage, check_preprocessing,
+                             epoch_batches, preprocess, raw_robust, remove_stale_temp, residual, resolve_paths, ring_index,
                              synthetic_cutouts, write_synthetic_manifest)
+from stronglens.manifest import LeakageError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _ref_raw_robust(X, r_in=32.5, r_out=45.0, clip=10.0):
@@ -173,10 +186,9 @@ def test_packed_cache_build_reuse_and_invalidation(tmp_path):
     man = write_synthetic_manifest(str(tmp_path), n=40, seed=4, nan_fraction=0.2)
     # a broken file: left out of the cache and listed in failures
     bad = man[man.split == "train"].s3_path.iloc[0]
-    with open(bad, "wb") as f:
-        f.write(b"not an npz")
+    (tmp_path / bad).write_bytes(b"not an npz")
     mp = str(tmp_path / "manifests" / "training_manifest.parquet")
-    ps = build_packed_split(mp, "train", progress=False)
+    ps = build_packed_split(mp, "train", progress=False, root=str(tmp_path))
     n_train = int((man.split == "train").sum())
     assert len(ps) == n_train - 1 and len(ps.failures) == 1
     assert ps.X.shape == (n_train - 1, 3, 101, 101)
@@ -188,16 +200,118 @@ def test_packed_cache_build_reuse_and_invalidation(tmp_path):
     np.testing.assert_array_equal(ps.index.n_nan, np.isnan(X[sel]).reshape(sel.sum(), -1).sum(1))
     # reused: no rebuild (mtime unchanged)
     m0 = os.path.getmtime(ps.path + ".npy")
-    ps2 = build_packed_split(mp, "train", progress=False)
+    ps2 = build_packed_split(mp, "train", progress=False, root=str(tmp_path))
     assert ps2.path == ps.path and os.path.getmtime(ps2.path + ".npy") == m0
     # changed preprocessing or manifest -> new key
-    assert build_packed_split(mp, "train", PreprocessSpec(clip=3.0), progress=False).path != ps.path
+    assert build_packed_split(mp, "train", PreprocessSpec(clip=3.0), progress=False, root=str(tmp_path)).path != ps.path
     man2 = man.copy(); man2.loc[man2.index[man2.split == "train"][1], "label"] ^= 1
     man2.to_parquet(mp)
-    assert build_packed_split(mp, "train", progress=False).path != ps.path
+    assert build_packed_split(mp, "train", progress=False, root=str(tmp_path)).path != ps.path
     # float16 cache
-    h = build_packed_split(mp, "val", dtype="float16", progress=False)
+    h = build_packed_split(mp, "val", dtype="float16", progress=False, root=str(tmp_path))
     assert h.X.dtype == np.float16
     assert json.load(open(h.path + ".json"))["dtype"] == "float16"
     # no temporary files left behind
     assert not [f for f in os.listdir(os.path.dirname(ps.path)) if f.startswith(".tmp")]
+
+
+def test_cache_key_covers_the_pixels(tmp_path):
+    "12.2: regenerated cutouts (same ids, paths and labels; other pixels) must not be served from the old cache."
+    man = write_synthetic_manifest(str(tmp_path), n=30, seed=5)
+    mp = str(tmp_path / "manifests" / "training_manifest.parquet")
+    old = build_packed_split(mp, "train", progress=False, root=str(tmp_path))
+    rows = man.index[man.split == "train"]
+    Xnew, _ = synthetic_cutouts(30, seed=77)                  # "cutouts -p cutouts.seed 1": new pixels, same files
+    for k in rows:
+        write_cutout(resolve_path(str(tmp_path), man.s3_path[k]), Xnew[k], {"galaxy_id": man.galaxy_id[k], "ra": 0.0, "dec": 0.0})
+    new = build_packed_split(mp, "train", progress=False, root=str(tmp_path))
+    assert new.path != old.path
+    np.testing.assert_allclose(np.asarray(new.X), preprocess(Xnew[rows])[0], atol=1e-6)
+    assert not np.allclose(np.asarray(new.X), np.asarray(old.X))
+    # one repaired file is enough to rebuild; untouched files keep the key
+    assert build_packed_split(mp, "train", progress=False, root=str(tmp_path)).path == new.path
+    k = rows[3]
+    write_cutout(resolve_path(str(tmp_path), man.s3_path[k]), Xnew[k] + 1.0, {"galaxy_id": man.galaxy_id[k], "ra": 0.0, "dec": 0.0})
+    assert build_packed_split(mp, "train", progress=False, root=str(tmp_path)).path != new.path
+
+
+_KILL_SCRIPT = textwrap.dedent("""
+    import sys
+    from stronglens.data import build_packed_split
+    build_packed_split(sys.argv[1], "train", root=sys.argv[2], batch_size=8, progress=False)
+""")
+
+
+def test_killed_cache_build_leaves_no_litter(tmp_path):
+    "12.7: a cache build killed with SIGKILL leaves a .tmp-*.npy; the next build removes it (and builds the cache)."
+    man = write_synthetic_manifest(str(tmp_path), n=400, seed=6, splits=(1.0, 0.0, 0.0))
+    mp = str(tmp_path / "manifests" / "training_manifest.parquet")
+    cache = tmp_path / "manifests" / "cache"
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, mp, str(tmp_path)], cwd=ROOT)
+    deadline, litter = time.time() + 120, []
+    while time.time() < deadline and proc.poll() is None and not litter:
+        litter = list(cache.glob(".tmp-*.npy")) if cache.is_dir() else []
+        time.sleep(0.02)
+    assert litter, "the build finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL); proc.wait()
+    assert litter[0].exists() and litter[0].stat().st_size > 1e6          # the killed build's half-written array
+    ps = build_packed_split(mp, "train", progress=False, root=str(tmp_path))
+    assert len(ps) == len(man)
+    assert not [p.name for p in cache.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_stale_temp_files_of_live_writers_are_kept(tmp_path):
+    me = tmp_path / f".tmp-train-k.npy.pid{os.getpid()}@{__import__('stronglens.data', fromlist=['_host'])._host()}.x.npy"
+    me.write_bytes(b"1")
+    old = tmp_path / ".tmp-untagged.json.y"; old.write_text("{}"); os.utime(old, (time.time() - 7200,) * 2)
+    assert [Path(p).name for p in remove_stale_temp(str(tmp_path))] == [old.name]
+    assert me.exists()
+
+
+def test_relative_manifest_paths_resolve_against_root(tmp_path):
+    "12.9: manifest paths are relative to the run folder; a copied run reads its own cutouts."
+    import shutil
+    man = write_synthetic_manifest(str(tmp_path / "run"), n=20, seed=7)
+    assert man.s3_path.str.startswith("cutouts/").all() and not man.s3_key.str.contains("/").any()
+    shutil.copytree(tmp_path / "run", tmp_path / "copy")
+    shutil.rmtree(tmp_path / "run" / "cutouts")
+    mp = str(tmp_path / "copy" / "manifests" / "training_manifest.parquet")
+    ps = build_packed_split(mp, "train", progress=False, root=str(tmp_path / "copy"))
+    assert len(ps) == (man.split == "train").sum() and len(ps.failures) == 0
+    with pytest.raises(ValueError, match="pass root="):
+        build_packed_split(mp, "train", progress=False)
+    paths = ["cutouts/a.npz", "/x/b.npz", "s3://b/c.npz", "file:///y/d.npz"]
+    assert list(resolve_paths(str(tmp_path), paths)) == [resolve_path(str(tmp_path), p) for p in paths]
+
+
+def test_loader_repeats_the_leakage_checks(tmp_path):
+    "12.11: duplicated id, a pixel in two splits, null split or pixel -> LeakageError naming the manifest."
+    man = write_synthetic_manifest(str(tmp_path), n=40, seed=8)
+    assert check_manifest_leakage(man)["passed"]
+    dup = pd.concat([man, man.iloc[[3]]], ignore_index=True)
+    with pytest.raises(LeakageError, match=r"m\.parquet: refusing a leaking training manifest.*duplicate_galaxy_id: 1"):
+        check_manifest_leakage(dup, "m.parquet")
+    two = man.copy()
+    i, j = two.index[two.split == "train"][0], two.index[two.split != "train"][0]
+    two.loc[j, ["ra", "dec"]] = two.loc[i, ["ra", "dec"]].to_numpy()
+    with pytest.raises(LeakageError, match="pixel_in_multiple_splits: 1"):
+        check_manifest_leakage(two)
+    with pytest.raises(LeakageError, match="null_split"):
+        check_manifest_leakage(man.assign(split=man.split.where(man.index != 2, "")))
+    with pytest.raises(LeakageError, match="valid HEALPix pixel"):
+        check_manifest_leakage(man.assign(dec=man.dec.where(man.index != 5)))
+    with pytest.raises(LeakageError, match="no ra/dec"):
+        check_manifest_leakage(man.drop(columns=["ra", "dec"]))
+
+
+def test_one_definition_of_the_annulus_and_of_the_augment_section():
+    "13.4: the annulus default is written once (data) and the augmentation settings are one dataclass."
+    from typing import get_type_hints
+    from stronglens.train import DatasetSection, TrainingConfig
+    assert (ANNULUS_R_IN_PX, ANNULUS_R_OUT_PX, DEFAULT_CLIP) == (32.5, 45.0, 10.0)
+    defaults = {f.name: f.default for f in fields(DatasetSection)}
+    assert (defaults["annulus_r_in_px"], defaults["annulus_r_out_px"], defaults["clip"]) == (ANNULUS_R_IN_PX, ANNULUS_R_OUT_PX, DEFAULT_CLIP)
+    assert PreprocessSpec().annulus_r_in_px == ANNULUS_R_IN_PX
+    assert get_type_hints(TrainingConfig)["augment"] is AugmentSpec
+    mine = ["data.py", "model.py", "train.py"]
+    assert [m for m in mine if "32.5" in (ROOT / "stronglens" / m).read_text()] == ["data.py"]

@@ -1,7 +1,11 @@
-"""stronglens.train: loss goes down, exact resume, early stopping, safe checkpoints, scoring, config entry point."""
+"""stronglens.train: loss goes down, exact resume, early stopping, safe checkpoints, scoring, features and exports,
+config entry point (leakage refused, pixels followed), the `train` stage (config paths honoured, relocatable run)."""
 import io
+import json
 import os
+import shutil
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -9,12 +13,20 @@ import pytest
 import torch
 
 import stronglens.train as T
-from stronglens.train import AugmentSection, DatasetSection, TrainingConfig, TrainSection
+from stronglens.config import config_from_dict, resolve_path
+from stronglens.cutouts import write_cutout
 from stronglens.data import (AugmentSpec, PackedSplit, PreprocessSpec, PreprocessingMismatchError, preprocess,
                              synthetic_cutouts, write_synthetic_manifest)
-from stronglens.train import (CheckpointError, TrainSettings, evaluate, fit, load_checkpoint, make_loader, masked_bce,
-                              score, train_from_config)
+from stronglens.manifest import LeakageError
 from stronglens.model import model_from_config, model_config
+from stronglens.train import (CheckpointError, DatasetSection, LensScorer, TrainingConfig, TrainSection, evaluate,
+                              export_onnx, export_torchscript, fit, load_checkpoint, make_loader, masked_bce,
+                              run_train_stage, score, train_from_config)
+
+
+def TrainSettings(**kw):
+    "Quick CPU settings for the tests (the spec's values otherwise)."
+    return TrainSection.from_defaults(**{"device": "cpu", "num_workers": 0, **kw})
 
 
 def _split(n, seed, split, **kw):
@@ -34,7 +46,7 @@ def test_tiny_training_lowers_loss(data, tmp_path):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(st.seed); init = model_from_config(model_config("small"))
     loss0 = evaluate(init, torch.device("cpu"), make_loader(data["val"], 64))["loss"]
-    res = fit(data["train"], data["val"], str(tmp_path), st, AugmentSpec(), test_data=data["test"], device="cpu", progress=False)
+    res = fit(data["train"], data["val"], str(tmp_path), st, AugmentSpec(), test_data=data["test"], progress=False)
     h = res.history
     assert len(h) == 2 and h.train_loss.iloc[1] < h.train_loss.iloc[0]
     assert h.val_loss.iloc[-1] < loss0
@@ -68,17 +80,17 @@ class _Kill(Exception):
 
 def test_resume_equals_uninterrupted(data, tmp_path):
     tr, va = _split(64, 5, "train"), _split(32, 6, "val")
-    st = TrainSettings(arch="small", epochs=3, batch_size=32, lr=2e-3, seed=7, aug_seed=8, early_stopping_patience=10)
+    st = TrainSettings(arch="small", epochs=3, batch_size=32, lr=2e-3, seed=7, early_stopping_patience=10)
     aug = AugmentSpec(az_shuffle_prob=0.3, core_dropout_prob=0.3, subpixel_shift_px=0.3)
-    a = fit(tr, va, str(tmp_path / "a"), st, aug, device="cpu", progress=False)
+    a = fit(tr, va, str(tmp_path / "a"), st, aug, aug_seed=8, progress=False)
 
     def kill(epoch, row):
         if epoch == 2:
             raise _Kill()
     with pytest.raises(_Kill):
-        fit(tr, va, str(tmp_path / "b"), st, aug, device="cpu", progress=False, callbacks=[kill])
+        fit(tr, va, str(tmp_path / "b"), st, aug, aug_seed=8, progress=False, callbacks=[kill])
     assert load_checkpoint(str(tmp_path / "b" / "checkpoints" / "last.pt"))["epoch"] == 2
-    b = fit(tr, va, str(tmp_path / "b"), st, aug, device="cpu", progress=False)
+    b = fit(tr, va, str(tmp_path / "b"), st, aug, aug_seed=8, progress=False)
     ca, cb = load_checkpoint(a.last_checkpoint), load_checkpoint(b.last_checkpoint)
     assert ca["epoch"] == cb["epoch"] == 3
     for k in ca["model"]:
@@ -87,7 +99,9 @@ def test_resume_equals_uninterrupted(data, tmp_path):
                                   b.history.drop(columns=["train_seconds", "train_images_per_s"]))
     # a different configuration does not silently resume
     with pytest.raises(CheckpointError, match="different run"):
-        fit(tr, va, str(tmp_path / "b"), TrainSettings(**{**st.__dict__, "lr": 1e-3}), aug, device="cpu", progress=False)
+        fit(tr, va, str(tmp_path / "b"), replace(st, lr=1e-3), aug, aug_seed=8, progress=False)
+    with pytest.raises(CheckpointError, match="different run"):
+        fit(tr, va, str(tmp_path / "b"), st, aug, aug_seed=9, progress=False)
 
 
 def test_early_stopping_on_val_auc(data, tmp_path, monkeypatch):
@@ -101,20 +115,20 @@ def test_early_stopping_on_val_auc(data, tmp_path, monkeypatch):
     monkeypatch.setattr(T, "evaluate", scripted)
     tr, va = _split(32, 5, "train"), _split(16, 6, "val")
     res = fit(tr, va, str(tmp_path), TrainSettings(arch="small", epochs=6, batch_size=16, early_stopping_patience=2),
-              device="cpu", progress=False)
+              progress=False)
     assert res.stopped_early and len(res.history) == 4
     assert res.best_epoch == 2 and res.best_val_auc == 0.70
     assert load_checkpoint(res.best_checkpoint)["epoch"] == 2
     assert list(res.history.is_best) == [True, True, False, False]
     # a stopped run is finished: running again trains nothing more
     res2 = fit(tr, va, str(tmp_path), TrainSettings(arch="small", epochs=6, batch_size=16, early_stopping_patience=2),
-               device="cpu", progress=False)
+               progress=False)
     assert len(res2.history) == 4
 
 
 def test_tampered_checkpoint_fails_safely(data, tmp_path):
     res = fit(_split(16, 5, "train"), _split(16, 6, "val"), str(tmp_path), TrainSettings(arch="small", epochs=1, batch_size=16),
-              device="cpu", progress=False)
+              progress=False)
     ck = load_checkpoint(res.last_checkpoint)
     marker = tmp_path / "pwned"
 
@@ -134,24 +148,29 @@ def test_tampered_checkpoint_fails_safely(data, tmp_path):
         load_checkpoint(str(tmp_path / "other.pt"))
 
 
-def test_train_from_config_and_score(tmp_path):
-    man = write_synthetic_manifest(str(tmp_path), n=120, seed=3, arc_amp=2.0)
-    cfg = TrainingConfig(
+def _cfg(tmp_path, **train_kw):
+    return TrainingConfig(
         dataset=DatasetSection(parquet_path="", mode="unpaired_manifest",
                                manifest_path=str(tmp_path / "manifests" / "training_manifest.parquet"),
                                preprocessing="raw_robust", seed=1),
-        augment=AugmentSection(core_dropout_prob=0.0, az_shuffle_prob=0.0),
-        train=TrainSection(epochs=1, batch_size=32, lr=2e-3, weight_decay=1e-4, num_workers=0, device="cuda",
-                           early_stopping_patience=2, out_dir=str(tmp_path / "model"), mixed_precision=True, arch="small"))
+        augment=AugmentSpec(core_dropout_prob=0.0, az_shuffle_prob=0.0),
+        train=TrainSection(**{**dict(epochs=1, batch_size=32, lr=2e-3, weight_decay=1e-4, num_workers=0, device="cuda",
+                                     early_stopping_patience=2, out_dir=str(tmp_path / "model"), mixed_precision=True,
+                                     arch="small"), **train_kw}))
+
+
+def test_train_from_config_and_score(tmp_path):
+    man = write_synthetic_manifest(str(tmp_path), n=120, seed=3, arc_amp=2.0)
+    cfg = _cfg(tmp_path)
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        res = train_from_config(cfg, progress=False)
+        res = train_from_config(cfg, root=str(tmp_path), progress=False)
     if not torch.cuda.is_available():
         msgs = [str(x.message) for x in w if "CUDA" in str(x.message)]
         assert len(msgs) == 1 and "falling back to CPU" in msgs[0]
     assert (tmp_path / "model" / "checkpoints" / "last.pt").exists()
     assert (tmp_path / "manifests" / "cache").is_dir()
-    full = score(res.best_checkpoint, cfg.dataset.manifest_path, progress=False)
+    full = score(res.best_checkpoint, cfg.dataset.manifest_path, root=str(tmp_path), progress=False)
     assert len(full) == len(man) and set(full.split) == set(man.split)
     test = pd.read_parquet(res.scores_path)
     np.testing.assert_allclose(full[full.split == "test"].logit.to_numpy(), test.logit.to_numpy(), atol=1e-5)
@@ -164,8 +183,149 @@ def test_train_from_config_and_score(tmp_path):
     with pytest.raises(PreprocessingMismatchError):
         score(res.best_checkpoint, X[:2], preprocessing=PreprocessSpec(annulus_r_in_px=20, annulus_r_out_px=32))
     out = tmp_path / "s.parquet"
-    score(res.best_checkpoint, cfg.dataset.manifest_path, splits=["val"], out=str(out), progress=False)
+    score(res.best_checkpoint, cfg.dataset.manifest_path, splits=["val"], out=str(out), root=str(tmp_path), progress=False)
     assert set(pd.read_parquet(out).split) == {"val"}
+
+
+def test_scores_follow_regenerated_cutouts(tmp_path):
+    "12.2 end to end: new pixels under the same files and ids -> new cache, new scores (the model sees the new pixels)."
+    man = write_synthetic_manifest(str(tmp_path), n=80, seed=4, arc_amp=2.0)
+    cfg = _cfg(tmp_path, device="cpu")
+    res = train_from_config(cfg, root=str(tmp_path), progress=False)
+    before = score(res.best_checkpoint, cfg.dataset.manifest_path, root=str(tmp_path), progress=False)
+    Xnew, _ = synthetic_cutouts(80, seed=41, arc_amp=2.0)
+    for k in range(len(man)):
+        write_cutout(resolve_path(str(tmp_path), man.s3_path[k]), Xnew[k], {"galaxy_id": man.galaxy_id[k], "ra": 0.0, "dec": 0.0})
+    after = score(res.best_checkpoint, cfg.dataset.manifest_path, root=str(tmp_path), progress=False)
+    direct = score(res.best_checkpoint, (Xnew, man[["galaxy_id", "split", "label"]]), progress=False)
+    key = lambda d: d.set_index("galaxy_id").loc[man.galaxy_id].logit.to_numpy()
+    assert not np.allclose(key(after), key(before))
+    np.testing.assert_allclose(key(after), key(direct), atol=1e-4)
+    # retraining on the new pixels does not resume the old run's checkpoint
+    with pytest.raises(CheckpointError, match="different run"):
+        train_from_config(cfg, root=str(tmp_path), progress=False)
+
+
+def test_leaking_manifest_refused_before_training(tmp_path):
+    "12.11: train_from_config repeats the leakage checks; nothing is built or trained on a leaking manifest."
+    man = write_synthetic_manifest(str(tmp_path), n=40, seed=5)
+    leaky = pd.concat([man, man.iloc[[0]]], ignore_index=True)
+    mp = tmp_path / "manifests" / "training_manifest.parquet"
+    leaky.to_parquet(mp)
+    with pytest.raises(LeakageError, match=r"training_manifest\.parquet: refusing a leaking training manifest.*duplicate_galaxy_id"):
+        train_from_config(_cfg(tmp_path, device="cpu"), root=str(tmp_path), progress=False)
+    two = man.copy()
+    i, j = two.index[two.split == "train"][0], two.index[two.split == "val"][0]
+    two.loc[j, ["ra", "dec"]] = two.loc[i, ["ra", "dec"]].to_numpy()
+    two.to_parquet(mp)
+    with pytest.raises(LeakageError, match="pixel_in_multiple_splits"):
+        train_from_config(_cfg(tmp_path, device="cpu"), root=str(tmp_path), progress=False)
+    man.assign(split=man.split.where(man.index != 1)).to_parquet(mp)
+    with pytest.raises(ValueError, match="null split/label"):
+        train_from_config(_cfg(tmp_path, device="cpu"), root=str(tmp_path), progress=False)
+    assert not (tmp_path / "model").exists() and not (tmp_path / "manifests" / "cache").exists()
+
+
+def test_features_and_exported_models_score_identically(data, tmp_path):
+    "LensScorer.features (feature probe) and TorchScript/ONNX exports of a checkpoint scoring within 1e-5."
+    res = fit(data["train"], data["val"], str(tmp_path), TrainSettings(arch="small", epochs=1, batch_size=32), progress=False)
+    sc = LensScorer.from_checkpoint(res.best_checkpoint)
+    X, _ = synthetic_cutouts(40, 9, arc_amp=2.0, nan_fraction=0.1)
+    f = sc.features(X)
+    assert f.shape == (40, 64) and f.dtype == np.float32
+    with torch.no_grad():
+        head = sc.model.head(torch.from_numpy(f)).squeeze(1).numpy()
+    np.testing.assert_allclose(head, sc.predict(X), atol=1e-5)
+    # an independent path: the network's layers applied by hand to the preprocessed input
+    m = sc.model
+    with torch.no_grad():
+        ref = torch.flatten(m.pool(m.stages(m.stem(torch.from_numpy(preprocess(X)[0])))), 1).numpy()
+    np.testing.assert_allclose(f, ref, atol=1e-5)
+    ts = LensScorer.from_torchscript(export_torchscript(res.best_checkpoint, str(tmp_path / "finder.ts")))
+    assert ts.spec == sc.spec
+    np.testing.assert_allclose(ts.predict(X), sc.predict(X), atol=1e-5)
+    np.testing.assert_allclose(ts.features(X), f, atol=1e-5)
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    path = export_onnx(res.best_checkpoint, str(tmp_path / "finder.onnx"))
+    meta = {p.key: p.value for p in onnx.load(path).metadata_props}
+    assert PreprocessSpec.from_dict(json.loads(meta["stronglens.preprocessing"])) == sc.spec
+    Xp = preprocess(X, sc.spec)[0]
+    np.testing.assert_allclose(ort.InferenceSession(path).run(None, {"x": Xp})[0], sc.logits_from_input(Xp), atol=1e-5)
+
+
+def test_one_train_section(tmp_path):
+    "13.4: one hyperparameter class (TrainSection) with one set of defaults; a config's keys all reach `fit`."
+    assert not hasattr(T, "TrainSettings") and not hasattr(T, "AugmentSection")
+    assert TrainSection.from_defaults().arch == "resnet"
+    raw = {"dataset": {"parquet_path": "", "mode": "unpaired_manifest", "manifest_path": "m.parquet", "preprocessing": "raw_robust", "seed": 5},
+           "augment": {"core_dropout_prob": 0.25, "az_shuffle_prob": 0.5, "subpixel_shift_px": 0.3, "core_dropout_radius_px": 4.0},
+           "train": {"epochs": 1, "batch_size": 16, "lr": 1e-3, "weight_decay": 0.0, "num_workers": 0, "device": "cpu",
+                     "early_stopping_patience": 1, "out_dir": "o", "mixed_precision": False, "arch": "small", "drop_nan_train": False}}
+    cfg = config_from_dict(raw, schema=TrainingConfig)
+    d = PackedSplit(preprocess(synthetic_cutouts(16, 1)[0])[0], pd.DataFrame({"galaxy_id": list("abcdefghijklmnop"), "label": [0, 1] * 8,
+                                                                            "n_nan": [1] + [0] * 15}), PreprocessSpec(), "train")
+    res = fit(d, d, str(tmp_path), cfg.train, cfg.augment, aug_seed=cfg.dataset.seed, progress=False)
+    ck = load_checkpoint(res.last_checkpoint)
+    assert ck["augment"] == raw["augment"] | {"flips": True, "rot90": True}
+    assert ck["settings"]["drop_nan_train"] is False and ck["settings"]["aug_seed"] == 5 and res.summary["n_train_used"] == 16
+    for bad in ({"lr": float("nan")}, {"lr": float("inf")}, {"weight_decay": float("nan")}, {"arch": "vgg"}):
+        with pytest.raises(Exception, match="train"):
+            config_from_dict({**raw, "train": {**raw["train"], **bad}}, schema=TrainingConfig)
+
+
+def _stage_cfg(**training):
+    d = {"run": {"name": "t", "seed": 1},
+         "training": {"dataset": {"parquet_path": "", "mode": "unpaired_manifest", "manifest_path": "", "preprocessing": "raw_robust", "seed": 3},
+                      "augment": {"core_dropout_prob": 0.0, "az_shuffle_prob": 0.0},
+                      "train": {"epochs": 2, "batch_size": 32, "lr": 3e-3, "weight_decay": 1e-4, "num_workers": 0, "device": "cpu",
+                                "early_stopping_patience": 2, "out_dir": "", "mixed_precision": False, "arch": "small"}}}
+    for k, v in training.items():
+        sec, key = k.split(".")
+        d["training"][sec][key] = v
+    return config_from_dict(d)
+
+
+def _fake_upstream(run, cfg, n=120, seed=3):
+    "Sky, catalogs and cutouts stages done (under the stage protocol) with a synthetic manifest and its NPZ files."
+    from stronglens.runs import stage_run
+    src = str(run) + "-src"
+    man = write_synthetic_manifest(src, n=n, seed=seed, arc_amp=2.0)
+    with stage_run(str(run), "sky", cfg, log=lambda m: None) as st:
+        pass
+    with stage_run(str(run), "catalogs", cfg, log=lambda m: None) as st:
+        shutil.copytree(os.path.join(src, "manifests"), st.out, dirs_exist_ok=True)
+    with stage_run(str(run), "cutouts", cfg, log=lambda m: None) as st:
+        shutil.copytree(os.path.join(src, "cutouts"), st.out, dirs_exist_ok=True)
+    shutil.rmtree(src)
+    return man
+
+
+@pytest.mark.slow
+def test_train_stage_honours_config_paths_and_reads_the_runs_cutouts(tmp_path):
+    "12.9: training.dataset.manifest_path and training.train.out_dir are honoured (relative to the run); a copied run reads its own cutouts."
+    run = tmp_path / "run"
+    cfg = _stage_cfg()
+    man = _fake_upstream(run, cfg)
+    r = run_train_stage(cfg, str(run), progress=False)
+    assert r["out_dir"] == "model" and r["n_scored"] == len(man)
+    sa = pd.read_parquet(run / "model" / "scores_all.parquet")
+    assert list(sa.columns) == ["galaxy_id", "split", "label", "logit", "p_lens", "n_nan"] and len(sa) == len(man)
+    assert (run / "cache").is_dir() and not (run / "manifests" / "cache").exists()
+    assert run_train_stage(cfg, str(run), progress=False) == r                  # nothing changed: skipped
+    # another manifest (a subset, relative to the run) and another out_dir, both from the config
+    sub = man[man.index % 2 == 0]
+    sub.to_parquet(run / "manifests" / "subset.parquet")
+    cfg2 = _stage_cfg(**{"dataset.manifest_path": "manifests/subset.parquet", "train.out_dir": "finder"})
+    r2 = run_train_stage(cfg2, str(run), progress=False)
+    assert r2["out_dir"] == "finder" and r2["n_scored"] == len(sub)
+    assert set(pd.read_parquet(run / "finder" / "scores_all.parquet").galaxy_id) == set(sub.galaxy_id)
+    assert (run / "finder" / "checkpoints" / "best.pt").exists()
+    # the run folder moved elsewhere: its manifest paths are relative, so the copy reads its own cutouts
+    shutil.copytree(run, tmp_path / "copy")
+    shutil.rmtree(run / "cutouts")
+    r3 = run_train_stage(cfg2, str(tmp_path / "copy"), progress=False)
+    assert r3["n_scored"] == len(sub)
 
 
 def test_amp_and_channels_last_code_paths_on_cpu(tmp_path):
