@@ -5,10 +5,12 @@
 # %% ../nbs/06b_cutoutsource.ipynb 2
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import hashlib
 import http.client
 import io
+import json
 import os
 import socket
 import threading
@@ -17,32 +19,50 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
-import multiprocessing as mp
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .config import atomic_write_parquet, get_fs, is_local, url_join
-from .cutouts import (BANDS, CUTOUT_SHAPE, META_FIELDS, PIXSCALE_ARCSEC, CutoutError, cutout_filename,
-                                read_cutout, validate_cutout, write_cutout)
+from .config import (atomic_write_json, atomic_write_parquet, exists, get_fs, is_local, read_bytes,
+                               read_parquet, relative_path, resolve_path, url_join)
+from .cutouts import (BANDS, CUTOUT_SHAPE, FAILURE_COLUMNS, META_FIELDS, MIN_NPZ_BYTES, PIXSCALE_ARCSEC,
+                                CutoutError, cutout_filename, cutout_pool, read_cutout, validate_cutout, write_cutout)
 
 # %% auto 0
-__all__ = ['DEFAULT_BASE_URL', 'MOCK_TIMESTAMP', 'FAILURE_COLUMNS', 'CutoutsConfig', 'utc_now_iso', 'CutoutResult',
+__all__ = ['DEFAULT_BASE_URL', 'MOCK_TIMESTAMP', 'FAILURES_FILE', 'SOURCE_STAMP', 'utc_now_iso', 'CutoutsConfig', 'CutoutResult',
            'CutoutSource', 'CutoutFetchError', 'parse_cutout_fits', 'cube_to_fits_bytes', 'RateLimiter',
-           'retry_after_seconds', 'LegacySurveyCutoutService', 'object_seed', 'MockSkySource', 'source_from_config',
-           'destinations', 'process_batch', 'prepare_targets', 'remove_stale_temp_files', 'finalize_failures',
-           'generate_cutouts']
+           'retry_after_seconds', 'RetryPolicy', 'retrying', 'http_get', 'LegacySurveyCutoutService', 'object_seed',
+           'open_mock_sky', 'sky_config_hash', 'results_from_render', 'MockSkySource', 'source_from_config',
+           'destinations', 'outside_prefix', 'prepare_targets', 'process_batch', 'read_source_stamp', 'clear_cutouts',
+           'claim_out_prefix', 'remove_stale_temp_files', 'existing_cutouts', 'plan_cutouts', 'run_batches',
+           'finalize_failures', 'generate_cutouts', 'cutouts_config', 'load_cutout_targets', 'failure_summary',
+           'run_cutouts_stage']
 
 # %% ../nbs/06b_cutoutsource.ipynb 5
 DEFAULT_BASE_URL = "https://www.legacysurvey.org/viewer/fits-cutout"
 MOCK_TIMESTAMP = "2026-01-01T00:00:00+00:00"   # fixed 'download' time of mock cutouts (deterministic bytes)
 
+# %% ../nbs/06b_cutoutsource.ipynb 6
+def _parse_iso_utc(s: str):
+    "The `datetime` of an ISO 8601 time with a zero UTC offset, else None."
+    try:
+        t = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t if t.utcoffset() is not None and t.utcoffset().total_seconds() == 0 else None
+
+# %% ../nbs/06b_cutoutsource.ipynb 7
+def utc_now_iso() -> str:
+    "Current time, ISO 8601 UTC with seconds (`2026-02-09T12:00:00+00:00`)."
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+# %% ../nbs/06b_cutoutsource.ipynb 9
 @dataclass
 class CutoutsConfig:
     source: Literal["mock", "legacysurvey"] = "mock"   # where pixels come from
@@ -59,7 +79,7 @@ class CutoutsConfig:
     backoff_max_s: float = 60.0                         # cap on one backoff (and on an honoured Retry-After)
     n_workers: int = 2                                  # processes for local generation
     batch_size: int = 96                                # targets per work unit (process-pool task / Spark chunk; the mock renders a batch at once)
-    out_prefix: str = ""                                # "" -> <run_dir>/cutouts
+    out_prefix: str = ""                                # where the NPZs go: "" -> <run_dir>/cutouts; relative -> under the run folder
     seed: int = 0                                       # mock noise seed (combined with galaxy_id) and HTTP jitter
     engine: Literal["local", "spark"] = "local"         # generation engine for the pipeline stage
     spark_partitions: int = 4                           # Spark partitions of target rows
@@ -83,48 +103,44 @@ class CutoutsConfig:
         if self.mock_timestamp and _parse_iso_utc(self.mock_timestamp) is None:
             raise ValueError(f"cutouts.mock_timestamp must be an ISO 8601 UTC time, got {self.mock_timestamp!r}")
 
-def _parse_iso_utc(s: str):
-    try:
-        t = datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return t if t.utcoffset() is not None and t.utcoffset().total_seconds() == 0 else None
-
-def utc_now_iso() -> str:
-    "Current time, ISO 8601 UTC with seconds (`2026-02-09T12:00:00+00:00`)."
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-
-# %% ../nbs/06b_cutoutsource.ipynb 8
+# %% ../nbs/06b_cutoutsource.ipynb 12
 @dataclass
 class CutoutResult:
     galaxy_id: str
     cutout: Optional[np.ndarray]        # (H, W, 3) float32 nmgy, g r z; None on failure
     meta: dict = field(default_factory=dict)   # spec §1 fields the source knows (cutout_url, download_timestamp, ...)
     reason: Optional[str] = None        # why it failed (None = ok)
-    stage: str = "fetch"
+    stage: str = "fetch"                # the step that failed: fetch | render
 
     @property
     def ok(self) -> bool: return self.reason is None and self.cutout is not None
 
+# %% ../nbs/06b_cutoutsource.ipynb 14
 class CutoutSource:
-    "Interface: `fetch(targets) -> list[CutoutResult]` in target order; `name` for logs."
+    "Interface: `fetch(targets) -> list[CutoutResult]` in target order; `name` for logs; `identity()` for stamps."
     name = "base"
     def fetch(self, targets: pd.DataFrame) -> list[CutoutResult]:
         raise NotImplementedError
+    def identity(self) -> dict:
+        "What this source's pixels and metadata depend on (JSON-able)."
+        return {"source": self.name, "class": type(self).__qualname__}
     def close(self): pass
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
+# %% ../nbs/06b_cutoutsource.ipynb 15
 def _check_targets(targets: pd.DataFrame) -> pd.DataFrame:
+    "`targets` unchanged when it has `galaxy_id`, `ra`, `dec`; else a ValueError naming the missing columns."
     missing = [c for c in ("galaxy_id", "ra", "dec") if c not in targets.columns]
     if missing:
         raise ValueError(f"targets are missing column(s) {missing}; have {list(targets.columns)}")
     return targets
 
-# %% ../nbs/06b_cutoutsource.ipynb 10
+# %% ../nbs/06b_cutoutsource.ipynb 18
 class CutoutFetchError(RuntimeError):
     "A download or a downloaded file that cannot become a cutout; the message is the recorded reason."
 
+# %% ../nbs/06b_cutoutsource.ipynb 19
 _FITS_BLOCK = 2880
 
 def _fits_header_len(data: bytes) -> int:
@@ -136,8 +152,9 @@ def _fits_header_len(data: bytes) -> int:
                 return off + _FITS_BLOCK
     raise CutoutFetchError("truncated FITS: no END card in the header")
 
-def parse_cutout_fits(data: bytes, size: int | None = None, bands: str = "grz") -> tuple[np.ndarray, dict]:
-    "FITS bytes from the cutout service -> (`(H, W, 3)` float32 array in `bands` order, header dict)."
+# %% ../nbs/06b_cutoutsource.ipynb 21
+def _fits_header(data: bytes):
+    "(astropy Header, header length in bytes) of FITS bytes; `CutoutFetchError` for anything that is not FITS."
     from astropy.io import fits
     if not data:
         raise CutoutFetchError("empty body")
@@ -148,14 +165,18 @@ def parse_cutout_fits(data: bytes, size: int | None = None, bands: str = "grz") 
         raise CutoutFetchError(f"not a FITS file: body starts with {bytes(data[:20])!r}")
     hlen = _fits_header_len(data)
     try:
-        hdr = fits.Header.fromstring(bytes(data[:hlen]))
+        return fits.Header.fromstring(bytes(data[:hlen])), hlen
     except Exception as e:
         raise CutoutFetchError(f"bad FITS header: {type(e).__name__}: {e}") from None
+
+# %% ../nbs/06b_cutoutsource.ipynb 22
+def _check_fits_layout(hdr, nbytes_have: int, hlen: int, size: int | None, bands: str) -> tuple[tuple, str]:
+    "(numpy shape, band letters of the planes) of a service cutout; `CutoutFetchError` when truncated or not (bands, size, size)."
     naxis = int(hdr.get("NAXIS", 0))
     shape = tuple(int(hdr.get(f"NAXIS{k}", 0)) for k in range(naxis, 0, -1))   # numpy order
-    nbytes = abs(int(hdr.get("BITPIX", 0))) // 8 * int(np.prod(shape)) if naxis else 0
-    if len(data) < hlen + nbytes:
-        raise CutoutFetchError(f"truncated FITS: {len(data)} bytes, header + data need {hlen + nbytes}")
+    need = hlen + (abs(int(hdr.get("BITPIX", 0))) // 8 * int(np.prod(shape)) if naxis else 0)
+    if nbytes_have < need:
+        raise CutoutFetchError(f"truncated FITS: {nbytes_have} bytes, header + data need {need}")
     if naxis != 3:
         raise CutoutFetchError(f"wrong number of axes: NAXIS={naxis}, shape {shape}, expected (bands, H, W)")
     if shape[0] != len(bands):
@@ -167,31 +188,46 @@ def parse_cutout_fits(data: bytes, size: int | None = None, bands: str = "grz") 
         raise CutoutFetchError("missing BANDS header: cannot tell which plane is which band")
     if len(file_bands) != shape[0] or sorted(file_bands) != sorted(bands):
         raise CutoutFetchError(f"BANDS={file_bands!r} does not match the requested bands {bands!r}")
+    return shape, file_bands
+
+# %% ../nbs/06b_cutoutsource.ipynb 23
+def _fits_cube(data: bytes, hdr, hlen: int, shape: tuple) -> np.ndarray:
+    "The primary data array: read in place for plain floats, through astropy for scaled integers (BSCALE/BZERO)."
+    from astropy.io import fits
     bitpix = int(hdr.get("BITPIX", 0))
     if bitpix in (-32, -64) and float(hdr.get("BSCALE", 1.0)) == 1.0 and float(hdr.get("BZERO", 0.0)) == 0.0:
-        cube = np.frombuffer(data, dtype=">f4" if bitpix == -32 else ">f8", count=int(np.prod(shape)), offset=hlen).reshape(shape)
-    else:   # scaled integers etc.: let astropy apply BSCALE/BZERO
-        try:
-            with fits.open(io.BytesIO(bytes(data)), memmap=False) as hdul:
-                cube = np.asarray(hdul[0].data)
-        except Exception as e:
-            raise CutoutFetchError(f"unreadable FITS data: {type(e).__name__}: {e}") from None
+        return np.frombuffer(data, dtype=">f4" if bitpix == -32 else ">f8", count=int(np.prod(shape)), offset=hlen).reshape(shape)
+    try:
+        with fits.open(io.BytesIO(bytes(data)), memmap=False) as hdul:
+            return np.asarray(hdul[0].data)
+    except Exception as e:
+        raise CutoutFetchError(f"unreadable FITS data: {type(e).__name__}: {e}") from None
+
+# %% ../nbs/06b_cutoutsource.ipynb 24
+def parse_cutout_fits(data: bytes,              # the response body
+                      size: int | None = None,  # expected stamp side in px (None: any)
+                      bands: str = "grz"        # band order of the returned channels
+                      ) -> tuple[np.ndarray, dict]:
+    "FITS bytes from the cutout service -> (`(H, W, 3)` float32 array in `bands` order, header dict)."
+    hdr, hlen = _fits_header(data)
+    shape, file_bands = _check_fits_layout(hdr, len(data), hlen, size, bands)
+    cube = _fits_cube(data, hdr, hlen, shape)
     order = [file_bands.index(b) for b in bands]
     arr = np.ascontiguousarray(np.transpose(cube[order], (1, 2, 0)), dtype=np.float32)
     return arr, {k: hdr[k] for k in hdr if k not in ("COMMENT", "HISTORY", "")}
 
+# %% ../nbs/06b_cutoutsource.ipynb 25
 def cube_to_fits_bytes(arr_hwc: np.ndarray, bands: str = "grz", extra_header: dict | None = None) -> bytes:
     "Inverse of `parse_cutout_fits` (used by tests and the mock service): `(H, W, n)` -> FITS bytes, `BANDS` set."
     from astropy.io import fits
-    cube = np.transpose(np.asarray(arr_hwc, dtype=np.float32), (2, 0, 1))
-    hdu = fits.PrimaryHDU(cube)
+    hdu = fits.PrimaryHDU(np.transpose(np.asarray(arr_hwc, dtype=np.float32), (2, 0, 1)))
     hdu.header["BANDS"] = bands
     for i, b in enumerate(bands): hdu.header[f"BAND{i}"] = b
     for k, v in (extra_header or {}).items(): hdu.header[k] = v
     buf = io.BytesIO(); hdu.writeto(buf)
     return buf.getvalue()
 
-# %% ../nbs/06b_cutoutsource.ipynb 17
+# %% ../nbs/06b_cutoutsource.ipynb 30
 class RateLimiter:
     "Thread-safe spacing of events to at most `rate_per_s` per second (0 = unlimited)."
     def __init__(self, rate_per_s: float):
@@ -205,6 +241,7 @@ class RateLimiter:
             self._next = t + self.interval
         if t > now: time.sleep(t - now)
 
+# %% ../nbs/06b_cutoutsource.ipynb 32
 def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
     "Seconds to wait from a `Retry-After` header (delta-seconds or HTTP date); None when absent/unparseable."
     if value is None: return None
@@ -218,7 +255,48 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     if t.tzinfo is None: t = t.replace(tzinfo=timezone.utc)
     return max(0.0, t.timestamp() - (time.time() if now is None else now))
 
+# %% ../nbs/06b_cutoutsource.ipynb 34
+@dataclass
+class RetryPolicy:
+    "How many attempts and how long to wait between them (exponential backoff with jitter; Retry-After honoured up to the cap)."
+    max_retries: int = 4           # retries after the first attempt
+    backoff_base_s: float = 1.0    # first backoff; doubles per retry
+    backoff_max_s: float = 60.0    # cap on one backoff and on an honoured Retry-After
+
+    def wait_s(self, attempt: int, u: float, retry_after_s: float | None = None) -> float:
+        "Seconds before the retry after attempt `attempt` (0-based), given a uniform draw `u` in [0, 1)."
+        w = min(self.backoff_max_s, self.backoff_base_s * 2.0 ** attempt) * (0.5 + 0.5 * u)
+        return w if retry_after_s is None else max(w, min(retry_after_s, self.backoff_max_s))
+
+# %% ../nbs/06b_cutoutsource.ipynb 36
+class _Retryable(Exception):
+    "A failed attempt worth retrying (timeouts, connection errors, 429, 5xx, truncated bodies); `wait_s` from Retry-After."
+    def __init__(self, reason: str, wait_s: float | None = None):
+        super().__init__(reason); self.reason, self.wait_s = reason, wait_s
+
+# %% ../nbs/06b_cutoutsource.ipynb 37
+def retrying(attempt: Callable[[], object],    # one try: returns the result or raises
+             policy: RetryPolicy,              # how many tries, how long between them
+             draw_u: Callable[[], float] = np.random.random,   # jitter source, uniform in [0, 1)
+             sleep: Callable[[float], None] = time.sleep
+             ) -> tuple[object | None, str | None]:
+    "`(result, None)`, or `(None, reason)` after a `CutoutFetchError` or the last `_Retryable` (`'... after n attempts'`)."
+    last = "no attempt"
+    for k in range(policy.max_retries + 1):
+        try:
+            return attempt(), None
+        except _Retryable as e:
+            last = e.reason
+            if k < policy.max_retries:
+                sleep(policy.wait_s(k, draw_u(), e.wait_s))
+        except CutoutFetchError as e:
+            return None, str(e)
+    n = policy.max_retries + 1
+    return None, f"{last} after {n} attempt{'s' if n > 1 else ''}"
+
+# %% ../nbs/06b_cutoutsource.ipynb 40
 class _SameHostRedirect(urllib.request.HTTPRedirectHandler):
+    "Follow redirects only on the configured scheme and host."
     def __init__(self, scheme: str, netloc: str):
         self.scheme, self.netloc = scheme, netloc
     def redirect_request(self, req, fp, code, msg, headers, newurl):
@@ -227,125 +305,100 @@ class _SameHostRedirect(urllib.request.HTTPRedirectHandler):
             raise CutoutFetchError(f"redirect to another host refused: {u.scheme}://{u.netloc}")
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
-class _Retryable(Exception):
-    def __init__(self, reason: str, wait_s: float | None = None):
-        super().__init__(reason); self.reason, self.wait_s = reason, wait_s
+# %% ../nbs/06b_cutoutsource.ipynb 41
+def _classify(e: BaseException) -> Exception:
+    "An exception from `urlopen` as `_Retryable` (timeouts, connection errors, 429, 5xx, truncation) or `CutoutFetchError`."
+    if isinstance(e, urllib.error.HTTPError):
+        if e.code == 429:
+            return _Retryable("HTTP 429 (rate limited)", retry_after_seconds(e.headers.get("Retry-After")))
+        return _Retryable(f"HTTP {e.code}") if 500 <= e.code < 600 else CutoutFetchError(f"HTTP {e.code}")
+    if isinstance(e, http.client.IncompleteRead):
+        return _Retryable(f"truncated body: {len(e.partial)} bytes received, {e.expected} more expected")
+    if isinstance(e, (TimeoutError, socket.timeout)):
+        return _Retryable("timeout")
+    if isinstance(e, urllib.error.URLError):
+        if isinstance(e.reason, (TimeoutError, socket.timeout)): return _Retryable("timeout")
+        if isinstance(e.reason, CutoutFetchError): return e.reason
+        return _Retryable(f"connection error: {e.reason}")
+    if isinstance(e, CutoutFetchError):
+        return e
+    return _Retryable(f"connection error: {type(e).__name__}: {e}")
 
-# %% ../nbs/06b_cutoutsource.ipynb 18
+# %% ../nbs/06b_cutoutsource.ipynb 43
+_HEADERS = {"User-Agent": "stronglens-cutouts/1 (+https://github.com/stronglens/stronglens)",
+            "Accept": "application/fits, */*;q=0.1"}
+
+def http_get(opener, url: str, timeout_s: float) -> bytes:
+    "One GET through `opener`: the body, or raise `_Retryable` / `CutoutFetchError` (an HTML page is not a FITS file)."
+    try:
+        with opener.open(urllib.request.Request(url, headers=_HEADERS), timeout=timeout_s) as resp:
+            ctype, body = resp.headers.get("Content-Type", ""), resp.read()
+    except (OSError, http.client.HTTPException, CutoutFetchError) as e:
+        if isinstance(e, urllib.error.HTTPError):
+            try: e.close()
+            except Exception: pass
+        raise _classify(e) from None
+    if "html" in ctype.lower() and not body.startswith(b"SIMPLE"):
+        raise CutoutFetchError("not a FITS file: got an HTML page (Content-Type %s)" % ctype.split(";")[0])
+    return body
+
+# %% ../nbs/06b_cutoutsource.ipynb 45
 class LegacySurveyCutoutService(CutoutSource):
     "Cutouts from the Legacy Survey FITS cutout service (`layer`, `pixscale`, `size`, `bands` from the config)."
     name = "legacysurvey"
 
     def __init__(self, cfg: CutoutsConfig | None = None, **overrides):
-        cfg = cfg or CutoutsConfig(source="legacysurvey")
-        if overrides:
-            cfg = CutoutsConfig(**{**{f: getattr(cfg, f) for f in cfg.__dataclass_fields__}, **overrides})
+        cfg = dataclasses.replace(cfg or CutoutsConfig(source="legacysurvey"), **overrides)
         cfg.validate()
-        self.cfg = cfg
-        u = urllib.parse.urlsplit(cfg.base_url)
-        self.scheme, self.netloc = u.scheme, u.netloc
+        self.cfg, self.policy = cfg, RetryPolicy(cfg.max_retries, cfg.backoff_base_s, cfg.backoff_max_s)
         self._init_runtime()
 
     def _init_runtime(self):
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
-                                                   _SameHostRedirect(self.scheme, self.netloc))
-        self._limiter = RateLimiter(self.cfg.rate_limit_per_s)
-        self._rng_lock = threading.Lock()
+        u = urllib.parse.urlsplit(self.cfg.base_url)
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _SameHostRedirect(u.scheme, u.netloc))
+        self._limiter, self._rng_lock = RateLimiter(self.cfg.rate_limit_per_s), threading.Lock()
         self._rng = np.random.default_rng([self.cfg.seed, os.getpid()])
         self.n_requests = 0
 
-    def __getstate__(self):
-        return {"cfg": self.cfg, "scheme": self.scheme, "netloc": self.netloc}
-    def __setstate__(self, st):
-        self.__dict__.update(st); self._init_runtime()
+    def __getstate__(self): return {"cfg": self.cfg, "policy": self.policy}
+    def __setstate__(self, st): self.__dict__.update(st); self._init_runtime()
+
+    def identity(self) -> dict:
+        return {"source": self.name, **{k: getattr(self.cfg, k) for k in ("base_url", "layer", "pixscale", "size", "bands")}}
 
     def for_workers(self, n_workers: int) -> "LegacySurveyCutoutService":
         "Copy whose concurrency and rate limit are this one's divided among `n_workers` processes (same totals)."
         n = max(1, int(n_workers))
         if n == 1: return self
-        f = {k: getattr(self.cfg, k) for k in self.cfg.__dataclass_fields__}
-        f.update(concurrency=max(1, -(-self.cfg.concurrency // n)),
-                 rate_limit_per_s=self.cfg.rate_limit_per_s / n if self.cfg.rate_limit_per_s else 0.0)
-        return LegacySurveyCutoutService(CutoutsConfig(**f))
+        rate = self.cfg.rate_limit_per_s / n if self.cfg.rate_limit_per_s else 0.0
+        return LegacySurveyCutoutService(dataclasses.replace(self.cfg, concurrency=max(1, -(-self.cfg.concurrency // n)), rate_limit_per_s=rate))
 
     def url_for(self, ra_deg: float, dec_deg: float) -> str:
         "The request URL for one position (always on the configured host)."
         q = urllib.parse.urlencode(dict(ra=f"{float(ra_deg):.7f}", dec=f"{float(dec_deg):.7f}", layer=self.cfg.layer,
                                         pixscale=f"{self.cfg.pixscale:g}", size=int(self.cfg.size), bands=self.cfg.bands))
-        sep = "&" if "?" in self.cfg.base_url else "?"
-        return f"{self.cfg.base_url}{sep}{q}"
+        return f"{self.cfg.base_url}{'&' if '?' in self.cfg.base_url else '?'}{q}"
 
-    def _backoff(self, attempt: int) -> float:
-        b = min(self.cfg.backoff_max_s, self.cfg.backoff_base_s * 2.0 ** attempt)
-        with self._rng_lock:
-            return b * float(self._rng.uniform(0.5, 1.0))
+    def _draw_u(self) -> float:
+        with self._rng_lock: return float(self._rng.uniform())
 
-    def _get_once(self, url: str) -> bytes:
-        "One request; returns the body or raises _Retryable / CutoutFetchError."
-        self._limiter.wait()
-        self.n_requests += 1
-        req = urllib.request.Request(url, headers={"User-Agent": "stronglens-cutouts/1 (+https://github.com/stronglens/stronglens)",
-                                                   "Accept": "application/fits, */*;q=0.1"})
+    def _attempt(self, url: str) -> np.ndarray:
+        self._limiter.wait(); self.n_requests += 1
+        body = http_get(self._opener, url, self.cfg.timeout_s)
         try:
-            with self._opener.open(req, timeout=self.cfg.timeout_s) as resp:
-                ctype = resp.headers.get("Content-Type", "")
-                body = resp.read()
-        except urllib.error.HTTPError as e:
-            code = e.code
-            try: e.close()
-            except Exception: pass
-            if code == 429:
-                raise _Retryable("HTTP 429 (rate limited)", retry_after_seconds(e.headers.get("Retry-After")))
-            if 500 <= code < 600:
-                raise _Retryable(f"HTTP {code}")
-            raise CutoutFetchError(f"HTTP {code}") from None
-        except http.client.IncompleteRead as e:
-            raise _Retryable(f"truncated body: {len(e.partial)} bytes received, {e.expected} more expected") from None
-        except (TimeoutError, socket.timeout):
-            raise _Retryable("timeout") from None
-        except urllib.error.URLError as e:
-            if isinstance(e.reason, (TimeoutError, socket.timeout)):
-                raise _Retryable("timeout") from None
-            if isinstance(e.reason, CutoutFetchError):
-                raise e.reason from None
-            raise _Retryable(f"connection error: {e.reason}") from None
-        except CutoutFetchError:
+            return parse_cutout_fits(body, size=self.cfg.size, bands="".join(BANDS))[0]
+        except CutoutFetchError as e:
+            if str(e).startswith("truncated"): raise _Retryable(str(e)) from None
             raise
-        except (ConnectionError, http.client.HTTPException, OSError) as e:
-            raise _Retryable(f"connection error: {type(e).__name__}: {e}") from None
-        if "html" in ctype.lower() and not body.startswith(b"SIMPLE"):
-            raise CutoutFetchError("not a FITS file: got an HTML page (Content-Type %s)" % ctype.split(";")[0])
-        return body
 
     def fetch_one(self, galaxy_id: str, ra_deg: float, dec_deg: float) -> CutoutResult:
         url = self.url_for(ra_deg, dec_deg)
-        meta = {"cutout_url": url}
-        last = "no attempt"
-        for attempt in range(self.cfg.max_retries + 1):
-            try:
-                body = self._get_once(url)
-                meta["download_timestamp"] = utc_now_iso()
-                try:
-                    arr, _ = parse_cutout_fits(body, size=self.cfg.size, bands="".join(BANDS))
-                except CutoutFetchError as e:
-                    if str(e).startswith("truncated"):
-                        raise _Retryable(str(e)) from None
-                    raise
-                return CutoutResult(str(galaxy_id), arr, meta)
-            except _Retryable as e:
-                last = e.reason
-                if attempt == self.cfg.max_retries:
-                    break
-                wait = self._backoff(attempt)
-                if e.wait_s is not None:
-                    wait = max(wait, min(e.wait_s, self.cfg.backoff_max_s))
-                time.sleep(wait)
-            except CutoutFetchError as e:
-                return CutoutResult(str(galaxy_id), None, meta, str(e))
-            except Exception as e:   # never let one target kill the batch
-                return CutoutResult(str(galaxy_id), None, meta, f"unexpected {type(e).__name__}: {e}")
-        n = self.cfg.max_retries + 1
-        return CutoutResult(str(galaxy_id), None, meta, f"{last} after {n} attempt{'s' if n > 1 else ''}")
+        try:
+            arr, reason = retrying(lambda: self._attempt(url), self.policy, self._draw_u)
+        except Exception as e:   # never let one target kill the batch
+            arr, reason = None, f"unexpected {type(e).__name__}: {e}"
+        meta = {"cutout_url": url, **({"download_timestamp": utc_now_iso()} if arr is not None else {})}
+        return CutoutResult(str(galaxy_id), arr, meta, reason)
 
     def fetch(self, targets: pd.DataFrame) -> list[CutoutResult]:
         t = _check_targets(targets)
@@ -355,14 +408,48 @@ class LegacySurveyCutoutService(CutoutSource):
         with ThreadPoolExecutor(max_workers=min(self.cfg.concurrency, len(rows))) as ex:
             return list(ex.map(lambda r: self.fetch_one(*r), rows))
 
-# %% ../nbs/06b_cutoutsource.ipynb 23
+# %% ../nbs/06b_cutoutsource.ipynb 48
 def object_seed(seed: int, galaxy_id) -> int:
     "Per-galaxy 32-bit seed from the run seed and the galaxy id (stable across processes and platforms)."
     return int.from_bytes(hashlib.sha256(f"{int(seed)}|{galaxy_id}".encode()).digest()[:4], "big")
 
-_MOCK_META_COLS = ("type", "nobs_z", "psfsize_z", "flux_r")
+# %% ../nbs/06b_cutoutsource.ipynb 50
 _OPEN_SKIES: dict = {}   # sky_dir -> MockSky, per process
 
+def open_mock_sky(sky_dir: str):
+    "The `MockSky` of `sky_dir`, opened once per process and shared by every batch it renders."
+    if sky_dir not in _OPEN_SKIES:
+        from stronglens.mocksky import MockSky
+        _OPEN_SKIES[sky_dir] = MockSky.open(sky_dir)
+    return _OPEN_SKIES[sky_dir]
+
+# %% ../nbs/06b_cutoutsource.ipynb 51
+def sky_config_hash(sky_dir: str) -> str:
+    "Short hash of the sky config a mock sky folder was built from (`sky_meta.json`; performance keys left out)."
+    u = url_join(sky_dir, "sky_meta.json")
+    if not exists(u): return "no sky_meta.json"
+    cfg = {k: v for k, v in (json.loads(read_bytes(u)).get("config") or {}).items() if k != "num_threads"}
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+# %% ../nbs/06b_cutoutsource.ipynb 53
+_MOCK_META_COLS = ("type", "nobs_z", "psfsize_z", "flux_r")
+
+def _known(v) -> bool: return pd.notna(v) and not (isinstance(v, str) and v == "")
+
+def results_from_render(gids: list, X, meta_df: pd.DataFrame | None, metas: list[dict], stage: str = "render") -> list[CutoutResult]:
+    "`CutoutResult`s of one `render` call: image `i` for galaxy `i`, with `metas[i]` and the renderer's catalog columns."
+    X = np.asarray(X)
+    if X.ndim != 4 or X.shape[0] != len(gids):
+        why = f"renderer returned shape {X.shape}, expected ({len(gids)}, H, W, 3)"
+        return [CutoutResult(g, None, m, why, stage) for g, m in zip(gids, metas)]
+    out = []
+    for i, (gid, meta) in enumerate(zip(gids, metas)):
+        if meta_df is not None and len(meta_df) == len(gids):
+            meta = {**meta, **{c: meta_df[c].iloc[i] for c in _MOCK_META_COLS if c in meta_df.columns and _known(meta_df[c].iloc[i])}}
+        out.append(CutoutResult(gid, np.asarray(X[i], dtype=np.float32), meta))
+    return out
+
+# %% ../nbs/06b_cutoutsource.ipynb 55
 class MockSkySource(CutoutSource):
     "Cutouts rendered from a mock sky folder (or any object with `render(ra_deg, dec_deg, seed) -> (X, meta_df)`)."
     name = "mock"
@@ -375,19 +462,18 @@ class MockSkySource(CutoutSource):
         self._renderer = renderer
         self.per_object_seed = (renderer is not None) if per_object_seed is None else bool(per_object_seed)
 
-    def __getstate__(self):
-        st = dict(self.__dict__)
-        if self.sky_dir is not None: st["_renderer"] = None     # reopen in the worker
-        return st
+    def __getstate__(self):                 # a sky folder is reopened in the worker, not pickled
+        return {**self.__dict__, "_renderer": None} if self.sky_dir is not None else dict(self.__dict__)
 
     @property
     def renderer(self):
-        if self._renderer is None:          # one open sky per process, shared by every batch it renders
-            if self.sky_dir not in _OPEN_SKIES:
-                from stronglens.mocksky import MockSky
-                _OPEN_SKIES[self.sky_dir] = MockSky.open(self.sky_dir)
-            self._renderer = _OPEN_SKIES[self.sky_dir]
+        if self._renderer is None: self._renderer = open_mock_sky(self.sky_dir)
         return self._renderer
+
+    def identity(self) -> dict:
+        sky = sky_config_hash(self.sky_dir) if self.sky_dir else type(self._renderer).__qualname__
+        return {"source": self.name, "seed": self.seed, "timestamp": self.timestamp, "size": self.size,
+                "per_object_seed": self.per_object_seed, "sky": sky}
 
     def _seed(self, galaxy_id) -> int:
         return object_seed(self.seed, galaxy_id) if self.per_object_seed else self.seed
@@ -396,42 +482,29 @@ class MockSkySource(CutoutSource):
         return (f"mock://sky?ra={float(ra_deg):.7f}&dec={float(dec_deg):.7f}&size={self.size}"
                 f"&pixscale={PIXSCALE_ARCSEC:g}&bands=grz&seed={self._seed(galaxy_id)}")
 
-    def _results(self, gids, ra, dec, X, mdf) -> list[CutoutResult]:
-        X = np.asarray(X)
-        out = []
-        for i, gid in enumerate(gids):
-            meta = {"cutout_url": self.url_for(ra[i], dec[i], gid), "download_timestamp": self.timestamp}
-            if X.ndim != 4 or X.shape[0] != len(gids):
-                out.append(CutoutResult(gid, None, meta, f"renderer returned shape {X.shape}, expected ({len(gids)}, H, W, 3)", "render"))
-                continue
-            if mdf is not None and len(mdf) == len(gids):
-                for c in _MOCK_META_COLS:
-                    if c in mdf.columns and pd.notna(mdf[c].iloc[i]) and not (isinstance(mdf[c].iloc[i], str) and mdf[c].iloc[i] == ""):
-                        meta[c] = mdf[c].iloc[i]
-            out.append(CutoutResult(gid, np.asarray(X[i], dtype=np.float32), meta))
-        return out
+    def _metas(self, gids, ra, dec) -> list[dict]:
+        return [{"cutout_url": self.url_for(r, d, g), "download_timestamp": self.timestamp} for g, r, d in zip(gids, ra, dec)]
 
     def fetch_one(self, galaxy_id, ra_deg: float, dec_deg: float) -> CutoutResult:
-        gid = str(galaxy_id)
+        gid, metas = str(galaxy_id), self._metas([str(galaxy_id)], [ra_deg], [dec_deg])
         try:
             X, mdf = self.renderer.render(np.array([ra_deg], np.float64), np.array([dec_deg], np.float64), seed=self._seed(gid))
-            return self._results([gid], [ra_deg], [dec_deg], X, mdf)[0]
+            return results_from_render([gid], X, mdf, metas)[0]
         except Exception as e:
-            meta = {"cutout_url": self.url_for(ra_deg, dec_deg, gid), "download_timestamp": self.timestamp}
-            return CutoutResult(gid, None, meta, f"render failed: {type(e).__name__}: {e}", "render")
+            return CutoutResult(gid, None, metas[0], f"render failed: {type(e).__name__}: {e}", "render")
 
     def fetch(self, targets: pd.DataFrame) -> list[CutoutResult]:
         t = _check_targets(targets)
-        gids = t["galaxy_id"].astype(str).tolist()
-        ra, dec = t["ra"].to_numpy(np.float64), t["dec"].to_numpy(np.float64)
+        gids, ra, dec = t["galaxy_id"].astype(str).tolist(), t["ra"].to_numpy(np.float64), t["dec"].to_numpy(np.float64)
         if not self.per_object_seed and len(gids) > 1:
             try:
                 X, mdf = self.renderer.render(ra, dec, seed=self.seed)
-                return self._results(gids, ra, dec, X, mdf)
+                return results_from_render(gids, X, mdf, self._metas(gids, ra, dec))
             except Exception:
                 pass                      # isolate the bad target(s) below
         return [self.fetch_one(g, r, d) for g, r, d in zip(gids, ra, dec)]
 
+# %% ../nbs/06b_cutoutsource.ipynb 58
 def source_from_config(cfg: CutoutsConfig, run_dir: str | None = None, sky_dir: str | None = None) -> CutoutSource:
     "Build the configured source (`mock` -> `MockSkySource(<run_dir>/sky)`, `legacysurvey` -> HTTP client)."
     if cfg.source == "mock":
@@ -440,18 +513,11 @@ def source_from_config(cfg: CutoutsConfig, run_dir: str | None = None, sky_dir: 
         return MockSkySource(sky, seed=cfg.seed, timestamp=cfg.mock_timestamp, size=cfg.size)
     return LegacySurveyCutoutService(cfg)
 
-# %% ../nbs/06b_cutoutsource.ipynb 27
-FAILURE_COLUMNS = ["galaxy_id", "stage", "reason"]
-_META_FROM_TARGETS = ("type", "nobs_z", "psfsize_z", "flux_r")
+# %% ../nbs/06b_cutoutsource.ipynb 61
+FAILURES_FILE = "failed_cutouts.parquet"   # the failures table, in the output (or stage) folder
+SOURCE_STAMP = "_source.json"              # the identity of the source that made the cutouts of a folder
 
-def _clean_meta_value(v):
-    if v is None: return None
-    try:
-        if pd.isna(v): return None
-    except (TypeError, ValueError):
-        pass
-    return v.item() if isinstance(v, np.generic) else v
-
+# %% ../nbs/06b_cutoutsource.ipynb 62
 def destinations(targets: pd.DataFrame, out_prefix: str) -> pd.Series:
     "Destination URL per target: `s3_path` when given, else `<out_prefix>/<cutout_filename(galaxy_id)>`."
     base = targets["galaxy_id"].map(lambda g: url_join(out_prefix, cutout_filename(g)))
@@ -460,130 +526,328 @@ def destinations(targets: pd.DataFrame, out_prefix: str) -> pd.Series:
         base = given.fillna(base)
     return base.astype(str)
 
-def process_batch(source: CutoutSource, batch: pd.DataFrame) -> pd.DataFrame:
-    "Fetch, validate and write one batch (rows need galaxy_id, ra, dec, dest); returns its failures."
-    fails = []
-    results = source.fetch(batch)
-    for row, res in zip(batch.itertuples(index=False), results):
-        gid = str(row.galaxy_id)
-        if not res.ok:
-            fails.append((gid, res.stage or "fetch", res.reason or "no cutout")); continue
-        problems = validate_cutout(res.cutout)
-        if problems:
-            fails.append((gid, "validate", "; ".join(problems))); continue
-        meta = {k: v for k, v in res.meta.items() if k in META_FIELDS}
-        meta.update(galaxy_id=gid, ra=float(row.ra), dec=float(row.dec))
-        for c in _META_FROM_TARGETS:
-            v = _clean_meta_value(getattr(row, c, None))
-            if v is not None: meta[c] = v
-        try:
-            write_cutout(row.dest, res.cutout, meta)
-        except Exception as e:
-            fails.append((gid, "write", f"{type(e).__name__}: {e}"))
-    return pd.DataFrame(fails, columns=FAILURE_COLUMNS)
+# %% ../nbs/06b_cutoutsource.ipynb 64
+def outside_prefix(urls: pd.Series, prefix: str) -> np.ndarray:
+    "Bool mask: URL does not lie inside folder `prefix` (local paths compared after normalisation, `..` resolved)."
+    if is_local(prefix):
+        p = os.path.normpath(os.path.abspath(str(prefix).removeprefix("file://"))).rstrip(os.sep) + os.sep
+        norm = urls.map(lambda u: os.path.normpath(os.path.abspath(str(u).removeprefix("file://"))) if is_local(u) else "")
+    else:
+        p = str(prefix).rstrip("/") + "/"
+        norm = urls.map(lambda u: "" if "/../" in f"{u}/" or "/./" in f"{u}/" else str(u))
+    return ~norm.map(lambda u: u.startswith(p)).to_numpy(bool)
 
-def _existing_valid(dests: pd.Series, gids: pd.Series) -> np.ndarray:
-    "Bool mask: destination exists and holds a valid cutout of that galaxy (one listing per folder)."
-    keep = np.zeros(len(dests), bool)
-    parents = dests.map(lambda u: u.rsplit("/", 1)[0] if "/" in u else ".")
-    listed: dict[str, set] = {}
-    for p in parents.unique():
-        fs, path = get_fs(p)
-        try:
-            fs.invalidate_cache(path)                  # s3fs caches listings; we need the current state
-            listed[p] = {str(x).rstrip("/").rsplit("/", 1)[-1] for x in fs.ls(path, detail=False)}
-        except (FileNotFoundError, NotADirectoryError):
-            listed[p] = set()
-    for i, (u, p, g) in enumerate(zip(dests, parents, gids)):
-        if u.rsplit("/", 1)[-1] not in listed[p]: continue
-        try:
-            _, m = read_cutout(u)
-            keep[i] = m.get("galaxy_id") == str(g)
-        except (CutoutError, OSError):
-            keep[i] = False
-    return keep
-
+# %% ../nbs/06b_cutoutsource.ipynb 66
 def prepare_targets(targets_df: pd.DataFrame, out_prefix: str) -> pd.DataFrame:
-    "Checked copy of the targets with a `dest` column; duplicate galaxy ids are an error."
+    "Checked copy of the targets with a `dest` column: duplicate ids, bad coordinates and destinations outside `out_prefix` are errors."
     t = _check_targets(targets_df).copy()
     t["galaxy_id"] = t["galaxy_id"].astype(str)
     dup = t["galaxy_id"][t["galaxy_id"].duplicated()]
     if len(dup):
         raise ValueError(f"duplicate galaxy_id in targets: {dup.unique()[:5].tolist()} ({dup.nunique()} ids)")
-    bad = ~(np.isfinite(t["ra"].astype(float)) & np.isfinite(t["dec"].astype(float)) & (t["dec"].astype(float).abs() <= 90))
+    ra, dec = t["ra"].astype(float), t["dec"].astype(float)
+    bad = ~(np.isfinite(ra) & np.isfinite(dec) & (dec.abs() <= 90))
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise ValueError(f"invalid ra/dec for galaxy_id {t['galaxy_id'].iloc[i]!r} (row {i}): "
-                         f"ra={t['ra'].iloc[i]}, dec={t['dec'].iloc[i]}")
+        raise ValueError(f"invalid ra/dec for galaxy_id {t['galaxy_id'].iloc[i]!r} (row {i}): ra={t['ra'].iloc[i]}, dec={t['dec'].iloc[i]}")
     t["dest"] = destinations(t, out_prefix)
+    if (out := outside_prefix(t["dest"], out_prefix)).any():
+        i = int(np.flatnonzero(out)[0])
+        raise ValueError(f"destination of galaxy_id {t['galaxy_id'].iloc[i]!r} (row {i}), {t['dest'].iloc[i]!r}, is outside the "
+                         f"cutout prefix {out_prefix!r} ({int(out.sum())} such rows): every cutout must be written under it")
     return t.reset_index(drop=True)
 
-def remove_stale_temp_files(out_prefix: str, older_than_s: float = 3600.0) -> int:
-    "Delete `.tmp-*.npz.*` files left in a local `out_prefix` by killed writers (older than `older_than_s`)."
-    if not is_local(out_prefix): return 0          # object stores have no partial objects
-    d = str(out_prefix).removeprefix("file://")
-    if not os.path.isdir(d): return 0
-    n, now = 0, time.time()
-    for name in os.listdir(d):
-        if name.startswith(".tmp-") and ".npz." in name:
-            p = os.path.join(d, name)
-            try:
-                if now - os.path.getmtime(p) > older_than_s:
-                    os.unlink(p); n += 1
-            except FileNotFoundError:
-                pass
+# %% ../nbs/06b_cutoutsource.ipynb 69
+_META_FROM_TARGETS = ("type", "nobs_z", "psfsize_z", "flux_r")
+
+def _clean_meta_value(v):
+    "A target-table value as a plain Python value, None when missing."
+    if v is None: return None
+    try:
+        if pd.isna(v): return None
+    except (TypeError, ValueError):
+        pass
+    return v.item() if isinstance(v, np.generic) else v
+
+def _cutout_meta(row, res: CutoutResult) -> dict:
+    "Spec §1 metadata of one cutout: the source's fields, then galaxy_id, ra, dec and the catalog columns of the target row."
+    meta = {k: v for k, v in res.meta.items() if k in META_FIELDS}
+    meta.update(galaxy_id=str(row.galaxy_id), ra=float(row.ra), dec=float(row.dec))
+    for c in _META_FROM_TARGETS:
+        if (v := _clean_meta_value(getattr(row, c, None))) is not None: meta[c] = v
+    return meta
+
+# %% ../nbs/06b_cutoutsource.ipynb 71
+def process_batch(source: CutoutSource, batch: pd.DataFrame) -> pd.DataFrame:
+    "Fetch, validate and write one batch (rows need galaxy_id, ra, dec, dest); returns its failures (`FAILURE_COLUMNS`)."
+    fails = []
+    for row, res in zip(batch.itertuples(index=False), source.fetch(batch)):
+        gid, dest = str(row.galaxy_id), str(row.dest)
+        if not res.ok:
+            fails.append((gid, dest, res.stage or "fetch", res.reason or "no cutout")); continue
+        if problems := validate_cutout(res.cutout):
+            fails.append((gid, dest, "validate", "; ".join(problems))); continue
+        try:
+            write_cutout(dest, res.cutout, _cutout_meta(row, res))
+        except Exception as e:
+            fails.append((gid, dest, "write", f"{type(e).__name__}: {e}"))
+    return pd.DataFrame(fails, columns=FAILURE_COLUMNS)
+
+# %% ../nbs/06b_cutoutsource.ipynb 73
+def _listing(folder: str) -> dict[str, int]:
+    "{file name: size in bytes} of the files directly in `folder` (one listing; empty when the folder does not exist)."
+    if is_local(folder):
+        try:
+            with os.scandir(str(folder).removeprefix("file://")) as it:
+                return {e.name: e.stat().st_size for e in it if e.is_file()}
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+    fs, path = get_fs(folder)
+    try:
+        fs.invalidate_cache(path)                  # s3fs caches listings; we need the current state
+        found = fs.ls(path, detail=True)
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    return {str(i["name"]).rstrip("/").rsplit("/", 1)[-1]: int(i.get("size") or 0) for i in found if i.get("type") != "directory"}
+
+# %% ../nbs/06b_cutoutsource.ipynb 75
+def read_source_stamp(out_prefix: str) -> dict | None:
+    "The source identity recorded in `out_prefix` (None when there is no stamp)."
+    u = url_join(out_prefix, SOURCE_STAMP)
+    if not exists(u): return None
+    try: return json.loads(read_bytes(u))
+    except ValueError: return {"unreadable stamp": True}
+
+# %% ../nbs/06b_cutoutsource.ipynb 76
+def clear_cutouts(out_prefix: str) -> int:
+    "Delete every `.npz` under `out_prefix` (any depth), its failures table and its stamp; returns the NPZs removed."
+    fs, path = get_fs(out_prefix)
+    try:
+        found = [p for p in fs.find(path) if str(p).endswith(".npz")]
+    except FileNotFoundError:
+        return 0
+    for name in (FAILURES_FILE, SOURCE_STAMP):
+        if fs.exists(f"{path.rstrip('/')}/{name}"): fs.rm(f"{path.rstrip('/')}/{name}")
+    if found: fs.rm(found)
+    return len(found)
+
+# %% ../nbs/06b_cutoutsource.ipynb 77
+def _jsonable(d: dict) -> dict:
+    "`d` as it reads back from JSON (tuples -> lists, numpy scalars -> numbers)."
+    return json.loads(json.dumps(d, sort_keys=True, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
+
+def claim_out_prefix(out_prefix: str, identity: dict, log: Callable[[str], None] | None = None) -> int:
+    "Make `out_prefix` hold only cutouts of source `identity`: clear another identity's (or unstamped) cutouts, then stamp it."
+    identity, old = _jsonable(identity), read_source_stamp(out_prefix)
+    if old == identity: return 0
+    n = clear_cutouts(out_prefix)
+    if n:
+        why = "no source stamp" if old is None else "made by another source: " + ", ".join(
+            f"{k} {old.get(k)!r} -> {identity.get(k)!r}" for k in sorted(set(old) | set(identity)) if old.get(k) != identity.get(k))
+        (log or (lambda m: warnings.warn(m, stacklevel=3)))(f"{out_prefix}: removed {n} cutouts ({why}); they will be regenerated")
+    atomic_write_json(url_join(out_prefix, SOURCE_STAMP), identity)
     return n
 
-def _pool_init(threads: int):
+# %% ../nbs/06b_cutoutsource.ipynb 79
+def remove_stale_temp_files(out_prefix: str, older_than_s: float = 3600.0) -> int:
+    "Delete `.tmp-*` files left in a local `out_prefix` by killed writers (older than `older_than_s`; 0: all)."
+    if not is_local(out_prefix): return 0          # object stores have no partial objects
+    d, n, now = str(out_prefix).removeprefix("file://"), 0, time.time()
+    for name in [k for k in _listing(d) if k.startswith(".tmp-")]:
+        p = os.path.join(d, name)
+        try:
+            if now - os.path.getmtime(p) >= older_than_s:
+                os.unlink(p); n += 1
+        except FileNotFoundError:
+            pass
+    return n
+
+# %% ../nbs/06b_cutoutsource.ipynb 82
+def _verified(dests: pd.Series, gids, mask: np.ndarray, n_threads: int = 4) -> np.ndarray:
+    "Of the `mask`ed destinations, those that read back as valid cutouts of their galaxy (decompresses every file)."
+    def ok(i):
+        try: _, m = read_cutout(dests.iloc[i])
+        except (CutoutError, OSError): return False
+        return gids is None or m.get("galaxy_id") == str(gids[i])
+    out = np.zeros(len(dests), bool)
+    idx = np.flatnonzero(mask)
+    with ThreadPoolExecutor(n_threads) as ex:
+        out[idx] = list(ex.map(ok, idx))
+    return out
+
+# %% ../nbs/06b_cutoutsource.ipynb 83
+def existing_cutouts(dests,                     # destination URLs
+                     gids=None,                 # their galaxy ids (checked when `verify`)
+                     verify: bool = False       # also decompress and validate each file (slow)
+                     ) -> np.ndarray:
+    "Bool mask: the destination holds a finished cutout (exists and has at least `MIN_NPZ_BYTES`; `verify`: reads back valid)."
+    dests = pd.Series(list(dests), dtype=object).astype(str)
+    parents = dests.map(lambda u: u.rsplit("/", 1)[0] if "/" in u else ".")
+    sizes = {p: _listing(p) for p in parents.unique()}
+    keep = np.array([sizes[p].get(u.rsplit("/", 1)[-1], 0) >= MIN_NPZ_BYTES for u, p in zip(dests, parents)], bool)
+    if verify and keep.any():
+        keep &= _verified(dests, None if gids is None else list(gids), keep)
+    return keep
+
+# %% ../nbs/06b_cutoutsource.ipynb 85
+def plan_cutouts(targets_df: pd.DataFrame, source: CutoutSource, out_prefix: str, resume: bool = True,
+                 verify_existing: bool = False, tmp_max_age_s: float = 3600.0) -> tuple[pd.DataFrame, np.ndarray]:
+    "Checked targets (with `dest`) and the mask of those already done, after claiming `out_prefix` and removing stale temp files."
+    out_prefix = str(out_prefix)
+    t = prepare_targets(targets_df, out_prefix)
+    claim_out_prefix(out_prefix, source.identity())
+    remove_stale_temp_files(out_prefix, tmp_max_age_s)
+    done = existing_cutouts(t["dest"], t["galaxy_id"], verify_existing) if (resume and len(t)) else np.zeros(len(t), bool)
+    return t, done
+
+# %% ../nbs/06b_cutoutsource.ipynb 87
+def _limit_threads(threads: int):
     "Pool worker start-up: share the cores among workers (a user's OMP_NUM_THREADS/MKL_NUM_THREADS wins)."
     for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(k, str(threads))
 
-def _batches(df: pd.DataFrame, batch_size: int):
-    return [df.iloc[i:i + batch_size] for i in range(0, len(df), batch_size)]
+# %% ../nbs/06b_cutoutsource.ipynb 88
+def _run_pool(source: CutoutSource, batches: list, n_workers: int, pbar) -> list[pd.DataFrame]:
+    "`process_batch` over `batches` in a pool of `n_workers` (dying with this process); serial fallback if the pool breaks."
+    src = source.for_workers(n_workers) if hasattr(source, "for_workers") else source
+    left, parts = dict(enumerate(batches)), []
+    ex = cutout_pool(n_workers, _limit_threads, (max(1, (os.cpu_count() or 1) // n_workers),))
+    try:
+        futs = {ex.submit(process_batch, src, b): k for k, b in left.items()}
+        for f in as_completed(futs):
+            parts.append(f.result()); pbar.update(len(left.pop(futs[f])))
+    except BrokenProcessPool as e:     # a worker died (killed, out of memory, unspawnable __main__)
+        warnings.warn(f"process pool broke ({e}); generating the {len(left)} remaining batches in this process")
+        for b in left.values():
+            parts.append(process_batch(source, b)); pbar.update(len(b))
+    finally:                           # all work is done (or failed): let idle workers exit in the background
+        ex.shutdown(wait=False, cancel_futures=True)
+    return parts
 
-def finalize_failures(fails, t, done, todo, out_prefix, write_failures: bool, t0: float) -> pd.DataFrame:
-    "Failures in target order, written atomically to `<out_prefix>/failed_cutouts.parquet`, with run counts in `.attrs`."
+# %% ../nbs/06b_cutoutsource.ipynb 89
+def run_batches(source: CutoutSource, todo: pd.DataFrame, n_workers: int = 1, batch_size: int = 96, pbar=None) -> pd.DataFrame:
+    "`process_batch` over `todo` in batches of `batch_size`, in this process or a pool; all failures, in no set order."
+    batches = [todo.iloc[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    pbar = pbar or tqdm(disable=True)
+    if n_workers > 1 and len(batches) > 1:
+        parts = _run_pool(source, batches, n_workers, pbar)
+    else:
+        parts = []
+        for b in batches:
+            parts.append(process_batch(source, b)); pbar.update(len(b))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=FAILURE_COLUMNS)
+
+# %% ../nbs/06b_cutoutsource.ipynb 90
+def finalize_failures(fails: pd.DataFrame, t: pd.DataFrame, done: np.ndarray, n_attempted: int,
+                      failures_url: str | None, t0: float) -> pd.DataFrame:
+    "Failures in target order (written atomically to `failures_url` when given), with the run's counts in `.attrs`."
     fails = fails.astype({c: str for c in FAILURE_COLUMNS})
     order = {g: i for i, g in enumerate(t["galaxy_id"])}
-    fails = fails.sort_values("galaxy_id", key=lambda s: s.map(order)).reset_index(drop=True)
-    if write_failures:
-        atomic_write_parquet(fails, url_join(out_prefix, "failed_cutouts.parquet"))
-    fails.attrs.update(n_targets=len(t), n_skipped=int(done.sum()), n_attempted=len(todo),
-                       n_written=len(todo) - len(fails), n_failed=len(fails), elapsed_s=time.perf_counter() - t0)
+    fails = fails.sort_values("galaxy_id", key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+    if failures_url:
+        atomic_write_parquet(fails, failures_url)
+    fails.attrs.update(n_targets=len(t), n_skipped=int(np.sum(done)), n_attempted=int(n_attempted),
+                       n_written=int(n_attempted) - len(fails), n_failed=len(fails), elapsed_s=time.perf_counter() - t0)
     return fails
 
-def generate_cutouts(targets_df: pd.DataFrame, source: CutoutSource, out_prefix: str, n_workers: int = 1,
-                     batch_size: int = 96, progress: bool = True, resume: bool = True,
-                     write_failures: bool = True) -> pd.DataFrame:
-    "One spec §1 NPZ per target (resumable); returns the failures DataFrame[galaxy_id, stage, reason]."
+# %% ../nbs/06b_cutoutsource.ipynb 91
+def generate_cutouts(targets_df: pd.DataFrame,       # galaxy_id, ra, dec (deg); optional s3_path and catalog columns
+                     source: CutoutSource,           # where the pixels come from
+                     out_prefix: str,                # folder (local or URL) the NPZs are written under
+                     n_workers: int = 1,             # processes (1: this process)
+                     batch_size: int = 96,           # targets per work unit
+                     progress: bool = True,
+                     resume: bool = True,            # keep finished cutouts (False: regenerate all)
+                     write_failures: bool = True,    # write `<out_prefix>/failed_cutouts.parquet`
+                     verify_existing: bool = False,  # decompress and check existing files instead of trusting them
+                     tmp_max_age_s: float = 3600.0,  # remove temp files older than this (0: all; the stage uses 0)
+                     ) -> pd.DataFrame:
+    "One spec §1 NPZ per target (resumable); returns the failures DataFrame (`FAILURE_COLUMNS`, run counts in `.attrs`)."
     t0 = time.perf_counter()
-    out_prefix = str(out_prefix)
-    t = prepare_targets(targets_df, out_prefix)
-    remove_stale_temp_files(out_prefix)
-    done = _existing_valid(t["dest"], t["galaxy_id"]) if (resume and len(t)) else np.zeros(len(t), bool)
+    t, done = plan_cutouts(targets_df, source, out_prefix, resume, verify_existing, tmp_max_age_s)
     todo = t[~done]
-    parts: list[pd.DataFrame] = []
     with tqdm(total=len(t), initial=int(done.sum()), desc=f"cutouts ({source.name})", unit="cutout",
               disable=not progress, smoothing=0.1) as pbar:
-        batches = _batches(todo, batch_size)
-        if n_workers <= 1 or len(batches) <= 1:
-            for b in batches:
-                parts.append(process_batch(source, b)); pbar.update(len(b))
-        else:
-            src = source.for_workers(n_workers) if hasattr(source, "for_workers") else source
-            left = dict(enumerate(batches))
-            ex = ProcessPoolExecutor(max_workers=n_workers, mp_context=mp.get_context("spawn"), initializer=_pool_init,
-                                     initargs=(max(1, (os.cpu_count() or 1) // n_workers),))
-            try:
-                futs = {ex.submit(process_batch, src, b): k for k, b in left.items()}
-                for f in as_completed(futs):
-                    parts.append(f.result()); pbar.update(len(left.pop(futs[f])))
-            except BrokenProcessPool as e:     # a worker died (killed, out of memory, unspawnable __main__)
-                warnings.warn(f"process pool broke ({e}); generating the {len(left)} remaining batches in this process")
-                for b in left.values():
-                    parts.append(process_batch(source, b)); pbar.update(len(b))
-            finally:   # all work is done (or failed): let idle workers exit in the background
-                ex.shutdown(wait=False, cancel_futures=True)
-    fails = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=FAILURE_COLUMNS)
-    return finalize_failures(fails, t, done, todo, out_prefix, write_failures, t0)
+        fails = run_batches(source, todo, n_workers, batch_size, pbar)
+    return finalize_failures(fails, t, done, len(todo), url_join(out_prefix, FAILURES_FILE) if write_failures else None, t0)
+
+# %% ../nbs/06b_cutoutsource.ipynb 97
+def cutouts_config(cfg) -> CutoutsConfig:
+    "The `cutouts` section of a pipeline config (the defaults when it has none)."
+    return getattr(cfg, "cutouts", None) or CutoutsConfig()
+
+# %% ../nbs/06b_cutoutsource.ipynb 98
+_POOL_META = ["galaxy_id", "ra", "dec", "type", "nobs_z", "psfsize_z", "flux_r"]
+_MANIFEST_COLS = ["galaxy_id", "s3_path", "ra", "dec", "label", "cutout_type", "split"]
+
+def load_cutout_targets(run_dir: str) -> pd.DataFrame:
+    "Training-manifest rows (`s3_path` resolved against `run_dir`) with the spec §1 catalog columns joined from the pools."
+    mdir = url_join(run_dir, "manifests")
+    manifest = read_parquet(url_join(mdir, "training_manifest.parquet"))
+    pools = [read_parquet(u) for u in (url_join(mdir, f) for f in ("positives.parquet", "negative_pool.parquet")) if exists(u)]
+    pool = pd.concat([p[[c for c in _POOL_META if c in p.columns]] for p in pools], ignore_index=True) if pools else \
+        pd.DataFrame({"galaxy_id": pd.Series([], dtype=object)})
+    pool = pool.drop_duplicates("galaxy_id").drop(columns=[c for c in ("ra", "dec") if c in manifest.columns and c in pool.columns])
+    t = manifest[[c for c in _MANIFEST_COLS if c in manifest.columns]].merge(pool, on="galaxy_id", how="left")
+    if "s3_path" in t.columns:
+        t["s3_path"] = [resolve_path(run_dir, p) if isinstance(p, str) and p else p for p in t["s3_path"]]
+    return t
+
+# %% ../nbs/06b_cutoutsource.ipynb 99
+def failure_summary(fails: pd.DataFrame, n_total: int, max_lines: int = 8) -> str:
+    "A few lines for a screen: how many targets failed, grouped by step and reason (reasons cut at 70 characters)."
+    if not len(fails): return f"0 of {n_total} cutouts failed"
+    g = fails.groupby(["stage", fails["reason"].astype(str).str.slice(0, 70)]).size().sort_values(ascending=False, kind="stable")
+    lines = [f"{len(fails)} of {n_total} cutouts failed:"] + [f"  {n:7d}  {s:8s}  {r}" for (s, r), n in g.head(max_lines).items()]
+    if len(g) > max_lines: lines.append(f"  ... and {len(g) - max_lines} other reasons (see the failures table)")
+    return "\n".join(lines)
+
+# %% ../nbs/06b_cutoutsource.ipynb 101
+def _generate(targets: pd.DataFrame, ccfg: CutoutsConfig, run_dir: str, out_prefix: str, progress: bool, verify_existing: bool):
+    "The configured engine (local process pool or Spark) over the targets; every stale temp file removed first."
+    source = source_from_config(ccfg, run_dir=run_dir)
+    kw = dict(batch_size=ccfg.batch_size, write_failures=False, verify_existing=verify_existing, tmp_max_age_s=0.0)
+    if ccfg.engine == "spark":
+        from stronglens.spark_cutouts import generate_cutouts_spark
+        return generate_cutouts_spark(targets, source, out_prefix, n_partitions=ccfg.spark_partitions, **kw)
+    return generate_cutouts(targets, source, out_prefix, n_workers=ccfg.n_workers, progress=progress, **kw)
+
+# %% ../nbs/06b_cutoutsource.ipynb 102
+def _stage_report(fails: pd.DataFrame, ccfg: CutoutsConfig, out_prefix: str, rel: Callable) -> dict:
+    "The counts a cutout run reports (`cutouts_report.json`, the done marker's result)."
+    a = fails.attrs
+    return {"n_targets": a["n_targets"], "n_skipped_existing": a["n_skipped"], "n_attempted": a["n_attempted"],
+            "n_written": a["n_written"], "n_failed": a["n_failed"], "elapsed_s": round(a["elapsed_s"], 2),
+            "cutouts_per_s": round(a["n_attempted"] / a["elapsed_s"], 1) if a["elapsed_s"] > 0 else None,
+            "source": ccfg.source, "engine": ccfg.engine, "out_prefix": rel(out_prefix),
+            "failures_by_stage": {str(k): int(v) for k, v in fails["stage"].value_counts().items()}}
+
+# %% ../nbs/06b_cutoutsource.ipynb 103
+def _record_failures(st, fails: pd.DataFrame, n_total: int):
+    "Hand the failures to the protocol: past `run.max_failure_frac` a `StageError` with the summary by reason."
+    from stronglens.runs import StageError
+    try:
+        st.failures(len(fails), n_total, what="cutouts", table=st.path(FAILURES_FILE))
+    except StageError as e:
+        raise StageError(f"{e.message}\n{failure_summary(fails, n_total)}", e.stage) from None
+    if len(fails): st.log(failure_summary(fails, n_total))
+
+# %% ../nbs/06b_cutoutsource.ipynb 104
+def run_cutouts_stage(cfg,                              # pipeline config (its `cutouts` and `run` sections)
+                      run_dir: str,                     # run folder (local path or URL)
+                      progress: bool = True,
+                      verify_existing: bool = False     # decompress and check the cutouts kept from an earlier run
+                      ) -> dict:
+    "Pipeline stage `cutouts`: one spec §1 NPZ per training-manifest row, under the stage protocol; returns the report."
+    from stronglens.runs import stage_run
+    with stage_run(run_dir, "cutouts", cfg) as st:
+        if st.skip: return st.result
+        ccfg = cutouts_config(cfg)
+        out_prefix = resolve_path(st.run_dir, ccfg.out_prefix) if ccfg.out_prefix else st.out
+        targets = load_cutout_targets(st.run_dir)
+        fails = _generate(targets, ccfg, st.run_dir, out_prefix, progress, verify_existing)
+        atomic_write_parquet(fails.assign(path=fails["path"].map(st.rel)), st.path(FAILURES_FILE))
+        st.result.update(_stage_report(fails, ccfg, out_prefix, st.rel))
+        atomic_write_json(st.path("cutouts_report.json"), {**st.result, "provenance": st.provenance()})
+        _record_failures(st, fails, len(targets))
+    return st.result

@@ -12,17 +12,19 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from .config import atomic_write_parquet, url_join
-from .cutoutsource import (FAILURE_COLUMNS, finalize_failures, CutoutSource, _existing_valid, prepare_targets, process_batch)
+from .config import url_join
+from .cutoutsource import (FAILURE_COLUMNS, FAILURES_FILE, CutoutSource, finalize_failures, plan_cutouts,
+                                     process_batch)
 
 # %% auto 0
 __all__ = ['generate_cutouts_spark']
 
 # %% ../nbs/17b_spark_cutouts.ipynb 5
-_FAIL_SCHEMA = "galaxy_id string, stage string, reason string"
+_FAIL_SCHEMA = ", ".join(f"{c} string" for c in FAILURE_COLUMNS)
 _PASS_COLS = ("type", "nobs_z", "psfsize_z", "flux_r")
 
 def _partition_fn(source: CutoutSource, batch_size: int):
+    "The `mapInPandas` function: `process_batch` over chunks of each partition, yielding the failures."
     def run(it: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         for pdf in it:
             for i in range(0, len(pdf), batch_size):
@@ -31,30 +33,46 @@ def _partition_fn(source: CutoutSource, batch_size: int):
                     yield f.astype(str)
     return run
 
-def generate_cutouts_spark(targets_df: pd.DataFrame, source: CutoutSource, out_prefix: str, spark=None,
-                           n_partitions: int = 4, batch_size: int = 96, resume: bool = True,
-                           write_failures: bool = True) -> pd.DataFrame:
-    "Spark version of `cutoutsource.generate_cutouts`: same files, same failures DataFrame[galaxy_id, stage, reason]."
-    t0 = time.perf_counter()
-    if spark is None:
-        from stronglens.spark import spark_session
-        spark = spark_session()
-    out_prefix = str(out_prefix)
-    t = prepare_targets(targets_df, out_prefix)
-    done = _existing_valid(t["dest"], t["galaxy_id"]) if (resume and len(t)) else np.zeros(len(t), bool)
-    todo = t.loc[~done, ["galaxy_id", "ra", "dec", "dest"] + [c for c in _PASS_COLS if c in t.columns]].copy()
+# %% ../nbs/17b_spark_cutouts.ipynb 7
+def _spark_rows(t: pd.DataFrame) -> pd.DataFrame:
+    "The columns the executors need, in types Spark carries (nullable catalog columns as float/None)."
+    todo = t[["galaxy_id", "ra", "dec", "dest"] + [c for c in _PASS_COLS if c in t.columns]].copy()
     todo["ra"], todo["dec"] = todo["ra"].astype(np.float64), todo["dec"].astype(np.float64)
     for c in ("psfsize_z", "flux_r", "nobs_z"):
         if c in todo.columns: todo[c] = todo[c].astype(np.float64)     # nullable -> NaN, restored by write_cutout
     if "type" in todo.columns: todo["type"] = todo["type"].astype(object).where(todo["type"].notna(), None)
-    if len(todo):
-        if hasattr(source, "for_workers"):          # share the HTTP budget among concurrently running tasks
-            source = source.for_workers(min(int(n_partitions), int(spark.sparkContext.defaultParallelism)))
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*does not yet fully support pandas", category=FutureWarning)
-            sdf = spark.createDataFrame(todo).repartition(max(1, min(int(n_partitions), len(todo))))
-            rows = sdf.mapInPandas(_partition_fn(source, int(batch_size)), schema=_FAIL_SCHEMA).collect()
-        fails = pd.DataFrame([r.asDict() for r in rows], columns=FAILURE_COLUMNS)
-    else:
-        fails = pd.DataFrame(columns=FAILURE_COLUMNS)
-    return finalize_failures(fails, t, done, todo, out_prefix, write_failures, t0)
+    return todo
+
+# %% ../nbs/17b_spark_cutouts.ipynb 10
+def _run_on_spark(spark, todo: pd.DataFrame, source: CutoutSource, n_partitions: int, batch_size: int) -> pd.DataFrame:
+    "Ship `todo` to the executors and collect the failures (`FAILURE_COLUMNS`)."
+    if not len(todo): return pd.DataFrame(columns=FAILURE_COLUMNS)
+    if hasattr(source, "for_workers"):          # share the HTTP budget among concurrently running tasks
+        source = source.for_workers(min(int(n_partitions), int(spark.sparkContext.defaultParallelism)))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not yet fully support pandas", category=FutureWarning)
+        sdf = spark.createDataFrame(_spark_rows(todo)).repartition(max(1, min(int(n_partitions), len(todo))))
+        rows = sdf.mapInPandas(_partition_fn(source, int(batch_size)), schema=_FAIL_SCHEMA).collect()
+    return pd.DataFrame([r.asDict() for r in rows], columns=FAILURE_COLUMNS)
+
+# %% ../nbs/17b_spark_cutouts.ipynb 11
+def generate_cutouts_spark(targets_df: pd.DataFrame,       # galaxy_id, ra, dec (deg); optional s3_path and catalog columns
+                           source: CutoutSource,           # where the pixels come from (picklable)
+                           out_prefix: str,                # folder (local, shared with the executors, or URL)
+                           spark=None,                     # a SparkSession (default: `stronglens.spark.spark_session()`)
+                           n_partitions: int = 4,          # Spark partitions of the target rows
+                           batch_size: int = 96,           # targets per `process_batch` call
+                           resume: bool = True,            # keep finished cutouts (False: regenerate all)
+                           write_failures: bool = True,    # write `<out_prefix>/failed_cutouts.parquet`
+                           verify_existing: bool = False,  # decompress and check existing files instead of trusting them
+                           tmp_max_age_s: float = 3600.0,  # remove temp files older than this (0: all)
+                           ) -> pd.DataFrame:
+    "Spark version of `cutoutsource.generate_cutouts`: same files, same failures DataFrame (`FAILURE_COLUMNS`)."
+    t0 = time.perf_counter()
+    if spark is None:
+        from stronglens.spark import spark_session
+        spark = spark_session()
+    t, done = plan_cutouts(targets_df, source, out_prefix, resume, verify_existing, tmp_max_age_s)
+    todo = t[~done]
+    fails = _run_on_spark(spark, todo, source, n_partitions, batch_size)
+    return finalize_failures(fails, t, done, len(todo), url_join(str(out_prefix), FAILURES_FILE) if write_failures else None, t0)

@@ -103,6 +103,7 @@ class FakeService:
         self.lock = threading.Lock()
         self.in_flight = self.max_in_flight = 0
         self.paths = []
+        self.down = True                                  # mode "flaky": 503 while down, the image once recovered
         svc = self
 
         class H(BaseHTTPRequestHandler):
@@ -139,6 +140,8 @@ class FakeService:
             def serve(self, mode, n, ra, dec, size):
                 fits_ok = lambda: S.cube_to_fits_bytes(image(ra, dec))
                 time.sleep(0.01)                              # some service latency
+                if mode == "flaky":
+                    return self.send_body(503, b"<html>Service Unavailable</html>", "text/html") if svc.down else self.send_body(200, fits_ok())
                 if mode == "ok" or (mode == "500_then_ok" and n >= 1) or (mode == "429_then_ok" and n >= 1):
                     return self.send_body(200, fits_ok())
                 if mode in ("500_then_ok", "always_500"):
@@ -236,10 +239,12 @@ def test_http_client_against_faulty_server(tmp_path):
             stage, reason = exp
             assert by_gid.loc[gid, "stage"] == stage and reason in by_gid.loc[gid, "reason"], (gid, by_gid.loc[gid].to_dict())
     assert len(fails) == sum(EXPECTED[m] is not None for m in modes)
-    # no partial or temporary files: exactly the good NPZs + the failures table
+    # no partial or temporary files: exactly the good NPZs + the failures table + the source stamp
     names = sorted(os.listdir(out))
     good = sorted(C.cutout_filename(g) for g, m in zip(t.galaxy_id, modes) if EXPECTED[m] is None)
-    assert names == sorted(good + ["failed_cutouts.parquet"])
+    assert names == sorted(good + [S.FAILURES_FILE, S.SOURCE_STAMP])
+    assert list(fails.columns) == C.FAILURE_COLUMNS
+    assert all(fails.path == [str(out / C.cutout_filename(g)) for g in fails.galaxy_id])
     written = pd.read_parquet(out / "failed_cutouts.parquet")
     pd.testing.assert_frame_equal(written, fails.reset_index(drop=True), check_dtype=False)
     # retry policy seen from the server
@@ -337,11 +342,44 @@ def test_resume_regenerates_invalid_existing(tmp_path):
     src = S.MockSkySource(renderer=ToyRenderer(), seed=3)
     S.generate_cutouts(t, src, str(tmp_path), progress=False)
     ref = _npz_bytes(tmp_path)
-    (tmp_path / "b.npz").write_bytes(ref["b.npz"][:100])       # corrupted by someone
+    (tmp_path / "b.npz").write_bytes(ref["b.npz"][:100])       # truncated by someone: too small to be a cutout
     C.write_cutout(tmp_path / "c.npz", np.zeros((101, 101, 3), np.float32), {"galaxy_id": "not_c"})  # wrong galaxy
-    f = S.generate_cutouts(t, src, str(tmp_path), progress=False)
-    assert f.attrs["n_skipped"] == 1 and f.attrs["n_attempted"] == 2 and len(f) == 0
+    f = S.generate_cutouts(t, src, str(tmp_path), progress=False)             # cheap check: sizes only
+    assert f.attrs["n_skipped"] == 2 and f.attrs["n_attempted"] == 1 and len(f) == 0
+    assert _npz_bytes(tmp_path)["b.npz"] == ref["b.npz"]
+    f = S.generate_cutouts(t, src, str(tmp_path), progress=False, verify_existing=True)   # decompress and check
+    assert f.attrs["n_skipped"] == 2 and f.attrs["n_attempted"] == 1 and len(f) == 0
     assert _npz_bytes(tmp_path) == ref
+
+
+def test_resume_does_not_read_existing_files(tmp_path, monkeypatch):
+    "Issue 12.10: deciding what to skip lists the folder; it never opens (let alone decompresses) a finished cutout."
+    t = pd.DataFrame({"galaxy_id": [f"r{i}" for i in range(20)], "ra": np.linspace(1, 2, 20), "dec": 0.0})
+    src = S.MockSkySource(renderer=ToyRenderer(), seed=3)
+    S.generate_cutouts(t, src, str(tmp_path), progress=False)
+    ref = _npz_bytes(tmp_path)
+    opened = []
+    real_open = open
+    def spy_open(f, *a, **k):
+        if str(f).endswith(".npz"): opened.append(str(f))
+        return real_open(f, *a, **k)
+    monkeypatch.setattr("builtins.open", spy_open)
+    monkeypatch.setattr(np, "load", lambda *a, **k: (_ for _ in ()).throw(AssertionError("np.load called on resume")))
+    f = S.generate_cutouts(t, src, str(tmp_path), progress=False)
+    assert f.attrs["n_skipped"] == 20 and f.attrs["n_attempted"] == 0 and opened == []
+    assert _npz_bytes(tmp_path) == ref
+
+
+def test_outputs_honour_the_umask(tmp_path):
+    "Issue 12.10: NPZs, the failures table and the stamp get the umask's mode (0644 under umask 022), not mkstemp's 0600."
+    old = os.umask(0o022)
+    try:
+        t = pd.DataFrame({"galaxy_id": ["a", "b"], "ra": [1.0, 2.0], "dec": [0.0, 0.0]})
+        S.generate_cutouts(t, S.MockSkySource(renderer=ToyRenderer()), str(tmp_path / "o"), progress=False)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "o").iterdir()}
+    assert modes == {"a.npz": 0o644, "b.npz": 0o644, S.FAILURES_FILE: 0o644, S.SOURCE_STAMP: 0o644}, modes
 
 
 def test_targets_checks_and_s3_path_column(tmp_path):
@@ -353,10 +391,13 @@ def test_targets_checks_and_s3_path_column(tmp_path):
     with pytest.raises(ValueError, match="invalid ra/dec for galaxy_id 'b'"):
         S.generate_cutouts(pd.DataFrame({"galaxy_id": ["a", "b"], "ra": [1.0, 2], "dec": [0.0, 91]}), src, str(tmp_path))
     t = pd.DataFrame({"galaxy_id": ["../evil", "ok"], "ra": [1.0, 2.0], "dec": [0.0, 0.0],
-                      "s3_path": [None, str(tmp_path / "elsewhere" / "custom.npz")]})
+                      "s3_path": [None, str(tmp_path / "out" / "sub" / "custom.npz")]})
     S.generate_cutouts(t, src, str(tmp_path / "out"), progress=False)
-    assert sorted(os.listdir(tmp_path / "out")) == sorted([C.cutout_filename("../evil"), "failed_cutouts.parquet"])
-    assert C.read_cutout(tmp_path / "elsewhere" / "custom.npz")[1]["galaxy_id"] == "ok"
+    assert sorted(os.listdir(tmp_path / "out")) == sorted([C.cutout_filename("../evil"), "sub", S.FAILURES_FILE, S.SOURCE_STAMP])
+    assert C.read_cutout(tmp_path / "out" / "sub" / "custom.npz")[1]["galaxy_id"] == "ok"
+    for bad in (str(tmp_path / "elsewhere" / "custom.npz"), str(tmp_path / "out" / ".." / "x.npz")):
+        with pytest.raises(ValueError, match=r"galaxy_id 'ok' \(row 1\).*outside the cutout prefix"):
+            S.generate_cutouts(t.assign(s3_path=[None, bad]), src, str(tmp_path / "out"), progress=False)
 
 
 def test_mock_source_deterministic_and_pool_equals_serial(tmp_path):
@@ -387,7 +428,7 @@ def test_s3_roundtrip(tmp_path, s3_bucket):
     from stronglens.config import get_fs, read_bytes, read_parquet
     fs, _ = get_fs(prefix)
     names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{s3_bucket}/run/cutouts"))
-    assert names == sorted([f"s{i}.npz" for i in range(6)] + ["failed_cutouts.parquet"])
+    assert names == sorted([f"s{i}.npz" for i in range(6)] + [S.FAILURES_FILE, S.SOURCE_STAMP])
     for i in range(6):
         assert read_bytes(f"{prefix}/s{i}.npz") == (tmp_path / f"s{i}.npz").read_bytes()
     X, meta, fails = C.read_cutouts([f"{prefix}/s{i}.npz" for i in range(6)] + [f"{prefix}/nope.npz"], progress=False)
@@ -417,10 +458,286 @@ def test_stale_temp_files_removed(tmp_path):
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     t = pd.DataFrame({"galaxy_id": ["a"], "ra": [1.0], "dec": [0.0]})
     S.generate_cutouts(t, S.MockSkySource(renderer=ToyRenderer()), str(tmp_path), progress=False)
-    assert not old.exists() and fresh.exists()           # a fresh one may belong to a live writer
+    assert not old.exists() and fresh.exists()           # a fresh one may belong to a live writer ...
+    S.generate_cutouts(t, S.MockSkySource(renderer=ToyRenderer()), str(tmp_path), progress=False, tmp_max_age_s=0)
+    assert not fresh.exists()                            # ... unless the caller knows none is alive (the stage)
 
 
 def test_http_budget_split_among_workers():
     s = S.LegacySurveyCutoutService(concurrency=5, rate_limit_per_s=6.0)
     assert (s.for_workers(2).cfg.concurrency, s.for_workers(2).cfg.rate_limit_per_s) == (3, 3.0)
     assert s.for_workers(1) is s and S.LegacySurveyCutoutService(rate_limit_per_s=0).for_workers(3).cfg.rate_limit_per_s == 0
+
+
+
+# ---------------------------------------------------------------- issue 12: cutouts of one config only (12.3)
+
+def test_resume_under_another_seed_never_mixes(tmp_path):
+    "A run killed under seed 3 and resumed under seed 7 ends with seed-7 cutouts only (was: 12 of 30 kept from seed 3)."
+    t = pd.DataFrame({"galaxy_id": [f"m{i}" for i in range(30)], "ra": np.linspace(30, 31, 30), "dec": 1.0})
+    S.generate_cutouts(t, S.MockSkySource(renderer=ToyRenderer(), seed=7), str(tmp_path / "ref"), progress=False)
+    out = tmp_path / "out"
+    S.generate_cutouts(t.iloc[:12], S.MockSkySource(renderer=ToyRenderer(), seed=3), str(out), progress=False,
+                       write_failures=False)                     # what a seed-3 run killed after 12 cutouts leaves
+    with pytest.warns(UserWarning, match=r"removed 12 cutouts \(made by another source: seed 3 -> 7\)"):
+        f = S.generate_cutouts(t, S.MockSkySource(renderer=ToyRenderer(), seed=7), str(out), progress=False)
+    assert f.attrs["n_skipped"] == 0 and f.attrs["n_written"] == 30
+    assert _npz_bytes(out) == _npz_bytes(tmp_path / "ref")
+    # a folder of NPZs without a stamp (made by hand or by an older version) is not trusted either
+    (out / S.SOURCE_STAMP).unlink()
+    with pytest.warns(UserWarning, match="no source stamp"):
+        f = S.generate_cutouts(t, S.MockSkySource(renderer=ToyRenderer(), seed=7), str(out), progress=False)
+    assert f.attrs["n_written"] == 30 and _npz_bytes(out) == _npz_bytes(tmp_path / "ref")
+
+
+def test_identity_covers_what_changes_pixels_only():
+    base = S.CutoutsConfig(source="legacysurvey")
+    ident = lambda **kw: S.LegacySurveyCutoutService(base, **kw).identity()
+    assert ident(concurrency=16, rate_limit_per_s=1, timeout_s=3, max_retries=0, n_workers=8) == ident()
+    for k, v in dict(layer="ls-dr9", pixscale=0.5, size=64, bands="zrg", base_url="http://127.0.0.1:1/x").items():
+        assert ident(**{k: v}) != ident(), k
+
+
+# ---------------------------------------------------------------- issue 12.7: workers die with their parent
+
+ORPHAN_SCRIPT = """
+import os, sys, time, numpy as np, pandas as pd
+from stronglens import cutoutsource as S
+{toy}
+_fast = ToyRenderer.render
+def _slow(self, ra_deg, dec_deg, seed=0):
+    time.sleep(0.5)                                 # 2 s per batch of 4
+    return _fast(self, ra_deg, dec_deg, seed)
+ToyRenderer.render = _slow                          # same class, same source identity as the test's ToyRenderer
+
+if __name__ == "__main__":
+    n = 64
+    t = pd.DataFrame({{"galaxy_id": [f"o{{i}}" for i in range(n)], "ra": 60 + np.arange(n) * 0.01, "dec": 1.0}})
+    S.generate_cutouts(t, S.MockSkySource(renderer=ToyRenderer(), seed=1), sys.argv[1], n_workers=2, batch_size=4, progress=False)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid: out.append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc to find the workers by PID")
+def test_pool_workers_die_with_killed_parent(tmp_path):
+    import inspect
+    script = tmp_path / "gen.py"
+    script.write_text(ORPHAN_SCRIPT.format(toy=inspect.getsource(ToyRenderer)))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, str(script), str(out)], env=env)
+    workers = []
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and len(list(out.glob("*.npz"))) < 4:
+            time.sleep(0.02)
+        assert len(list(out.glob("*.npz"))) >= 4, "the generator never wrote a cutout"
+        workers = _children(proc.pid)
+        assert len(workers) >= 2, workers                      # the pool's workers (and the resource tracker)
+        os.kill(proc.pid, signal.SIGKILL)                      # the parent only, not its process group
+        proc.wait()
+        t0 = time.time()
+        while time.time() - t0 < 10 and any(map(_alive, workers)):
+            time.sleep(0.02)
+        survivors = [w for w in workers if _alive(w)]
+        n_then = len(list(out.glob("*.npz")))
+        time.sleep(2.5)                                        # a surviving worker would finish its batch (~2 s) and write
+        assert survivors == [] and time.time() - t0 < 12, f"workers {survivors} outlived their parent"
+        assert len(list(out.glob("*.npz"))) == n_then
+    finally:
+        for w in workers:                                      # only the processes this test started
+            if _alive(w): os.kill(w, signal.SIGKILL)
+        if proc.poll() is None: os.kill(proc.pid, signal.SIGKILL)
+    # the rerun (as the stage does at start) removes every temp file a killed writer may have left
+    (out / ".tmp-o63.npz.abc123").write_bytes(b"half a cutout")
+    t = pd.DataFrame({"galaxy_id": [f"o{i}" for i in range(64)], "ra": 60 + np.arange(64) * 0.01, "dec": 1.0})
+    f = S.generate_cutouts(t, S.MockSkySource(renderer=ToyRenderer(), seed=1), str(out), progress=False, tmp_max_age_s=0)
+    assert len(f) == 0 and f.attrs["n_skipped"] == n_then
+    assert sorted(os.listdir(out)) == sorted([f"o{i}.npz" for i in range(64)] + [S.FAILURES_FILE, S.SOURCE_STAMP])
+
+
+# ---------------------------------------------------------------- the stage (stage protocol), issues 12.1 and 12.9
+
+def make_run(tmp_path, cutouts: dict, targets: pd.DataFrame, run: dict | None = None, sky_cfg: dict | None = None,
+             s3_path=None, name="run"):
+    """A run folder whose sky and catalogs stages are finished (through the stage protocol) with `targets` as the
+    training manifest; `sky_cfg` builds a real (tiny) mock sky, else the sky stage is empty (HTTP source)."""
+    from stronglens.config import atomic_write_parquet, config_from_dict
+    from stronglens.runs import stage_run
+    cfg = config_from_dict({"run": {"name": "t", "seed": 1, **(run or {})}, "sky": sky_cfg or {}, "cutouts": cutouts})
+    rd = tmp_path / name
+    with stage_run(str(rd), "sky", cfg, log=lambda m: None) as st:
+        if sky_cfg:
+            from stronglens import mocksky as M
+            M.build_sky(cfg.sky, st.out, progress=False)
+        else:
+            os.makedirs(st.out, exist_ok=True)
+    man = targets.copy()
+    man["s3_path"] = s3_path if s3_path is not None else ["cutouts/" + C.cutout_filename(g) for g in man.galaxy_id]
+    man["label"], man["split"] = 0, "train"
+    with stage_run(str(rd), "catalogs", cfg, log=lambda m: None) as st:
+        atomic_write_parquet(man, st.path("training_manifest.parquet"))
+    return cfg, str(rd)
+
+
+def _marker(run_dir, folder="cutouts"):
+    return json.loads((Path(run_dir) / folder / "_stage.json").read_text())
+
+
+def _http_targets(n=40, every=3):
+    "n targets; every `every`-th one (about a third) is served 503 while the service is down."
+    ra = 80.0 + np.arange(n) * 0.01
+    t = pd.DataFrame({"galaxy_id": [f"f{i:02d}" for i in range(n)], "ra": ra, "dec": 1.5})
+    flaky = set(t.galaxy_id[::every])
+    return t, {r: ("flaky" if g in flaky else "ok") for g, r in zip(t.galaxy_id, ra)}, flaky
+
+
+def _http_cutouts(fake):
+    return dict(source="legacysurvey", base_url=fake.base_url, concurrency=4, rate_limit_per_s=0, timeout_s=5,
+                max_retries=1, backoff_base_s=0.01, backoff_max_s=0.05, n_workers=2, batch_size=8)
+
+
+def _requested_ids(fake, t):
+    "galaxy_id -> number of requests the service saw for it."
+    by_ra = {round(r, 5): g for g, r in zip(t.galaxy_id, t.ra)}
+    return {by_ra[k]: len(v) for k, v in fake.hits.items()}
+
+
+def test_stage_fails_loudly_then_retries_exactly_the_failed(tmp_path):
+    "Issue 12.1: 503s for a third of the targets fail the stage (1% threshold); after recovery a plain rerun fetches exactly those."
+    from stronglens.runs import StageError
+    t, modes, flaky = _http_targets()
+    with FakeService(modes) as fake:
+        cfg, rd = make_run(tmp_path, _http_cutouts(fake), t)
+        with pytest.raises(StageError) as ei:
+            S.run_cutouts_stage(cfg, rd, progress=False)
+        msg = str(ei.value)
+        assert f"{len(flaky)} of 40 cutouts failed" in msg and "max_failure_frac" in msg and "HTTP 503 after 2 attempts" in msg
+        assert len(msg.splitlines()) <= 12                                      # one screen
+        m = _marker(rd)
+        assert m["status"] == "failed" and m["failures"]["n_failed"] == len(flaky)
+        table = pd.read_parquet(Path(rd) / "cutouts" / S.FAILURES_FILE)
+        assert set(table.galaxy_id) == flaky and list(table.columns) == C.FAILURE_COLUMNS
+        assert set(table.path) == {"cutouts/" + C.cutout_filename(g) for g in flaky}           # run-relative
+        assert _requested_ids(fake, t) == {g: (2 if g in flaky else 1) for g in t.galaxy_id}
+        fake.down = False                                                       # the service recovers
+        fake.hits.clear()
+        res = S.run_cutouts_stage(cfg, rd, progress=False)                     # no --force
+        assert _requested_ids(fake, t) == {g: 1 for g in flaky}                 # exactly the failed ones, once each
+        assert res["n_written"] == len(flaky) and res["n_skipped_existing"] == 40 - len(flaky) and res["n_failed"] == 0
+        assert _marker(rd)["status"] == "done"
+        assert len(pd.read_parquet(Path(rd) / "cutouts" / S.FAILURES_FILE)) == 0
+        fake.hits.clear()
+        S.run_cutouts_stage(cfg, rd, progress=False)                            # up to date: nothing requested
+        assert fake.hits == {} and _marker(rd)["status"] == "done"
+    for g in t.galaxy_id:
+        assert C.read_cutout(Path(rd) / "cutouts" / C.cutout_filename(g))[1]["galaxy_id"] == g
+
+
+def test_stage_under_threshold_ends_done_with_failures_and_retries(tmp_path):
+    t, modes, flaky = _http_targets(n=30, every=10)                            # 3 of 30 fail: 10% < 50%
+    with FakeService(modes) as fake:
+        cfg, rd = make_run(tmp_path, _http_cutouts(fake), t, run={"max_failure_frac": 0.5})
+        res = S.run_cutouts_stage(cfg, rd, progress=False)
+        assert res["n_failed"] == 3 and _marker(rd)["status"] == "done_with_failures"
+        report = json.loads((Path(rd) / "cutouts" / "cutouts_report.json").read_text())
+        assert report["n_failed"] == 3 and report["failures_by_stage"] == {"fetch": 3} and report["out_prefix"] == "cutouts"
+        fake.down = False
+        fake.hits.clear()
+        res = S.run_cutouts_stage(cfg, rd, progress=False)
+        assert _requested_ids(fake, t) == {g: 1 for g in flaky} and res["n_failed"] == 0
+        assert _marker(rd)["status"] == "done"
+
+
+@pytest.fixture(scope="module")
+def tiny_sky_cfg():
+    pytest.importorskip("stronglens.mocksky")
+    return dict(ra_min_deg=150.0, ra_max_deg=150.5, dec_min_deg=0.0, dec_max_deg=0.5, density_scale=0.2, n_lenses=3, seed=5)
+
+
+def _sky_targets(run_dir, n=12):
+    from stronglens.mocksky import MockSky
+    s = MockSky.open(str(Path(run_dir) / "sky")).sources.sample(n, random_state=0)
+    return pd.DataFrame({"galaxy_id": (s.brickname + "_" + s.objid.astype(str)).to_numpy(), "ra": s.ra.to_numpy(float),
+                         "dec": s.dec.to_numpy(float)})
+
+
+@pytest.mark.slow
+def test_stage_honours_out_prefix_and_moves_with_its_run(tmp_path, tiny_sky_cfg):
+    "Issue 12.9: NPZs go under `cutouts.out_prefix` (outside or inside the run); run-relative paths survive a copy."
+    import shutil
+    from stronglens.runs import StageError
+    probe_cfg, probe = make_run(tmp_path, {}, pd.DataFrame({"galaxy_id": ["x"], "ra": [150.1], "dec": [0.1]}),
+                                sky_cfg=tiny_sky_cfg, name="probe")
+    t = _sky_targets(probe)
+    ext = tmp_path / "pixels"                                                   # outside the run folder
+    full = [str(ext / C.cutout_filename(g)) for g in t.galaxy_id]
+    cfg, rd = make_run(tmp_path, {"out_prefix": str(ext), "n_workers": 1}, t, sky_cfg=tiny_sky_cfg, s3_path=full)
+    res = S.run_cutouts_stage(cfg, rd, progress=False)
+    assert res["n_written"] == len(t) and res["out_prefix"] == str(ext)
+    assert sorted(p.name for p in ext.glob("*.npz")) == sorted(C.cutout_filename(g) for g in t.galaxy_id)
+    assert not list((Path(rd) / "cutouts").glob("*.npz"))                      # nothing in the stage folder
+    # a manifest path outside the declared prefix is refused, naming the row
+    cfg2, rd2 = make_run(tmp_path, {"out_prefix": str(ext), "n_workers": 1}, t, sky_cfg=tiny_sky_cfg, name="bad",
+                         s3_path=["cutouts/" + C.cutout_filename(g) for g in t.galaxy_id])
+    with pytest.raises(ValueError, match=rf"galaxy_id '{t.galaxy_id[0]}' \(row 0\).*outside the cutout prefix"):
+        S.run_cutouts_stage(cfg2, rd2, progress=False)
+    # a relative prefix lives inside the run; the run folder copied elsewhere reads and writes its own cutouts
+    cfg3, rd3 = make_run(tmp_path, {"out_prefix": "pixels", "n_workers": 1}, t, sky_cfg=tiny_sky_cfg, name="rel",
+                         s3_path=["pixels/" + C.cutout_filename(g) for g in t.galaxy_id])
+    S.run_cutouts_stage(cfg3, rd3, progress=False)
+    ref = _npz_bytes(Path(rd3) / "pixels")
+    assert len(ref) == len(t)
+    copy = tmp_path / "copy"
+    shutil.copytree(rd3, copy)
+    victim = copy / "pixels" / C.cutout_filename(t.galaxy_id[3])
+    victim.unlink()
+    res = S.run_cutouts_stage(cfg3, str(copy), progress=False)
+    remade = _npz_bytes(copy / "pixels")
+    assert res["n_written"] == 1 and sorted(remade) == sorted(ref)              # remade in the copy ...
+    assert all(remade[k] == ref[k] for k in ref if k != victim.name)
+    a, b = C.read_cutout(victim), C.read_cutout(Path(rd3) / "pixels" / victim.name)
+    assert a[1] == b[1]                      # ... same metadata; pixels to float32 rounding (the mock renders batches)
+    np.testing.assert_allclose(a[0], b[0], rtol=0, atol=1e-5)
+    assert _npz_bytes(Path(rd3) / "pixels") == ref                              # the original untouched
+
+
+@pytest.mark.slow
+def test_stage_reseeded_regenerates_every_cutout(tmp_path, tiny_sky_cfg):
+    "Issue 12.3 at the stage: a changed `cutouts.seed` leaves no cutout of the old seed (external prefix included)."
+    from stronglens.config import config_from_dict, config_to_dict
+    probe_cfg, probe = make_run(tmp_path, {}, pd.DataFrame({"galaxy_id": ["x"], "ra": [150.1], "dec": [0.1]}),
+                                sky_cfg=tiny_sky_cfg, name="probe")
+    t = _sky_targets(probe, n=8)
+    ext = tmp_path / "pixels"
+    full = [str(ext / C.cutout_filename(g)) for g in t.galaxy_id]
+    cfg3, rd = make_run(tmp_path, {"out_prefix": str(ext), "n_workers": 1, "seed": 3}, t, sky_cfg=tiny_sky_cfg, s3_path=full)
+    S.run_cutouts_stage(cfg3, rd, progress=False)
+    seed3 = _npz_bytes(ext)
+    d = config_to_dict(cfg3)
+    d["cutouts"]["seed"] = 7
+    cfg7 = config_from_dict(d)
+    res = S.run_cutouts_stage(cfg7, rd, progress=False)
+    seed7 = _npz_bytes(ext)
+    assert res["n_written"] == len(t) and sorted(seed7) == sorted(seed3)
+    assert all(seed7[k] != seed3[k] for k in seed7)
+    for k in seed7:
+        assert C.read_cutout(ext / k)[1]["cutout_url"].endswith("seed=7")
