@@ -1,5 +1,7 @@
 from configparser import ConfigParser
-import setuptools, shlex
+from pathlib import Path
+import setuptools, shlex, shutil
+from setuptools.command.build_py import build_py as _build_py
 
 # note: all settings are in settings.ini; edit there, not here
 config = ConfigParser(delimiters=['='])
@@ -25,7 +27,22 @@ min_python = cfg['min_python']
 lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
 
+# The pipeline notebooks (nbs/pipeline) and configs (configs/) ship inside the package, so that a wheel runs
+# `stronglens demo` from any folder (stronglens.cli finds them in the checkout when there is one, else in the package).
+PACKAGE_DATA = {"pipeline": ("nbs/pipeline", "*.ipynb"), "configs": ("configs", "*.yaml")}
+
+class build_py(_build_py):
+    "build_py that also copies PACKAGE_DATA into the built package."
+    def run(self):
+        super().run()
+        if getattr(self, "editable_mode", False): return      # an editable install reads them from the checkout
+        for dst, (src, pattern) in PACKAGE_DATA.items():
+            out = Path(self.build_lib)/cfg['lib_path']/dst
+            out.mkdir(parents=True, exist_ok=True)
+            for f in sorted(Path(src).glob(pattern)): shutil.copy2(f, out/f.name)
+
 setuptools.setup(
+    cmdclass = {'build_py': build_py},
     name = cfg['lib_name'],
     license = lic[0],
     classifiers = [

@@ -135,6 +135,8 @@ SECTIONS: dict[str, str] = {
     "cutouts": "stronglens.cutoutsource:CutoutsConfig",
     "training": "stronglens.train:TrainingConfig",
     "validation": "stronglens.validation:ValidationConfig",
+    "injection": "stronglens.injection:InjectionConfig",
+    "report": "stronglens.report:ReportConfig",
 }
 
 def register_section(name:str, target:str):
