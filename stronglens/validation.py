@@ -4,10 +4,11 @@
 
 # %% auto 0
 __all__ = ['METRIC_COLUMNS', 'FEATURES', 'ANNULUS_PX', 'OUTER_PX', 'N_SECTORS', 'FLAGS', 'SUMMARY_SCHEMA', 'REPORT_FILES',
-           'region_matrix', 'cutout_metrics', 'label_type', 'iter_metrics', 'compute_metrics', 'metrics_from_array',
-           'auc_score', 'bootstrap_auc', 'severity', 'shortcut_auc_by_feature', 'quality_gates', 'ValidationConfig',
-           'validate_summary', 'write_summary_schema', 'utc_now', 'build_summary', 'failed_cutouts', 'write_report',
-           'run_validation']
+           'SEVERITY_COLOURS', 'region_matrix', 'cutout_metrics', 'label_type', 'iter_metrics', 'compute_metrics',
+           'metrics_from_array', 'severity', 'folded_auc_ci', 'shortcut_auc_by_feature', 'quality_gates',
+           'ValidationConfig', 'validate_summary', 'write_summary_schema', 'utc_now', 'build_summary', 'failed_cutouts',
+           'write_report', 'run_validation', 'run_gate_suite', 'run_validate_stage', 'read_validation',
+           'plot_shortcut_aucs', 'plot_feature_distributions']
 
 # %% ../nbs/13_validation.ipynb 2
 import datetime, io, json, os, shutil, tempfile, warnings
@@ -21,8 +22,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from .config import (PIPELINE_VERSION, atomic_write_bytes, atomic_write_json,
-                               config_hash, get_fs, is_local, read_bytes, read_parquet, url_join, git_commit)
+from .calibration import MIN_RESAMPLES, bootstrap_ci, roc_auc
+from .config import (PIPELINE_VERSION, atomic_write_bytes, atomic_write_json, config_hash, get_fs, is_local,
+                               read_bytes, read_parquet, resolve_path, url_join, git_commit)
 from .cutouts import CUTOUT_SHAPE, CORE_RADIUS_PX, MAX_NAN_FRAC, META_FIELDS, radial_grid
 
 # %% ../nbs/13_validation.ipynb 5
@@ -31,10 +33,11 @@ METRIC_COLUMNS: list[str] = ["galaxy_id", "type", "quality_ok", "size_ok", "tota
                              "mad_r", "radial_gradient_r"]                 # spec §5, in order
 FEATURES: list[str] = ["core_brightness_r", "annulus_brightness_r", "outer_brightness_r", "azimuthal_asymmetry",
                        "mad_r", "radial_gradient_r"]                      # image features scored for shortcuts
-ANNULUS_PX: tuple[float, float] = (4.0, 16.0)
-OUTER_PX: tuple[float, float] = (16.0, 28.0)
-N_SECTORS: int = 8
+ANNULUS_PX: tuple[float, float] = (4.0, 16.0)                            # annulus radii (px), inner inclusive
+OUTER_PX: tuple[float, float] = (16.0, 28.0)                             # outer ring radii (px)
+N_SECTORS: int = 8                                                       # azimuthal sectors of the annulus
 
+# %% ../nbs/13_validation.ipynb 6
 def region_matrix(shape=CUTOUT_SHAPE[:2]) -> np.ndarray:
     "`(H*W, 3 + N_SECTORS)` float64 0/1 matrix: columns core (r<8), annulus (4–16), outer (16–28), sectors of the annulus."
     h, w = shape[:2]
@@ -47,29 +50,30 @@ def region_matrix(shape=CUTOUT_SHAPE[:2]) -> np.ndarray:
     cols += [ann & (sector == k) for k in range(N_SECTORS)]
     return np.stack(cols, axis=1).astype(np.float64)
 
-# %% ../nbs/13_validation.ipynb 8
+# %% ../nbs/13_validation.ipynb 10
 _REGIONS: dict = {}
 
-def _regions(shape):
+def _regions(shape) -> np.ndarray:
+    "The region matrix of a stamp shape, built once per shape."
     if shape not in _REGIONS: _REGIONS[shape] = region_matrix(shape)
     return _REGIONS[shape]
 
-def _safe_div(a, b):
+# %% ../nbs/13_validation.ipynb 12
+def _safe_div(a, b) -> np.ndarray:
+    "a / b as float64 with NaN (never ±inf) where the quotient is undefined."
     with np.errstate(divide="ignore", invalid="ignore"):
         out = np.asarray(a, np.float64) / np.asarray(b, np.float64)
     return np.where(np.isfinite(out), out, np.nan)
 
+# %% ../nbs/13_validation.ipynb 14
 def _row_median(x:np.ndarray) -> np.ndarray:
     "Median of each row ignoring NaNs: one `np.partition` on clean rows, `np.nanmedian` on rows holding NaNs."
     n, p = x.shape
     bad = np.isnan(x).any(axis=1)
-    out = np.empty(n, np.float64)
-    good = ~bad
+    out, good, k = np.empty(n, np.float64), ~bad, p // 2
     if good.any():
-        xs = x if bad.sum() == 0 else x[good]
-        k = p // 2
-        if p % 2:
-            out[good] = np.partition(xs, k, axis=1)[:, k]
+        xs = x if not bad.any() else x[good]
+        if p % 2: out[good] = np.partition(xs, k, axis=1)[:, k]
         else:
             part = np.partition(xs, [k - 1, k], axis=1)
             out[good] = 0.5 * (part[:, k - 1].astype(np.float64) + part[:, k])
@@ -79,11 +83,13 @@ def _row_median(x:np.ndarray) -> np.ndarray:
             out[bad] = np.nanmedian(x[bad], axis=1)
     return out
 
+# %% ../nbs/13_validation.ipynb 16
 def _metrics_clean(r:np.ndarray, M:np.ndarray):
     "Region sums/counts, NaN counts and MAD inputs for all-finite stamps (r band `(n, P)`)."
     sums = r.astype(np.float64) @ M                                                    # (n, 11): one matmul
     return sums, np.broadcast_to(M.sum(0), sums.shape), np.zeros(len(r)), np.zeros(len(r)), r
 
+# %% ../nbs/13_validation.ipynb 17
 def _metrics_dirty(x:np.ndarray, r:np.ndarray, chan_first:bool, M:np.ndarray):
     "The same for stamps holding non-finite values: one matmul of the stacked (3, n, P) [r, finite-r, non-finite count]."
     n, p = r.shape
@@ -93,6 +99,7 @@ def _metrics_dirty(x:np.ndarray, r:np.ndarray, chan_first:bool, M:np.ndarray):
     S = np.stack([np.where(fin_r, r, 0.0), fin_r, nonfin]).astype(np.float64) @ M      # (3, n, 11)
     return S[0], S[1], S[2][:, 0], nonfin.sum(axis=1, dtype=np.int64), np.where(fin_r, r, np.float32(np.nan))
 
+# %% ../nbs/13_validation.ipynb 20
 def cutout_metrics(X) -> pd.DataFrame:
     """Spec §5 image metrics of a batch of stamps `X`: `(N, H, W, 3)` (bands last) or `(N, 3, H, W)`; one row per stamp.
     Columns: size_ok, total_nan_frac, core_nan_frac and the six image features (no ids, no quality decision)."""
@@ -101,8 +108,7 @@ def cutout_metrics(X) -> pd.DataFrame:
     chan_first = X.shape[-1] != 3 and X.shape[1] == 3
     if not chan_first and X.shape[-1] != 3: raise ValueError(f"expected 3 bands on axis 1 or -1, got shape {X.shape}")
     n, (h, w) = len(X), (X.shape[2:] if chan_first else X.shape[1:3])
-    p = h * w
-    M = _regions((h, w))
+    p, M = h * w, _regions((h, w))
     r = (X[:, 1] if chan_first else X[..., 1]).reshape(n, p).astype(np.float32, copy=False)
     dirty = ~np.isfinite(X.reshape(n, -1).sum(axis=1, dtype=np.float64))   # a NaN/inf anywhere makes the sum non-finite
     sums, counts = np.empty((n, M.shape[1])), np.empty((n, M.shape[1]))
@@ -117,17 +123,17 @@ def cutout_metrics(X) -> pd.DataFrame:
     sectors = means[:, 3:]
     return pd.DataFrame({
         "size_ok": np.full(n, (h, w) == tuple(CUTOUT_SHAPE[:2])),
-        "total_nan_frac": nonfin_total / (3.0 * p),
-        "core_nan_frac": nancount / (3.0 * M[:, 0].sum()),
+        "total_nan_frac": nonfin_total / (3.0 * p), "core_nan_frac": nancount / (3.0 * M[:, 0].sum()),
         "core_brightness_r": means[:, 0], "annulus_brightness_r": means[:, 1], "outer_brightness_r": means[:, 2],
         "azimuthal_asymmetry": _safe_div(sectors.std(axis=1), np.abs(sectors.mean(axis=1))),
         "mad_r": mad, "radial_gradient_r": _safe_div(means[:, 0], means[:, 2])})
 
-# %% ../nbs/13_validation.ipynb 15
+# %% ../nbs/13_validation.ipynb 28
 def label_type(labels) -> np.ndarray:
     "0/1 labels -> spec §5 `type` strings 'positive' / 'negative'."
     return np.where(np.asarray(labels).astype(int) == 1, "positive", "negative").astype(object)
 
+# %% ../nbs/13_validation.ipynb 30
 def _quality(df:pd.DataFrame, max_nan_frac:float, max_core_nan_frac:float, other:list[str]) -> pd.DataFrame:
     "Add `quality_ok` and `reason` (semicolon-joined; '' when ok) to a metrics frame; vectorised, formats failing rows only."
     size_ok = df["size_ok"].to_numpy(bool)
@@ -144,19 +150,16 @@ def _quality(df:pd.DataFrame, max_nan_frac:float, max_core_nan_frac:float, other
     df["reason"], df["quality_ok"] = reasons, ~fail
     return df
 
+# %% ../nbs/13_validation.ipynb 32
 _REQUIRED_KEYS = ["cutout"] + [f"meta_{k}" for k in META_FIELDS]
 
 def _load_stamp(url:str):
     """Read one NPZ for measuring: `(array or None, problems)`. Decompresses only `cutout` (the metadata members are
     checked for presence, not parsed — `cutouts.load_cutout_bytes` does the full check at the cutout stage)."""
-    try:
-        data = Path(url.removeprefix("file://")).read_bytes() if is_local(url) else read_bytes(url)
-    except Exception as e:
-        return None, [f"unreadable: cannot read: {type(e).__name__}: {e}"]
-    try:
-        npz = np.load(io.BytesIO(data), allow_pickle=False)
-    except Exception as e:
-        return None, [f"unreadable: {type(e).__name__}: {e}"]
+    try: data = Path(url.removeprefix("file://")).read_bytes() if is_local(url) else read_bytes(url)
+    except Exception as e: return None, [f"unreadable: cannot read: {type(e).__name__}: {e}"]
+    try: npz = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as e: return None, [f"unreadable: {type(e).__name__}: {e}"]
     if not isinstance(npz, np.lib.npyio.NpzFile): return None, ["unreadable: not an NPZ archive"]
     with npz:
         missing = [k for k in _REQUIRED_KEYS if k not in npz.files]
@@ -169,12 +172,12 @@ def _load_stamp(url:str):
     if a.shape != tuple(CUTOUT_SHAPE): problems.append(f"wrong shape {tuple(a.shape)}, expected {tuple(CUTOUT_SHAPE)}")
     return a, problems
 
+# %% ../nbs/13_validation.ipynb 37
 def _metrics_for_urls(urls:list[str], galaxy_ids:list[str], types:list[str], max_nan_frac:float=MAX_NAN_FRAC,
                       max_core_nan_frac:float=0.0) -> pd.DataFrame:
     "Worker: read + measure one chunk of NPZ URLs -> metrics frame (METRIC_COLUMNS + path, reason), input order."
     n = len(urls)
-    arrs, rows, other = [], [], [""] * n
-    tnf = np.full(n, np.nan)
+    arrs, rows, other, tnf = [], [], [""] * n, np.full(n, np.nan)
     for k, u in enumerate(urls):
         a, problems = _load_stamp(u)
         other[k] = "; ".join(problems)
@@ -187,14 +190,15 @@ def _metrics_for_urls(urls:list[str], galaxy_ids:list[str], types:list[str], max
     if arrs:
         mm = cutout_metrics(np.stack(arrs).astype(np.float32, copy=False))
         for c in mm.columns: base.loc[rows, c] = mm[c].to_numpy()
-    base["size_ok"] = base["size_ok"].astype(bool)
-    df = _quality(base, max_nan_frac, max_core_nan_frac, other)
+    df = _quality(base.astype({"size_ok": bool}), max_nan_frac, max_core_nan_frac, other)
     df.insert(0, "galaxy_id", list(galaxy_ids)); df.insert(1, "type", list(types)); df["path"] = list(urls)
     for c in METRIC_COLUMNS[4:]: df[c] = df[c].astype(np.float64)
     return df[METRIC_COLUMNS + ["path", "reason"]]
 
+# %% ../nbs/13_validation.ipynb 39
 def _chunk_job(args): return _metrics_for_urls(*args)
 
+# %% ../nbs/13_validation.ipynb 40
 def _worker_init():
     "Pool workers: one BLAS/OpenMP thread each (the pool is the parallelism; avoids oversubscribing the cores)."
     try:
@@ -202,6 +206,18 @@ def _worker_init():
         threadpool_limits(1)
     except Exception: pass
 
+# %% ../nbs/13_validation.ipynb 42
+def _pool_batches(jobs:Iterator, n_jobs:int) -> Iterator[pd.DataFrame]:
+    "Run `_chunk_job` over `jobs` in a spawn process pool, at most 2·n_jobs batches in flight; yield frames in order."
+    import stronglens.validation as _mod                # workers need an importable function (not __main__)
+    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("spawn"), initializer=_mod._worker_init) as pool:
+        pending = []
+        for j in jobs:
+            pending.append(pool.submit(_mod._chunk_job, j))
+            if len(pending) >= 2 * n_jobs: yield pending.pop(0).result()
+        for f in pending: yield f.result()
+
+# %% ../nbs/13_validation.ipynb 43
 def iter_metrics(urls:Iterable[str], galaxy_ids=None, labels=None, batch_size:int=512, n_jobs:int=1,
                  max_nan_frac:float=MAX_NAN_FRAC, max_core_nan_frac:float=0.0, progress:bool=True) -> Iterator[pd.DataFrame]:
     "Yield per-batch metric frames (spec §5 columns + path, reason) for NPZ `urls`; ids default to file stems."
@@ -212,26 +228,17 @@ def iter_metrics(urls:Iterable[str], galaxy_ids=None, labels=None, batch_size:in
     jobs = ((urls[s:s + batch_size], gids[s:s + batch_size], list(types[s:s + batch_size]), max_nan_frac, max_core_nan_frac)
             for s in range(0, len(urls), batch_size))
     with tqdm(total=len(urls), desc="validation metrics", unit="cutout", disable=not progress) as pbar:
-        if n_jobs <= 1:
-            for j in jobs:
-                df = _chunk_job(j); pbar.update(len(df)); yield df
-        else:
-            import stronglens.validation as _mod                # workers need an importable function (not __main__)
-            with ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("spawn"), initializer=_mod._worker_init) as pool:
-                pending, jobs = [], iter(jobs)
-                for j in jobs:                                  # at most 2*n_jobs batches in flight: bounded memory
-                    pending.append(pool.submit(_mod._chunk_job, j))
-                    if len(pending) >= 2 * n_jobs:
-                        df = pending.pop(0).result(); pbar.update(len(df)); yield df
-                for f in pending:
-                    df = f.result(); pbar.update(len(df)); yield df
+        for df in (map(_chunk_job, jobs) if n_jobs <= 1 else _pool_batches(jobs, n_jobs)):
+            pbar.update(len(df)); yield df
 
+# %% ../nbs/13_validation.ipynb 45
 def compute_metrics(urls, galaxy_ids=None, labels=None, batch_size:int=512, n_jobs:int=1,
                     max_nan_frac:float=MAX_NAN_FRAC, max_core_nan_frac:float=0.0, progress:bool=True) -> pd.DataFrame:
     "All per-cutout metrics of NPZ `urls` in one frame (see `iter_metrics`)."
     parts = list(iter_metrics(urls, galaxy_ids, labels, batch_size, n_jobs, max_nan_frac, max_core_nan_frac, progress))
     return pd.concat(parts, ignore_index=True) if parts else _metrics_for_urls([], [], [])
 
+# %% ../nbs/13_validation.ipynb 49
 def metrics_from_array(X, galaxy_ids=None, labels=None, batch_size:int=1024, n_jobs:int=1,
                        max_nan_frac:float=MAX_NAN_FRAC, max_core_nan_frac:float=0.0) -> pd.DataFrame:
     """Per-cutout metrics of an in-memory or memory-mapped array `(N, 101, 101, 3)` or `(N, 3, 101, 101)` (e.g. a
@@ -249,47 +256,7 @@ def metrics_from_array(X, galaxy_ids=None, labels=None, batch_size:int=1024, n_j
     df.insert(1, "type", label_type(labels) if labels is not None else np.full(n, "unknown", object))
     return df[METRIC_COLUMNS + ["reason"]]
 
-# %% ../nbs/13_validation.ipynb 22
-def _tie_groups(s_sorted:np.ndarray) -> np.ndarray:
-    "Start index of each run of equal values in a sorted array."
-    return np.r_[0, np.flatnonzero(np.diff(s_sorted)) + 1]
-
-def _u_stat(wp:np.ndarray, wn:np.ndarray, starts:np.ndarray) -> np.ndarray:
-    "Mann–Whitney U for weight rows `wp`, `wn` (B, N) in score order with tie-group `starts`: (B,)."
-    gp, gn = np.add.reduceat(wp, starts, axis=1), np.add.reduceat(wn, starts, axis=1)
-    below = np.cumsum(gn, axis=1) - gn
-    return (gp * (below + 0.5 * gn)).sum(axis=1)
-
-def auc_score(scores, labels) -> float:
-    "ROC AUC of `scores` for 0/1 `labels` (ties ½); NaN scores are dropped; NaN if a class is empty."
-    s, y = np.asarray(scores, np.float64), np.asarray(labels).astype(int)
-    ok = np.isfinite(s); s, y = s[ok], y[ok]
-    n1, n0 = int((y == 1).sum()), int((y == 0).sum())
-    if n1 == 0 or n0 == 0: return float("nan")
-    o = np.argsort(s, kind="mergesort"); s, y = s[o], y[o]
-    return float(_u_stat((y == 1)[None].astype(float), (y == 0)[None].astype(float), _tie_groups(s))[0] / (n1 * n0))
-
-def bootstrap_auc(scores, labels, n_bootstrap:int=1000, seed:int=42, max_block:int=4_000_000) -> np.ndarray:
-    "`n_bootstrap` class-stratified bootstrap replicates of the ROC AUC (raw, not folded), vectorised; seeded."
-    s, y = np.asarray(scores, np.float64), np.asarray(labels).astype(int)
-    ok = np.isfinite(s); s, y = s[ok], y[ok]
-    n = len(s); n1, n0 = int((y == 1).sum()), int((y == 0).sum())
-    if n1 == 0 or n0 == 0: return np.full(n_bootstrap, np.nan)
-    o = np.argsort(s, kind="mergesort"); s, y = s[o], y[o]
-    starts, pos, neg = _tie_groups(s), np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    rng = np.random.default_rng(seed)
-    out = np.empty(n_bootstrap)
-    block = max(1, min(n_bootstrap, max_block // max(n, 1)))
-    for b0 in range(0, n_bootstrap, block):
-        b = min(block, n_bootstrap - b0)
-        rows = np.arange(b)[:, None]
-        wp, wn = np.zeros((b, n)), np.zeros((b, n))
-        wp[:, pos] = np.bincount((rows * n1 + rng.integers(0, n1, (b, n1))).ravel(), minlength=b * n1).reshape(b, n1)
-        wn[:, neg] = np.bincount((rows * n0 + rng.integers(0, n0, (b, n0))).ravel(), minlength=b * n0).reshape(b, n0)
-        out[b0:b0 + b] = _u_stat(wp, wn, starts) / (n1 * n0)
-    return out
-
-# %% ../nbs/13_validation.ipynb 25
+# %% ../nbs/13_validation.ipynb 52
 FLAGS: tuple[str, ...] = ("green", "yellow", "red", "expected_physics", "insufficient_data")
 
 def severity(auc:float, yellow:float=0.60, red:float=0.80) -> str:
@@ -297,32 +264,37 @@ def severity(auc:float, yellow:float=0.60, red:float=0.80) -> str:
     if not np.isfinite(auc): return "insufficient_data"
     return "green" if auc < yellow else ("yellow" if auc < red else "red")
 
-def shortcut_auc_by_feature(metrics:pd.DataFrame, features:list[str]|None=None, n_bootstrap:int=1000, seed:int=42,
+# %% ../nbs/13_validation.ipynb 54
+def folded_auc_ci(values, y, n_bootstrap:int=MIN_RESAMPLES, seed:int=42, ci_level:float=0.95) -> dict:
+    "Folded AUC max(AUC, 1−AUC) of `values` as a score for `y`, its class-stratified bootstrap CI, the raw AUC and direction."
+    s, y = np.asarray(values, np.float64), np.asarray(y).astype(int)
+    ok = np.isfinite(s)
+    r = bootstrap_ci(roc_auc, y[ok], s[ok], n_resamples=n_bootstrap, seed=seed, ci=ci_level, strata=y[ok], vectorized=True)
+    raw, lo, hi = r.estimate, r.ci_lower, r.ci_upper
+    flip = bool(np.isfinite(raw) and raw < 0.5)
+    auc, clo, chi = (1 - raw, 1 - hi, 1 - lo) if flip else (raw, lo, hi)
+    return dict(auc=auc, ci_lower=clo, ci_upper=chi, auc_raw=raw, n_pos=int((y[ok] == 1).sum()), n_neg=int((y[ok] == 0).sum()),
+                direction=("positives_lower" if flip else "positives_higher") if np.isfinite(raw) else "")
+
+# %% ../nbs/13_validation.ipynb 58
+def shortcut_auc_by_feature(metrics:pd.DataFrame, features:list[str]|None=None, n_bootstrap:int=MIN_RESAMPLES, seed:int=42,
                             ci_level:float=0.95, yellow:float=0.60, red:float=0.80,
                             expected_physics:Iterable[str]=("azimuthal_asymmetry",)) -> pd.DataFrame:
     "Per-feature folded AUC (positives vs negatives, quality_ok rows), bootstrap CI, direction and flag."
     features = list(features or FEATURES)
     m = metrics[metrics["quality_ok"].astype(bool) & metrics["type"].isin(["positive", "negative"])]
     y = (m["type"] == "positive").to_numpy().astype(int)
-    rows, a = [], (1 - ci_level) / 2
+    rows = []
     for k, f in enumerate(features):
         if f not in m.columns: raise ValueError(f"unknown feature {f!r} (metrics columns: {list(metrics.columns)})")
-        s = m[f].to_numpy(np.float64)
-        ok = np.isfinite(s)
-        raw = auc_score(s, y)
-        boot = bootstrap_auc(s, y, n_bootstrap, seed + k)
-        lo, hi = (np.quantile(boot, [a, 1 - a]) if np.isfinite(raw) else (np.nan, np.nan))
-        flip = np.isfinite(raw) and raw < 0.5
-        auc, clo, chi = (1 - raw, 1 - hi, 1 - lo) if flip else (raw, lo, hi)
-        sev = severity(auc, yellow, red)
-        rows.append(dict(feature=f, auc=auc, ci_lower=clo, ci_upper=chi, auc_raw=raw,
-                         direction=("positives_lower" if flip else "positives_higher") if np.isfinite(raw) else "",
-                         n_pos=int((y[ok] == 1).sum()), n_neg=int((y[ok] == 0).sum()),
-                         flag="expected_physics" if f in set(expected_physics) and sev != "insufficient_data" else sev,
-                         severity=sev, n_bootstrap=n_bootstrap))
+        r = folded_auc_ci(m[f].to_numpy(np.float64), y, n_bootstrap, seed + k, ci_level)
+        sev = severity(r["auc"], yellow, red)
+        flag = "expected_physics" if f in set(expected_physics) and sev != "insufficient_data" else sev
+        rows.append(dict(feature=f, **{c: r[c] for c in ("auc", "ci_lower", "ci_upper", "auc_raw", "direction", "n_pos", "n_neg")},
+                         flag=flag, severity=sev, n_bootstrap=n_bootstrap))
     return pd.DataFrame(rows)
 
-# %% ../nbs/13_validation.ipynb 27
+# %% ../nbs/13_validation.ipynb 62
 def quality_gates(metrics:pd.DataFrame, core_ratio_threshold:float=1.10, nan_rate_threshold:float=0.05) -> dict:
     "The two spec-§5 quality gates as `{name: {value, threshold, passed}}` (value None when undefined)."
     q = metrics[metrics["quality_ok"].astype(bool)]
@@ -335,7 +307,7 @@ def quality_gates(metrics:pd.DataFrame, core_ratio_threshold:float=1.10, nan_rat
             "nan_rejection_rate": {"value": val(rate), "threshold": nan_rate_threshold,
                                    "passed": bool(np.isfinite(rate) and rate <= nan_rate_threshold)}}
 
-# %% ../nbs/13_validation.ipynb 30
+# %% ../nbs/13_validation.ipynb 66
 @dataclass
 class ValidationConfig:
     "Pipeline section `validation`: quality/shortcut thresholds, bootstrap, gate sample and report location."
@@ -347,7 +319,7 @@ class ValidationConfig:
     auc_red: float = 0.80                            # shortcut flag: red from here
     features: list[str] = field(default_factory=lambda: list(FEATURES))
     expected_physics: list[str] = field(default_factory=lambda: ["azimuthal_asymmetry"])
-    n_bootstrap: int = 1000                          # bootstrap replicates per feature CI
+    n_bootstrap: int = MIN_RESAMPLES                 # bootstrap replicates per feature CI
     ci_level: float = 0.95
     seed: int = 42                                   # bootstrap + gate sampling/CV seed
     gates_split: str = "test"                        # split the shortcut gates run on
@@ -365,7 +337,7 @@ class ValidationConfig:
             raise ValueError("validation.max_nan_frac / max_core_nan_frac: expected fractions in [0, 1]")
         if not 0.5 <= self.auc_yellow < self.auc_red <= 1.0:
             raise ValueError(f"validation.auc_yellow/auc_red: need 0.5 <= yellow < red <= 1, got {self.auc_yellow}, {self.auc_red}")
-        if self.n_bootstrap < 1000: raise ValueError(f"validation.n_bootstrap: expected >= 1000, got {self.n_bootstrap}")
+        if self.n_bootstrap < MIN_RESAMPLES: raise ValueError(f"validation.n_bootstrap: expected >= {MIN_RESAMPLES}, got {self.n_bootstrap}")
         if not 0 < self.ci_level < 1: raise ValueError(f"validation.ci_level: expected in (0, 1), got {self.ci_level}")
         if self.core_brightness_ratio_threshold <= 1: raise ValueError("validation.core_brightness_ratio_threshold: expected > 1")
         bad = [f for f in self.features + self.expected_physics if f not in FEATURES]
@@ -374,7 +346,7 @@ class ValidationConfig:
         if self.gates_k < 2: raise ValueError("validation.gates_k: expected >= 2")
         if self.batch_size < 1 or self.n_jobs < 1: raise ValueError("validation.batch_size and n_jobs: expected >= 1")
 
-# %% ../nbs/13_validation.ipynb 34
+# %% ../nbs/13_validation.ipynb 72
 SUMMARY_SCHEMA: dict = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "https://stronglens.github.io/schemas/validation_summary.schema.json",
@@ -406,42 +378,47 @@ SUMMARY_SCHEMA: dict = {
                                    "ci_upper": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
                                    "flag": {"enum": list(FLAGS)}}}}}
 
+# %% ../nbs/13_validation.ipynb 73
 def validate_summary(summary:dict) -> dict:
     "Check a summary dict against `SUMMARY_SCHEMA` (raises `jsonschema.ValidationError`); returns it."
     import jsonschema
     jsonschema.validate(summary, SUMMARY_SCHEMA, cls=jsonschema.Draft202012Validator)
     return summary
 
+# %% ../nbs/13_validation.ipynb 78
 def write_summary_schema(url:str) -> str:
     "Write `SUMMARY_SCHEMA` as a JSON file to `url` (local path or s3://) atomically."
     return atomic_write_json(url, SUMMARY_SCHEMA)
 
-# %% ../nbs/13_validation.ipynb 40
+# %% ../nbs/13_validation.ipynb 81
 def utc_now() -> datetime.datetime:
     "The current UTC time, to the second."
     return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
 
+# %% ../nbs/13_validation.ipynb 83
 def _num(v):
+    "A JSON number: None for None/NaN/inf, else float."
     return None if v is None or not np.isfinite(v) else float(v)
 
+# %% ../nbs/13_validation.ipynb 85
 def build_summary(metrics:pd.DataFrame, shortcut:pd.DataFrame, cfg:ValidationConfig|None=None,
                   timestamp:datetime.datetime|None=None, provenance:dict|None=None) -> dict:
     "The spec §5 summary dict (validated against `SUMMARY_SCHEMA`)."
     cfg = cfg or ValidationConfig()
     ts = (timestamp or utc_now()).astimezone(datetime.timezone.utc).replace(microsecond=0)
     n = int(len(metrics))
+    feat = lambda r: {"auc": _num(round(r.auc, 6)), "ci_lower": _num(round(r.ci_lower, 6)), "ci_upper": _num(round(r.ci_upper, 6)),
+                      "flag": r.flag, "direction": r.direction, "n_pos": int(r.n_pos), "n_neg": int(r.n_neg)}
     s = {"pipeline_version": PIPELINE_VERSION, "timestamp": ts.isoformat(),
          "total_cutouts": n, "positives": int((metrics["type"] == "positive").sum()),
          "negatives": int((metrics["type"] == "negative").sum()),
          "quality_pass_rate": round(float(metrics["quality_ok"].astype(bool).mean()), 6) if n else None,
          "gates": quality_gates(metrics, cfg.core_brightness_ratio_threshold, cfg.nan_rejection_rate_threshold),
-         "shortcut_features": {r.feature: {"auc": _num(round(r.auc, 6)), "ci_lower": _num(round(r.ci_lower, 6)),
-                                           "ci_upper": _num(round(r.ci_upper, 6)), "flag": r.flag,
-                                           "direction": r.direction, "n_pos": int(r.n_pos), "n_neg": int(r.n_neg)}
-                               for r in shortcut.itertuples()}}
+         "shortcut_features": {r.feature: feat(r) for r in shortcut.itertuples()}}
     if provenance: s["provenance"] = provenance
     return validate_summary(s)
 
+# %% ../nbs/13_validation.ipynb 87
 def failed_cutouts(metrics:pd.DataFrame) -> pd.DataFrame:
     "Rows that failed quality: galaxy_id, type, reason, size_ok, total_nan_frac, core_nan_frac (+ path when known)."
     cols = [c for c in ["galaxy_id", "type", "reason", "size_ok", "total_nan_frac", "core_nan_frac", "path"] if c in metrics.columns]
@@ -449,11 +426,15 @@ def failed_cutouts(metrics:pd.DataFrame) -> pd.DataFrame:
     if "reason" in f.columns: f["reason"] = f["reason"].replace("", "failed quality")
     return f
 
+# %% ../nbs/13_validation.ipynb 89
 def _parquet_bytes(df:pd.DataFrame) -> bytes:
+    "A DataFrame as Parquet bytes (no index)."
     buf = io.BytesIO(); df.to_parquet(buf, index=False); return buf.getvalue()
 
+# %% ../nbs/13_validation.ipynb 91
 REPORT_FILES: tuple[str, ...] = ("per_cutout_metrics.parquet", "shortcut_auc_by_feature.parquet", "failed_cutouts.parquet", "summary.json")
 
+# %% ../nbs/13_validation.ipynb 92
 def write_report(prefix:str, summary:dict, metrics:pd.DataFrame, shortcut:pd.DataFrame, stamp:str|None=None) -> str:
     "Write the spec §5 report folder `<prefix>/<stamp>/` atomically; returns its URL. `stamp` defaults to the summary's timestamp."
     validate_summary(summary)
@@ -465,34 +446,133 @@ def write_report(prefix:str, summary:dict, metrics:pd.DataFrame, shortcut:pd.Dat
     url = url_join(prefix, stamp)
     fs, path = get_fs(url)
     if fs.exists(path): raise FileExistsError(f"validation report {url} already exists")
-    if is_local(url):
-        final = Path(path)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{stamp}.", dir=final.parent))
-        try:
-            for name, data in files.items(): atomic_write_bytes(str(tmp / name), data)
-            os.rename(tmp, final)                              # one step: the folder appears complete
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True); raise
-        return str(final)
-    for name in REPORT_FILES: atomic_write_bytes(url_join(url, name), files[name])   # summary.json last
-    return url
+    if not is_local(url):
+        for name in REPORT_FILES: atomic_write_bytes(url_join(url, name), files[name])   # summary.json last
+        return url
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{stamp}.", dir=final.parent))
+    try:
+        for name, data in files.items(): atomic_write_bytes(str(tmp / name), data)
+        os.rename(tmp, final)                              # one step: the folder appears complete
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True); raise
+    return str(final)
 
-# %% ../nbs/13_validation.ipynb 42
-def run_validation(manifest, prefix:str, cfg:ValidationConfig|None=None, n_jobs:int|None=None,
-                   progress:bool=True, provenance:dict|None=None, timestamp:datetime.datetime|None=None):
-    """Metrics of every cutout of a training manifest (DataFrame or Parquet URL with s3_path, galaxy_id, label),
-    shortcut AUCs, quality gates, report folder under `prefix`. Returns (report URL, summary, metrics, shortcut)."""
+# %% ../nbs/13_validation.ipynb 95
+def run_validation(manifest, prefix:str, cfg:ValidationConfig|None=None, n_jobs:int|None=None, progress:bool=True,
+                   provenance:dict|None=None, timestamp:datetime.datetime|None=None, root:str|None=None):
+    """Metrics of every cutout of a training manifest (DataFrame or Parquet URL with s3_path, galaxy_id, label; paths
+    resolved on `root`), shortcut AUCs, quality gates, report folder under `prefix`. (report URL, summary, metrics, shortcut)."""
     cfg = cfg or ValidationConfig()
     man = read_parquet(manifest) if isinstance(manifest, (str, os.PathLike)) else manifest
     missing = [c for c in ("s3_path", "galaxy_id", "label") if c not in man.columns]
     if missing: raise ValueError(f"training manifest lacks column(s) {missing} (has {list(man.columns)})")
-    metrics = compute_metrics(man["s3_path"].astype(str).tolist(), man["galaxy_id"].astype(str).tolist(), man["label"],
-                              batch_size=cfg.batch_size, n_jobs=n_jobs or cfg.n_jobs, max_nan_frac=cfg.max_nan_frac,
-                              max_core_nan_frac=cfg.max_core_nan_frac, progress=progress)
+    paths = man["s3_path"].astype(str).tolist()
+    metrics = compute_metrics([resolve_path(root, p) for p in paths] if root else paths, man["galaxy_id"].astype(str).tolist(),
+                              man["label"], batch_size=cfg.batch_size, n_jobs=n_jobs or cfg.n_jobs, max_nan_frac=cfg.max_nan_frac,
+                              max_core_nan_frac=cfg.max_core_nan_frac, progress=progress).assign(path=paths)
     shortcut = shortcut_auc_by_feature(metrics, cfg.features, cfg.n_bootstrap, cfg.seed, cfg.ci_level,
                                        cfg.auc_yellow, cfg.auc_red, cfg.expected_physics)
     prov = {"git_commit": git_commit(), "config_hash": config_hash(cfg), "seed": cfg.seed, "n_bootstrap": cfg.n_bootstrap,
             **(provenance or {})}
     summary = build_summary(metrics, shortcut, cfg, timestamp=timestamp, provenance=prov)
     return write_report(prefix, summary, metrics, shortcut), summary, metrics, shortcut
+
+# %% ../nbs/13_validation.ipynb 101
+def run_gate_suite(cfg, vcfg:ValidationConfig, manifest_url:str, root:str, progress:bool=False) -> dict:
+    "gates.json: the spec §4 gates on one sample of `vcfg.gates_split`, on raw and on the training's preprocessed pixels."
+    from stronglens.gates import gates_on_sample, load_gate_sample
+    X, y, rows, n_failed = load_gate_sample(manifest_url, vcfg.gates_split, vcfg.gates_n, vcfg.seed, vcfg.gates_balance,
+                                            progress, root)
+    results = {}
+    for label, mode in (("raw", "raw"), ("preprocessed", "config")):
+        g = gates_on_sample(X, y, cfg, mode, vcfg.gates_k, vcfg.seed)
+        results[label] = dict(split=vcfg.gates_split, n_requested=vcfg.gates_n, n_failed_to_load=n_failed,
+                              preprocessing=g.core_pixels, balance=vcfg.gates_balance, **g.to_dict())
+    return {"split": vcfg.gates_split, "n_requested": vcfg.gates_n, "k": vcfg.gates_k, "seed": vcfg.seed,
+            "passed": all(r["passed"] for r in results.values()), "results": results}
+
+# %% ../nbs/13_validation.ipynb 105
+def _validation_section(cfg) -> ValidationConfig:
+    "The config's `validation` section (defaults when absent), validated."
+    v = getattr(cfg, "validation", None) or ValidationConfig()
+    v.validate()
+    return v
+
+# %% ../nbs/13_validation.ipynb 107
+def _manifest_url(cfg, run_dir:str) -> str:
+    "The training manifest a stage reads: `training.dataset.manifest_path` (run-relative) or the catalog stage's."
+    ds = getattr(getattr(cfg, "training", None), "dataset", None)
+    return resolve_path(run_dir, getattr(ds, "manifest_path", "") or "manifests/training_manifest.parquet")
+
+# %% ../nbs/13_validation.ipynb 109
+def run_validate_stage(cfg, run_dir, progress:bool=True, n_jobs:int|None=None) -> dict:
+    "Stage `validate`: the spec §5 report of every manifest cutout and the spec §4 gates (raw, preprocessed) under validation/."
+    from stronglens.runs import stage_run
+    vcfg = _validation_section(cfg)
+    with stage_run(run_dir, "validate", cfg) as st:
+        if st.skip: return st.result
+        man_url = _manifest_url(cfg, st.run_dir)
+        url, summary, metrics, shortcut = run_validation(man_url, vcfg.report_prefix or st.out, vcfg, n_jobs, progress,
+                                                         provenance=st.provenance(), root=st.run_dir)
+        st.log(f"report {st.rel(url)}: {len(metrics)} cutouts, quality pass rate {summary['quality_pass_rate']}")
+        gates = run_gate_suite(cfg, vcfg, man_url, st.run_dir, progress)
+        atomic_write_json(st.path("gates.json"), gates)
+        unreadable = metrics["reason"].str.contains("unreadable|missing key 'cutout'", regex=True)
+        st.failures(int(unreadable.sum()), len(metrics), what="cutout files unreadable", table=url_join(url, "failed_cutouts.parquet"))
+        st.result.update(report=st.rel(url), gates="validation/gates.json", n_cutouts=len(metrics),
+                         quality_pass_rate=summary["quality_pass_rate"], quality_gates_passed=all(g["passed"] for g in summary["gates"].values()),
+                         shortcut_gates_passed=gates["passed"], red_features=shortcut.loc[shortcut.flag == "red", "feature"].tolist())
+    return st.result
+
+# %% ../nbs/13_validation.ipynb 113
+def read_validation(run_dir, result:dict|None=None) -> dict:
+    "The validate stage's outputs: summary (dict), metrics, shortcut, failed (DataFrames), gates (dict)."
+    if result is None:
+        from stronglens.runs import get_stage, read_marker
+        result = (read_marker(str(run_dir), get_stage("validate")) or {}).get("result") or {}
+    if "report" not in result: raise FileNotFoundError(f"{run_dir}: no validate stage result (run `stronglens run validate`)")
+    rep, R = resolve_path(run_dir, result["report"]), lambda *p: resolve_path(run_dir, url_join(*p))
+    return {"summary": json.loads(read_bytes(url_join(rep, "summary.json"))),
+            "metrics": read_parquet(url_join(rep, "per_cutout_metrics.parquet")),
+            "shortcut": read_parquet(url_join(rep, "shortcut_auc_by_feature.parquet")),
+            "failed": read_parquet(url_join(rep, "failed_cutouts.parquet")),
+            "gates": json.loads(read_bytes(R(result.get("gates", "validation/gates.json"))))}
+
+# %% ../nbs/13_validation.ipynb 115
+SEVERITY_COLOURS: dict = {"green": "#009E73", "yellow": "#E69F00", "red": "#D55E00", "insufficient_data": "lightgray"}  # Okabe–Ito
+
+def plot_shortcut_aucs(shortcut:pd.DataFrame, yellow:float=0.60, red:float=0.80):
+    "Horizontal bars of the folded per-feature AUCs with their bootstrap CIs, coloured by severity; returns the Figure."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(shortcut) + 1.0))
+    y = np.arange(len(shortcut))
+    err = np.vstack([shortcut.auc - shortcut.ci_lower, shortcut.ci_upper - shortcut.auc]).clip(min=0)
+    bars = ax.barh(y, shortcut.auc - 0.5, left=0.5, xerr=err, color=[SEVERITY_COLOURS[s] for s in shortcut.severity], capsize=3)
+    for b, f in zip(bars, shortcut.flag):
+        if f == "expected_physics": b.set_hatch("//")
+    ax.axvline(yellow, ls="--", color=SEVERITY_COLOURS["yellow"]); ax.axvline(red, ls="--", color=SEVERITY_COLOURS["red"])
+    ax.set_yticks(y, shortcut.feature); ax.set_xlim(0.45, 1.0); ax.set_xlabel("AUC = max(AUC, 1 − AUC), 95% bootstrap CI")
+    ax.set_title("Shortcut AUC by feature (quality-passing cutouts, positives vs negatives; hatched: expected physics)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/13_validation.ipynb 117
+def plot_feature_distributions(metrics:pd.DataFrame, shortcut:pd.DataFrame):
+    "Positive vs negative histograms of each feature (quality-passing rows, pooled 1st–99th percentile range); the Figure."
+    import matplotlib.pyplot as plt
+    q, feats = metrics[metrics.quality_ok.astype(bool)], shortcut.set_index("feature")
+    fig, axs = plt.subplots(2, 3, figsize=(13, 6.5))
+    for f, a in zip(FEATURES, axs.ravel()):
+        v = q[f].to_numpy(float); ok = np.isfinite(v)
+        if not ok.any(): a.set_title(f"{f}: no finite values"); continue
+        lo, hi = np.percentile(v[ok], [1, 99])
+        for t, c in [("negative", "#0072B2"), ("positive", "#D55E00")]:
+            vv = q.loc[q.type == t, f].to_numpy(float)
+            a.hist(vv[np.isfinite(vv)], bins=np.linspace(lo, hi, 40) if hi > lo else 10, density=True, histtype="step", lw=1.5, color=c, label=t)
+        if f in feats.index:
+            r = feats.loc[f]; a.set_title(f"{f}\nAUC {r.auc:.3f} [{r.ci_lower:.3f}, {r.ci_upper:.3f}] {r.flag}", fontsize=9)
+        a.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

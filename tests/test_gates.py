@@ -161,3 +161,94 @@ def test_cli_exit_codes(tmp_path):
     assert cli_main(["run", "gates", "--run-dir", str(clean.parent), "--preprocessing", "raw"]) == 0
     assert G.main(["--config", str(clean), "--split", "nosuchsplit"]) == 2
     assert G.main(["--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+# ---------------------------------------------------------------- 13.1: the radial gate under `residual`
+def _halo_run(root: Path, preprocessing: str, n: int = 120) -> Path:
+    "A run folder (run-relative manifest paths) whose positives carry a planted halo, trained with `preprocessing`."
+    neg, pos = G.synthetic_stamps(n, seed=41), G.synthetic_stamps(n, seed=42, arc=True, halo=0.01)
+    rows = []
+    for lab, xs in ((0, neg), (1, pos)):
+        for k, a in enumerate(xs):
+            gid = f"{'p' if lab else 'n'}{k:04d}"
+            write_cutout(str(root / "cutouts" / f"{gid}.npz"), a, _meta(gid))
+            rows.append(dict(s3_key=f"{gid}.npz", s3_path=f"cutouts/{gid}.npz", galaxy_id=gid, filename=f"{gid}.npz",
+                             label=lab, cutout_type="positive" if lab else "negative", split="test"))
+    (root / "manifests").mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(root / "manifests" / "training_manifest.parquet", index=False)
+    cfg = yaml.safe_load((ROOT / "configs" / "unpaired_matched_raw.yaml").read_text())
+    cfg["dataset"]["preprocessing"] = preprocessing
+    (root / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return root
+
+
+@pytest.fixture(scope="module")
+def halo_stamps():
+    n = 150
+    X = np.concatenate([G.synthetic_stamps(n, seed=41), G.synthetic_stamps(n, seed=42, arc=True, halo=0.01)])
+    return X, np.r_[np.zeros(n), np.ones(n)]
+
+
+def test_residual_pixels_have_no_radial_profile_and_the_gate_refuses_them(halo_stamps):
+    "The defect: on residual pixels the radial features are identically zero, so the gate 'passed' (AUC ~0.5)."
+    X, y = halo_stamps
+    res, _ = G.apply_preprocessing(X, mode="residual")
+    f = G.radial_profile_features(res)
+    assert np.nanstd(f, axis=0).max() < 1e-4 * np.nanstd(res)
+    with pytest.raises(ValueError, match="no radial profile.*residual"):
+        G.radial_lr_auc(res, y)
+    with pytest.raises(ValueError, match="no radial profile"):
+        G.run_shortcut_gates(res, y)
+
+
+@pytest.mark.parametrize("mode", ["raw", "raw_robust"])
+def test_planted_halo_fails_radial_gate_on_raw_and_raw_robust(halo_stamps, mode):
+    X, y = halo_stamps
+    px, _ = G.apply_preprocessing(X, mode=mode)
+    assert G.radial_lr_auc(px, y, seed=0) >= G.RADIAL_PROFILE_AUC_THRESHOLD
+
+
+def test_radial_gate_mode_and_radial_xs(halo_stamps):
+    assert [G.radial_gate_mode(m) for m in ("raw", "raw_robust", "residual")] == ["raw", "raw_robust", "raw_robust"]
+    X, y = halo_stamps
+    res, rr = G.apply_preprocessing(X, mode="residual")[0], G.apply_preprocessing(X, mode="raw_robust")[0]
+    g = G.run_shortcut_gates(res, y, seed=0, radial_xs=rr)
+    assert not g.radial_passed
+    assert g.core_lr_auc == G.core_lr_auc(res, y, seed=0)                 # the core gate still sees residual pixels
+    with pytest.raises(ValueError, match="radial-gate images"):
+        G.run_shortcut_gates(res, y, radial_xs=rr[:10])
+
+
+@pytest.mark.parametrize("preprocessing", ["raw", "raw_robust", "residual"])
+def test_planted_halo_is_a_failed_gate_whatever_the_training_preprocessing(tmp_path, preprocessing):
+    "gates_from_config with the config's preprocessing (the 'preprocessed' gate of gates.json, the CLI default)."
+    run = _halo_run(tmp_path / "run", preprocessing)
+    from stronglens.config import load_config
+    res, info = G.gates_from_config(load_config(str(run / "config.yaml")), n=0, seed=0, root=str(run),
+                                    manifest_path=str(run / "manifests" / "training_manifest.parquet"))
+    assert info["preprocessing"] == preprocessing and res.core_pixels == preprocessing
+    assert res.radial_pixels == ("raw" if preprocessing == "raw" else "raw_robust")
+    assert not res.radial_passed and not res.passed, res.report()
+    assert info["radial_passed"] is False and info["n"] == 240
+
+
+@pytest.mark.slow
+def test_cli_default_fails_planted_halo_under_residual(tmp_path, capsys):
+    run = _halo_run(tmp_path / "run", "residual")
+    assert G.main(["--run-dir", str(run), "--n", "0", "--json", str(tmp_path / "g.json")]) == 1
+    out = capsys.readouterr().out
+    assert "GATES FAILED" in out and "[raw_robust pixels]" in out and "[residual pixels]" in out
+    import json
+    d = json.loads((tmp_path / "g.json").read_text())
+    assert d["radial_pixels"] == "raw_robust" and d["radial_passed"] is False
+    from stronglens.cli import main as cli_main
+    assert cli_main(["run", "gates", "--run-dir", str(run), "--n", "0"]) == 1
+    # explicitly asking for the radial gate on residual pixels is refused with the reason, not passed
+    assert G.main(["--run-dir", str(run), "--radial-preprocessing", "residual"]) == 2
+    assert "no radial profile" in capsys.readouterr().err
+
+
+def test_load_gate_sample_resolves_run_relative_paths(tmp_path):
+    run = _halo_run(tmp_path / "run", "raw", n=10)
+    X, y, rows, n_failed = G.load_gate_sample(str(run / "manifests" / "training_manifest.parquet"), n=0, root=str(run))
+    assert X.shape == (20, 101, 101, 3) and n_failed == 0 and rows.s3_path[0] == str(run / "cutouts" / "n0000.npz")

@@ -146,19 +146,24 @@ def test_streaming_batches_bounded(tmp_path):
     pd.testing.assert_frame_equal(a, b)
 
 
-def test_auc_and_bootstrap_against_sklearn():
+def test_feature_auc_ci_uses_the_one_bootstrap_and_matches_sklearn():
+    "One implementation: the per-feature interval is calibration.bootstrap_ci's (class-stratified, vectorised AUC)."
+    from stronglens import calibration as C
     rng = np.random.default_rng(3)
     s = np.round(np.r_[rng.normal(0, 1, 500), rng.normal(0.4, 1, 120)], 1)      # ties on purpose
-    y = np.r_[np.zeros(500), np.ones(120)]
-    assert V.auc_score(s, y) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
-    boot = V.bootstrap_auc(s, y, 1000, seed=0)
-    assert boot.shape == (1000,)
-    r = np.random.default_rng(1); pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-    ref = np.array([roc_auc_score(np.r_[np.ones(120), np.zeros(500)], np.r_[s[r.choice(pos, 120)], s[r.choice(neg, 500)]])
+    y = np.r_[np.zeros(500), np.ones(120)].astype(int)
+    r = V.folded_auc_ci(s, y, 1000, seed=0)
+    assert r["auc_raw"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    b = C.bootstrap_ci(C.roc_auc, y, s, n_resamples=1000, seed=0, strata=y, vectorized=True)
+    assert (r["ci_lower"], r["ci_upper"]) == (b.ci_lower, b.ci_upper)
+    rr = np.random.default_rng(1); pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    ref = np.array([roc_auc_score(np.r_[np.ones(120), np.zeros(500)], np.r_[s[rr.choice(pos, 120)], s[rr.choice(neg, 500)]])
                     for _ in range(500)])
-    assert boot.std() == pytest.approx(ref.std(), rel=0.1)
-    assert np.quantile(boot, 0.025) == pytest.approx(np.quantile(ref, 0.025), abs=0.01)
-    np.testing.assert_array_equal(boot, V.bootstrap_auc(s, y, 1000, seed=0))
+    assert b.replicates.std() == pytest.approx(ref.std(), rel=0.1)
+    assert r["ci_lower"] == pytest.approx(np.quantile(ref, 0.025), abs=0.01)
+    assert not hasattr(V, "bootstrap_auc") and not hasattr(V, "auc_score")           # no second implementation
+    with pytest.raises(ValueError, match=">= 1000"):
+        V.folded_auc_ci(s, y, 500)
 
 
 def test_shortcut_table_fold_direction_and_flags():
@@ -282,3 +287,86 @@ def test_validation_config_section(tmp_path):
     p.write_text("run: {name: t, seed: 1}\nvalidation: {n_bootstrap: 10}\n")
     with pytest.raises(ConfigError, match="n_bootstrap"):
         load_config(p)
+
+
+# ---------------------------------------------------------------- run-relative paths and the validate stage
+def test_run_validation_resolves_run_relative_paths(tmp_path):
+    man = _dataset(tmp_path, n=10)
+    man["s3_path"] = [f"cut/{g}.npz" for g in man.galaxy_id]                     # relative to the run folder
+    man.loc[len(man)] = dict(galaxy_id="lost", s3_path="cut/lost.npz", label=0, split="test")
+    url, s, metrics, _ = V.run_validation(man, str(tmp_path / "validation"), progress=False, n_jobs=1, root=str(tmp_path))
+    assert s["quality_pass_rate"] == pytest.approx(20 / 21, abs=1e-6)
+    f = pd.read_parquet(Path(url) / "failed_cutouts.parquet")
+    assert f.galaxy_id.tolist() == ["lost"] and f.path.tolist() == ["cut/lost.npz"]
+
+
+def _stage_run(run: Path, n=80, halo=0.01, preprocessing="residual", missing=0, validation=None):
+    "A run folder whose catalogs, cutouts and train stages are done (real markers, no mock sky)."
+    import yaml
+    from stronglens.config import config_from_dict, atomic_write_parquet, atomic_write_json
+    from stronglens.runs import stage_run
+    from stronglens.gates import synthetic_stamps
+    (run / "inputs").mkdir(parents=True, exist_ok=True)
+    training = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())["training"]
+    training["dataset"]["preprocessing"] = preprocessing
+    cfg = config_from_dict({"run": {"name": "t", "seed": 0}, "catalogs": {"sweep_dir": str(run / "inputs")},
+                            "cutouts": {"source": "legacysurvey"}, "training": training,
+                            "validation": {"n_jobs": 1, "gates_n": 0, **(validation or {})}})
+    X = np.concatenate([synthetic_stamps(n, seed=61), synthetic_stamps(n, seed=62, arc=True, halo=halo)])
+    gid = [f"g{k:04d}" for k in range(2 * n)]
+    quiet = lambda m: None
+    with stage_run(run, "catalogs", cfg, log=quiet) as st:
+        atomic_write_parquet(pd.DataFrame({"s3_path": [f"cutouts/{g}.npz" for g in gid], "galaxy_id": gid, "label": [0] * n + [1] * n,
+                                           "split": np.where(np.arange(2 * n) % 5 == 0, "train", "test")}), st.path("training_manifest.parquet"))
+    with stage_run(run, "cutouts", cfg, log=quiet) as st:
+        for g, a in list(zip(gid, X))[missing:]: write_cutout(st.path(f"{g}.npz"), a, _meta(g))
+    with stage_run(run, "train", cfg, log=quiet) as st:
+        atomic_write_json(st.path("train_summary.json"), {})
+    return cfg
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preprocessing", ["raw_robust", "residual"])
+def test_validate_stage_preprocessed_gate_fails_planted_halo(tmp_path, preprocessing):
+    "gates.json's 'preprocessed' radial gate fails on a planted halo whatever the training preprocessing (13.1)."
+    cfg = _stage_run(tmp_path / "run", preprocessing=preprocessing)
+    res = V.run_validate_stage(cfg, str(tmp_path / "run"), progress=False)
+    g = json.loads((tmp_path / "run" / "validation" / "gates.json").read_text())
+    pre = g["results"]["preprocessed"]
+    assert pre["core_pixels"] == preprocessing and pre["radial_pixels"] == "raw_robust"
+    assert pre["radial_passed"] is False and g["passed"] is False and res["shortcut_gates_passed"] is False
+    assert g["results"]["raw"]["radial_pixels"] == "raw" and g["results"]["raw"]["radial_passed"] is False
+    marker = json.loads((tmp_path / "run" / "validation" / "_stage.json").read_text())
+    assert marker["status"] == "done" and marker["result"]["report"] == res["report"]
+    out = V.read_validation(str(tmp_path / "run"))
+    assert len(out["metrics"]) == 160 and out["summary"]["total_cutouts"] == 160
+    assert V.run_validate_stage(cfg, str(tmp_path / "run"), progress=False) == res          # unchanged: skipped
+
+
+@pytest.mark.slow
+def test_validate_stage_clean_run_passes_gates_and_records_failures(tmp_path):
+    cfg = _stage_run(tmp_path / "run", halo=0.0, preprocessing="residual", missing=1)
+    res = V.run_validate_stage(cfg, str(tmp_path / "run"), progress=False)
+    g = json.loads((tmp_path / "run" / "validation" / "gates.json").read_text())
+    assert g["results"]["preprocessed"]["radial_passed"] is True, g                    # the gate can pass, too
+    marker = json.loads((tmp_path / "run" / "validation" / "_stage.json").read_text())
+    assert marker["status"] == "done_with_failures"                                    # 1 of 160 files missing
+    assert pd.read_parquet(tmp_path / "run" / res["report"] / "failed_cutouts.parquet").path.tolist() == ["cutouts/g0000.npz"]
+
+
+def test_validate_stage_fails_loudly_past_the_failure_threshold(tmp_path):
+    from stronglens.runs import StageError
+    cfg = _stage_run(tmp_path / "run", n=20, missing=5)
+    with pytest.raises(StageError, match="5 of 40 cutout files unreadable"):
+        V.run_validate_stage(cfg, str(tmp_path / "run"), progress=False)
+    assert json.loads((tmp_path / "run" / "validation" / "_stage.json").read_text())["status"] == "failed"
+
+
+def test_validate_stage_refuses_missing_upstream(tmp_path):
+    from stronglens.config import config_from_dict
+    from stronglens.runs import StageOrderError
+    (tmp_path / "inputs").mkdir()
+    cfg = config_from_dict({"run": {"name": "t", "seed": 0}, "catalogs": {"sweep_dir": str(tmp_path / "inputs")},
+                            "cutouts": {"source": "legacysurvey"}})
+    with pytest.raises(StageOrderError):
+        V.run_validate_stage(cfg, str(tmp_path), progress=False)
