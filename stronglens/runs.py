@@ -493,8 +493,11 @@ def _decide(p:Plan, m:dict, run_dir:str, spec:StageSpec, cfg):
     st, diffs = m["status"], []
     if changed_keys(m.get("config", {}), p.config): diffs.append("config changed: " + "; ".join(config_changes(m.get("config", {}), p.config)))
     old_in = m.get("inputs", {})
-    ch = [k.split(":", 1)[1] for k in sorted(set(old_in) | set(p.inputs)) if old_in.get(k) != p.inputs.get(k)]
-    if ch: diffs.append(f"input changed: {_short(ch)}")
+    ch = [k for k in sorted(set(old_in) | set(p.inputs)) if old_in.get(k) != p.inputs.get(k)]
+    first = [k.split(":", 1)[1] for k in ch if p.inputs.get(k) == "(reruns first)"]
+    other = [k.split(":", 1)[1] for k in ch if p.inputs.get(k) != "(reruns first)"]
+    if first: diffs.append(f"upstream {', '.join(first)} reruns first")
+    if other: diffs.append(f"input changed: {_short(other)}")
     if diffs:
         was = {"running": "the interrupted run", "failed": "the failed run"}.get(st, "its outputs")
         p.action, p.clear, p.reasons = "rerun", True, [f"{d} (clearing {was})" for d in diffs]
