@@ -21,8 +21,7 @@ import pandas as pd
 warnings.filterwarnings("ignore")
 from stronglens.config import atomic_write_parquet, git_commit
 from stronglens.negatives import NegativeSamplingConfig
-from stronglens.negatives import (synthetic_sweep, write_sweep_fits, ChunkContext, process_chunk, plan_tasks, run_tasks_local,
-                                  POOL_COLUMNS)
+from stronglens.negatives import synthetic_sweep, write_sweep_fits, ChunkContext, process_chunk, plan_tasks, run_tasks_local
 from stronglens.splits import compute_healpix_scalar, assign_split_scalar
 
 ROWS_PER_FILE = 1_000_000
@@ -97,18 +96,12 @@ def bench_size(n_rows, workdir, spark, neg, n_jobs_list=(1, 2)):
         out["candidates"] = len(cand)
     del cand, lr
     if spark is not None:
-        import json
-        from stronglens.spark import _task_fn, _ROLE_COLS, spark_schema, _forward_env
-        from pyspark.sql import functions as F, types as T
-        out_cols = {**POOL_COLUMNS, **_ROLE_COLS}
+        from stronglens.spark import task_function, task_table, TASK_OUTPUT_COLUMNS, ROLE_COLUMNS, spark_schema, forwarded_env
+        from pyspark.sql import functions as F
         t0 = time.perf_counter()
         tasks = plan_tasks(urls, CHUNK_ROWS, "fill_nan")
-        rows = [(tk.url, tk.start, tk.stop, json.dumps(list(tk.bad_columns))) for tk in tasks]
-        tschema = T.StructType([T.StructField("url", T.StringType()), T.StructField("start", T.LongType()),
-                                T.StructField("stop", T.LongType()), T.StructField("bad", T.StringType())])
-        tdf = spark.createDataFrame(spark.sparkContext.parallelize(rows, len(rows)), tschema)
-        res = tdf.mapInPandas(_task_fn(ctx, out_cols, _forward_env()), spark_schema(out_cols))
-        (res.filter(F.col("_role") == "candidate").drop("_lens_idx", "_lens_sep_arcsec", "_role", "_info", "_rank_key")
+        res = task_table(spark, tasks).mapInPandas(task_function(ctx, forwarded_env()), spark_schema(TASK_OUTPUT_COLUMNS))
+        (res.filter(F.col("_role") == "candidate").drop(*ROLE_COLUMNS)
             .write.mode("overwrite").partitionBy("split").parquet(str(res_dir / "spark_pool")))
         out["spark_rows_s"] = n_rows / (time.perf_counter() - t0)
         n_spark = pd.read_parquet(res_dir / "spark_pool", columns=["galaxy_id"]).shape[0]

@@ -5,11 +5,17 @@
 # %% ../nbs/17_spark.ipynb 2
 from __future__ import annotations
 import os, sys, json
-import numpy as np
 import pandas as pd
+from .config import url_join, atomic_write_parquet
+from .legacysurvey import SweepReadError, SweepProblem
+from .negatives import (SweepTask, CatalogResult, POOL_COLUMNS, LENS_ROW_COLUMNS, MATCH_BIN_COLUMNS, empty_pool, run_task,
+                                  prepare_catalogs, plan_tasks, match_positives, split_positives, targets_long, sampling_table,
+                                  stratum_keys, with_strata)
 
 # %% auto 0
-__all__ = ['spark_session', 'spark_schema', 'build_catalogs_spark']
+__all__ = ['ROLE_COLUMNS', 'TASK_OUTPUT_COLUMNS', 'spark_session', 'spark_schema', 'forwarded_env', 'conform_frame', 'fix_dtypes',
+           'task_frames', 'task_function', 'task_table', 'collect_small', 'draw_negatives_spark', 'write_pool_by_split',
+           'build_catalogs_spark']
 
 # %% ../nbs/17_spark.ipynb 4
 def spark_session(master: str = "local[2]", app_name: str = "stronglens",
@@ -34,40 +40,25 @@ def spark_session(master: str = "local[2]", app_name: str = "stronglens",
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 
-# %% ../nbs/17_spark.ipynb 7
-_ROLE_COLS = {"_rank_key": "int64", "_lens_idx": "int64", "_lens_sep_arcsec": "float64", "_role": "str", "_info": "str"}
+# %% ../nbs/17_spark.ipynb 8
+ROLE_COLUMNS = {**LENS_ROW_COLUMNS, **{c: "str" for c in MATCH_BIN_COLUMNS}, "_role": "str", "_info": "str"}
+TASK_OUTPUT_COLUMNS = {**POOL_COLUMNS, **ROLE_COLUMNS}
 
+# %% ../nbs/17_spark.ipynb 10
 def spark_schema(columns: dict[str, str]):
     "Spark StructType from a {name: pandas dtype string} schema."
     from pyspark.sql import types as T
     m = {"str": T.StringType(), "int64": T.LongType(), "float64": T.DoubleType(), "float32": T.FloatType(), "bool": T.BooleanType()}
     return T.StructType([T.StructField(c, m[d], True) for c, d in columns.items()])
 
-def _forward_env() -> dict:
+# %% ../nbs/17_spark.ipynb 12
+def forwarded_env() -> dict:
+    "The driver's AWS_* / STRONGLENS_* environment variables, forwarded into the Spark tasks (S3 endpoint, credentials)."
     return {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "STRONGLENS_"))}
 
-def _task_fn(ctx, out_cols: dict, env: dict):
-    "The mapInPandas function: run each task row of the input batches, yield role-tagged pool rows."
-    def fn(batches):
-        os.environ.update(env)
-        from stronglens.negatives import SweepTask, run_task, empty_pool
-        from stronglens.legacysurvey import SweepReadError
-        for b in batches:
-            for r in b.itertuples(index=False):
-                task = SweepTask(r.url, int(r.start), int(r.stop), tuple(json.loads(r.bad)))
-                try:
-                    res = run_task(task, ctx)
-                except SweepReadError as e:
-                    err = empty_pool(_ROLE_COLS).reindex(range(1))
-                    err["_role"], err["_info"], err["sweep_file"] = "error", json.dumps([task.url, task.start, task.stop, str(e)]), task.url
-                    yield _conform(err, out_cols); continue
-                c = res.candidates.assign(_role="candidate")
-                l = res.lens_rows.assign(_role="lens")
-                k = empty_pool(_ROLE_COLS).reindex(range(1)); k["_role"], k["_info"] = "count", json.dumps(res.counts)
-                for part in (c, l, k): yield _conform(part, out_cols)
-    return fn
-
-def _conform(df: pd.DataFrame, cols: dict) -> pd.DataFrame:
+# %% ../nbs/17_spark.ipynb 14
+def conform_frame(df: pd.DataFrame, cols: dict) -> pd.DataFrame:
+    "`df` with exactly `cols` (missing ones null), strings with nulls, floats numeric: ready for Arrow."
     out = pd.DataFrame(index=range(len(df)))
     for c, t in cols.items():
         v = df[c] if c in df.columns else pd.Series([None] * len(df))
@@ -75,60 +66,97 @@ def _conform(df: pd.DataFrame, cols: dict) -> pd.DataFrame:
         if t in ("float32", "float64"): out[c] = pd.to_numeric(out[c]).astype(t)
     return out
 
-def _fix_dtypes(df: pd.DataFrame, cols: dict) -> pd.DataFrame:
-    for c, t in cols.items():
-        if c in df.columns: df[c] = df[c].astype(t)
-    return df
+# %% ../nbs/17_spark.ipynb 16
+def fix_dtypes(df: pd.DataFrame, cols: dict) -> pd.DataFrame:
+    "`df` with its columns cast to the schema `cols` (pandas dtype strings); other columns unchanged."
+    return df.astype({c: t for c, t in cols.items() if c in df.columns})
 
-def build_catalogs_spark(ccfg, neg, paths: dict, spark=None, out_dir: str | None = None, inputs=None):
-    "The catalog stage on Spark; returns the same CatalogResult as `negatives.build_catalogs` (candidates not collected)."
+# %% ../nbs/17_spark.ipynb 18
+def task_frames(task: SweepTask, ctx) -> list[pd.DataFrame]:
+    "Run one task: role-tagged frames (candidates with their stratum bins, lens rows, counts), or one 'error' row."
+    try: res = run_task(task, ctx)
+    except SweepReadError as e:
+        err = pd.DataFrame({"_role": ["error"], "_info": [json.dumps([task.url, task.start, task.stop, str(e)])], "sweep_file": [task.url]})
+        return [conform_frame(err, TASK_OUTPUT_COLUMNS)]
+    cand = with_strata(res.candidates, ctx.neg.stratification).assign(_role="candidate")
+    count = pd.DataFrame({"_role": ["count"], "_info": [json.dumps(res.counts)]})
+    return [conform_frame(f, TASK_OUTPUT_COLUMNS) for f in (cand, res.lens_rows.assign(_role="lens"), count)]
+
+# %% ../nbs/17_spark.ipynb 19
+def task_function(ctx, env: dict):
+    "The mapInPandas function: run each task row (url, start, stop, bad) of the input batches, yield role-tagged rows."
+    def fn(batches):
+        os.environ.update(env)
+        for b in batches:
+            for r in b.itertuples(index=False):
+                yield from task_frames(SweepTask(r.url, int(r.start), int(r.stop), tuple(json.loads(r.bad))), ctx)
+    return fn
+
+# %% ../nbs/17_spark.ipynb 22
+def task_table(spark, tasks: list[SweepTask]):
+    "A Spark DataFrame of tasks (url, start, stop, bad columns as JSON), one task per partition."
+    from pyspark.sql import types as T
+    rows = [(t.url, t.start, t.stop, json.dumps(list(t.bad_columns))) for t in tasks]
+    schema = T.StructType([T.StructField("url", T.StringType()), T.StructField("start", T.LongType()),
+                           T.StructField("stop", T.LongType()), T.StructField("bad", T.StringType())])
+    return spark.createDataFrame(spark.sparkContext.parallelize(rows, max(len(rows), 1)), schema)
+
+# %% ../nbs/17_spark.ipynb 23
+def collect_small(small: pd.DataFrame, problems: list) -> tuple[dict, pd.DataFrame]:
+    "(summed counts, lens rows) from the collected non-candidate rows; read errors are appended to `problems`."
+    counts = {}
+    for info in small.loc[small._role == "count", "_info"]:
+        for k, v in json.loads(info).items(): counts[k] = counts.get(k, 0) + int(v)
+    for info in small.loc[small._role == "error", "_info"]:
+        url, s0, s1, msg = json.loads(info)
+        problems.append(SweepProblem(url, msg, f"rows {s0}-{s1} skipped", int(s1) - int(s0)))
+    lens = small[small._role == "lens"].reset_index(drop=True)
+    return counts, fix_dtypes(lens, {**POOL_COLUMNS, **LENS_ROW_COLUMNS})[list({**POOL_COLUMNS, **LENS_ROW_COLUMNS})]
+
+# %% ../nbs/17_spark.ipynb 24
+def draw_negatives_spark(spark, cand, tl: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "(drawn negatives in pool schema sorted by galaxy_id, available per stratum/pool): the first `target` rows by `_rank_key`."
     from pyspark.sql import functions as F, Window
-    from stronglens.negatives import (prepare_catalogs, plan_tasks, match_positives, targets_long, sampling_table,
-                                      CatalogResult, POOL_COLUMNS, STRATUM_POOL)
-    from stronglens.legacysurvey import SweepProblem
-    from stronglens.config import is_local, url_join, atomic_write_parquet
+    kp = keys + ["pool"]
+    tsp = spark.createDataFrame(tl[kp + ["target"]].astype({"target": "int64"}))
+    w = Window.partitionBy(*kp).orderBy("_rank_key", "galaxy_id")
+    ranked = (cand.join(F.broadcast(tsp), on=kp, how="inner").withColumn("_rn", F.row_number().over(w))
+              .withColumn("_avail", F.count(F.lit(1)).over(Window.partitionBy(*kp))))
+    # one job: the drawn rows, plus the first row of every group to read its availability
+    got = ranked.filter((F.col("_rn") <= F.col("target")) | (F.col("_rn") == 1)).drop("_rank_key").toPandas()
+    avail = got[got._rn == 1][kp + ["_avail"]].rename(columns={"_avail": "available"}).astype({"available": "int64"})
+    negs = fix_dtypes(got[got._rn <= got.target].reset_index(drop=True), POOL_COLUMNS)
+    return negs[list(POOL_COLUMNS) + keys[2:]].sort_values("galaxy_id").reset_index(drop=True), avail
+
+# %% ../nbs/17_spark.ipynb 25
+def write_pool_by_split(negs: pd.DataFrame, out_dir: str) -> str:
+    "The sampled pool as Parquet partitioned by split (hive-style folders `split=<name>/part-0.parquet`), local or s3://."
+    target = url_join(out_dir, "negative_pool_by_split")
+    for s_, part in negs.groupby("split"):
+        atomic_write_parquet(part.drop(columns=["split"]).reset_index(drop=True), url_join(target, f"split={s_}", "part-0.parquet"))
+    return target
+
+# %% ../nbs/17_spark.ipynb 26
+def build_catalogs_spark(ccfg, neg, paths: dict, spark=None, out_dir: str | None = None, inputs=None) -> CatalogResult:
+    "The catalog stage on Spark; returns the same CatalogResult as `negatives.build_catalogs` (candidates not collected)."
+    from pyspark.sql import functions as F
     spark = spark or spark_session(ccfg.spark_master)
     inputs = prepare_catalogs(ccfg, neg, paths) if inputs is None else inputs
     problems = []
     tasks = plan_tasks(inputs.sweep_urls, ccfg.chunk_rows, ccfg.missing_columns, problems, progress=ccfg.progress)
-    out_cols = {**POOL_COLUMNS, **_ROLE_COLS}
-    schema = spark_schema(out_cols)
-    rows = [(t.url, t.start, t.stop, json.dumps(list(t.bad_columns))) for t in tasks]
-    from pyspark.sql import types as T
-    tschema = T.StructType([T.StructField("url", T.StringType()), T.StructField("start", T.LongType()),
-                            T.StructField("stop", T.LongType()), T.StructField("bad", T.StringType())])
-    tdf = spark.createDataFrame(spark.sparkContext.parallelize(rows, max(len(rows), 1)), tschema)
-    res = tdf.mapInPandas(_task_fn(inputs.ctx, out_cols, _forward_env()), schema).persist()
+    res = task_table(spark, tasks).mapInPandas(task_function(inputs.ctx, forwarded_env()), spark_schema(TASK_OUTPUT_COLUMNS)).persist()
     try:
-        small = res.filter(F.col("_role") != "candidate").toPandas()
-        counts = {}
-        for info in small.loc[small._role == "count", "_info"]:
-            for k, v in json.loads(info).items(): counts[k] = counts.get(k, 0) + int(v)
-        for info in small.loc[small._role == "error", "_info"]:
-            url, s0, s1, msg = json.loads(info)
-            problems.append(SweepProblem(url, msg, f"rows {s0}-{s1} skipped"))
-        lens_rows = _fix_dtypes(small[small._role == "lens"].drop(columns=["_role", "_info"]).reset_index(drop=True),
-                                {**POOL_COLUMNS, "_rank_key": "int64", "_lens_idx": "int64", "_lens_sep_arcsec": "float64"})
+        counts, lens_rows = collect_small(res.filter(F.col("_role") != "candidate").toPandas(), problems)
         skipped = [p.file for p in problems if p.action.startswith("skipped")]
         pos, unmatched = match_positives(lens_rows, inputs.positives_catalog, inputs.sweep_urls, skipped, ccfg.match_radius_arcsec)
-        tl = targets_long(pos, neg.stratification)
-        cand = res.filter(F.col("_role") == "candidate").drop("_lens_idx", "_lens_sep_arcsec", "_role", "_info")
-        tsp = spark.createDataFrame(tl[STRATUM_POOL + ["target"]].astype({"target": "int64"}))
-        w = Window.partitionBy(*STRATUM_POOL).orderBy("_rank_key", "galaxy_id")
-        ranked = (cand.join(F.broadcast(tsp), on=STRATUM_POOL, how="inner")
-                  .withColumn("_rn", F.row_number().over(w))
-                  .withColumn("_avail", F.count(F.lit(1)).over(Window.partitionBy(*STRATUM_POOL))))
-        # one job: the drawn rows, plus the first row of every group to read its availability
-        got = ranked.filter((F.col("_rn") <= F.col("target")) | (F.col("_rn") == 1)).drop("_rank_key").toPandas()
-        avail = got[got._rn == 1][STRATUM_POOL + ["_avail"]].rename(columns={"_avail": "available"}).astype({"available": "int64"})
-        negs = _fix_dtypes(got[got._rn <= got.target].reset_index(drop=True), POOL_COLUMNS)[list(POOL_COLUMNS)]
-        negs = negs.sort_values("galaxy_id").reset_index(drop=True)
-        drawn = negs.groupby(STRATUM_POOL).size().rename("drawn").reset_index()
-        table = sampling_table(tl, avail, drawn)
-        if out_dir:   # the sampled pool as Parquet partitioned by split (hive-style folders), local or s3://
-            target = url_join(out_dir, "negative_pool_by_split")
-            for s_, part in negs.groupby("split"):
-                atomic_write_parquet(part.drop(columns=["split"]).reset_index(drop=True), url_join(target, f"split={s_}", "part-0.parquet"))
+        train, evals = split_positives(pos)
+        keys = stratum_keys(neg.stratification)
+        tl = targets_long(train, neg.stratification)
+        cand = res.filter(F.col("_role") == "candidate").drop(*[c for c in ROLE_COLUMNS if c != "_rank_key" and c not in keys])
+        negs, avail = draw_negatives_spark(spark, cand, tl, keys)
+        drawn = negs.groupby(keys + ["pool"]).size().rename("drawn").reset_index()
+        negs = negs[list(POOL_COLUMNS)]
+        if out_dir: write_pool_by_split(negs, out_dir)
     finally:
         res.unpersist()
-    return CatalogResult(negs, pos, unmatched, table, counts, problems, inputs, None)
+    return CatalogResult(negs, train, evals, unmatched, sampling_table(tl, avail, drawn, keys), counts, problems, inputs, None)

@@ -8,7 +8,7 @@ import astropy.units as u
 from stronglens.negatives import NegativeSamplingConfig
 from stronglens.negatives import (CatalogConfig, POOL_COLUMNS, SPEC_POOL_COLUMNS, POSITIVE_EXTRA_COLUMNS, check_pool_schema,
                                   resolve_catalog_paths, build_catalogs, synthetic_sky, synthetic_sweep, write_sweep_fits,
-                                  sample_negatives, flux_to_mag, nobs_bin, ChunkContext, process_chunk)
+                                  sample_negatives, nobs_bin, ChunkContext, process_chunk)
 
 # spec §2 "Negative Pool Manifest", transcribed literally (str -> pandas str, int -> int64)
 SPEC = ("galaxy_id str, brickname str, objid int, ra float64, dec float64, type str, nobs_z int, nobs_z_bin str, type_bin str, "
@@ -69,7 +69,8 @@ def test_cuts_follow_config(result, neg_cfg):
 
 def test_mags_colours_depths_independent_reference():
     flux = np.array([1.0, 0.0, -2.0, np.nan, 100.0], np.float32)
-    m = flux_to_mag(flux)
+    from stronglens.physics import nmgy_to_mag
+    m = nmgy_to_mag(flux).astype(np.float32)
     with np.errstate(all="ignore"):
         ref = np.where(flux > 0, 22.5 - 2.5 * np.log10(flux.astype(np.float64)), np.nan)
     assert np.allclose(m, ref, equal_nan=True, atol=1e-5)
@@ -89,7 +90,7 @@ def test_mags_colours_depths_independent_reference():
 def test_nobs_bins_reference():
     n = np.arange(-1, 30)
     ref = np.select([(n >= 1) & (n <= 2), (n >= 3) & (n <= 5), (n >= 6) & (n <= 10), n >= 11], ["1-2", "3-5", "6-10", "11+"], "none")
-    assert list(nobs_bin(n)) == list(ref)
+    assert list(nobs_bin(n)) == [None if r == "none" else r for r in ref]
 
 
 def test_planted_known_lens_excludes_its_neighbours(tmp_path, neg_cfg):
@@ -123,7 +124,7 @@ def test_dropped_known_lenses_still_exclude(result):
 
 
 def test_positives_matched_within_radius(result):
-    p = result.positives
+    p = pd.concat([result.positives, result.positives_eval])
     kl = result.inputs.positives_catalog.set_index("name")
     assert len(p) == 60 and set(p.tier) == {"A", "B"}
     sep = SkyCoord(p.ra.values * u.deg, p.dec.values * u.deg).separation(
@@ -136,7 +137,8 @@ def test_n1_matches_positive_distribution_within_1pct(result, neg_cfg):
     c = result.candidates.assign(_rank_key=np.arange(len(result.candidates)))
     # positives concentrated in SER and at 6-10 exposures (unlike the candidates' mix)
     rng = np.random.default_rng(1)
-    w = np.where(c.type_bin == "SER", 6.0, 1.0) * np.where(c.nobs_z_bin == "6-10", 2.0, 1.0)
+    # (few DEV galaxies are N1 in this small sky: most are bright enough for the ring proxy, so DEV positives are rare here)
+    w = np.where(c.type_bin == "SER", 6.0, np.where(c.type_bin == "DEV", 0.2, 1.0)) * np.where(c.nobs_z_bin == "6-10", 2.0, 1.0)
     pos = c.sample(120, weights=w, random_state=2)
     cand = c[~c.galaxy_id.isin(pos.galaxy_id)]
     strat = NegativeSamplingConfig().stratification
@@ -203,8 +205,9 @@ def test_real_dr8_sweeps_through_the_stage(shared_data, tmp_path, neg_cfg):
     res = build_catalogs(ccfg, neg_cfg, resolve_catalog_paths(ccfg, str(tmp_path)))
     assert len(res.problems) == 3 and all("PSFSIZE_Z: missing" in p.problem and "filled" in p.action for p in res.problems)
     assert res.counts["rows_read"] == 18
-    assert list(res.positives.galaxy_id) == [f"{src.brickname[0]}_{src.objid[0]}"]
-    assert res.positives.psfsize_z.isna().all()          # missing in DR8 -> NaN, documented
+    both = pd.concat([res.positives, res.positives_eval])     # the real DR8 row decides which set it joins (its cuts)
+    assert list(both.galaxy_id) == [f"{src.brickname[0]}_{src.objid[0]}"]
+    assert both.psfsize_z.isna().all()          # missing in DR8 -> NaN, documented
     ccfg2 = CatalogConfig(progress=False, sweep_dir=str(d), known_lenses=str(kl), morphology_catalog="", missing_columns="skip_file")
     res2 = build_catalogs(ccfg2, neg_cfg, resolve_catalog_paths(ccfg2, str(tmp_path)))
     assert len(res2.problems) == 3 and all(p.action.startswith("skipped") for p in res2.problems)
@@ -217,3 +220,92 @@ def test_catalog_config_validation():
     for bad in (dict(engine="x"), dict(missing_columns="zero"), dict(match_radius_arcsec=0), dict(chunk_rows=0), dict(keep_tiers=["C"])):
         with pytest.raises(ValueError, match="catalogs"):
             CatalogConfig(**bad).validate()
+
+
+def _sweep_rows(sky, ids):
+    "The sweep rows (all columns) of galaxy ids, read back from the sky's sweep files."
+    from stronglens.legacysurvey import read_sweep
+    df = pd.concat([read_sweep(str(f)) for f in sorted((sky / "sky").glob("sweep-*.fits"))], ignore_index=True)
+    df["galaxy_id"] = df.brickname + "_" + df.objid.astype(str)
+    return df.set_index("galaxy_id").loc[list(ids)]
+
+
+def test_training_positives_pass_the_pool_cuts(result, sky, neg_cfg):
+    "Issue 13.2: positives used for training pass the pool's quality cuts (types, nobs per band, z<20, maskbits)."
+    rows = _sweep_rows(sky, result.positives.galaxy_id)
+    c = neg_cfg.cuts
+    assert set(rows.type) <= set(c.types)
+    assert (rows[["nobs_g", "nobs_r", "nobs_z"]].min(axis=1) >= c.min_nobs_grz).all()
+    assert (22.5 - 2.5 * np.log10(rows.flux_z.clip(lower=1e-30)) < c.max_mag_z).all()
+    assert ((rows.maskbits & sum(1 << b for b in c.reject_maskbits)) == 0).all()
+    assert len(result.positives) == 54
+
+
+def test_positives_failing_a_cut_are_a_labelled_evaluation_set(result, sky, neg_cfg):
+    "Issue 13.2: matched lenses failing a cut are kept apart, each labelled with the cuts it fails (independent check)."
+    ev = result.positives_eval
+    assert len(ev) == 6 and not set(ev.galaxy_id) & set(result.positives.galaxy_id)
+    rows = _sweep_rows(sky, ev.galaxy_id)
+    c = neg_cfg.cuts
+    for gid, got in zip(ev.galaxy_id, ev.failed_cuts):
+        r = rows.loc[gid]
+        want = [name for name, ok in [("type", r.type in c.types), ("nobs", min(r.nobs_g, r.nobs_r, r.nobs_z) >= c.min_nobs_grz),
+                                      ("mag_z", r.flux_z > 10 ** ((22.5 - c.max_mag_z) / 2.5)),
+                                      ("maskbits", (int(r.maskbits) & sum(1 << b for b in c.reject_maskbits)) == 0)] if not ok]
+        assert got.split(",") == want, gid
+    assert {"nobs", "type", "mag_z", "maskbits"} <= {x for f in ev.failed_cuts for x in f.split(",")}
+    rep = result.report()["positives"]
+    assert (rep["training"], rep["evaluation_only"], rep["matched"]) == (54, 6, 60)
+
+
+def test_nobs_z_bin_only_takes_the_spec_values(result):
+    "Issue 13.2: nobs_z_bin is one of the spec's four values wherever it is set; a lens without z coverage has none."
+    spec = {"1-2", "3-5", "6-10", "11+"}
+    for df in (result.negatives, result.positives, result.candidates):
+        assert set(df.nobs_z_bin) <= spec and df.nobs_z_bin.notna().all()
+    ev = result.positives_eval
+    assert set(ev.nobs_z_bin.dropna()) <= spec and "none" not in set(ev.nobs_z_bin.dropna())
+    assert (ev.nobs_z_bin.isna() == (ev.nobs_z == 0)).all() and ev.nobs_z_bin.isna().sum() == 2
+
+
+def test_every_training_stratum_can_hold_negatives(result):
+    "Issue 13.2: no nobs_z_bin x type_bin stratum holds positives but no negatives (1-2 and OTHER were such strata)."
+    key = ["nobs_z_bin", "type_bin"]
+    pos = result.positives.groupby(key).size()
+    neg = result.negatives.groupby(key).size().reindex(pos.index, fill_value=0)
+    assert (neg > 0).all(), neg[neg == 0]
+    assert "1-2" not in set(result.positives.nobs_z_bin) and "OTHER" not in set(result.positives.type_bin)
+
+
+def test_stratification_config_refuses_bins_that_leave_rows_out():
+    from stronglens.config import config_from_dict, ConfigError
+    with pytest.raises(ConfigError, match=r"nobs_z_bins: '1-2' and '4-5' leave a gap"):
+        config_from_dict({"stratification": {"nobs_z_bins": ["1-2", "4-5", "6+"]}}, schema=NegativeSamplingConfig)
+    with pytest.raises(ConfigError, match="above cuts.min_nobs_grz"):
+        config_from_dict({"stratification": {"nobs_z_bins": ["4-5", "6+"]}}, schema=NegativeSamplingConfig)
+    with pytest.raises(ConfigError, match="cuts.min_nobs_grz: expected >= 1"):
+        config_from_dict({"cuts": {"min_nobs_grz": 0}}, schema=NegativeSamplingConfig)
+
+
+MATCH = {"match_mag_r_bins": [17.5, 18.0, 18.5, 19.0, 19.5, 20.0], "match_g_minus_r_bins": [0.5, 0.8, 1.1, 1.3, 1.5, 1.7, 2.0, 2.5]}
+
+
+def test_matched_negatives_follow_the_positives_in_r_and_g_minus_r(sky, result, neg_cfg):
+    "Issue 14.8: with matching on, N1's r-mag and g-r distributions match the positives' (KS p > 0.01); off, they do not."
+    from scipy.stats import ks_2samp
+    import copy
+    neg = copy.deepcopy(neg_cfg)
+    for k, v in MATCH.items(): setattr(neg.stratification, k, v)
+    neg.validate()
+    ccfg = CatalogConfig(progress=False)
+    on = build_catalogs(ccfg, neg, resolve_catalog_paths(ccfg, str(sky)))
+    pos = on.positives
+    pd.testing.assert_frame_equal(pos, result.positives)                  # matching changes the draw, not the positives
+    p = {name: {c: ks_2samp(r.negatives.loc[r.negatives.pool == "N1", c].dropna(), pos[c].dropna()).pvalue
+                for c in ("mag_r", "g_minus_r")} for name, r in (("off", result), ("on", on))}
+    assert p["on"]["mag_r"] > 0.01 and p["on"]["g_minus_r"] > 0.01, p
+    assert p["off"]["mag_r"] < 0.01 and p["off"]["g_minus_r"] < 0.01, p
+    # the sampling table is per fine stratum; the report names the keys
+    assert {"mag_r_bin", "g_minus_r_bin"} <= set(on.sampling.columns)
+    assert on.report()["stratification"]["keys"] == ["nobs_z_bin", "type_bin", "mag_r_bin", "g_minus_r_bin"]
+    assert list(on.negatives.columns) == list(result.negatives.columns)

@@ -1,5 +1,4 @@
 """The catalog stage on the mock DR10 sky (stronglens.mocksky): positives are the listed deflectors, N2 categories are the true ones."""
-from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,22 +10,33 @@ mocksky = pytest.importorskip("stronglens.mocksky")
 pytestmark = pytest.mark.slow
 
 
+MATCH = {"match_mag_r_bins": [17.0, 18.0, 18.5, 19.0, 19.5, 20.0, 21.0], "match_g_minus_r_bins": [0.6, 1.0, 1.3, 1.5, 1.7, 1.9, 2.2]}
+
+
+def _config(sky, **strat):
+    from stronglens.config import config_from_dict
+    return config_from_dict({"run": {"name": "mock"}, "catalogs": {"progress": False, "write_candidates": True, "sweep_dir": str(sky)},
+                             "negatives": {"stratification": {"negatives_per_positive": 20, **strat}}, "cutouts": {"source": "legacysurvey"}})
+
+
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    from stronglens.negatives import CatalogConfig
-    from stronglens.manifest import run_catalog_stage
-    r = tmp_path_factory.mktemp("mockrun")
+def sky(tmp_path_factory):
+    r = tmp_path_factory.mktemp("mocksky")
     mocksky.build_sky(mocksky.SkyConfig(ra_max_deg=152.5, dec_max_deg=2.5, density_scale=0.3, n_lenses=60), str(r / "sky"), progress=False)
-    neg = NegativeSamplingConfig(); neg.stratification.negatives_per_positive = 20
-    cfg = SimpleNamespace(catalogs=CatalogConfig(progress=False, write_candidates=True), negatives=neg)
-    out = run_catalog_stage(cfg, str(r))
-    return r, out
+    return r / "sky"
+
+
+@pytest.fixture(scope="module")
+def run(sky):
+    from stronglens.manifest import run_catalog_stage
+    r = sky.parent / "run"
+    return r, run_catalog_stage(_config(sky), str(r))
 
 
 def test_positives_are_the_listed_deflectors(run):
     r, out = run
-    kl = pd.read_csv(r / "sky" / "known_lenses.csv")
-    pos = read_parquet(str(r / "manifests" / "positives.parquet"))
+    kl = pd.read_csv(r.parent / "sky" / "known_lenses.csv")
+    pos = pd.concat([read_parquet(str(r / "manifests" / f)) for f in ("positives.parquet", "positives_eval.parquet")])
     assert len(pos) == len(kl) and out["report"]["positives"]["unmatched"] == {}
     m = pos.merge(kl[["name", "galaxy_id", "grading"]], left_on="lens_name", right_on="name", suffixes=("", "_truth"))
     assert (m.galaxy_id == m.galaxy_id_truth).all()        # matched to the true deflector's sweep row
@@ -35,7 +45,7 @@ def test_positives_are_the_listed_deflectors(run):
 
 def test_unlisted_lenses_are_not_excluded_but_listed_ones_are(run):
     r, out = run
-    truth = pd.read_parquet(r / "sky" / "lens_truth.parquet")
+    truth = pd.read_parquet(r.parent / "sky" / "lens_truth.parquet")
     cand = read_parquet(str(r / "manifests" / "negative_candidates.parquet"))
     listed = set(truth.galaxy_id[truth.listed])
     assert not listed & set(cand.galaxy_id)
@@ -46,7 +56,7 @@ def test_unlisted_lenses_are_not_excluded_but_listed_ones_are(run):
 
 def test_n2_categories_are_the_true_confuser_categories(run):
     r, out = run
-    conf = pd.read_csv(r / "sky" / "confusers.csv")
+    conf = pd.read_csv(r.parent / "sky" / "confusers.csv")
     cand = read_parquet(str(r / "manifests" / "negative_candidates.parquet"))
     m = cand.merge(conf[["galaxy_id", "category"]], on="galaxy_id")
     assert len(m) > 50
@@ -54,3 +64,18 @@ def test_n2_categories_are_the_true_confuser_categories(run):
     neg = read_parquet(str(r / "manifests" / "negative_pool.parquet"))
     assert set(neg.n2_category[neg.pool == "N2"]) <= set(conf.category) | {"ring", "edge_on", "blue_clumpy", "large"}
     assert out["leakage"]["passed"]
+
+
+def test_matched_n1_follows_the_deflectors_on_the_mock_sky(sky, run):
+    "Issue 14.8: with magnitude/colour matching on, N1's r-mag and g-r match the positives' (KS p > 0.01) on the mock sky."
+    from scipy.stats import ks_2samp
+    from stronglens.manifest import run_catalog_stage
+    r = sky.parent / "run_matched"
+    out = run_catalog_stage(_config(sky, **MATCH), str(r))
+    pos = read_parquet(str(r / "manifests" / "positives.parquet"))
+    neg = read_parquet(str(r / "manifests" / "negative_pool.parquet"))
+    n1 = neg[neg.pool == "N1"]
+    p = {c: ks_2samp(n1[c].dropna(), pos[c].dropna()).pvalue for c in ("mag_r", "g_minus_r")}
+    assert min(p.values()) > 0.01, p
+    assert out["leakage"]["passed"] and out["report"]["stratification"]["keys"][2:] == ["mag_r_bin", "g_minus_r_bin"]
+    pd.testing.assert_frame_equal(pos, read_parquet(str(run[0] / "manifests" / "positives.parquet")))

@@ -1,12 +1,10 @@
 """Catalog stage with every input and output at s3:// URLs on a local moto server: written, read back, equal to local."""
 import json
-from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from stronglens.config import read_parquet, read_bytes, get_fs
-from stronglens.negatives import NegativeSamplingConfig
-from stronglens.negatives import CatalogConfig, synthetic_sky
+from stronglens.config import read_parquet, read_bytes, get_fs, config_from_dict
+from stronglens.negatives import synthetic_sky
 from stronglens.manifest import run_catalog_stage, TRAINING_MANIFEST_COLUMNS
 from stronglens.legacysurvey import read_sweep, load_known_lenses
 
@@ -24,18 +22,19 @@ def test_s3_round_trip(tmp_path, s3_bucket):
     f0 = sorted((run / "sky").glob("sweep-*.fits"))[0]
     pd.testing.assert_frame_equal(read_sweep(f"{s3run}/sky/{f0.name}", chunk_rows=4000), read_sweep(str(f0)))
     pd.testing.assert_frame_equal(load_known_lenses(f"{s3run}/sky/known_lenses.csv"), load_known_lenses(str(run / "sky" / "known_lenses.csv")))
-    neg = NegativeSamplingConfig(); neg.stratification.negatives_per_positive = 10
-    cfg = SimpleNamespace(catalogs=CatalogConfig(progress=False, chunk_rows=6000), negatives=neg)
-    out_s3 = run_catalog_stage(cfg, s3run)
-    out_loc = run_catalog_stage(cfg, str(run))
+    conf = lambda sky: config_from_dict({"run": {"name": "s3"}, "catalogs": {"progress": False, "chunk_rows": 6000, "sweep_dir": sky},
+                                         "negatives": {"stratification": {"negatives_per_positive": 10}}, "cutouts": {"source": "legacysurvey"}})
+    out_s3 = run_catalog_stage(conf(f"{s3run}/sky"), s3run)
+    out_loc = run_catalog_stage(conf(str(run / "sky")), str(run))
     assert out_s3["report"]["morphology_catalog"] == 300 * 2      # "auto" found confusers.csv on S3
-    for name in ("negative_pool.parquet", "positives.parquet"):
+    for name in ("negative_pool.parquet", "positives.parquet", "positives_eval.parquet"):
         pd.testing.assert_frame_equal(read_parquet(f"{s3run}/manifests/{name}"), read_parquet(str(run / "manifests" / name)))
     tm = read_parquet(f"{s3run}/manifests/training_manifest.parquet")
     tl = read_parquet(str(run / "manifests" / "training_manifest.parquet"))
     assert {c: str(t) for c, t in tm.dtypes.items()} == TRAINING_MANIFEST_COLUMNS
-    assert (tm.s3_path == f"{s3run}/cutouts/" + tm.filename).all() and (tm.s3_key == "r1/cutouts/" + tm.filename).all()
-    pd.testing.assert_frame_equal(tm.drop(columns=["s3_key", "s3_path"]), tl.drop(columns=["s3_key", "s3_path"]))
+    assert (tm.s3_path == "cutouts/" + tm.filename).all() and (tm.s3_key == tm.filename).all()    # run-relative, like a local run
+    pd.testing.assert_frame_equal(tm, tl)
     leak = json.loads(read_bytes(f"{s3run}/manifests/leakage.json"))
     assert leak["passed"]
-    assert run_catalog_stage(cfg, s3run)["skipped"]
+    assert run_catalog_stage(conf(f"{s3run}/sky"), s3run) == out_s3          # skipped: same config, same inputs
+    assert json.loads(read_bytes(f"{s3run}/manifests/_stage.json"))["status"] == "done"

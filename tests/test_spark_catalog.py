@@ -1,10 +1,9 @@
 """The catalog stage on Spark (local[2]) equals the local engine row for row; S3 inputs read inside the tasks."""
-from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
 
-from stronglens.config import read_parquet, get_fs
+from stronglens.config import read_parquet, get_fs, config_from_dict
 from stronglens.negatives import NegativeSamplingConfig
 from stronglens.negatives import CatalogConfig, synthetic_sky, resolve_catalog_paths, build_catalogs
 
@@ -41,10 +40,12 @@ def test_spark_equals_local(spark, sky, neg):
     paths = resolve_catalog_paths(ccfg, str(sky))
     loc = build_catalogs(ccfg, neg, paths)
     spk = build_catalogs_spark(ccfg, neg, paths, spark=spark, out_dir=str(sky / "spark_out"))
-    assert len(loc.negatives) > 100 and len(loc.positives) == 30
+    assert len(loc.negatives) > 100 and len(loc.positives) + len(loc.positives_eval) == 30
     pd.testing.assert_frame_equal(loc.negatives.sort_values("galaxy_id").reset_index(drop=True),
                                   spk.negatives.sort_values("galaxy_id").reset_index(drop=True))
     pd.testing.assert_frame_equal(loc.positives, spk.positives)
+    pd.testing.assert_frame_equal(loc.positives_eval, spk.positives_eval)
+    assert len(loc.positives_eval) > 0
     pd.testing.assert_frame_equal(loc.unmatched, spk.unmatched)
     pd.testing.assert_frame_equal(loc.sampling, spk.sampling)
     assert loc.counts == spk.counts
@@ -62,12 +63,16 @@ def test_spark_stage_and_s3_inputs(spark, sky, neg, s3_bucket):
     fs, _ = get_fs(f"s3://{s3_bucket}")
     for f in (sky / "sky").iterdir():
         if f.suffix in (".fits", ".csv"): fs.put(str(f), f"{s3_bucket}/run/sky/{f.name}")
-    cfg = SimpleNamespace(catalogs=CatalogConfig(progress=False, chunk_rows=15000, engine="spark"), negatives=neg)
+    # the sky holds one unreadable file of three: allowed here (max_failure_frac 0.5), so the stage ends done_with_failures
+    cfg = config_from_dict({"run": {"name": "spark", "max_failure_frac": 0.5}, "catalogs": {"progress": False, "chunk_rows": 15000, "engine": "spark",
+                                                                    "sweep_dir": f"s3://{s3_bucket}/run/sky"},
+                            "negatives": {"stratification": {"negatives_per_positive": 10}}, "cutouts": {"source": "legacysurvey"}})
     out = run_catalog_stage(cfg, f"s3://{s3_bucket}/run", spark=spark)
     assert out["leakage"]["passed"] and out["report"]["engine"] == "spark"
+    assert out["report"]["losses"]["files"] == {"lost": 1, "total": 3}
     s3_neg = read_parquet(f"s3://{s3_bucket}/run/manifests/negative_pool.parquet")
     local = build_catalogs(CatalogConfig(progress=False), neg, resolve_catalog_paths(CatalogConfig(), str(sky)))
     pd.testing.assert_frame_equal(s3_neg, local.negatives)
     assert fs.exists(f"{s3_bucket}/run/manifests/negative_pool_by_split/split=train/part-0.parquet")
     tm = read_parquet(f"s3://{s3_bucket}/run/manifests/training_manifest.parquet")
-    assert tm.s3_path.str.startswith(f"s3://{s3_bucket}/run/cutouts/").all()
+    assert (tm.s3_path == "cutouts/" + tm.filename).all()
