@@ -1,5 +1,7 @@
 """NPZ cutout read throughput (cutouts/s): stronglens.cutouts.read_cutouts on one core and in a process pool,
-against a baseline measured in the same run (a bare `np.load` loop with no validation).
+against a baseline measured in the same run (a bare `np.load` loop with no validation); and the resume check
+(which finished cutouts a rerun keeps): `cutoutsource.existing_cutouts` (one listing, sizes) against the check the
+stage used before (decompress and validate every file, one thread) and `existing_cutouts(verify=True)`.
 
     .venv/bin/python bench/cutout_io.py [--quick] [--n N] [--jobs J]
 """
@@ -12,6 +14,7 @@ import time
 import numpy as np
 
 from stronglens import cutouts as C
+from stronglens import cutoutsource as S
 
 
 def make_files(d: str, n: int, seed: int = 0) -> list[str]:
@@ -35,6 +38,30 @@ def baseline(urls):
         with np.load(u, allow_pickle=False) as z:
             out.append(z["cutout"])
     return np.stack(out)
+
+
+def old_resume_check(urls, gids):
+    "What resuming did before: read (decompress + validate) every existing file and compare its galaxy id."
+    keep = np.zeros(len(urls), bool)
+    for i, (u, g) in enumerate(zip(urls, gids)):
+        try: keep[i] = C.read_cutout(u)[1].get("galaxy_id") == g
+        except C.CutoutError: pass
+    return keep
+
+
+def bench_resume(urls):
+    gids = [os.path.basename(u)[:-4] for u in urls]
+    n = len(urls)
+    t_old, k_old = timed(old_resume_check, urls, gids)
+    t_new, k_new = timed(S.existing_cutouts, urls)
+    t_ver, k_ver = timed(S.existing_cutouts, urls, gids, True)
+    assert k_old.all() and k_new.all() and k_ver.all()
+    print(f"resume check, {n} finished cutouts:")
+    print(f"  before: decompress + validate each, 1 thread : {t_old:7.2f} s  ({t_old / n * 1e3:.2f} ms per file; "
+          f"{t_old / n * 4e5 / 60:.1f} min at 400k)")
+    print(f"  existing_cutouts (listing + sizes)          : {t_new:7.3f} s  ({t_new / n * 1e6:.1f} us per file; "
+          f"{t_new / n * 4e5:.1f} s at 400k)  speed-up {t_old / t_new:.0f}x")
+    print(f"  existing_cutouts(verify=True), 4 threads     : {t_ver:7.2f} s  speed-up {t_old / t_ver:.2f}x")
 
 
 def timed(fn, *a, **k):
@@ -68,6 +95,7 @@ def main(argv=None):
             cnt += len(X)
         ti = time.perf_counter() - t0
         print(f"iter_cutout_batches n_jobs={a.jobs}, {cnt} reads: {cnt / ti:8.0f} cutouts/s  ratio vs baseline {cnt / ti / rb:.2f}x")
+        bench_resume(urls)
         print(f"(cores on this machine: {os.cpu_count()})")
 
 

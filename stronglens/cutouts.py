@@ -125,6 +125,7 @@ def _strip_prefix(meta: Mapping) -> dict:
     "Metadata dict with keys without the `meta_` prefix (accepts both spellings)."
     return {(k[len(META_PREFIX):] if str(k).startswith(META_PREFIX) else k): v for k, v in dict(meta).items()}
 
+# %% ../nbs/01_cutouts.ipynb 27
 def _coerce_meta(meta: Mapping) -> dict[str, np.ndarray]:
     "Validate + coerce caller metadata to the spec's 0-d arrays, keyed `meta_<field>`."
     meta = _strip_prefix(meta)
@@ -149,7 +150,7 @@ def _coerce_meta(meta: Mapping) -> dict[str, np.ndarray]:
         out[META_PREFIX + k] = a
     return out
 
-# %% ../nbs/01_cutouts.ipynb 27
+# %% ../nbs/01_cutouts.ipynb 29
 def cutout_to_bytes(cutout: np.ndarray, meta: Mapping) -> bytes:
     "Spec §1 NPZ bytes (deterministic) for a `(101,101,3)` image and its metadata dict (fields of `META_FIELDS`)."
     arr = np.asarray(cutout)
@@ -163,16 +164,16 @@ def cutout_to_bytes(cutout: np.ndarray, meta: Mapping) -> bytes:
     np.savez_compressed(buf, cutout=arr, **_coerce_meta(meta))
     return _normalise_zip_timestamps(buf.getvalue())
 
-# %% ../nbs/01_cutouts.ipynb 30
+# %% ../nbs/01_cutouts.ipynb 32
 MIN_NPZ_BYTES: int = 2048   # no complete spec §1 NPZ is smaller (see the check below)
 
-# %% ../nbs/01_cutouts.ipynb 33
+# %% ../nbs/01_cutouts.ipynb 35
 def write_cutout(url: str, cutout: np.ndarray, meta: Mapping) -> str:
     "Write one spec §1 NPZ atomically to `url` (local path or fsspec URL such as `s3://b/k.npz`); returns `url`."
     atomic_write_bytes(str(url), cutout_to_bytes(cutout, meta))
     return str(url)
 
-# %% ../nbs/01_cutouts.ipynb 35
+# %% ../nbs/01_cutouts.ipynb 37
 _CORE_MASK = radial_grid(CUTOUT_SHAPE[:2]) < CORE_RADIUS_PX
 
 def _image_problems(a: np.ndarray) -> list[str]:
@@ -195,7 +196,7 @@ def _image_problems(a: np.ndarray) -> list[str]:
             problems.append(f"{n_core} non-finite value(s) within {CORE_RADIUS_PX} px of the centre")
     return problems
 
-# %% ../nbs/01_cutouts.ipynb 37
+# %% ../nbs/01_cutouts.ipynb 39
 def _meta_problems(meta: Mapping) -> list[str]:
     "Problems of a metadata mapping (keys with or without `meta_`): missing, pickled, non-scalar or mistyped fields."
     m, problems = _strip_prefix(meta), []
@@ -213,7 +214,7 @@ def _meta_problems(meta: Mapping) -> list[str]:
             problems.append(f"'meta_{k}' has dtype {v.dtype}, expected {dt}")
     return problems
 
-# %% ../nbs/01_cutouts.ipynb 40
+# %% ../nbs/01_cutouts.ipynb 42
 def _file_problems(url) -> list[str]:
     "Every problem of the NPZ file at `url` (unreadable file or archive included)."
     try:
@@ -225,7 +226,7 @@ def _file_problems(url) -> list[str]:
     except CutoutError as e:
         return e.problems
 
-# %% ../nbs/01_cutouts.ipynb 41
+# %% ../nbs/01_cutouts.ipynb 43
 def validate_cutout(arr, meta: Mapping | None = None) -> list[str]:
     "Every problem of the image `arr` (and of `meta` when given), or of the NPZ file when `arr` is a path; `[]` when valid."
     if isinstance(arr, (str, os.PathLike)):
@@ -239,7 +240,7 @@ def validate_cutout(arr, meta: Mapping | None = None) -> list[str]:
     problems = ["missing key 'cutout'"] if arr is None else _image_problems(np.asarray(arr))
     return problems + ([] if meta is None else _meta_problems(meta))
 
-# %% ../nbs/01_cutouts.ipynb 44
+# %% ../nbs/01_cutouts.ipynb 46
 def _read_bytes(url: str) -> bytes:
     "All bytes of `url` (plain `open` for local paths: the fast path of the batch reader)."
     if is_local(url):
@@ -247,7 +248,7 @@ def _read_bytes(url: str) -> bytes:
             return f.read()
     return read_bytes(url)
 
-# %% ../nbs/01_cutouts.ipynb 45
+# %% ../nbs/01_cutouts.ipynb 47
 def _typed_meta_value(k: str, v: np.ndarray):
     "A stored 0-d metadata array as the plain Python value of its field's type."
     dt = META_FIELDS.get(k)
@@ -258,7 +259,7 @@ def _typed_meta_value(k: str, v: np.ndarray):
         return item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item)
     return int(v.item()) if dt.kind in "iu" else float(v.item())
 
-# %% ../nbs/01_cutouts.ipynb 47
+# %% ../nbs/01_cutouts.ipynb 49
 def _npz_members(data: bytes, where: str, path) -> tuple[dict, list[str]]:
     "Every member of NPZ bytes, one by one: ({key: array; object arrays for unreadable ones}, problems)."
     try:
@@ -282,7 +283,7 @@ def _npz_members(data: bytes, where: str, path) -> tuple[dict, list[str]]:
                 raw[key] = np.array(None, dtype=object)
     return raw, problems
 
-# %% ../nbs/01_cutouts.ipynb 48
+# %% ../nbs/01_cutouts.ipynb 50
 def load_cutout_bytes(data: bytes, path: str | None = None, strict: bool = True) -> tuple[np.ndarray | None, dict, list[str]]:
     "Parse NPZ bytes -> (cutout or None, typed meta dict, problems). Raises `CutoutError` on an unreadable archive, or on any problem when `strict`."
     where = f" in {path}" if path else ""
@@ -299,7 +300,7 @@ def load_cutout_bytes(data: bytes, path: str | None = None, strict: bool = True)
         raise CutoutError(f"invalid cutout{where}: " + "; ".join(problems), problems, path)
     return (None if arr is not None and arr.dtype == object else arr), meta, problems
 
-# %% ../nbs/01_cutouts.ipynb 49
+# %% ../nbs/01_cutouts.ipynb 51
 def read_cutout(url: str, strict: bool = True) -> tuple[np.ndarray, dict]:
     "Read one spec §1 NPZ -> (float32 (101,101,3) array, typed meta dict without `meta_` prefix)."
     try:
@@ -309,16 +310,16 @@ def read_cutout(url: str, strict: bool = True) -> tuple[np.ndarray, dict]:
     arr, meta, _ = load_cutout_bytes(data, str(url), strict=strict)
     return arr, meta
 
-# %% ../nbs/01_cutouts.ipynb 54
+# %% ../nbs/01_cutouts.ipynb 56
 FAILURE_COLUMNS: list[str] = ["galaxy_id", "path", "stage", "reason"]   # the one schema of every failures table
 
-# %% ../nbs/01_cutouts.ipynb 55
+# %% ../nbs/01_cutouts.ipynb 57
 def _gid_from_path(url: str) -> str:
     "The galaxy id a cutout file name stands for (its stem)."
     name = str(url).rstrip("/").rsplit("/", 1)[-1]
     return name[:-4] if name.endswith(".npz") else name
 
-# %% ../nbs/01_cutouts.ipynb 57
+# %% ../nbs/01_cutouts.ipynb 59
 def _read_one(url: str):
     "Worker: (arr, meta, None) on success or (None, None, (galaxy_id, path, stage, reason))."
     url = str(url)
@@ -337,12 +338,12 @@ def _read_one(url: str):
         return None, None, (gid, url, "validate", "; ".join(problems))
     return arr, {**meta, "path": url, "nonfinite_frac": float((~np.isfinite(arr)).mean())}, None
 
-# %% ../nbs/01_cutouts.ipynb 58
+# %% ../nbs/01_cutouts.ipynb 60
 def _read_chunk(urls: list[str]):
     "Worker task: `_read_one` over a chunk of URLs."
     return [_read_one(u) for u in urls]
 
-# %% ../nbs/01_cutouts.ipynb 59
+# %% ../nbs/01_cutouts.ipynb 61
 def _meta_frame(rows: list[dict]) -> pd.DataFrame:
     "Metadata rows -> DataFrame with the spec's dtypes (+ `path`, `nonfinite_frac`), also when empty."
     df = pd.DataFrame(rows, columns=list(META_FIELDS) + ["path", "nonfinite_frac"])
@@ -351,7 +352,7 @@ def _meta_frame(rows: list[dict]) -> pd.DataFrame:
     df["nonfinite_frac"] = df["nonfinite_frac"].astype(np.float64)
     return df
 
-# %% ../nbs/01_cutouts.ipynb 60
+# %% ../nbs/01_cutouts.ipynb 62
 def _assemble(results) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
     "Worker results -> (X, meta DataFrame, failures DataFrame), input order kept."
     ok = [(a, m) for a, m, f in results if f is None]
@@ -359,7 +360,7 @@ def _assemble(results) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
     X = np.stack([a for a, _ in ok]).astype(np.float32, copy=False) if ok else np.empty((0, *CUTOUT_SHAPE), np.float32)
     return X, _meta_frame([m for _, m in ok]), pd.DataFrame(fails, columns=FAILURE_COLUMNS)
 
-# %% ../nbs/01_cutouts.ipynb 62
+# %% ../nbs/01_cutouts.ipynb 64
 _PR_SET_PDEATHSIG = 1   # linux/prctl.h
 
 def _watch_parent(parent_pid: int, poll_s: float):
@@ -369,6 +370,7 @@ def _watch_parent(parent_pid: int, poll_s: float):
             os._exit(1)
         time.sleep(poll_s)
 
+# %% ../nbs/01_cutouts.ipynb 65
 def die_with_parent(parent_pid: int | None = None, # pid the worker must not outlive (default: its current parent)
                     poll_s: float = 0.5):           # parent-watch interval, seconds
     "Process-pool initializer: end this worker when its parent process dies (PR_SET_PDEATHSIG + a watch thread)."
@@ -382,18 +384,20 @@ def die_with_parent(parent_pid: int | None = None, # pid the worker must not out
         os._exit(1)
     threading.Thread(target=_watch_parent, args=(parent_pid, poll_s), daemon=True, name="die-with-parent").start()
 
-# %% ../nbs/01_cutouts.ipynb 65
+# %% ../nbs/01_cutouts.ipynb 68
+def _init_worker(parent_pid: int, initializer, initargs: tuple):
+    "Pool initializer: `die_with_parent(parent_pid)`, then the caller's own initializer."
+    die_with_parent(parent_pid)
+    if initializer is not None:
+        initializer(*initargs)
+
+# %% ../nbs/01_cutouts.ipynb 69
 def cutout_pool(n_jobs: int, initializer=None, initargs: tuple = ()) -> ProcessPoolExecutor:
     "A spawned process pool whose workers die with this process (then run `initializer(*initargs)`)."
     return ProcessPoolExecutor(max_workers=n_jobs, mp_context=mp.get_context("spawn"),
                                initializer=_init_worker, initargs=(os.getpid(), initializer, initargs))
 
-def _init_worker(parent_pid: int, initializer, initargs: tuple):
-    die_with_parent(parent_pid)
-    if initializer is not None:
-        initializer(*initargs)
-
-# %% ../nbs/01_cutouts.ipynb 66
+# %% ../nbs/01_cutouts.ipynb 72
 def _read_many(urls: list[str], n_jobs: int, pbar, pool=None, chunk: int = 64):
     "`_read_one` over `urls`, serially or in chunks through a (given or new) process pool; input order kept."
     if n_jobs <= 1 or len(urls) < 2:
@@ -410,7 +414,7 @@ def _read_many(urls: list[str], n_jobs: int, pbar, pool=None, chunk: int = 64):
     finally:
         if own: pool.shutdown()
 
-# %% ../nbs/01_cutouts.ipynb 67
+# %% ../nbs/01_cutouts.ipynb 73
 def read_cutouts(urls: Iterable[str], # NPZ paths or URLs
                  n_jobs: int = 1,     # processes (1: read in this process)
                  progress: bool = True
@@ -420,7 +424,7 @@ def read_cutouts(urls: Iterable[str], # NPZ paths or URLs
     with tqdm(total=len(urls), desc="read cutouts", unit="cutout", disable=not progress) as pbar:
         return _assemble(_read_many(urls, n_jobs, pbar))
 
-# %% ../nbs/01_cutouts.ipynb 71
+# %% ../nbs/01_cutouts.ipynb 77
 def iter_cutout_batches(urls: Iterable[str],    # NPZ paths or URLs
                         batch_size: int = 256,  # files per yielded batch
                         n_jobs: int = 1,        # processes (one pool for all batches)

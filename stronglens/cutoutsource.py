@@ -37,12 +37,12 @@ from .cutouts import (BANDS, CUTOUT_SHAPE, FAILURE_COLUMNS, META_FIELDS, MIN_NPZ
 # %% auto 0
 __all__ = ['DEFAULT_BASE_URL', 'MOCK_TIMESTAMP', 'FAILURES_FILE', 'SOURCE_STAMP', 'utc_now_iso', 'CutoutsConfig', 'CutoutResult',
            'CutoutSource', 'CutoutFetchError', 'parse_cutout_fits', 'cube_to_fits_bytes', 'RateLimiter',
-           'retry_after_seconds', 'RetryPolicy', 'retrying', 'http_get', 'LegacySurveyCutoutService', 'object_seed',
-           'open_mock_sky', 'sky_config_hash', 'results_from_render', 'MockSkySource', 'source_from_config',
-           'destinations', 'outside_prefix', 'prepare_targets', 'process_batch', 'read_source_stamp', 'clear_cutouts',
-           'claim_out_prefix', 'remove_stale_temp_files', 'existing_cutouts', 'plan_cutouts', 'run_batches',
-           'finalize_failures', 'generate_cutouts', 'cutouts_config', 'load_cutout_targets', 'failure_summary',
-           'run_cutouts_stage']
+           'retry_after_seconds', 'RetryPolicy', 'retrying', 'http_get', 'get_cutout', 'service_url',
+           'LegacySurveyCutoutService', 'object_seed', 'open_mock_sky', 'sky_config_hash', 'results_from_render',
+           'MockSkySource', 'source_from_config', 'destinations', 'outside_prefix', 'prepare_targets', 'process_batch',
+           'read_source_stamp', 'clear_cutouts', 'claim_out_prefix', 'remove_stale_temp_files', 'existing_cutouts',
+           'plan_cutouts', 'run_batches', 'finalize_failures', 'generate_cutouts', 'cutouts_config',
+           'load_cutout_targets', 'failure_summary', 'run_cutouts_stage']
 
 # %% ../nbs/06b_cutoutsource.ipynb 5
 DEFAULT_BASE_URL = "https://www.legacysurvey.org/viewer/fits-cutout"
@@ -342,7 +342,24 @@ def http_get(opener, url: str, timeout_s: float) -> bytes:
         raise CutoutFetchError("not a FITS file: got an HTML page (Content-Type %s)" % ctype.split(";")[0])
     return body
 
+# %% ../nbs/06b_cutoutsource.ipynb 44
+def get_cutout(opener, url: str, timeout_s: float, size: int | None) -> np.ndarray:
+    "One attempt: GET `url` and parse the FITS into `(H, W, 3)` g, r, z (a truncated FITS body is `_Retryable`)."
+    body = http_get(opener, url, timeout_s)
+    try:
+        return parse_cutout_fits(body, size=size, bands="".join(BANDS))[0]
+    except CutoutFetchError as e:
+        if str(e).startswith("truncated"): raise _Retryable(str(e)) from None
+        raise
+
 # %% ../nbs/06b_cutoutsource.ipynb 45
+def service_url(cfg: CutoutsConfig, ra_deg: float, dec_deg: float) -> str:
+    "The cutout-service request URL for one position: `base_url` plus ra, dec (7 decimals), layer, pixscale, size, bands."
+    q = urllib.parse.urlencode(dict(ra=f"{float(ra_deg):.7f}", dec=f"{float(dec_deg):.7f}", layer=cfg.layer,
+                                    pixscale=f"{cfg.pixscale:g}", size=int(cfg.size), bands=cfg.bands))
+    return f"{cfg.base_url}{'&' if '?' in cfg.base_url else '?'}{q}"
+
+# %% ../nbs/06b_cutoutsource.ipynb 48
 class LegacySurveyCutoutService(CutoutSource):
     "Cutouts from the Legacy Survey FITS cutout service (`layer`, `pixscale`, `size`, `bands` from the config)."
     name = "legacysurvey"
@@ -375,21 +392,14 @@ class LegacySurveyCutoutService(CutoutSource):
 
     def url_for(self, ra_deg: float, dec_deg: float) -> str:
         "The request URL for one position (always on the configured host)."
-        q = urllib.parse.urlencode(dict(ra=f"{float(ra_deg):.7f}", dec=f"{float(dec_deg):.7f}", layer=self.cfg.layer,
-                                        pixscale=f"{self.cfg.pixscale:g}", size=int(self.cfg.size), bands=self.cfg.bands))
-        return f"{self.cfg.base_url}{'&' if '?' in self.cfg.base_url else '?'}{q}"
+        return service_url(self.cfg, ra_deg, dec_deg)
 
     def _draw_u(self) -> float:
         with self._rng_lock: return float(self._rng.uniform())
 
     def _attempt(self, url: str) -> np.ndarray:
         self._limiter.wait(); self.n_requests += 1
-        body = http_get(self._opener, url, self.cfg.timeout_s)
-        try:
-            return parse_cutout_fits(body, size=self.cfg.size, bands="".join(BANDS))[0]
-        except CutoutFetchError as e:
-            if str(e).startswith("truncated"): raise _Retryable(str(e)) from None
-            raise
+        return get_cutout(self._opener, url, self.cfg.timeout_s, self.cfg.size)
 
     def fetch_one(self, galaxy_id: str, ra_deg: float, dec_deg: float) -> CutoutResult:
         url = self.url_for(ra_deg, dec_deg)
@@ -408,12 +418,12 @@ class LegacySurveyCutoutService(CutoutSource):
         with ThreadPoolExecutor(max_workers=min(self.cfg.concurrency, len(rows))) as ex:
             return list(ex.map(lambda r: self.fetch_one(*r), rows))
 
-# %% ../nbs/06b_cutoutsource.ipynb 48
+# %% ../nbs/06b_cutoutsource.ipynb 51
 def object_seed(seed: int, galaxy_id) -> int:
     "Per-galaxy 32-bit seed from the run seed and the galaxy id (stable across processes and platforms)."
     return int.from_bytes(hashlib.sha256(f"{int(seed)}|{galaxy_id}".encode()).digest()[:4], "big")
 
-# %% ../nbs/06b_cutoutsource.ipynb 50
+# %% ../nbs/06b_cutoutsource.ipynb 53
 _OPEN_SKIES: dict = {}   # sky_dir -> MockSky, per process
 
 def open_mock_sky(sky_dir: str):
@@ -423,7 +433,7 @@ def open_mock_sky(sky_dir: str):
         _OPEN_SKIES[sky_dir] = MockSky.open(sky_dir)
     return _OPEN_SKIES[sky_dir]
 
-# %% ../nbs/06b_cutoutsource.ipynb 51
+# %% ../nbs/06b_cutoutsource.ipynb 54
 def sky_config_hash(sky_dir: str) -> str:
     "Short hash of the sky config a mock sky folder was built from (`sky_meta.json`; performance keys left out)."
     u = url_join(sky_dir, "sky_meta.json")
@@ -431,11 +441,14 @@ def sky_config_hash(sky_dir: str) -> str:
     cfg = {k: v for k, v in (json.loads(read_bytes(u)).get("config") or {}).items() if k != "num_threads"}
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-# %% ../nbs/06b_cutoutsource.ipynb 53
+# %% ../nbs/06b_cutoutsource.ipynb 56
 _MOCK_META_COLS = ("type", "nobs_z", "psfsize_z", "flux_r")
 
-def _known(v) -> bool: return pd.notna(v) and not (isinstance(v, str) and v == "")
+def _known(v) -> bool:
+    "A catalog value that is present (not NaN/None, not the empty string)."
+    return pd.notna(v) and not (isinstance(v, str) and v == "")
 
+# %% ../nbs/06b_cutoutsource.ipynb 57
 def results_from_render(gids: list, X, meta_df: pd.DataFrame | None, metas: list[dict], stage: str = "render") -> list[CutoutResult]:
     "`CutoutResult`s of one `render` call: image `i` for galaxy `i`, with `metas[i]` and the renderer's catalog columns."
     X = np.asarray(X)
@@ -449,7 +462,7 @@ def results_from_render(gids: list, X, meta_df: pd.DataFrame | None, metas: list
         out.append(CutoutResult(gid, np.asarray(X[i], dtype=np.float32), meta))
     return out
 
-# %% ../nbs/06b_cutoutsource.ipynb 55
+# %% ../nbs/06b_cutoutsource.ipynb 59
 class MockSkySource(CutoutSource):
     "Cutouts rendered from a mock sky folder (or any object with `render(ra_deg, dec_deg, seed) -> (X, meta_df)`)."
     name = "mock"
@@ -504,7 +517,7 @@ class MockSkySource(CutoutSource):
                 pass                      # isolate the bad target(s) below
         return [self.fetch_one(g, r, d) for g, r, d in zip(gids, ra, dec)]
 
-# %% ../nbs/06b_cutoutsource.ipynb 58
+# %% ../nbs/06b_cutoutsource.ipynb 62
 def source_from_config(cfg: CutoutsConfig, run_dir: str | None = None, sky_dir: str | None = None) -> CutoutSource:
     "Build the configured source (`mock` -> `MockSkySource(<run_dir>/sky)`, `legacysurvey` -> HTTP client)."
     if cfg.source == "mock":
@@ -513,11 +526,11 @@ def source_from_config(cfg: CutoutsConfig, run_dir: str | None = None, sky_dir: 
         return MockSkySource(sky, seed=cfg.seed, timestamp=cfg.mock_timestamp, size=cfg.size)
     return LegacySurveyCutoutService(cfg)
 
-# %% ../nbs/06b_cutoutsource.ipynb 61
+# %% ../nbs/06b_cutoutsource.ipynb 65
 FAILURES_FILE = "failed_cutouts.parquet"   # the failures table, in the output (or stage) folder
 SOURCE_STAMP = "_source.json"              # the identity of the source that made the cutouts of a folder
 
-# %% ../nbs/06b_cutoutsource.ipynb 62
+# %% ../nbs/06b_cutoutsource.ipynb 66
 def destinations(targets: pd.DataFrame, out_prefix: str) -> pd.Series:
     "Destination URL per target: `s3_path` when given, else `<out_prefix>/<cutout_filename(galaxy_id)>`."
     base = targets["galaxy_id"].map(lambda g: url_join(out_prefix, cutout_filename(g)))
@@ -526,7 +539,7 @@ def destinations(targets: pd.DataFrame, out_prefix: str) -> pd.Series:
         base = given.fillna(base)
     return base.astype(str)
 
-# %% ../nbs/06b_cutoutsource.ipynb 64
+# %% ../nbs/06b_cutoutsource.ipynb 68
 def outside_prefix(urls: pd.Series, prefix: str) -> np.ndarray:
     "Bool mask: URL does not lie inside folder `prefix` (local paths compared after normalisation, `..` resolved)."
     if is_local(prefix):
@@ -537,7 +550,7 @@ def outside_prefix(urls: pd.Series, prefix: str) -> np.ndarray:
         norm = urls.map(lambda u: "" if "/../" in f"{u}/" or "/./" in f"{u}/" else str(u))
     return ~norm.map(lambda u: u.startswith(p)).to_numpy(bool)
 
-# %% ../nbs/06b_cutoutsource.ipynb 66
+# %% ../nbs/06b_cutoutsource.ipynb 70
 def prepare_targets(targets_df: pd.DataFrame, out_prefix: str) -> pd.DataFrame:
     "Checked copy of the targets with a `dest` column: duplicate ids, bad coordinates and destinations outside `out_prefix` are errors."
     t = _check_targets(targets_df).copy()
@@ -557,7 +570,7 @@ def prepare_targets(targets_df: pd.DataFrame, out_prefix: str) -> pd.DataFrame:
                          f"cutout prefix {out_prefix!r} ({int(out.sum())} such rows): every cutout must be written under it")
     return t.reset_index(drop=True)
 
-# %% ../nbs/06b_cutoutsource.ipynb 69
+# %% ../nbs/06b_cutoutsource.ipynb 73
 _META_FROM_TARGETS = ("type", "nobs_z", "psfsize_z", "flux_r")
 
 def _clean_meta_value(v):
@@ -569,6 +582,7 @@ def _clean_meta_value(v):
         pass
     return v.item() if isinstance(v, np.generic) else v
 
+# %% ../nbs/06b_cutoutsource.ipynb 74
 def _cutout_meta(row, res: CutoutResult) -> dict:
     "Spec §1 metadata of one cutout: the source's fields, then galaxy_id, ra, dec and the catalog columns of the target row."
     meta = {k: v for k, v in res.meta.items() if k in META_FIELDS}
@@ -577,7 +591,7 @@ def _cutout_meta(row, res: CutoutResult) -> dict:
         if (v := _clean_meta_value(getattr(row, c, None))) is not None: meta[c] = v
     return meta
 
-# %% ../nbs/06b_cutoutsource.ipynb 71
+# %% ../nbs/06b_cutoutsource.ipynb 76
 def process_batch(source: CutoutSource, batch: pd.DataFrame) -> pd.DataFrame:
     "Fetch, validate and write one batch (rows need galaxy_id, ra, dec, dest); returns its failures (`FAILURE_COLUMNS`)."
     fails = []
@@ -593,7 +607,7 @@ def process_batch(source: CutoutSource, batch: pd.DataFrame) -> pd.DataFrame:
             fails.append((gid, dest, "write", f"{type(e).__name__}: {e}"))
     return pd.DataFrame(fails, columns=FAILURE_COLUMNS)
 
-# %% ../nbs/06b_cutoutsource.ipynb 73
+# %% ../nbs/06b_cutoutsource.ipynb 78
 def _listing(folder: str) -> dict[str, int]:
     "{file name: size in bytes} of the files directly in `folder` (one listing; empty when the folder does not exist)."
     if is_local(folder):
@@ -610,7 +624,7 @@ def _listing(folder: str) -> dict[str, int]:
         return {}
     return {str(i["name"]).rstrip("/").rsplit("/", 1)[-1]: int(i.get("size") or 0) for i in found if i.get("type") != "directory"}
 
-# %% ../nbs/06b_cutoutsource.ipynb 75
+# %% ../nbs/06b_cutoutsource.ipynb 80
 def read_source_stamp(out_prefix: str) -> dict | None:
     "The source identity recorded in `out_prefix` (None when there is no stamp)."
     u = url_join(out_prefix, SOURCE_STAMP)
@@ -618,7 +632,7 @@ def read_source_stamp(out_prefix: str) -> dict | None:
     try: return json.loads(read_bytes(u))
     except ValueError: return {"unreadable stamp": True}
 
-# %% ../nbs/06b_cutoutsource.ipynb 76
+# %% ../nbs/06b_cutoutsource.ipynb 81
 def clear_cutouts(out_prefix: str) -> int:
     "Delete every `.npz` under `out_prefix` (any depth), its failures table and its stamp; returns the NPZs removed."
     fs, path = get_fs(out_prefix)
@@ -631,11 +645,12 @@ def clear_cutouts(out_prefix: str) -> int:
     if found: fs.rm(found)
     return len(found)
 
-# %% ../nbs/06b_cutoutsource.ipynb 77
+# %% ../nbs/06b_cutoutsource.ipynb 82
 def _jsonable(d: dict) -> dict:
     "`d` as it reads back from JSON (tuples -> lists, numpy scalars -> numbers)."
     return json.loads(json.dumps(d, sort_keys=True, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
 
+# %% ../nbs/06b_cutoutsource.ipynb 84
 def claim_out_prefix(out_prefix: str, identity: dict, log: Callable[[str], None] | None = None) -> int:
     "Make `out_prefix` hold only cutouts of source `identity`: clear another identity's (or unstamped) cutouts, then stamp it."
     identity, old = _jsonable(identity), read_source_stamp(out_prefix)
@@ -648,7 +663,7 @@ def claim_out_prefix(out_prefix: str, identity: dict, log: Callable[[str], None]
     atomic_write_json(url_join(out_prefix, SOURCE_STAMP), identity)
     return n
 
-# %% ../nbs/06b_cutoutsource.ipynb 79
+# %% ../nbs/06b_cutoutsource.ipynb 86
 def remove_stale_temp_files(out_prefix: str, older_than_s: float = 3600.0) -> int:
     "Delete `.tmp-*` files left in a local `out_prefix` by killed writers (older than `older_than_s`; 0: all)."
     if not is_local(out_prefix): return 0          # object stores have no partial objects
@@ -662,7 +677,7 @@ def remove_stale_temp_files(out_prefix: str, older_than_s: float = 3600.0) -> in
             pass
     return n
 
-# %% ../nbs/06b_cutoutsource.ipynb 82
+# %% ../nbs/06b_cutoutsource.ipynb 89
 def _verified(dests: pd.Series, gids, mask: np.ndarray, n_threads: int = 4) -> np.ndarray:
     "Of the `mask`ed destinations, those that read back as valid cutouts of their galaxy (decompresses every file)."
     def ok(i):
@@ -675,7 +690,7 @@ def _verified(dests: pd.Series, gids, mask: np.ndarray, n_threads: int = 4) -> n
         out[idx] = list(ex.map(ok, idx))
     return out
 
-# %% ../nbs/06b_cutoutsource.ipynb 83
+# %% ../nbs/06b_cutoutsource.ipynb 90
 def existing_cutouts(dests,                     # destination URLs
                      gids=None,                 # their galaxy ids (checked when `verify`)
                      verify: bool = False       # also decompress and validate each file (slow)
@@ -689,7 +704,7 @@ def existing_cutouts(dests,                     # destination URLs
         keep &= _verified(dests, None if gids is None else list(gids), keep)
     return keep
 
-# %% ../nbs/06b_cutoutsource.ipynb 85
+# %% ../nbs/06b_cutoutsource.ipynb 92
 def plan_cutouts(targets_df: pd.DataFrame, source: CutoutSource, out_prefix: str, resume: bool = True,
                  verify_existing: bool = False, tmp_max_age_s: float = 3600.0) -> tuple[pd.DataFrame, np.ndarray]:
     "Checked targets (with `dest`) and the mask of those already done, after claiming `out_prefix` and removing stale temp files."
@@ -700,13 +715,13 @@ def plan_cutouts(targets_df: pd.DataFrame, source: CutoutSource, out_prefix: str
     done = existing_cutouts(t["dest"], t["galaxy_id"], verify_existing) if (resume and len(t)) else np.zeros(len(t), bool)
     return t, done
 
-# %% ../nbs/06b_cutoutsource.ipynb 87
+# %% ../nbs/06b_cutoutsource.ipynb 94
 def _limit_threads(threads: int):
     "Pool worker start-up: share the cores among workers (a user's OMP_NUM_THREADS/MKL_NUM_THREADS wins)."
     for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(k, str(threads))
 
-# %% ../nbs/06b_cutoutsource.ipynb 88
+# %% ../nbs/06b_cutoutsource.ipynb 95
 def _run_pool(source: CutoutSource, batches: list, n_workers: int, pbar) -> list[pd.DataFrame]:
     "`process_batch` over `batches` in a pool of `n_workers` (dying with this process); serial fallback if the pool breaks."
     src = source.for_workers(n_workers) if hasattr(source, "for_workers") else source
@@ -724,7 +739,7 @@ def _run_pool(source: CutoutSource, batches: list, n_workers: int, pbar) -> list
         ex.shutdown(wait=False, cancel_futures=True)
     return parts
 
-# %% ../nbs/06b_cutoutsource.ipynb 89
+# %% ../nbs/06b_cutoutsource.ipynb 96
 def run_batches(source: CutoutSource, todo: pd.DataFrame, n_workers: int = 1, batch_size: int = 96, pbar=None) -> pd.DataFrame:
     "`process_batch` over `todo` in batches of `batch_size`, in this process or a pool; all failures, in no set order."
     batches = [todo.iloc[i:i + batch_size] for i in range(0, len(todo), batch_size)]
@@ -737,7 +752,7 @@ def run_batches(source: CutoutSource, todo: pd.DataFrame, n_workers: int = 1, ba
             parts.append(process_batch(source, b)); pbar.update(len(b))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=FAILURE_COLUMNS)
 
-# %% ../nbs/06b_cutoutsource.ipynb 90
+# %% ../nbs/06b_cutoutsource.ipynb 97
 def finalize_failures(fails: pd.DataFrame, t: pd.DataFrame, done: np.ndarray, n_attempted: int,
                       failures_url: str | None, t0: float) -> pd.DataFrame:
     "Failures in target order (written atomically to `failures_url` when given), with the run's counts in `.attrs`."
@@ -750,7 +765,7 @@ def finalize_failures(fails: pd.DataFrame, t: pd.DataFrame, done: np.ndarray, n_
                        n_written=int(n_attempted) - len(fails), n_failed=len(fails), elapsed_s=time.perf_counter() - t0)
     return fails
 
-# %% ../nbs/06b_cutoutsource.ipynb 91
+# %% ../nbs/06b_cutoutsource.ipynb 98
 def generate_cutouts(targets_df: pd.DataFrame,       # galaxy_id, ra, dec (deg); optional s3_path and catalog columns
                      source: CutoutSource,           # where the pixels come from
                      out_prefix: str,                # folder (local or URL) the NPZs are written under
@@ -771,12 +786,12 @@ def generate_cutouts(targets_df: pd.DataFrame,       # galaxy_id, ra, dec (deg);
         fails = run_batches(source, todo, n_workers, batch_size, pbar)
     return finalize_failures(fails, t, done, len(todo), url_join(out_prefix, FAILURES_FILE) if write_failures else None, t0)
 
-# %% ../nbs/06b_cutoutsource.ipynb 97
+# %% ../nbs/06b_cutoutsource.ipynb 104
 def cutouts_config(cfg) -> CutoutsConfig:
     "The `cutouts` section of a pipeline config (the defaults when it has none)."
     return getattr(cfg, "cutouts", None) or CutoutsConfig()
 
-# %% ../nbs/06b_cutoutsource.ipynb 98
+# %% ../nbs/06b_cutoutsource.ipynb 105
 _POOL_META = ["galaxy_id", "ra", "dec", "type", "nobs_z", "psfsize_z", "flux_r"]
 _MANIFEST_COLS = ["galaxy_id", "s3_path", "ra", "dec", "label", "cutout_type", "split"]
 
@@ -793,7 +808,7 @@ def load_cutout_targets(run_dir: str) -> pd.DataFrame:
         t["s3_path"] = [resolve_path(run_dir, p) if isinstance(p, str) and p else p for p in t["s3_path"]]
     return t
 
-# %% ../nbs/06b_cutoutsource.ipynb 99
+# %% ../nbs/06b_cutoutsource.ipynb 106
 def failure_summary(fails: pd.DataFrame, n_total: int, max_lines: int = 8) -> str:
     "A few lines for a screen: how many targets failed, grouped by step and reason (reasons cut at 70 characters)."
     if not len(fails): return f"0 of {n_total} cutouts failed"
@@ -802,7 +817,7 @@ def failure_summary(fails: pd.DataFrame, n_total: int, max_lines: int = 8) -> st
     if len(g) > max_lines: lines.append(f"  ... and {len(g) - max_lines} other reasons (see the failures table)")
     return "\n".join(lines)
 
-# %% ../nbs/06b_cutoutsource.ipynb 101
+# %% ../nbs/06b_cutoutsource.ipynb 108
 def _generate(targets: pd.DataFrame, ccfg: CutoutsConfig, run_dir: str, out_prefix: str, progress: bool, verify_existing: bool):
     "The configured engine (local process pool or Spark) over the targets; every stale temp file removed first."
     source = source_from_config(ccfg, run_dir=run_dir)
@@ -812,7 +827,7 @@ def _generate(targets: pd.DataFrame, ccfg: CutoutsConfig, run_dir: str, out_pref
         return generate_cutouts_spark(targets, source, out_prefix, n_partitions=ccfg.spark_partitions, **kw)
     return generate_cutouts(targets, source, out_prefix, n_workers=ccfg.n_workers, progress=progress, **kw)
 
-# %% ../nbs/06b_cutoutsource.ipynb 102
+# %% ../nbs/06b_cutoutsource.ipynb 109
 def _stage_report(fails: pd.DataFrame, ccfg: CutoutsConfig, out_prefix: str, rel: Callable) -> dict:
     "The counts a cutout run reports (`cutouts_report.json`, the done marker's result)."
     a = fails.attrs
@@ -822,7 +837,7 @@ def _stage_report(fails: pd.DataFrame, ccfg: CutoutsConfig, out_prefix: str, rel
             "source": ccfg.source, "engine": ccfg.engine, "out_prefix": rel(out_prefix),
             "failures_by_stage": {str(k): int(v) for k, v in fails["stage"].value_counts().items()}}
 
-# %% ../nbs/06b_cutoutsource.ipynb 103
+# %% ../nbs/06b_cutoutsource.ipynb 110
 def _record_failures(st, fails: pd.DataFrame, n_total: int):
     "Hand the failures to the protocol: past `run.max_failure_frac` a `StageError` with the summary by reason."
     from stronglens.runs import StageError
@@ -832,7 +847,7 @@ def _record_failures(st, fails: pd.DataFrame, n_total: int):
         raise StageError(f"{e.message}\n{failure_summary(fails, n_total)}", e.stage) from None
     if len(fails): st.log(failure_summary(fails, n_total))
 
-# %% ../nbs/06b_cutoutsource.ipynb 104
+# %% ../nbs/06b_cutoutsource.ipynb 111
 def run_cutouts_stage(cfg,                              # pipeline config (its `cutouts` and `run` sections)
                       run_dir: str,                     # run folder (local path or URL)
                       progress: bool = True,
