@@ -401,17 +401,34 @@ def default_cache_dir(manifest_path: str | None) -> str:
     return str(Path.home() / ".cache" / "stronglens")
 
 # %% ../nbs/09_data.ipynb 68
-def file_fingerprints(urls) -> np.ndarray:
-    """Cheap content fingerprint of each file, `'<size>:<ETag or mtime_ns>'`, `''` for a missing one: one listing
-    per folder (`runs.scan_files`, the stage protocol's own scan), no file is opened."""
-    u = pd.Series(np.asarray(urls, dtype=object)).astype(str).str.rpartition("/")
+def _listed_fingerprints(urls: pd.Series) -> np.ndarray:
+    "Fingerprints of files on an object store from one listing per folder (`runs.scan_files`, the stage protocol's scan)."
+    u = urls.str.rpartition("/")
     want = pd.DataFrame({"folder": u[0], "path": u[2]})
     t = pd.concat([scan_files(f).assign(folder=f) for f in want["folder"].unique()], ignore_index=True)
     t["fingerprint"] = t["size"].astype(str) + ":" + t["etag"].where(t["etag"] != "", t["mtime_ns"].astype(str))
     out = want.merge(t[["folder", "path", "fingerprint"]], on=["folder", "path"], how="left")["fingerprint"]
     return out.fillna("").to_numpy(object)
 
+# %% ../nbs/09_data.ipynb 69
+def _stat_fingerprint(path: str) -> str:
+    "`size:mtime_ns` of a local file, '' when it is missing."
+    try: st = os.stat(path)
+    except FileNotFoundError: return ""
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
 # %% ../nbs/09_data.ipynb 70
+def file_fingerprints(urls) -> np.ndarray:
+    """Cheap content fingerprint of each file, `'<size>:<mtime_ns>'` (local: one `stat`, no read) or
+    `'<size>:<ETag>'` (object store: one listing per folder); `''` for a missing file."""
+    u = pd.Series(np.asarray(urls, dtype=object), dtype=object).astype(str)
+    remote = (u.str.contains("://", regex=False) & ~u.str.startswith("file://")).to_numpy()
+    out = np.empty(len(u), dtype=object)
+    out[~remote] = [_stat_fingerprint(p.removeprefix("file://")) for p in u[~remote]]
+    if remote.any(): out[remote] = _listed_fingerprints(u[remote])
+    return out
+
+# %% ../nbs/09_data.ipynb 72
 def cache_key(manifest_split: pd.DataFrame, spec: PreprocessSpec, dtype: str = "float32", fingerprints=None) -> str:
     "Hash of a split's manifest rows + cutout file fingerprints + preprocessing + dtype (+ cache format)."
     h = hashlib.sha256(json.dumps({"v": CACHE_FORMAT_VERSION, "spec": spec.to_dict(), "dtype": dtype}, sort_keys=True).encode())
@@ -420,12 +437,12 @@ def cache_key(manifest_split: pd.DataFrame, spec: PreprocessSpec, dtype: str = "
     h.update(pd.util.hash_pandas_object(cols, index=False).values.tobytes())
     return h.hexdigest()[:20]
 
-# %% ../nbs/09_data.ipynb 72
+# %% ../nbs/09_data.ipynb 74
 _TMP_TAG = re.compile(r"\.pid(\d+)@([A-Za-z0-9_-]+)\.")
 
 def _host() -> str: return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
 
-# %% ../nbs/09_data.ipynb 73
+# %% ../nbs/09_data.ipynb 75
 def temp_path(final: str) -> str:
     "A new empty temporary file beside `final` (`.tmp-<name>.pid<pid>@<host>.XXXX<suffix>`), for an atomic rename."
     d, name = os.path.split(final)
@@ -433,7 +450,7 @@ def temp_path(final: str) -> str:
     os.close(fd)
     return tmp
 
-# %% ../nbs/09_data.ipynb 74
+# %% ../nbs/09_data.ipynb 76
 def _pid_alive(pid: int) -> bool:
     "Is process `pid` running on this host (a zombie counts as gone)?"
     try: os.kill(pid, 0)
@@ -442,7 +459,7 @@ def _pid_alive(pid: int) -> bool:
     try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError): return True
 
-# %% ../nbs/09_data.ipynb 75
+# %% ../nbs/09_data.ipynb 77
 def remove_stale_temp(folder: str, max_age_s: float = 3600.0) -> list[str]:
     """Remove the `.tmp-*` files in local `folder` left by writers that are gone: tagged with this host and a
     process id that is no longer running, or (untagged, other hosts) not modified for `max_age_s`. Returns them."""
@@ -457,7 +474,7 @@ def remove_stale_temp(folder: str, max_age_s: float = 3600.0) -> list[str]:
             except FileNotFoundError: pass
     return gone
 
-# %% ../nbs/09_data.ipynb 77
+# %% ../nbs/09_data.ipynb 79
 @dataclass
 class PackedSplit:
     "One split of the packed cache: `X` (N, 3, H, W) memory map, `index` DataFrame (row i = X[i]), spec."
@@ -484,7 +501,7 @@ class PackedSplit:
         fails = pd.read_parquet(fpath) if os.path.exists(fpath) else pd.DataFrame(columns=FAILURE_COLUMNS)
         return cls(X, index, PreprocessSpec.from_dict(meta["preprocessing"]), meta["split"], stem, fails)
 
-# %% ../nbs/09_data.ipynb 80
+# %% ../nbs/09_data.ipynb 82
 def _fill_memmap(tmp: str, urls, spec: PreprocessSpec, dtype: str, n_jobs: int, batch_size: int, progress: bool):
     "Preprocess the cutouts `urls` into the `.npy` `tmp` (N rows) -> (row of each filled entry, n_nan, failures)."
     h, w, c = CUTOUT_SHAPE
@@ -502,7 +519,7 @@ def _fill_memmap(tmp: str, urls, spec: PreprocessSpec, dtype: str, n_jobs: int, 
     failures = pd.concat(fails, ignore_index=True) if fails else pd.DataFrame(columns=FAILURE_COLUMNS)
     return np.asarray(rows, np.int64), (np.concatenate(nnan) if nnan else np.zeros(0, np.int64)), failures
 
-# %% ../nbs/09_data.ipynb 81
+# %% ../nbs/09_data.ipynb 83
 def _truncate_npy(path: str, n: int):
     "Rewrite the `.npy` at `path` keeping its first `n` rows (through a temporary file)."
     src = np.load(path, mmap_mode="r")
@@ -511,7 +528,7 @@ def _truncate_npy(path: str, n: int):
     out[:] = src[:n]; out.flush(); del out, src
     os.replace(tmp2, path)
 
-# %% ../nbs/09_data.ipynb 83
+# %% ../nbs/09_data.ipynb 85
 _INDEX_COLUMNS = ("galaxy_id", "label", "split", "s3_path", "filename", "cutout_type", "ra", "dec")
 
 def _cache_index(part: pd.DataFrame, rows: np.ndarray, n_nan: np.ndarray) -> pd.DataFrame:
@@ -523,7 +540,7 @@ def _cache_index(part: pd.DataFrame, rows: np.ndarray, n_nan: np.ndarray) -> pd.
     index["n_nan"] = np.asarray(n_nan, np.int64)
     return index
 
-# %% ../nbs/09_data.ipynb 85
+# %% ../nbs/09_data.ipynb 87
 def _write_cache(stem: str, part: pd.DataFrame, urls, spec: PreprocessSpec, dtype: str, n_jobs: int,
                  batch_size: int, progress: bool, manifest: str = "") -> None:
     "Build and commit the cache `<stem>.*` of the manifest rows `part` (cutouts at `urls`)."
@@ -544,14 +561,14 @@ def _write_cache(stem: str, part: pd.DataFrame, urls, spec: PreprocessSpec, dtyp
         n_manifest=len(part), n_failed=int(len(failures)), n_nan_cutouts=int((index["n_nan"] > 0).sum()),
         build_seconds=round(time.time() - t0, 3), manifest=manifest))
 
-# %% ../nbs/09_data.ipynb 86
+# %% ../nbs/09_data.ipynb 88
 def _open_or_none(stem: str) -> PackedSplit | None:
     "The committed cache at `stem`, or None when there is none (a damaged one is rebuilt)."
     if not os.path.exists(stem + ".json"): return None
     try: return PackedSplit.open(stem)
     except Exception: return None
 
-# %% ../nbs/09_data.ipynb 87
+# %% ../nbs/09_data.ipynb 89
 def build_packed_split(
     manifest,                          # training manifest: path/URL or DataFrame (spec §2)
     split: str,                        # "train" | "val" | "test" (any value of the `split` column)
@@ -582,7 +599,7 @@ def build_packed_split(
     _write_cache(stem, part, urls, spec, dtype, n_jobs, batch_size, progress, manifest=man_path)
     return PackedSplit.open(stem)
 
-# %% ../nbs/09_data.ipynb 93
+# %% ../nbs/09_data.ipynb 95
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
                   subset: np.ndarray | None = None) -> list[np.ndarray]:
     "Row indices of each batch of one epoch (a permutation seeded by (seed, epoch) when `shuffle`)."
@@ -591,7 +608,7 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool 
         rows = rows[np.random.default_rng([int(seed), int(epoch)]).permutation(len(rows))]
     return [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
 
-# %% ../nbs/09_data.ipynb 95
+# %% ../nbs/09_data.ipynb 97
 class BatchDataset(torch.utils.data.Dataset):
     "Item b = (x float32 (B, C, H, W), y float32 (B,), rows int64 (B,)) of batch b, read from `X` (e.g. a memmap)."
     def __init__(self, X: np.ndarray, labels: np.ndarray, batches: list[np.ndarray]):
@@ -604,7 +621,7 @@ class BatchDataset(torch.utils.data.Dataset):
         x[order] = self.X[rows[order]]
         return torch.from_numpy(x), torch.from_numpy(self.labels[rows].astype(np.float32)), torch.from_numpy(rows.astype(np.int64))
 
-# %% ../nbs/09_data.ipynb 97
+# %% ../nbs/09_data.ipynb 99
 class NPZDataset(torch.utils.data.Dataset):
     "Per-sample NPZ reading + preprocessing (no cache): item i = (x (C, H, W), y, i)."
     def __init__(self, urls, labels, spec: PreprocessSpec | str = "raw_robust"):

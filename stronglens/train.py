@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from .config import (PIPELINE_VERSION, atomic_write_bytes, atomic_write_json, atomic_write_parquet,
                                atomic_write_text, exists, is_local, read_bytes, resolve_path, url_join)
 from .cutouts import FAILURE_COLUMNS
-from .data import (ANNULUS_R_IN_PX, ANNULUS_R_OUT_PX, DEFAULT_CLIP, PREPROCESSING_MODES, AugmentSpec,
+from .data import (ANNULUS_R_IN_PX, ANNULUS_R_OUT_PX, DEFAULT_CLIP, AugmentSpec,
                              Augmenter, BatchDataset, PackedSplit, PreprocessSpec, PreprocessingMismatchError,
                              build_packed_split, check_manifest_leakage, check_preprocessing, default_cache_dir,
                              epoch_batches, load_manifest, preprocess, remove_stale_temp)

@@ -1,6 +1,5 @@
 """stronglens.train: loss goes down, exact resume, early stopping, safe checkpoints, scoring, features and exports,
 config entry point (leakage refused, pixels followed), the `train` stage (config paths honoured, relocatable run)."""
-import io
 import json
 import os
 import shutil

@@ -1,6 +1,5 @@
 """Training with cutouts, manifest and out_dir on S3 (local moto server); the cache stays on local disk."""
 import numpy as np
-import pandas as pd
 import pytest
 
 from stronglens.config import exists, read_parquet
@@ -33,3 +32,13 @@ def test_train_and_score_on_s3(s3_bucket, tmp_path):
     full = score(res.best_checkpoint, cfg.dataset.manifest_path, cache_dir=str(tmp_path / "cache"), root=root, progress=False)
     assert len(list((tmp_path / "cache").glob("*.npy"))) == 3          # train/val/test caches, keyed on the S3 ETags, re-used
     np.testing.assert_allclose(full[full.split == "test"].logit.to_numpy(), test.logit.to_numpy(), atol=1e-5)
+    # regenerated pixels on S3 (same key, new ETag) -> a new cache for that split, new scores
+    from stronglens.cutouts import write_cutout
+    from stronglens.data import synthetic_cutouts
+    k = int(man.index[man.split == "test"][0])
+    write_cutout(f"{root}/{man.s3_path[k]}", synthetic_cutouts(1, seed=99)[0][0], {"galaxy_id": man.galaxy_id[k], "ra": 0.0, "dec": 0.0})
+    again = score(res.best_checkpoint, cfg.dataset.manifest_path, splits=["test"], cache_dir=str(tmp_path / "cache"), root=root, progress=False)
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 4
+    changed = again.galaxy_id == man.galaxy_id[k]
+    assert not np.allclose(again.logit[changed], full.set_index("galaxy_id").loc[man.galaxy_id[k], "logit"])
+    np.testing.assert_allclose(again.logit[~changed], full[full.split == "test"].set_index("galaxy_id").loc[again.galaxy_id[~changed]].logit, atol=1e-6)
