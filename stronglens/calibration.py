@@ -4,11 +4,12 @@
 
 # %% auto 0
 __all__ = ['MIN_RESAMPLES', 'BINOMIAL_METHODS', 'STRATA', 'PSF_EDGES_ARCSEC', 'DEPTH_EDGES_MAG', 'PREVALENCE_CAVEAT',
-           'strata_groups', 'resample_indices', 'multiplicities', 'bootstrap_replicates', 'BootstrapResult',
-           'bootstrap_ci', 'wilson_interval', 'jeffreys_interval', 'binomial_interval', 'binomial_coverage', 'roc_auc',
-           'bin_edges', 'reliability_curve', 'expected_calibration_error', 'brier_score', 'log_loss_logits',
-           'calibration_metrics', 'TemperatureScaler', 'temperature_scale_scores', 'bin_labels', 'attach_strata',
-           'threshold_at_fpr', 'precision_at_prevalence', 'stratum_table', 'stratum_curves']
+           'strata_groups', 'resample_indices', 'multiplicities', 'bootstrap_replicates', 'weighted_mean',
+           'BootstrapResult', 'bootstrap_ci', 'wilson_interval', 'jeffreys_interval', 'binomial_interval',
+           'binomial_coverage', 'roc_auc', 'bin_edges', 'reliability_curve', 'expected_calibration_error',
+           'brier_score', 'log_loss_logits', 'calibration_metrics', 'TemperatureScaler', 'temperature_scale_scores',
+           'bin_labels', 'attach_strata', 'threshold_at_fpr', 'precision_at_prevalence', 'stratum_table',
+           'stratum_curves']
 
 # %% ../nbs/15_calibration.ipynb 2
 import math
@@ -61,7 +62,15 @@ def bootstrap_replicates(stat:Callable, *arrays, n_resamples:int=MIN_RESAMPLES, 
         else: out[b0:b0 + len(idx)] = [stat(*(a[i] for a in arrays)) for i in idx]
     return out
 
-# %% ../nbs/15_calibration.ipynb 16
+# %% ../nbs/15_calibration.ipynb 15
+def weighted_mean(x, weights=None):
+    "Mean of `x`; with `weights` `(B, n)` the B weighted means (a vectorised bootstrap statistic)."
+    x = np.asarray(x, np.float64)
+    if weights is None: return float(x.mean()) if len(x) else float("nan")
+    w = np.atleast_2d(weights)
+    with np.errstate(invalid="ignore", divide="ignore"): return (w @ x) / w.sum(axis=1)
+
+# %% ../nbs/15_calibration.ipynb 18
 class BootstrapResult(NamedTuple):
     "A bootstrap estimate: the statistic on the data, its percentile interval, and the replicates."
     estimate: float          # the statistic on the original rows
@@ -70,7 +79,7 @@ class BootstrapResult(NamedTuple):
     replicates: np.ndarray   # the bootstrap replicates (NaN where undefined)
     ci: float = 0.95         # confidence level
 
-# %% ../nbs/15_calibration.ipynb 17
+# %% ../nbs/15_calibration.ipynb 19
 def bootstrap_ci(stat:Callable,        # statistic: stat(*arrays) -> float (vectorized: stat(*arrays, weights=(B, n)) -> (B,))
                  *arrays,              # equal-length 1-D arrays, resampled together by row
                  n_resamples:int=MIN_RESAMPLES,  # replicates (>= 1000)
@@ -93,7 +102,7 @@ def bootstrap_ci(stat:Callable,        # statistic: stat(*arrays) -> float (vect
     lo, hi = np.nanquantile(reps, [(1 - ci) / 2, (1 + ci) / 2])
     return BootstrapResult(est, float(lo), float(hi), reps, ci)
 
-# %% ../nbs/15_calibration.ipynb 23
+# %% ../nbs/15_calibration.ipynb 25
 def _binomial_args(k, n, ci:float):
     "k, n as float arrays (validated) and the two-sided normal quantile z."
     k, n = np.asarray(k, np.float64), np.asarray(n, np.float64)
@@ -101,7 +110,7 @@ def _binomial_args(k, n, ci:float):
     if np.any(k < 0) or np.any(k > n): raise ValueError("binomial interval: need 0 <= k <= n")
     return k, n, stats.norm.ppf(0.5 + ci / 2)
 
-# %% ../nbs/15_calibration.ipynb 24
+# %% ../nbs/15_calibration.ipynb 26
 def wilson_interval(k, n, ci:float=0.95) -> tuple[np.ndarray, np.ndarray]:
     "Wilson score interval `(lower, upper)` of a binomial proportion k/n; NaN where n == 0."
     k, n, z = _binomial_args(k, n, ci)
@@ -112,7 +121,7 @@ def wilson_interval(k, n, ci:float=0.95) -> tuple[np.ndarray, np.ndarray]:
     lo, hi = np.where(k == 0, 0.0, np.clip(centre - half, 0, 1)), np.where(k == n, 1.0, np.clip(centre + half, 0, 1))
     return np.where(n == 0, np.nan, lo), np.where(n == 0, np.nan, hi)
 
-# %% ../nbs/15_calibration.ipynb 27
+# %% ../nbs/15_calibration.ipynb 29
 def jeffreys_interval(k, n, ci:float=0.95) -> tuple[np.ndarray, np.ndarray]:
     "Jeffreys interval `(lower, upper)` of k/n: Beta(k+½, n−k+½) quantiles, 0 at k = 0 and 1 at k = n; NaN at n == 0."
     k, n, _ = _binomial_args(k, n, ci)
@@ -123,7 +132,7 @@ def jeffreys_interval(k, n, ci:float=0.95) -> tuple[np.ndarray, np.ndarray]:
     bad = n == 0
     return np.where(bad, np.nan, lo), np.where(bad, np.nan, hi)
 
-# %% ../nbs/15_calibration.ipynb 29
+# %% ../nbs/15_calibration.ipynb 31
 BINOMIAL_METHODS: dict = {"wilson": wilson_interval, "jeffreys": jeffreys_interval}
 
 def binomial_interval(k, n, ci:float=0.95, method:str="wilson") -> tuple[np.ndarray, np.ndarray]:
@@ -131,14 +140,14 @@ def binomial_interval(k, n, ci:float=0.95, method:str="wilson") -> tuple[np.ndar
     if method not in BINOMIAL_METHODS: raise ValueError(f"method: expected one of {list(BINOMIAL_METHODS)}, got {method!r}")
     return BINOMIAL_METHODS[method](k, n, ci)
 
-# %% ../nbs/15_calibration.ipynb 31
+# %% ../nbs/15_calibration.ipynb 33
 def binomial_coverage(p:float, n:int, ci:float=0.95, method:str="wilson") -> float:
     "Exact coverage probability of the `method` interval for a true proportion `p` with `n` trials."
     k = np.arange(n + 1)
     lo, hi = binomial_interval(k, np.full(n + 1, n), ci, method)
     return float(stats.binom.pmf(k, n, p)[(lo <= p) & (p <= hi)].sum())
 
-# %% ../nbs/15_calibration.ipynb 34
+# %% ../nbs/15_calibration.ipynb 36
 def roc_auc(y,                 # 0/1 labels (n,)
             score,             # scores (n,); non-finite ones are dropped
             weights=None,      # None, row weights (n,), or a (B, n) block of weight rows
@@ -164,7 +173,7 @@ def roc_auc(y,                 # 0/1 labels (n,)
     auc = np.where(np.isfinite(auc), auc, np.nan)
     return float(auc[0]) if single else auc
 
-# %% ../nbs/15_calibration.ipynb 40
+# %% ../nbs/15_calibration.ipynb 42
 def _check_probs(y, p) -> tuple[np.ndarray, np.ndarray]:
     "0/1 labels and finite probabilities in [0, 1] as arrays, or a ValueError saying what is wrong."
     y, p = np.asarray(y).ravel(), np.asarray(p, np.float64).ravel()
@@ -174,7 +183,7 @@ def _check_probs(y, p) -> tuple[np.ndarray, np.ndarray]:
     if len(p) and (p.min() < 0 or p.max() > 1): raise ValueError("probabilities outside [0, 1]")
     return y.astype(int), p
 
-# %% ../nbs/15_calibration.ipynb 41
+# %% ../nbs/15_calibration.ipynb 43
 def bin_edges(p, n_bins:int=10, strategy:str="uniform") -> np.ndarray:
     "`n_bins + 1` bin edges: equal-width on [0, 1] ('uniform') or at the percentiles of `p` ('quantile')."
     if n_bins < 1: raise ValueError(f"n_bins: expected >= 1, got {n_bins}")
@@ -182,7 +191,7 @@ def bin_edges(p, n_bins:int=10, strategy:str="uniform") -> np.ndarray:
     if strategy == "quantile": return np.percentile(np.asarray(p, np.float64), np.linspace(0, 100, n_bins + 1))
     raise ValueError(f"strategy: expected 'uniform' or 'quantile', got {strategy!r}")
 
-# %% ../nbs/15_calibration.ipynb 42
+# %% ../nbs/15_calibration.ipynb 44
 def _binned(y, p, n_bins:int, strategy:str):
     "Edges, then per-bin count, positive count and score sum (scikit-learn's bin assignment)."
     edges = bin_edges(p, n_bins, strategy)
@@ -190,7 +199,7 @@ def _binned(y, p, n_bins:int, strategy:str):
     n = np.bincount(ids, minlength=n_bins)
     return edges, ids, n, np.bincount(ids, weights=y, minlength=n_bins), np.bincount(ids, weights=p, minlength=n_bins)
 
-# %% ../nbs/15_calibration.ipynb 43
+# %% ../nbs/15_calibration.ipynb 45
 def reliability_curve(y,                    # 0/1 labels
                       p,                    # predicted probabilities in [0, 1]
                       n_bins:int=10,        # number of bins
@@ -207,7 +216,7 @@ def reliability_curve(y,                    # 0/1 labels
                            "ci_lower": lo, "ci_upper": hi})
     return df[n > 0].reset_index(drop=True)
 
-# %% ../nbs/15_calibration.ipynb 46
+# %% ../nbs/15_calibration.ipynb 48
 def expected_calibration_error(y,                 # 0/1 labels
                                p,                 # predicted probabilities in [0, 1]
                                n_bins:int=10,     # number of bins
@@ -224,19 +233,19 @@ def expected_calibration_error(y,                 # 0/1 labels
     w = {"all": n, "positive": npos, "negative": n - npos}[weight_by][ok]
     return float((w * gap).sum() / w.sum())
 
-# %% ../nbs/15_calibration.ipynb 49
+# %% ../nbs/15_calibration.ipynb 51
 def brier_score(y, p, sample_weight=None) -> float:
     "Brier score: (weighted) mean of (p − y)²."
     y, p = _check_probs(y, p)
     return float(np.average((p - y) ** 2, weights=sample_weight)) if len(y) else float("nan")
 
-# %% ../nbs/15_calibration.ipynb 51
+# %% ../nbs/15_calibration.ipynb 53
 def log_loss_logits(y, logits) -> float:
     "Mean binary cross-entropy (negative log-likelihood) of logits, computed stably (no clipping needed)."
     y, z = np.asarray(y, np.float64).ravel(), np.asarray(logits, np.float64).ravel()
     return float(np.mean(np.logaddexp(0.0, z) - y * z)) if len(z) else float("nan")
 
-# %% ../nbs/15_calibration.ipynb 53
+# %% ../nbs/15_calibration.ipynb 55
 def calibration_metrics(y, p, n_bins:int=15, strategy:str="uniform") -> dict:
     "ECE (all rows, per class), Brier (all, per class) and NLL of probabilities `p` for labels `y`."
     y, p = _check_probs(y, p)
@@ -247,7 +256,7 @@ def calibration_metrics(y, p, n_bins:int=15, strategy:str="uniform") -> dict:
     return {"n": int(len(y)), "n_pos": int(y.sum()), "ece": expected_calibration_error(y, p, n_bins, strategy), **ece,
             "brier": brier_score(y, p), **bri, "nll": float(-np.mean(y * np.log(pe) + (1 - y) * np.log(1 - pe)))}
 
-# %% ../nbs/15_calibration.ipynb 58
+# %% ../nbs/15_calibration.ipynb 60
 def _as_logits(logits) -> np.ndarray:
     "1-D float64 logits (accepts (n,) or (n, 1)); NaN/inf refused."
     z = np.asarray(logits, np.float64)
@@ -256,7 +265,7 @@ def _as_logits(logits) -> np.ndarray:
     if not np.isfinite(z).all(): raise ValueError(f"logits: {int((~np.isfinite(z)).sum())} non-finite values (drop them first)")
     return z
 
-# %% ../nbs/15_calibration.ipynb 59
+# %% ../nbs/15_calibration.ipynb 61
 def _fit_log_temperature(z:np.ndarray, y:np.ndarray, max_iter:int) -> tuple[float, int]:
     "L-BFGS (torch, float64, strong Wolfe) on log T minimising the mean BCE of z / T; returns (log T, iterations)."
     import torch
@@ -272,7 +281,7 @@ def _fit_log_temperature(z:np.ndarray, y:np.ndarray, max_iter:int) -> tuple[floa
     opt.step(closure)
     return float(log_t.detach()[0]), int(opt.state[log_t].get("n_iter", 0))
 
-# %% ../nbs/15_calibration.ipynb 60
+# %% ../nbs/15_calibration.ipynb 62
 class TemperatureScaler(TransformerMixin, BaseEstimator):
     "Temperature scaling of binary logits: `p = sigmoid(logit / temperature_)`, T fitted by NLL on held-out data."
     def __init__(self, max_iter:int=200):  # L-BFGS iterations
@@ -297,7 +306,7 @@ class TemperatureScaler(TransformerMixin, BaseEstimator):
         "Calibrated probabilities `sigmoid(logits / temperature_)` (1-D: the lens probability)."
         return expit(self.transform(logits))
 
-# %% ../nbs/15_calibration.ipynb 65
+# %% ../nbs/15_calibration.ipynb 67
 def _metrics_with_ci(y, p, n_bins:int, strategy:str, n_resamples:int, seed:int, ci:float) -> dict:
     "`calibration_metrics` plus class-stratified bootstrap intervals of the ECE and the Brier score."
     out = calibration_metrics(y, p, n_bins, strategy)
@@ -306,7 +315,7 @@ def _metrics_with_ci(y, p, n_bins:int, strategy:str, n_resamples:int, seed:int, 
         out[f"{name}_ci_lower"], out[f"{name}_ci_upper"] = r.ci_lower, r.ci_upper
     return out
 
-# %% ../nbs/15_calibration.ipynb 66
+# %% ../nbs/15_calibration.ipynb 68
 def temperature_scale_scores(scores:pd.DataFrame,   # scores_all-like: split, label, logit
                              fit_split:str="val",   # split T is fitted on
                              apply_split:str="test",  # split the before/after numbers are measured on
@@ -331,12 +340,12 @@ def temperature_scale_scores(scores:pd.DataFrame,   # scores_all-like: split, la
     table = pd.DataFrame(rows).T.assign(temperature=[1.0, scaler.temperature_], split=apply_split)
     return scaler, table, out
 
-# %% ../nbs/15_calibration.ipynb 73
+# %% ../nbs/15_calibration.ipynb 75
 STRATA: tuple[str, ...] = ("nobs_z_bin", "psf_bin", "depth_bin", "type_bin")
 PSF_EDGES_ARCSEC: tuple[float, ...] = (1.1, 1.3, 1.5)          # psfsize edges (arcsec)
 DEPTH_EDGES_MAG: tuple[float, ...] = (23.0, 23.5, 24.0)        # 5-sigma point-source depth edges (AB mag)
 
-# %% ../nbs/15_calibration.ipynb 74
+# %% ../nbs/15_calibration.ipynb 76
 def bin_labels(values, edges, fmt:str="{:.2f}") -> np.ndarray:
     "String bin labels of `values` for increasing inner `edges`: '<e0', 'e0-e1', …, '>=eK'; NaN values -> 'unknown'."
     v, e = np.asarray(values, np.float64), np.asarray(edges, np.float64)
@@ -347,7 +356,7 @@ def bin_labels(values, edges, fmt:str="{:.2f}") -> np.ndarray:
     out[~np.isfinite(v)] = "unknown"
     return out
 
-# %% ../nbs/15_calibration.ipynb 76
+# %% ../nbs/15_calibration.ipynb 78
 def attach_strata(scores:pd.DataFrame,        # one row per galaxy: galaxy_id (+ scores)
                   *catalogs:pd.DataFrame,     # catalog rows with galaxy_id and the stratum columns (positives, pool)
                   band:str="z",               # band of the PSF and depth strata
@@ -366,7 +375,7 @@ def attach_strata(scores:pd.DataFrame,        # one row per galaxy: galaxy_id (+
     out["depth_bin"] = bin_labels(out[f"psfdepth_{band}_mag"], depth_edges_mag)
     return out
 
-# %% ../nbs/15_calibration.ipynb 79
+# %% ../nbs/15_calibration.ipynb 81
 def threshold_at_fpr(y, p, fpr:float) -> float:
     "Smallest threshold t with FPR = mean(p[y == 0] >= t) <= `fpr` (detected: p >= t)."
     y, p = np.asarray(y).astype(int).ravel(), np.asarray(p, np.float64).ravel()
@@ -376,30 +385,30 @@ def threshold_at_fpr(y, p, fpr:float) -> float:
     k = int(math.floor(fpr * len(neg)))                         # at most k negatives may score >= t
     return float(np.nextafter(neg[k], np.inf))                  # just above the (k+1)-th highest negative score
 
-# %% ../nbs/15_calibration.ipynb 82
+# %% ../nbs/15_calibration.ipynb 84
 PREVALENCE_CAVEAT: str = ("Precision is computed at the manifest's class ratio (set by the negative sampling), "
                           "not the sky's: lenses are far rarer on the sky, so survey precision is much lower. "
                           "Recall, FPR and AUC do not depend on the class ratio.")
 
-# %% ../nbs/15_calibration.ipynb 83
+# %% ../nbs/15_calibration.ipynb 85
 def precision_at_prevalence(recall, fpr, prevalence):
     "Precision a search would reach at sky `prevalence` (lens fraction) for a given recall and FPR."
     r, f, pi = np.asarray(recall, np.float64), np.asarray(fpr, np.float64), np.asarray(prevalence, np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
         return r * pi / (r * pi + f * (1 - pi))
 
-# %% ../nbs/15_calibration.ipynb 85
+# %% ../nbs/15_calibration.ipynb 87
 def _rate_with_ci(hit:np.ndarray, sel:np.ndarray, method:str, n_resamples:int, seed:int, ci:float) -> tuple:
     "Proportion of `hit` among `sel` rows with its interval: bootstrap (resampling the `sel` rows) or binomial."
     k, n = int((hit & sel).sum()), int(sel.sum())
     if n == 0: return np.nan, np.nan, np.nan
     if method == "bootstrap":
-        r = bootstrap_ci(np.mean, hit[sel].astype(np.float64), n_resamples=n_resamples, seed=seed, ci=ci)
+        r = bootstrap_ci(weighted_mean, hit[sel].astype(np.float64), n_resamples=n_resamples, seed=seed, ci=ci, vectorized=True)
         return k / n, r.ci_lower, r.ci_upper
     lo, hi = binomial_interval(k, n, ci, method)
     return k / n, float(lo), float(hi)
 
-# %% ../nbs/15_calibration.ipynb 86
+# %% ../nbs/15_calibration.ipynb 88
 def _stratum_row(y:np.ndarray, p:np.ndarray, threshold:float, interval:str, n_resamples:int, seed:int, ci:float,
                  n_bins:int) -> dict:
     "All the numbers of one stratum (rows with finite scores)."
@@ -419,7 +428,7 @@ def _stratum_row(y:np.ndarray, p:np.ndarray, threshold:float, interval:str, n_re
             "brier": brier_score(y, p) if len(y) else np.nan,
             "note": "" if both else ("no negatives" if pos.any() else "no positives" if neg.any() else "empty")}
 
-# %% ../nbs/15_calibration.ipynb 87
+# %% ../nbs/15_calibration.ipynb 89
 def stratum_table(df:pd.DataFrame,          # one row per cutout: label, score and the stratum column `by`
                   by:str,                    # stratum column, e.g. 'nobs_z_bin'
                   threshold:float,           # detection threshold on the score (detected: score >= threshold)
@@ -447,7 +456,7 @@ def stratum_table(df:pd.DataFrame,          # one row per cutout: label, score a
     out.attrs.update(threshold=threshold, recall_interval=recall_interval, ci=ci, prevalence_caveat=PREVALENCE_CAVEAT)
     return out
 
-# %% ../nbs/15_calibration.ipynb 92
+# %% ../nbs/15_calibration.ipynb 94
 def stratum_curves(df:pd.DataFrame, by:str, label_col:str="label", score_col:str="p_lens") -> pd.DataFrame:
     "ROC and precision-recall curve points per stratum of `by` (strata with both classes), plus 'all'."
     from sklearn.metrics import precision_recall_curve, roc_curve

@@ -327,3 +327,14 @@ def test_attach_strata_and_threshold():
 def test_precision_at_prevalence():
     assert C.precision_at_prevalence(1.0, 0.0, 1e-4) == 1.0
     assert C.precision_at_prevalence(0.8, 0.01, 1e-4) == pytest.approx(0.8e-4 / (0.8e-4 + 0.01 * (1 - 1e-4)))
+
+
+def test_stratum_recall_bootstrap_equals_plain_bootstrap_of_the_mean():
+    "The vectorised recall interval in stratum_table is the plain bootstrap of the detected fraction (same draws)."
+    d = _toy()
+    thr = 0.5
+    t = C.stratum_table(d, "nobs_z_bin", thr, seed=3).set_index("stratum")
+    g = d[d.nobs_z_bin == "3-5"]
+    hit = (g.p_lens[g.label == 1] >= thr).to_numpy(float)
+    r = C.bootstrap_ci(np.mean, hit, seed=3)
+    assert (t.loc["3-5", "recall_ci_lower"], t.loc["3-5", "recall_ci_upper"]) == pytest.approx((r.ci_lower, r.ci_upper), abs=1e-12)
