@@ -741,3 +741,27 @@ def test_stage_reseeded_regenerates_every_cutout(tmp_path, tiny_sky_cfg):
     assert all(seed7[k] != seed3[k] for k in seed7)
     for k in seed7:
         assert C.read_cutout(ext / k)[1]["cutout_url"].endswith("seed=7")
+
+
+@pytest.mark.slow
+def test_cli_run_cutouts_exits_nonzero_then_retries(tmp_path):
+    "Issue 12.1 as the user sees it: `stronglens run cutouts` exits non-zero with the summary, then a plain rerun fetches the failed."
+    from stronglens.config import save_config
+    exe = Path(sys.executable).with_name("stronglens")
+    if not exe.exists():
+        pytest.skip("the stronglens command is not installed next to this Python")
+    t, modes, flaky = _http_targets(n=24, every=3)
+    with FakeService(modes) as fake:
+        cfg, rd = make_run(tmp_path, _http_cutouts(fake), t)
+        save_config(cfg, str(Path(rd) / "config.yaml"))
+        cmd = [str(exe), "run", "cutouts", "--run-dir", rd]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        out = r.stdout + r.stderr
+        assert r.returncode != 0, out
+        assert f"{len(flaky)} of 24 cutouts failed" in out and "HTTP 503 after 2 attempts" in out, out
+        fake.down = False
+        fake.hits.clear()
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert _requested_ids(fake, t) == {g: 1 for g in flaky}
+    assert _marker(rd)["status"] == "done"
