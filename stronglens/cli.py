@@ -84,6 +84,11 @@ def _reaping_kernel_manager(stderr_path=None):
     "An `AsyncKernelManager` whose kernels die with this process (their process group is killed by a `KernelReaper`)."
     from jupyter_client import AsyncKernelManager
     class ReapingKernelManager(AsyncKernelManager):
+        def format_kernel_cmd(self, extra_arguments=None):
+            "The python3 kernel runs on this interpreter, so the notebook imports the same stronglens as the command."
+            cmd = super().format_kernel_cmd(extra_arguments)
+            if self.kernel_name == "python3" and cmd and Path(cmd[0]).name.startswith("python"): cmd[0] = sys.executable
+            return cmd
         async def _async_launch_kernel(self, kernel_cmd, **kw):
             f = None
             if stderr_path and is_local(stderr_path):          # the kernel process's own log lines, out of the user's way

@@ -641,7 +641,9 @@ def _enter(st:StageRun) -> StageRun:
     st.log(f"{p.action}: {'; '.join(p.reasons)}")
     if p.action == "skip":
         st.skip, st.result = True, dict((p.marker or {}).get("result") or {})
-        if p.refreshed is not None: atomic_write_parquet(p.refreshed, st.path(FILES_TABLE))
+        if p.refreshed is not None: atomic_write_parquet(p.refreshed, st.path(FILES_TABLE))   # verified: record new mtimes
+        if p.marker and p.marker.get("run_dir") != st.run_dir:                                 # ... and the new home
+            atomic_write_json(st.marker_url, {**p.marker, "run_dir": st.run_dir, "moved_from": p.marker.get("run_dir")})
         return st
     if p.clear:
         for label, u in st.roots.items():
