@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import os
 import pickle
@@ -607,10 +608,14 @@ def export_onnx(checkpoint, path: str, opset: int = 18) -> str:
     import onnx
     model, ck = load_model(checkpoint, "cpu")
     x = torch.zeros(2, model.stem[0].in_channels, 101, 101)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prog = torch.onnx.export(model, (x,), input_names=["x"], output_names=["logit"], opset_version=opset,
-                                 dynamic_shapes={"x": {0: torch.export.Dim("n")}}, dynamo=True, verbose=False)
+    chatty = logging.getLogger("torch.onnx._internal.exporter._registration")     # "torchvision is not installed" notices
+    level = chatty.level; chatty.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prog = torch.onnx.export(model, (x,), input_names=["x"], output_names=["logit"], opset_version=opset,
+                                     dynamic_shapes={"x": {0: torch.export.Dim("n")}}, dynamo=True, verbose=False)
+    finally: chatty.setLevel(level)
     proto = prog.model_proto
     onnx.helper.set_model_props(proto, {"stronglens.preprocessing": json.dumps(ck["preprocessing"]),
                                         "stronglens.model_config": json.dumps(ck["model_config"])})
