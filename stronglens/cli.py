@@ -9,7 +9,7 @@ from pathlib import Path
 from .config import (ConfigError, load_config, save_config, config_hash, provenance, url_join, exists,
                                atomic_write_json, atomic_write_bytes, is_local)
 from .runs import (STAGES, PIPELINE_STAGES, StageError, StageOrderError, get_stage, plan_stage, stage_run,
-                             read_marker, _norm_run_dir)
+                             read_marker, needed_upstream, _norm_run_dir)
 
 # %% auto 0
 __all__ = ['package_dir', 'repo_dir', 'pipeline_dir', 'config_dir', 'default_config_path', 'resolve_config_arg', 'demo_stages',
@@ -52,11 +52,15 @@ def resolve_config_arg(value:str|None) -> str|None:
     return str(p) if p.exists() else value
 
 # %% ../nbs/18_cli.ipynb 12
-def demo_stages() -> list[str]:
-    "The stages `stronglens demo` runs: the pipeline stages whose notebooks exist."
-    return [s for s in PIPELINE_STAGES if (pipeline_dir()/STAGES[s].notebook).exists()]
+def demo_stages(cfg=None) -> list[str]:
+    "The stages `stronglens demo` runs: pipeline stages whose notebook exists and whose upstream stages are included."
+    out = []
+    for s in PIPELINE_STAGES:
+        ups = needed_upstream(STAGES[s], cfg) if cfg is not None else [u for u in STAGES[s].upstream if u != "sky"]
+        if (pipeline_dir()/STAGES[s].notebook).exists() and all(u in out for u in ups): out.append(s)
+    return out
 
-# %% ../nbs/18_cli.ipynb 15
+# %% ../nbs/18_cli.ipynb 17
 _REAPER = r"""
 import os, signal, sys
 pgid = int(sys.argv[1])
@@ -66,7 +70,7 @@ if b"bye" not in data:
     except (ProcessLookupError, PermissionError): pass
 """
 
-# %% ../nbs/18_cli.ipynb 16
+# %% ../nbs/18_cli.ipynb 18
 class KernelReaper:
     "A tiny watcher process that kills a kernel's process group if this process dies (even by SIGKILL) before saying bye."
     def __init__(self, pgid:int):
@@ -79,7 +83,7 @@ class KernelReaper:
 
 _reapers: list[KernelReaper] = []
 
-# %% ../nbs/18_cli.ipynb 17
+# %% ../nbs/18_cli.ipynb 19
 def _reaping_kernel_manager(stderr_path=None):
     "An `AsyncKernelManager` whose kernels die with this process (their process group is killed by a `KernelReaper`)."
     from jupyter_client import AsyncKernelManager
@@ -100,18 +104,18 @@ def _reaping_kernel_manager(stderr_path=None):
             _reapers.append(KernelReaper(os.getpgid(pid)))
     return ReapingKernelManager
 
-# %% ../nbs/18_cli.ipynb 20
+# %% ../nbs/18_cli.ipynb 22
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _FRAME = re.compile(r'File "?([^",\n]+?)"?(?:, line |:)(\d+)(?:, in |, in$| in )?\s*([\w<>.]*)')
 
-# %% ../nbs/18_cli.ipynb 21
+# %% ../nbs/18_cli.ipynb 23
 def _frames(tb_lines, n:int=2) -> list[str]:
     "The last `n` 'file:line in function' frames of a (kernel) traceback, notebook cells excluded."
     text = _ANSI.sub("", "\n".join(tb_lines or []))
     fr = [f"{Path(f).name}:{ln} in {fn or '?'}" for f, ln, fn in _FRAME.findall(text) if "ipython-input" not in f and "/tmp/ipykernel" not in f]
     return fr[-n:]
 
-# %% ../nbs/18_cli.ipynb 22
+# %% ../nbs/18_cli.ipynb 24
 def failure_summary(stage:str, err:BaseException, run_dir, notebook:str|None=None, max_lines:int=8) -> str:
     "A one-screen account of a failed stage: the error, where it was raised, the executed notebook, what to do next."
     ename, evalue = getattr(err, "ename", type(err).__name__), getattr(err, "evalue", str(err))
@@ -124,14 +128,14 @@ def failure_summary(stage:str, err:BaseException, run_dir, notebook:str|None=Non
     if "stronglens run" not in " ".join(msg): out.append(f"  after fixing the cause: stronglens run {stage} --run-dir {run_dir} (valid outputs are kept)")
     return "\n".join(out)
 
-# %% ../nbs/18_cli.ipynb 23
+# %% ../nbs/18_cli.ipynb 25
 class StageFailed(StageError):
     "A stage's notebook raised; `summary` is the one-screen account the command prints."
     def __init__(self, stage:str, summary:str, cause:BaseException|None=None):
         super().__init__(summary.split("\n", 1)[0].removeprefix(f"[{stage}] "), stage)
         self.summary, self.cause = summary, cause
 
-# %% ../nbs/18_cli.ipynb 26
+# %% ../nbs/18_cli.ipynb 28
 def load_run_config(run_dir, config_path=None, overrides=None, log=print):
     "The config of a run: `config_path` if given, else the run's own `config.yaml`, else the shipped demo config."
     own = url_join(_norm_run_dir(run_dir), "config.yaml")
@@ -141,7 +145,7 @@ def load_run_config(run_dir, config_path=None, overrides=None, log=print):
         return load_config(own, overrides)
     return load_config(default_config_path("demo"), overrides)
 
-# %% ../nbs/18_cli.ipynb 27
+# %% ../nbs/18_cli.ipynb 29
 def _execute(spec, run_dir:str, cfg_url:str, kernel_name:str|None, log) -> str:
     "Run the stage notebook with papermill (kernel reaped if we die); returns the executed notebook's URL."
     import papermill as pm
@@ -161,7 +165,7 @@ def _execute(spec, run_dir:str, cfg_url:str, kernel_name:str|None, log) -> str:
             if out_nb.exists(): atomic_write_bytes(nb_out, out_nb.read_bytes())
     return nb_out
 
-# %% ../nbs/18_cli.ipynb 28
+# %% ../nbs/18_cli.ipynb 30
 def run_stage(stage_name:str, run_dir, cfg=None, config_path=None, overrides=None, force:bool=False, log=print,
               kernel_name:str|None=None, plan=None) -> dict:
     "Run one pipeline stage into `run_dir` under the stage protocol; decides before starting a kernel. Returns a status dict."
@@ -186,11 +190,11 @@ def run_stage(stage_name:str, run_dir, cfg=None, config_path=None, overrides=Non
     return {"stage": spec.name, "status": "ran", "action": p.action, "config_hash": p.config_hash, "reasons": p.reasons,
             "seconds": time.time() - t0, "marker_status": m.get("status"), "result": st.result}
 
-# %% ../nbs/18_cli.ipynb 29
+# %% ../nbs/18_cli.ipynb 31
 def plan_pipeline(run_dir, cfg, stages=None, force:bool=False) -> list:
     "What `demo` would do to each stage, without writing: plans, with later stages rerunning after an earlier one does."
     plans, rerun = [], set()
-    for s in stages or demo_stages():
+    for s in stages or demo_stages(cfg):
         try: p = plan_stage(run_dir, s, cfg, force=force, assume_rerun=rerun)
         except StageError as e:
             from stronglens.runs import Plan
@@ -199,12 +203,12 @@ def plan_pipeline(run_dir, cfg, stages=None, force:bool=False) -> list:
         if p.action != "skip": rerun.add(s)
     return plans
 
-# %% ../nbs/18_cli.ipynb 30
+# %% ../nbs/18_cli.ipynb 32
 def format_plans(plans) -> str:
     "A small table of stage decisions for `--dry-run`."
     return "\n".join(f"  {p.stage:9s} {p.action:7s} {'; '.join(p.reasons)}" for p in plans)
 
-# %% ../nbs/18_cli.ipynb 31
+# %% ../nbs/18_cli.ipynb 33
 def run_pipeline(run_dir, config_path=None, overrides=None, stages=None, force:bool=False, log=print, dry_run:bool=False) -> list:
     "Run `stages` (default: every stage with a notebook) in order into `run_dir`; `dry_run` only lists the decisions."
     cfg = load_run_config(run_dir, config_path, overrides, log)
@@ -212,9 +216,9 @@ def run_pipeline(run_dir, config_path=None, overrides=None, stages=None, force:b
         plans = plan_pipeline(run_dir, cfg, stages, force)
         log(f"dry run in {run_dir}: nothing is written\n" + format_plans(plans))
         return plans
-    return [run_stage(s, run_dir, cfg=cfg, force=force, log=log) for s in stages or demo_stages()]
+    return [run_stage(s, run_dir, cfg=cfg, force=force, log=log) for s in stages or demo_stages(cfg)]
 
-# %% ../nbs/18_cli.ipynb 33
+# %% ../nbs/18_cli.ipynb 35
 def split_overrides(argv:list[str]) -> tuple[list[str], list[str]]:
     "Take every `-p KEY VALUE` / `-p KEY=VALUE` (also `--param`) out of `argv`, wherever it stands: (rest, ['KEY=VALUE', ...])."
     rest, ov, i = [], [], 0
@@ -229,7 +233,7 @@ def split_overrides(argv:list[str]) -> tuple[list[str], list[str]]:
         rest.append(a); i += 1
     return rest, ov
 
-# %% ../nbs/18_cli.ipynb 35
+# %% ../nbs/18_cli.ipynb 37
 def stage_status(run_dir) -> list[dict]:
     "Each stage's marker in `run_dir`: status, finish time, failures, error."
     out = []
@@ -240,7 +244,7 @@ def stage_status(run_dir) -> list[dict]:
                           "failures": (m.get("failures") or {}).get("n_failed"), "error": ((m.get("error") or {}).get("message") or "")[:100]})
     return out
 
-# %% ../nbs/18_cli.ipynb 36
+# %% ../nbs/18_cli.ipynb 38
 def build_parser() -> argparse.ArgumentParser:
     "The `stronglens` argument parser (`-p KEY VALUE` is taken out of the line first, see `split_overrides`)."
     ap = argparse.ArgumentParser(prog="stronglens", description="Audit ML strong-lens finders on DESI Legacy Surveys DR10.",
@@ -261,13 +265,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("stages", help="list the pipeline stages")
     return ap
 
-# %% ../nbs/18_cli.ipynb 37
+# %% ../nbs/18_cli.ipynb 39
 def _cmd_stages() -> int:
     for s in STAGES.values():
         print(f"{s.name:9s} {s.notebook:18s} -> {s.folder}/  needs: {', '.join(s.upstream) or '-'}")
     return 0
 
-# %% ../nbs/18_cli.ipynb 38
+# %% ../nbs/18_cli.ipynb 40
 def _cmd_status(run_dir) -> int:
     rows = stage_status(run_dir)
     if not rows: print(f"{run_dir}: no stage has run here"); return 0
@@ -276,7 +280,7 @@ def _cmd_status(run_dir) -> int:
               + (f" {r['error']}" if r['error'] else ""))
     return 0
 
-# %% ../nbs/18_cli.ipynb 39
+# %% ../nbs/18_cli.ipynb 41
 def _dispatch(args, ov) -> int:
     if args.cmd == "stages": return _cmd_stages()
     if args.cmd == "status": return _cmd_status(args.run_dir)
@@ -291,7 +295,7 @@ def _dispatch(args, ov) -> int:
     run_stage(args.stage, args.run_dir, config_path=args.config, overrides=ov, force=args.force)
     return 0
 
-# %% ../nbs/18_cli.ipynb 40
+# %% ../nbs/18_cli.ipynb 42
 def main(argv=None) -> int:
     "Entry point of the `stronglens` command: 0 done, 1 a stage failed or cannot start, 2 bad config or usage, 130 interrupted."
     argv = list(sys.argv[1:] if argv is None else argv)
