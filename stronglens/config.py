@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_config.ipynb 3
 from __future__ import annotations
-import dataclasses, hashlib, importlib, io, json, math, os, subprocess, tempfile, typing
+import dataclasses, hashlib, importlib, io, json, math, os, subprocess, tempfile, types, typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional, Union, get_args, get_origin, get_type_hints
@@ -38,7 +38,7 @@ def _coerce(value, tp, key:str, file, finite:bool=True):
     err = lambda: ConfigError(f"expected {_tname(tp)}, got {value!r} ({type(value).__name__})", file, key)
     if tp is Any: return value
     origin, args = get_origin(tp), get_args(tp)
-    if origin is Union or (hasattr(typing, "UnionType") and isinstance(tp, getattr(__import__("types"), "UnionType", ()))):
+    if origin is Union or isinstance(tp, types.UnionType):          # Optional[int] and int | None
         if value is None and type(None) in args: return None
         for a in (a for a in args if a is not type(None)):
             try: return _coerce(value, a, key, file, finite)

@@ -75,3 +75,20 @@ def test_saved_run_config_is_readable_by_the_group(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "config.yaml").stat().st_mode) == 0o644
+
+
+def test_pep604_optional_fields_are_accepted():
+    "`int | None` annotations (types.UnionType) validate like Optional[int] (they were always refused)."
+    from dataclasses import dataclass
+    from stronglens.config import from_dict
+
+    @dataclass
+    class C:
+        n: int | None = None
+        x: float | None = 1.0
+
+    assert from_dict(C, {"n": 3}).n == 3 and from_dict(C, {"n": None}).n is None and from_dict(C, {"x": 2}).x == 2.0
+    with pytest.raises(ConfigError, match=r"n: expected int \| None"):
+        from_dict(C, {"n": "a"})
+    with pytest.raises(ConfigError, match="finite"):
+        from_dict(C, {"x": float("nan")})
