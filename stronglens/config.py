@@ -40,10 +40,11 @@ def _coerce(value, tp, key:str, file, finite:bool=True):
     origin, args = get_origin(tp), get_args(tp)
     if origin is Union or isinstance(tp, types.UnionType):          # Optional[int] and int | None
         if value is None and type(None) in args: return None
+        errs = []
         for a in (a for a in args if a is not type(None)):
             try: return _coerce(value, a, key, file, finite)
-            except ConfigError: pass
-        raise err()
+            except ConfigError as e: errs.append(e)
+        raise next((e for e in errs if "finite" in e.message), None) or err()   # the specific reason, if any
     if origin is Literal:
         if value in args: return value
         raise err()
