@@ -9,34 +9,23 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from .splits import validate_radec
+from .physics import ARCSEC_PER_RAD, unit_vectors, chord_from_arcsec, arcsec_from_chord
 
 # %% auto 0
-__all__ = ['ARCSEC_PER_RAD', 'THETA_E_MAX_ARCSEC', 'EXCLUSION_BUFFER_ARCSEC', 'DEFAULT_RADIUS_ARCSEC', 'radec_to_unit',
-           'dec_band_candidates', 'chord_from_arcsec', 'arcsec_from_chord', 'angular_separation_arcsec', 'LensIndex',
-           'near_known_lens', 'nearest_lens_separation']
+__all__ = ['THETA_E_MAX_ARCSEC', 'EXCLUSION_BUFFER_ARCSEC', 'DEFAULT_RADIUS_ARCSEC', 'radec_to_unit', 'dec_band_candidates',
+           'angular_separation_arcsec', 'LensIndex', 'near_known_lens', 'nearest_lens_separation']
 
 # %% ../nbs/03_exclusion.ipynb 5
-ARCSEC_PER_RAD: float = 180.0 / np.pi * 3600.0
 THETA_E_MAX_ARCSEC: float = 3.0        # largest Einstein radius considered (spec §3)
 EXCLUSION_BUFFER_ARCSEC: float = 5.0   # astrometric / deflector-light buffer (spec §3)
 DEFAULT_RADIUS_ARCSEC: float = EXCLUSION_BUFFER_ARCSEC + 2 * THETA_E_MAX_ARCSEC   # 11"
 
-
-def _unit(ra_deg: np.ndarray, dec_deg: np.ndarray) -> np.ndarray:
-    ra = np.radians(ra_deg); dec = np.radians(dec_deg)
-    out = np.empty((ra.size, 3))
-    cd = np.cos(dec)
-    np.multiply(cd, np.cos(ra), out=out[:, 0])
-    np.multiply(cd, np.sin(ra), out=out[:, 1])
-    np.sin(dec, out=out[:, 2])
-    return out
-
-
+# %% ../nbs/03_exclusion.ipynb 8
 def radec_to_unit(ra_deg, dec_deg) -> np.ndarray:
     "(N, 3) float64 unit vectors of RA/Dec in degrees (validated: RA wrapped, |Dec| <= 90)."
-    return _unit(*validate_radec(ra_deg, dec_deg))
+    return unit_vectors(*validate_radec(ra_deg, dec_deg))
 
-
+# %% ../nbs/03_exclusion.ipynb 11
 def dec_band_candidates(dec_deg: np.ndarray, lens_dec_deg: np.ndarray, radius_arcsec: float) -> np.ndarray:
     "Bool mask of points whose Dec is within ~`radius_arcsec` of some lens's Dec (a superset of the near points)."
     w = radius_arcsec / 3600.0 * (1 + 1e-6) + 1e-9          # bin width >= radius: |dDec| <= radius -> bins differ by <= 1
@@ -46,19 +35,7 @@ def dec_band_candidates(dec_deg: np.ndarray, lens_dec_deg: np.ndarray, radius_ar
     occ[b - 1] = True; occ[b] = True; occ[b + 1] = True
     return occ[np.floor((dec_deg + 90.0) / w).astype(np.int64) + 1]
 
-
-def chord_from_arcsec(sep_arcsec) -> np.ndarray:
-    "Unit-sphere chord length of an angular separation in arcsec: 2 sin(theta/2)."
-    theta = np.asarray(sep_arcsec, dtype=np.float64) / ARCSEC_PER_RAD
-    return 2.0 * np.sin(np.minimum(theta, np.pi) / 2.0)
-
-
-def arcsec_from_chord(chord) -> np.ndarray:
-    "Angular separation in arcsec of a unit-sphere chord length: 2 arcsin(c/2)."
-    c = np.asarray(chord, dtype=np.float64)
-    return 2.0 * np.arcsin(np.clip(c / 2.0, 0.0, 1.0)) * ARCSEC_PER_RAD
-
-
+# %% ../nbs/03_exclusion.ipynb 13
 def angular_separation_arcsec(ra1_deg, dec1_deg, ra2_deg, dec2_deg) -> np.ndarray:
     "Great-circle separation in arcsec (Vincenty formula, accurate at all separations)."
     ra1, dec1, ra2, dec2 = (np.radians(np.asarray(a, dtype=np.float64)) for a in (ra1_deg, dec1_deg, ra2_deg, dec2_deg))
@@ -68,7 +45,7 @@ def angular_separation_arcsec(ra1_deg, dec1_deg, ra2_deg, dec2_deg) -> np.ndarra
     num = np.hypot(c2 * sd, c1 * s2 - s1 * c2 * cdra)
     return np.arctan2(num, s1 * s2 + c1 * c2 * cdra) * ARCSEC_PER_RAD
 
-# %% ../nbs/03_exclusion.ipynb 8
+# %% ../nbs/03_exclusion.ipynb 16
 class LensIndex:
     "Spherical KD-tree over known-lens positions (degrees); build once, query many chunks."
 
@@ -76,7 +53,7 @@ class LensIndex:
         self.lens_ra_deg_, self.lens_dec_deg_ = validate_radec(lens_ra_deg, lens_dec_deg,
                                                                names=("lens_ra_deg", "lens_dec_deg"))
         self.n_lenses = int(self.lens_ra_deg_.size)
-        xyz = _unit(self.lens_ra_deg_, self.lens_dec_deg_)
+        xyz = unit_vectors(self.lens_ra_deg_, self.lens_dec_deg_)
         self.tree_ = cKDTree(xyz, leafsize=leafsize) if self.n_lenses else None
 
     def __repr__(self):
@@ -101,7 +78,7 @@ class LensIndex:
             if max_sep_arcsec < 3600.0:    # Dec-band prefilter: only points near some lens's Dec go to the tree
                 rows = np.flatnonzero(dec_band_candidates(dec, self.lens_dec_deg_, max_sep_arcsec))
                 ra, dec = ra[rows], dec[rows]
-        _, j = self.tree_.query(_unit(ra, dec), k=1, distance_upper_bound=bound, workers=workers)
+        _, j = self.tree_.query(unit_vectors(ra, dec), k=1, distance_upper_bound=bound, workers=workers)
         hit = j < self.n_lenses
         jh = j[hit].astype(np.int64)
         s = angular_separation_arcsec(ra[hit], dec[hit], self.lens_ra_deg_[jh], self.lens_dec_deg_[jh])
@@ -125,7 +102,7 @@ class LensIndex:
             return empty
         radius_arcsec = float(radius_arcsec)
         bound = float(chord_from_arcsec(radius_arcsec)) * (1 + 1e-9) + 1e-15
-        lists = cKDTree(_unit(ra, dec)).query_ball_tree(self.tree_, bound)
+        lists = cKDTree(unit_vectors(ra, dec)).query_ball_tree(self.tree_, bound)
         counts = np.fromiter((len(l) for l in lists), dtype=np.int64, count=len(lists))
         if counts.sum() == 0:
             return empty
@@ -136,13 +113,13 @@ class LensIndex:
         order = np.lexsort((i_lens[keep], i_pt[keep]))
         return i_pt[keep][order], i_lens[keep][order], s[keep][order]
 
-# %% ../nbs/03_exclusion.ipynb 10
+# %% ../nbs/03_exclusion.ipynb 18
 def near_known_lens(ra_deg, dec_deg, lens_ra_deg, lens_dec_deg, radius_arcsec: float = DEFAULT_RADIUS_ARCSEC,
                     workers: int = 1) -> np.ndarray:
     "Bool array: True where a known lens lies within `radius_arcsec` (inclusive) of (RA, Dec) in degrees."
     return LensIndex(lens_ra_deg, lens_dec_deg).near(ra_deg, dec_deg, radius_arcsec, workers=workers)
 
-
+# %% ../nbs/03_exclusion.ipynb 20
 def nearest_lens_separation(ra_deg, dec_deg, lens_ra_deg, lens_dec_deg, workers: int = 1
                             ) -> tuple[np.ndarray, np.ndarray]:
     "(separation arcsec float64, lens index int64) of the nearest known lens; (inf, -1) if there are none."

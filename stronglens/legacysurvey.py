@@ -51,8 +51,10 @@ _CODE_DTYPE = {"L": "S1", "B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">
 
 # %% ../nbs/06_legacysurvey.ipynb 11
 def _has_end_card(block: bytes) -> bool:
+    "Does a 2880-byte header block hold the END card?"
     return any(block[i:i + 8] == b"END     " or block[i:i + 80].rstrip() == b"END" for i in range(0, _BLOCK, 80))
 
+# %% ../nbs/06_legacysurvey.ipynb 13
 def read_header(f, where: str) -> tuple[fits.Header, int]:
     "Read one FITS header from file object `f` at its position; returns (header, bytes consumed)."
     chunks = []
@@ -67,7 +69,7 @@ def read_header(f, where: str) -> tuple[fits.Header, int]:
     except Exception as e: raise SweepReadError(f"{where}: unparsable FITS header ({e})") from e
     return hdr, len(raw)
 
-# %% ../nbs/06_legacysurvey.ipynb 13
+# %% ../nbs/06_legacysurvey.ipynb 15
 def data_unit_bytes(hdr: fits.Header) -> int:
     "Size in bytes (unpadded) of the data unit that follows `hdr`."
     naxis = int(hdr.get("NAXIS", 0))
@@ -75,11 +77,12 @@ def data_unit_bytes(hdr: fits.Header) -> int:
     n = int(np.prod([int(hdr[f"NAXIS{i}"]) for i in range(1, naxis + 1)], dtype=np.int64))
     return abs(int(hdr["BITPIX"])) // 8 * int(hdr.get("GCOUNT", 1)) * (int(hdr.get("PCOUNT", 0)) + n)
 
+# %% ../nbs/06_legacysurvey.ipynb 17
 def padded_bytes(nbytes: int) -> int:
     "`nbytes` rounded up to whole 2880-byte FITS blocks."
     return (nbytes + _BLOCK - 1) // _BLOCK * _BLOCK
 
-# %% ../nbs/06_legacysurvey.ipynb 15
+# %% ../nbs/06_legacysurvey.ipynb 19
 def tform_dtype(tform: str) -> tuple[np.dtype, str]:
     "numpy (big-endian) dtype of one FITS binary-table column from its TFORM, and the FITS type code."
     m = _TFORM_RE.match(tform)
@@ -92,7 +95,7 @@ def tform_dtype(tform: str) -> tuple[np.dtype, str]:
     base = np.dtype(_CODE_DTYPE[code])
     return (base if r == 1 else np.dtype((base, (r,)))), code
 
-# %% ../nbs/06_legacysurvey.ipynb 17
+# %% ../nbs/06_legacysurvey.ipynb 21
 @dataclass
 class FitsTable:
     "Layout of the first binary table of a FITS file."
@@ -104,7 +107,7 @@ class FitsTable:
     columns: dict                   # UPPER name -> (field name, code, tscal, tzero)
     header: fits.Header
 
-# %% ../nbs/06_legacysurvey.ipynb 19
+# %% ../nbs/06_legacysurvey.ipynb 23
 def find_bintable(f, url: str) -> tuple[fits.Header, int]:
     "(header, data offset in bytes) of the first BINTABLE extension in open file `f`."
     pos, ihdu = 0, 0
@@ -116,7 +119,7 @@ def find_bintable(f, url: str) -> tuple[fits.Header, int]:
         f.seek(pos)
         if ihdu > 50: raise SweepReadError(f"{url}: no BINTABLE extension in the first 50 HDUs")
 
-# %% ../nbs/06_legacysurvey.ipynb 20
+# %% ../nbs/06_legacysurvey.ipynb 24
 def table_layout(hdr: fits.Header, url: str) -> tuple[np.dtype, dict]:
     "(big-endian record dtype, {UPPER name: (field, code, tscal, tzero)}) of a BINTABLE header."
     names, formats, cols = [], [], {}
@@ -129,7 +132,7 @@ def table_layout(hdr: fits.Header, url: str) -> tuple[np.dtype, dict]:
         cols[name.upper()] = (fname, code, float(hdr.get(f"TSCAL{i}", 1.0)), float(hdr.get(f"TZERO{i}", 0.0)))
     return np.dtype({"names": names, "formats": formats}), cols
 
-# %% ../nbs/06_legacysurvey.ipynb 21
+# %% ../nbs/06_legacysurvey.ipynb 25
 def open_table(url: str, fs=None) -> FitsTable:
     "Parse the headers of `url` (local path or fsspec URL) and return the layout of its first BINTABLE."
     fs, path = get_fs(url) if fs is None else (fs, url)
@@ -148,7 +151,7 @@ def open_table(url: str, fs=None) -> FitsTable:
                              f"the file has {size} ({(pos + row_bytes * nrows - size + row_bytes - 1) // row_bytes} rows short)", nrows)
     return FitsTable(url, nrows, row_bytes, pos, dtype, cols, hdr)
 
-# %% ../nbs/06_legacysurvey.ipynb 25
+# %% ../nbs/06_legacysurvey.ipynb 29
 def column_kind(code: str, tscal: float, tzero: float) -> str:
     "Dtype kind a FITS column yields: 'S' string, 'i' integer, 'f' float, 'b' logical, '?' other."
     if code == "A": return "S"
@@ -157,7 +160,7 @@ def column_kind(code: str, tscal: float, tzero: float) -> str:
     if code == "L": return "b"
     return "?"
 
-# %% ../nbs/06_legacysurvey.ipynb 27
+# %% ../nbs/06_legacysurvey.ipynb 31
 def check_columns(table: FitsTable, columns: dict[str, str] | None = None) -> dict[str, str]:
     "Problems with the wanted `columns` (name -> kind) of `table`: {COLUMN: 'missing' | 'dtype ... expected ...'}."
     columns = SWEEP_COLUMNS if columns is None else columns
@@ -172,14 +175,14 @@ def check_columns(table: FitsTable, columns: dict[str, str] | None = None) -> di
             out[c.upper()] = f"dtype {table.dtype[fname].str}{list(shape) if shape else ''} (TFORM code {code}), expected kind {want!r} scalar"
     return out
 
-# %% ../nbs/06_legacysurvey.ipynb 30
+# %% ../nbs/06_legacysurvey.ipynb 34
 def fill_column(kind: str, n: int) -> np.ndarray:
     "The fill of a missing column of `kind`: NaN floats, -1 integers, empty strings."
     if kind == "f": return np.full(n, np.nan, np.float32)
     if kind == "i": return np.full(n, -1, np.int64)
     return np.full(n, b"", "S1")
 
-# %% ../nbs/06_legacysurvey.ipynb 32
+# %% ../nbs/06_legacysurvey.ipynb 36
 def rstrip_bytes(a: np.ndarray) -> np.ndarray:
     "Fixed-width bytes array with trailing blanks removed (vectorised over byte positions; = np.char.rstrip(a, b' '))."
     a = np.asarray(a)
@@ -194,7 +197,7 @@ def rstrip_bytes(a: np.ndarray) -> np.ndarray:
         c[trailing] = 0
     return u8.view(f"S{w}").ravel()
 
-# %% ../nbs/06_legacysurvey.ipynb 34
+# %% ../nbs/06_legacysurvey.ipynb 38
 def read_row_bytes(table: FitsTable, start: int, stop: int, fs=None) -> np.ndarray:
     "Records [start, stop) of `table` as a big-endian record array (one range read)."
     fs, path = get_fs(table.url) if fs is None else (fs, table.url)
@@ -209,7 +212,7 @@ def read_row_bytes(table: FitsTable, start: int, stop: int, fs=None) -> np.ndarr
         raise SweepReadError(f"{table.url}: rows {start}-{stop}: got {len(buf)} bytes, expected {n * table.row_bytes}", n)
     return np.frombuffer(buf, dtype=table.dtype, count=n)
 
-# %% ../nbs/06_legacysurvey.ipynb 35
+# %% ../nbs/06_legacysurvey.ipynb 39
 def native_column(rec: np.ndarray, table: FitsTable, column: str, kind: str) -> np.ndarray:
     "One column of a record array in native byte order: strings stripped, TSCAL/TZERO applied, integers int64."
     fname, code, tscal, tzero = table.columns[column.upper()]
@@ -221,7 +224,7 @@ def native_column(rec: np.ndarray, table: FitsTable, column: str, kind: str) -> 
     else: a = a.astype(a.dtype.newbyteorder("="))
     return a.astype(np.int64, copy=False) if kind == "i" and a.dtype.kind in "iu" else a
 
-# %% ../nbs/06_legacysurvey.ipynb 36
+# %% ../nbs/06_legacysurvey.ipynb 40
 def read_table_chunk(table: FitsTable, start: int, stop: int, columns: dict[str, str] | None = None,
                      bad: dict[str, str] | None = None, fs=None) -> dict[str, np.ndarray]:
     "Rows [start, stop) of `table` as {lower name: native array}; columns listed in `bad` are filled (NaN / -1 / b'')."
@@ -232,7 +235,7 @@ def read_table_chunk(table: FitsTable, start: int, stop: int, columns: dict[str,
     return {c.lower(): fill_column(kind, len(rec)) if c.upper() in bad else native_column(rec, table, c, kind)
             for c, kind in columns.items()}
 
-# %% ../nbs/06_legacysurvey.ipynb 39
+# %% ../nbs/06_legacysurvey.ipynb 43
 @dataclass
 class SweepProblem:
     "One problem with one file: which file, what is wrong, what was done (skipped / filled), rows lost (-1 unknown)."
@@ -244,7 +247,7 @@ class SweepProblem:
     def lost(self) -> bool: return self.action.startswith(("skipped", "rows"))
     def as_dict(self): return {"file": self.file, "problem": self.problem, "action": self.action, "rows": self.rows}
 
-# %% ../nbs/06_legacysurvey.ipynb 41
+# %% ../nbs/06_legacysurvey.ipynb 45
 def plan_columns(table: FitsTable, columns: dict[str, str] | None = None, missing_columns: str = "fill_nan",
                  problems: list | None = None) -> dict[str, str]:
     "Check `table`'s columns; record problems; return the columns to fill. Raises SweepReadError if the file must be skipped."
@@ -260,12 +263,12 @@ def plan_columns(table: FitsTable, columns: dict[str, str] | None = None, missin
     if problems is not None: problems.append(SweepProblem(table.url, msg, "filled (floats NaN, integers -1)"))
     return bad
 
-# %% ../nbs/06_legacysurvey.ipynb 43
+# %% ../nbs/06_legacysurvey.ipynb 47
 def problem_from_error(url: str, err: SweepReadError) -> SweepProblem:
     "The SweepProblem of a file that raised `err` (skipped; rows lost from the header when known)."
     return SweepProblem(url, str(err), "skipped", -1 if err.nrows is None else int(err.nrows))
 
-# %% ../nbs/06_legacysurvey.ipynb 46
+# %% ../nbs/06_legacysurvey.ipynb 50
 def iter_sweep_chunks(url: str, columns: dict[str, str] | None = None, chunk_rows: int = 500_000,
                       missing_columns: str = "fill_nan", problems: list | None = None, fs=None):
     "Yield (start_row, dict of arrays) chunks of one sweep file; raises SweepReadError for unusable files."
@@ -274,12 +277,12 @@ def iter_sweep_chunks(url: str, columns: dict[str, str] | None = None, chunk_row
     for start in range(0, table.nrows, int(chunk_rows)):
         yield start, read_table_chunk(table, start, start + chunk_rows, columns, bad, fs=fs)
 
-# %% ../nbs/06_legacysurvey.ipynb 47
+# %% ../nbs/06_legacysurvey.ipynb 51
 def arrays_to_frame(arrays: dict[str, np.ndarray]) -> pd.DataFrame:
     "Dict of arrays -> DataFrame, decoding `bytes` columns to `str`."
     return pd.DataFrame({k: (np.char.decode(v, "ascii") if v.dtype.kind == "S" else v) for k, v in arrays.items()})
 
-# %% ../nbs/06_legacysurvey.ipynb 48
+# %% ../nbs/06_legacysurvey.ipynb 52
 def read_sweep(url: str, columns: dict[str, str] | list[str] | None = None, chunk_rows: int = 500_000,
                missing_columns: str = "fill_nan", problems: list | None = None) -> pd.DataFrame:
     "Read the needed columns of one sweep/Tractor FITS file (local or fsspec URL) into a DataFrame (lower-case names)."
@@ -288,7 +291,7 @@ def read_sweep(url: str, columns: dict[str, str] | list[str] | None = None, chun
     if not parts: return arrays_to_frame({c.lower(): fill_column(k, 0) for c, k in (columns or SWEEP_COLUMNS).items()})
     return pd.concat(parts, ignore_index=True)
 
-# %% ../nbs/06_legacysurvey.ipynb 53
+# %% ../nbs/06_legacysurvey.ipynb 57
 def iter_sweeps(urls, columns: dict[str, str] | None = None, chunk_rows: int = 500_000, missing_columns: str = "fill_nan",
                 problems: list | None = None, progress: bool = True):
     """Yield (url, start_row, arrays) over many files. An unusable file is recorded in `problems`
@@ -302,7 +305,7 @@ def iter_sweeps(urls, columns: dict[str, str] | None = None, chunk_rows: int = 5
             if missing_columns == "raise": raise
             if not any(p.file == url for p in problems): problems.append(problem_from_error(url, e))
 
-# %% ../nbs/06_legacysurvey.ipynb 57
+# %% ../nbs/06_legacysurvey.ipynb 61
 _SWEEP_RE = re.compile(r"sweep-(\d{3})([pm])(\d{3})-(\d{3})([pm])(\d{3})")
 
 def sweep_box(name: str) -> tuple[float, float, float, float] | None:
@@ -312,7 +315,7 @@ def sweep_box(name: str) -> tuple[float, float, float, float] | None:
     s = lambda sg: 1.0 if sg == "p" else -1.0
     return (float(m.group(1)), float(m.group(4)), s(m.group(2)) * float(m.group(3)), s(m.group(5)) * float(m.group(6)))
 
-# %% ../nbs/06_legacysurvey.ipynb 59
+# %% ../nbs/06_legacysurvey.ipynb 63
 def in_sweep_boxes(ra_deg, dec_deg, names) -> np.ndarray:
     "True where (ra, dec) falls inside the box of any sweep file in `names` (False for non-sweep names)."
     ra, dec = np.asarray(ra_deg, float) % 360.0, np.asarray(dec_deg, float)
@@ -321,18 +324,18 @@ def in_sweep_boxes(ra_deg, dec_deg, names) -> np.ndarray:
         out |= (ra >= b[0]) & (ra < b[1]) & (dec >= b[2]) & (dec < b[3])
     return out
 
-# %% ../nbs/06_legacysurvey.ipynb 62
+# %% ../nbs/06_legacysurvey.ipynb 66
 GRADING_TIER = {"confident": "A", "probable": "B"}
 KNOWN_LENS_COLUMNS = ["name", "ra", "dec", "zlens", "type", "grading", "tier", "ref"]
 MISSING_GRADING_POLICIES = ("error", "confident", "probable", "drop")
 
-# %% ../nbs/06_legacysurvey.ipynb 63
+# %% ../nbs/06_legacysurvey.ipynb 67
 def lenscat_available() -> bool:
     "Is the lenscat distribution installed (checked without importing it)?"
     try: importlib.metadata.distribution("lenscat"); return True
     except importlib.metadata.PackageNotFoundError: return False
 
-# %% ../nbs/06_legacysurvey.ipynb 64
+# %% ../nbs/06_legacysurvey.ipynb 68
 def lenscat_csv_path() -> Path:
     "Path of lenscat's packaged catalog CSV, found without importing lenscat (which imports ligo.skymap)."
     try: dist = importlib.metadata.distribution("lenscat")
@@ -342,7 +345,7 @@ def lenscat_csv_path() -> Path:
         if str(f).replace("\\", "/").endswith("lenscat/data/catalog.csv"): return Path(dist.locate_file(f))
     raise FileNotFoundError(f"lenscat {dist.version}: no lenscat/data/catalog.csv in the installed files")
 
-# %% ../nbs/06_legacysurvey.ipynb 66
+# %% ../nbs/06_legacysurvey.ipynb 70
 def lens_column_names(columns) -> dict:
     "{original: normalised} column names of a known-lens table: lower case, '[unit]' dropped, ra_deg/dec_deg -> ra/dec."
     ren = {}
@@ -351,7 +354,7 @@ def lens_column_names(columns) -> dict:
         ren[c] = {"ra_deg": "ra", "dec_deg": "dec"}.get(k, k)
     return ren
 
-# %% ../nbs/06_legacysurvey.ipynb 69
+# %% ../nbs/06_legacysurvey.ipynb 73
 def check_lens_coordinates(df: pd.DataFrame, source: str) -> None:
     "Raise ValueError naming the rows of `df` whose ra (0 <= RA < 360 deg) or dec (|Dec| <= 90 deg) is invalid or missing."
     ra, dec = df["ra"].to_numpy(np.float64), df["dec"].to_numpy(np.float64)
@@ -364,7 +367,7 @@ def check_lens_coordinates(df: pd.DataFrame, source: str) -> None:
     raise ValueError(f"{source}: {len(rows)} known-lens row(s) with invalid coordinates (expected 0 <= RA < 360 deg and "
                      f"-90 <= Dec <= 90 deg, finite numbers; rows counted from 0 after the header): {ex}")
 
-# %% ../nbs/06_legacysurvey.ipynb 72
+# %% ../nbs/06_legacysurvey.ipynb 76
 def grading_tiers(grading: pd.Series, source: str, missing_grading: str = "error") -> tuple[pd.Series, pd.Series]:
     "(grading, tier) of each row: confident -> A, probable -> B; empty gradings handled by `missing_grading`."
     if missing_grading not in MISSING_GRADING_POLICIES:
@@ -379,7 +382,7 @@ def grading_tiers(grading: pd.Series, source: str, missing_grading: str = "error
     if unk: raise ValueError(f"{source}: unknown grading value(s) {unk}; expected {list(GRADING_TIER)}")
     return g, g.map(GRADING_TIER).fillna("").astype(str)
 
-# %% ../nbs/06_legacysurvey.ipynb 74
+# %% ../nbs/06_legacysurvey.ipynb 78
 def normalise_known_lenses(df: pd.DataFrame, source: str, missing_grading: str = "error") -> pd.DataFrame:
     "Known-lens table with KNOWN_LENS_COLUMNS first (checked coordinates, tier from grading), other columns kept."
     df = df.rename(columns=lens_column_names(df.columns))
@@ -394,7 +397,7 @@ def normalise_known_lenses(df: pd.DataFrame, source: str, missing_grading: str =
     df["type"] = df["type"].str.strip().str.lower()
     return df[KNOWN_LENS_COLUMNS + [c for c in df.columns if c not in KNOWN_LENS_COLUMNS]].reset_index(drop=True)
 
-# %% ../nbs/06_legacysurvey.ipynb 75
+# %% ../nbs/06_legacysurvey.ipynb 79
 def load_known_lenses(source: str, missing_grading: str = "error") -> pd.DataFrame:
     "Known lenses from `source`: 'lenscat' or a CSV/Parquet path/URL with name, RA, DEC, zlens, type, grading (+ anything)."
     if str(source).strip().lower() == "lenscat":
@@ -405,10 +408,10 @@ def load_known_lenses(source: str, missing_grading: str = "error") -> pd.DataFra
         df = pd.read_parquet(f) if src.endswith((".parquet", ".pq")) else pd.read_csv(f, dtype={"zlens": str})
     return normalise_known_lenses(df, src, missing_grading)
 
-# %% ../nbs/06_legacysurvey.ipynb 80
+# %% ../nbs/06_legacysurvey.ipynb 84
 NOSOCS_REF_PATTERN = r"Lopes et al\. \(2004\)|10\.1086/423038"
 
-# %% ../nbs/06_legacysurvey.ipynb 81
+# %% ../nbs/06_legacysurvey.ipynb 85
 def duplicate_mask(ra_deg, dec_deg, radius_arcsec: float, priority=None) -> np.ndarray:
     """True for rows that lie within `radius_arcsec` of a row kept before them (friends-of-friends free:
     rows are visited by `priority` (lower first, ties by row order) and a row is dropped if a kept row is near)."""
@@ -428,7 +431,7 @@ def duplicate_mask(ra_deg, dec_deg, radius_arcsec: float, priority=None) -> np.n
             if rank[j] > rank[i]: drop[j] = True
     return drop
 
-# %% ../nbs/06_legacysurvey.ipynb 84
+# %% ../nbs/06_legacysurvey.ipynb 88
 def clean_known_lenses(lenses: pd.DataFrame, drop_nosocs: bool = True, drop_types=("cluster", "group"),
                        dedup_radius_arcsec: float = 3.0, keep_tiers=("A", "B")) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Split a known-lens table into (positives, dropped); dropped has a `drop_reason` column:

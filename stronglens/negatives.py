@@ -35,9 +35,9 @@ __all__ = ['POOL_COLUMNS', 'SPEC_POOL_COLUMNS', 'EXTRA_POOL_COLUMNS', 'POSITIVE_
            'lens_match_rows', 'ChunkResult', 'process_chunk', 'synthetic_sweep', 'write_sweep_fits', 'SweepTask',
            'plan_tasks', 'run_task', 'run_tasks_local', 'nearest_sources', 'unmatched_reasons', 'match_positives',
            'split_positives', 'round_half_up', 'stratum_keys', 'with_strata', 'sampling_targets', 'targets_long',
-           'sampling_table', 'sample_negatives', 'stratification_table', 'load_morphology_catalog', 'CatalogInputs',
-           'prepare_catalogs', 'counts_by', 'sweep_losses', 'CatalogResult', 'catalog_report', 'finish_catalogs',
-           'build_catalogs', 'lens_hosts', 'synthetic_sky']
+           'pool_quotas', 'sampling_table', 'sample_negatives', 'stratification_table', 'load_morphology_catalog',
+           'CatalogInputs', 'prepare_catalogs', 'counts_by', 'sweep_losses', 'CatalogResult', 'catalog_report',
+           'finish_catalogs', 'build_catalogs', 'lens_hosts', 'synthetic_sky']
 
 # %% ../nbs/07_negatives.ipynb 5
 @dataclass
@@ -111,6 +111,7 @@ class StratificationSection:
     n1_fraction: float = 0.85               # N1 share of each stratum (N2 gets the rest)
     match_mag_r_bins: list[float] = field(default_factory=list)        # r-mag bin edges (AB); [] = no magnitude matching
     match_g_minus_r_bins: list[float] = field(default_factory=list)    # g-r bin edges (mag); [] = no colour matching
+    fill_from_other_pool: bool = False      # a (stratum, pool) short of candidates takes the rest from the other pool of the same stratum
     def validate(self):
         if not 0.0 <= self.n1_fraction <= 1.0: raise ValueError("stratification.n1_fraction: expected a fraction in [0, 1]")
         if not self.negatives_per_positive > 0: raise ValueError("stratification.negatives_per_positive: expected > 0")
@@ -751,29 +752,41 @@ def targets_long(positives: pd.DataFrame, strat: StratificationSection) -> pd.Da
         keys + ["n_pos", "target"]].reset_index(drop=True)
 
 # %% ../nbs/07_negatives.ipynb 136
+def pool_quotas(tl: pd.DataFrame, available: pd.DataFrame, keys: list[str], fill_from_other_pool: bool = False) -> pd.DataFrame:
+    "Per (stratum, pool): target, available and `quota` (how many to draw: the target, or less, plus the other pool's gap when filling)."
+    kp = list(keys) + ["pool"]
+    q = tl.merge(available, how="left", on=kp).fillna({"available": 0}).astype({"available": np.int64})
+    q["quota"] = np.minimum(q.target, q.available)
+    if fill_from_other_pool:
+        spare, gap = (q.available - q["quota"]).to_numpy(), (q.target - q["quota"]).to_numpy()
+        other = q[kp].assign(pool=q.pool.map({"N1": "N2", "N2": "N1"})).merge(q[kp].assign(_gap=gap), how="left", on=kp)["_gap"]
+        q["quota"] += np.minimum(spare, other.fillna(0).to_numpy(np.int64))
+    return q
+
+# %% ../nbs/07_negatives.ipynb 138
 def sampling_table(tl: pd.DataFrame, available: pd.DataFrame, drawn: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    "Per (stratum `keys`, pool): n_pos, target, available, drawn, shortfall (engine-independent)."
+    "Per (stratum `keys`, pool): n_pos, target, available, drawn, extra (drawn for the other pool's gap), shortfall (of its own target)."
     kp = list(keys) + ["pool"]
     table = tl.merge(available, how="left", on=kp).merge(drawn, how="left", on=kp).fillna({"available": 0, "drawn": 0})
     table[["available", "drawn"]] = table[["available", "drawn"]].astype(np.int64)
-    table["shortfall"] = table.target - table.drawn
+    table["extra"] = np.maximum(table.drawn - table.target, 0)
+    table["shortfall"] = np.maximum(table.target - table.drawn, 0)
     return table.sort_values(kp).reset_index(drop=True)
 
-# %% ../nbs/07_negatives.ipynb 137
+# %% ../nbs/07_negatives.ipynb 139
 def sample_negatives(candidates: pd.DataFrame, positives: pd.DataFrame, strat: StratificationSection) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "(sampled negatives sorted by galaxy_id, per stratum/pool table with target, available, drawn, shortfall)."
+    "(sampled negatives sorted by galaxy_id, per stratum/pool table with target, available, drawn, extra, shortfall)."
     keys = stratum_keys(strat); kp = keys + ["pool"]
     tl = targets_long(positives, strat)
-    c = with_strata(candidates, strat).sort_values(kp + ["_rank_key", "galaxy_id"], kind="stable")
-    c = c.merge(tl[kp + ["target"]], on=kp, how="inner")
-    rank = c.groupby(kp, observed=True).cumcount()
+    c = with_strata(candidates, strat).merge(tl[kp], on=kp, how="inner").sort_values(kp + ["_rank_key", "galaxy_id"], kind="stable")
     avail = c.groupby(kp, observed=True).size().rename("available").reset_index()
-    sel = c[rank.to_numpy() < c["target"].to_numpy()]
+    quota = pool_quotas(tl, avail, keys, strat.fill_from_other_pool).set_index(kp)["quota"]
+    sel = c[c.groupby(kp, observed=True).cumcount().to_numpy() < c.join(quota, on=kp)["quota"].to_numpy()]
     drawn = sel.groupby(kp, observed=True).size().rename("drawn").reset_index()
-    out = sel.drop(columns=["target"] + keys[2:]).sort_values("galaxy_id").reset_index(drop=True)
+    out = sel.drop(columns=keys[2:]).sort_values("galaxy_id").reset_index(drop=True)
     return out, sampling_table(tl, avail, drawn, keys)
 
-# %% ../nbs/07_negatives.ipynb 138
+# %% ../nbs/07_negatives.ipynb 140
 def stratification_table(positives: pd.DataFrame, negatives: pd.DataFrame, strat: StratificationSection | None = None) -> pd.DataFrame:
     "Table-2-like counts by nobs_z_bin x type_bin: positives, N1, N2, negatives, negatives per positive."
     key = ["nobs_z_bin", "type_bin"]
@@ -791,7 +804,7 @@ def stratification_table(positives: pd.DataFrame, negatives: pd.DataFrame, strat
     t.loc[("all", "all"), :] = tot
     return t
 
-# %% ../nbs/07_negatives.ipynb 145
+# %% ../nbs/07_negatives.ipynb 147
 def load_morphology_catalog(url: str) -> pd.DataFrame:
     "A morphology catalog with columns ra, dec, category (CSV or Parquet, local or URL); category lower-cased."
     fs, p = get_fs(url)
@@ -804,7 +817,7 @@ def load_morphology_catalog(url: str) -> pd.DataFrame:
                    category=df.category.fillna("").astype(str).str.strip().str.lower())
     return df[["ra", "dec", "category"]]
 
-# %% ../nbs/07_negatives.ipynb 147
+# %% ../nbs/07_negatives.ipynb 149
 @dataclass
 class CatalogInputs:
     ctx: ChunkContext
@@ -814,7 +827,7 @@ class CatalogInputs:
     morphology: pd.DataFrame | None
     sweep_urls: list
 
-# %% ../nbs/07_negatives.ipynb 148
+# %% ../nbs/07_negatives.ipynb 150
 def prepare_catalogs(ccfg: CatalogConfig, neg: NegativeSamplingConfig, paths: dict) -> CatalogInputs:
     "Load and clean the known lenses and the morphology catalog; list the sweep files; build the ChunkContext."
     known = load_known_lenses(paths["known_lenses"], missing_grading=ccfg.missing_grading)
@@ -828,12 +841,12 @@ def prepare_catalogs(ccfg: CatalogConfig, neg: NegativeSamplingConfig, paths: di
                        n1_categories=tuple(ccfg.n1_categories), pipeline_version=PIPELINE_VERSION, git_commit=git_commit())
     return CatalogInputs(ctx, known, pos_cat, dropped, morph, list_sweeps(paths["sweep_dir"], ccfg.sweep_glob))
 
-# %% ../nbs/07_negatives.ipynb 150
+# %% ../nbs/07_negatives.ipynb 152
 def counts_by(values) -> dict:
     "{value: count} of an iterable, most common first, plain ints (JSON-able)."
     return {str(k): int(v) for k, v in pd.Series(list(values), dtype=object).value_counts().items()}
 
-# %% ../nbs/07_negatives.ipynb 152
+# %% ../nbs/07_negatives.ipynb 154
 def sweep_losses(problems: list, n_files: int, rows_read: int, unmatched: pd.DataFrame, n_positives_catalog: int) -> dict:
     "Files, rows and positives lost to unreadable sweep files/chunks (rows of unreadable headers are unknown)."
     lost = [p for p in problems if p.lost]
@@ -844,14 +857,14 @@ def sweep_losses(problems: list, n_files: int, rows_read: int, unmatched: pd.Dat
             "positives": {"lost": pos_lost, "total": int(n_positives_catalog)},
             "rows_unknown_files": sorted({p.file for p in lost if p.rows < 0})}
 
-# %% ../nbs/07_negatives.ipynb 154
+# %% ../nbs/07_negatives.ipynb 156
 @dataclass
 class CatalogResult:
     negatives: pd.DataFrame         # sampled N1 + N2, pool schema
     positives: pd.DataFrame         # training positives: pool schema (pool='positive') + lens columns; pass every cut
     positives_eval: pd.DataFrame    # matched positives failing a quality cut: + failed_cuts; evaluation only
     unmatched: pd.DataFrame         # cleaned known lenses without a sweep source, with `reason`
-    sampling: pd.DataFrame          # per stratum/pool: target, available, drawn, shortfall
+    sampling: pd.DataFrame          # per stratum/pool: target, available, drawn, extra, shortfall
     counts: dict                    # rows read / removed per cut / candidates
     problems: list                  # SweepProblem per unusable file or chunk
     inputs: CatalogInputs
@@ -861,7 +874,7 @@ class CatalogResult:
         return sweep_losses(self.problems, len(self.inputs.sweep_urls), self.counts.get("rows_read", 0), self.unmatched,
                             len(self.inputs.positives_catalog))
 
-# %% ../nbs/07_negatives.ipynb 155
+# %% ../nbs/07_negatives.ipynb 157
 def catalog_report(res: CatalogResult) -> dict:
     "Counts per reason for the stage report (JSON-able)."
     inp, kl, n = res.inputs, res.inputs.known_lenses, res.negatives
@@ -876,11 +889,12 @@ def catalog_report(res: CatalogResult) -> dict:
                       "failed_cuts": counts_by(c for f in res.positives_eval.failed_cuts for c in f.split(",")),
                       "unmatched": counts_by(res.unmatched.reason)},
         "negatives": {"sampled": len(n), "N1": int((n.pool == "N1").sum()), "N2": int((n.pool == "N2").sum()),
-                      "n2_categories": counts_by(n.n2_category[n.pool == "N2"]), "shortfall": int(res.sampling.shortfall.sum())},
+                      "n2_categories": counts_by(n.n2_category[n.pool == "N2"]), "target": int(res.sampling.target.sum()),
+                      "shortfall": int(res.sampling.target.sum() - res.sampling.drawn.sum()), "from_other_pool": int(res.sampling.extra.sum())},
         "stratification": {"keys": stratum_keys(inp.ctx.neg.stratification)},
         "morphology_catalog": None if inp.morphology is None else len(inp.morphology)}
 
-# %% ../nbs/07_negatives.ipynb 156
+# %% ../nbs/07_negatives.ipynb 158
 def finish_catalogs(inputs: CatalogInputs, candidates: pd.DataFrame, lens_rows: pd.DataFrame, counts: dict,
                     problems: list, ccfg: CatalogConfig, keep_candidates: bool = True) -> CatalogResult:
     "Match positives, set the ones failing a cut apart, draw N1/N2 (shared by both engines when the candidates are in memory)."
@@ -891,7 +905,7 @@ def finish_catalogs(inputs: CatalogInputs, candidates: pd.DataFrame, lens_rows: 
     return CatalogResult(negs.drop(columns=["_rank_key"]), train, evals, unmatched, table, counts, problems, inputs,
                          candidates.drop(columns=["_rank_key"]) if keep_candidates else None)
 
-# %% ../nbs/07_negatives.ipynb 157
+# %% ../nbs/07_negatives.ipynb 159
 def build_catalogs(ccfg: CatalogConfig, neg: NegativeSamplingConfig, paths: dict, inputs: CatalogInputs | None = None) -> CatalogResult:
     "The catalog stage with the local engine: read sweeps, cut, exclude, match positives, sample N1/N2."
     inputs = prepare_catalogs(ccfg, neg, paths) if inputs is None else inputs
@@ -900,7 +914,7 @@ def build_catalogs(ccfg: CatalogConfig, neg: NegativeSamplingConfig, paths: dict
     cand, lr, counts = run_tasks_local(tasks, inputs.ctx, n_jobs=ccfg.n_jobs, progress=ccfg.progress, problems=problems)
     return finish_catalogs(inputs, cand, lr, counts, problems, ccfg)
 
-# %% ../nbs/07_negatives.ipynb 159
+# %% ../nbs/07_negatives.ipynb 161
 def lens_hosts(a: dict, n: int, rng, cuts: CutsSection | None = None, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(training hosts, evaluation hosts) among the rows of sweep arrays `a`: n//10 (>= 1) failing a cut (the first one
     the nobs cut, the others type, mag_z, maskbits in turn from `offset`), the rest passing, mostly bright and red."""
@@ -919,7 +933,7 @@ def lens_hosts(a: dict, n: int, rng, cuts: CutsSection | None = None, offset: in
         ev.append(rng.choice(np.flatnonzero(kinds[kind] & free))); free[ev[-1]] = False
     return train, np.array(ev, np.int64)
 
-# %% ../nbs/07_negatives.ipynb 160
+# %% ../nbs/07_negatives.ipynb 162
 def synthetic_sky(out_dir: str, n_per_file: int = 40000, n_lenses: int = 60, seed: int = 0) -> dict:
     "Write a tiny sky for tests (see above): two sweep files, `known_lenses.csv`, `confusers.csv`; returns their paths."
     rng = np.random.default_rng(seed)

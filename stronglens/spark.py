@@ -10,7 +10,7 @@ from .config import url_join, atomic_write_parquet
 from .legacysurvey import SweepReadError, SweepProblem
 from .negatives import (SweepTask, CatalogResult, POOL_COLUMNS, LENS_ROW_COLUMNS, MATCH_BIN_COLUMNS, empty_pool, run_task,
                                   prepare_catalogs, plan_tasks, match_positives, split_positives, targets_long, sampling_table,
-                                  stratum_keys, with_strata)
+                                  stratum_keys, with_strata, pool_quotas)
 
 # %% auto 0
 __all__ = ['ROLE_COLUMNS', 'TASK_OUTPUT_COLUMNS', 'spark_session', 'spark_schema', 'forwarded_env', 'conform_frame', 'fix_dtypes',
@@ -114,18 +114,17 @@ def collect_small(small: pd.DataFrame, problems: list) -> tuple[dict, pd.DataFra
     return counts, fix_dtypes(lens, {**POOL_COLUMNS, **LENS_ROW_COLUMNS})[list({**POOL_COLUMNS, **LENS_ROW_COLUMNS})]
 
 # %% ../nbs/17_spark.ipynb 24
-def draw_negatives_spark(spark, cand, tl: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "(drawn negatives in pool schema sorted by galaxy_id, available per stratum/pool): the first `target` rows by `_rank_key`."
+def draw_negatives_spark(spark, cand, tl: pd.DataFrame, keys: list[str], fill_from_other_pool: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "(drawn negatives in pool schema + match bins, sorted by galaxy_id; available per stratum/pool): per cell the first `quota` rows by `_rank_key`."
     from pyspark.sql import functions as F, Window
     kp = keys + ["pool"]
-    tsp = spark.createDataFrame(tl[kp + ["target"]].astype({"target": "int64"}))
+    cand = cand.join(F.broadcast(spark.createDataFrame(tl[kp])), on=kp, how="inner")
+    avail = cand.groupBy(*kp).count().toPandas().rename(columns={"count": "available"}).astype({"available": "int64"})
+    q = pool_quotas(tl, avail, keys, fill_from_other_pool)
     w = Window.partitionBy(*kp).orderBy("_rank_key", "galaxy_id")
-    ranked = (cand.join(F.broadcast(tsp), on=kp, how="inner").withColumn("_rn", F.row_number().over(w))
-              .withColumn("_avail", F.count(F.lit(1)).over(Window.partitionBy(*kp))))
-    # one job: the drawn rows, plus the first row of every group to read its availability
-    got = ranked.filter((F.col("_rn") <= F.col("target")) | (F.col("_rn") == 1)).drop("_rank_key").toPandas()
-    avail = got[got._rn == 1][kp + ["_avail"]].rename(columns={"_avail": "available"}).astype({"available": "int64"})
-    negs = fix_dtypes(got[got._rn <= got.target].reset_index(drop=True), POOL_COLUMNS)
+    got = (cand.join(F.broadcast(spark.createDataFrame(q[kp + ["quota"]].astype({"quota": "int64"}))), on=kp)
+           .withColumn("_rn", F.row_number().over(w)).filter(F.col("_rn") <= F.col("quota")).drop("_rank_key").toPandas())
+    negs = fix_dtypes(got.reset_index(drop=True), POOL_COLUMNS)
     return negs[list(POOL_COLUMNS) + keys[2:]].sort_values("galaxy_id").reset_index(drop=True), avail
 
 # %% ../nbs/17_spark.ipynb 25
@@ -153,7 +152,7 @@ def build_catalogs_spark(ccfg, neg, paths: dict, spark=None, out_dir: str | None
         keys = stratum_keys(neg.stratification)
         tl = targets_long(train, neg.stratification)
         cand = res.filter(F.col("_role") == "candidate").drop(*[c for c in ROLE_COLUMNS if c != "_rank_key" and c not in keys])
-        negs, avail = draw_negatives_spark(spark, cand, tl, keys)
+        negs, avail = draw_negatives_spark(spark, cand, tl, keys, neg.stratification.fill_from_other_pool)
         drawn = negs.groupby(keys + ["pool"]).size().rename("drawn").reset_index()
         negs = negs[list(POOL_COLUMNS)]
         if out_dir: write_pool_by_split(negs, out_dir)

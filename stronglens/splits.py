@@ -23,7 +23,7 @@ def compute_healpix_scalar(ra: float, dec: float, nside: int) -> int:
     phi = np.radians(ra)
     return int(hp.ang2pix(nside, theta, phi, nest=True))
 
-
+# %% ../nbs/02_splits.ipynb 7
 def assign_split_scalar(healpix_idx: int, allocations: dict[str, float], seed: int = 42) -> str:
     "Spec §3 per-row split assignment (literal copy; reference only, use `assign_split`)."
     hash_input = f"{healpix_idx}_{seed}"
@@ -37,20 +37,21 @@ def assign_split_scalar(healpix_idx: int, allocations: dict[str, float], seed: i
             return split
     return "train"
 
-# %% ../nbs/02_splits.ipynb 9
+# %% ../nbs/02_splits.ipynb 11
 DEFAULT_NSIDE: int = 128
 DEFAULT_SEED: int = 42
 DEFAULT_ALLOCATIONS: dict[str, float] = {"train": 0.70, "val": 0.15, "test": 0.15}
 ALLOCATION_TOL: float = 1e-9   # allocations must sum to 1 within this
 
-
+# %% ../nbs/02_splits.ipynb 12
 def _bad_rows_error(name: str, bad: np.ndarray, values: np.ndarray, what: str) -> ValueError:
+    "A ValueError naming the first bad row of `values`, its value, and how many rows are bad."
     rows = np.flatnonzero(bad)
     first = int(rows[0])
     return ValueError(f"{name}[row {first}] = {values[first]!r} {what}"
                       f" ({rows.size} bad row(s) of {values.size}; first rows: {rows[:5].tolist()})")
 
-
+# %% ../nbs/02_splits.ipynb 14
 def validate_radec(ra_deg, dec_deg, *, names: tuple[str, str] = ("ra_deg", "dec_deg")
                    ) -> tuple[np.ndarray, np.ndarray]:
     "Check RA/Dec in degrees: 1-D float64 copies, RA wrapped into [0, 360). Raises ValueError naming the row."
@@ -70,12 +71,9 @@ def validate_radec(ra_deg, dec_deg, *, names: tuple[str, str] = ("ra_deg", "dec_
     ra[ra >= 360.0] = 0.0          # np.mod(-1e-20, 360) rounds to 360.0
     return ra, dec
 
-# %% ../nbs/02_splits.ipynb 12
-_INV_HALFPI = 0.6366197723675813430755350534900574   # 2/pi, the constant HEALPix C++ uses
-_TWOTHIRD = 2.0 / 3.0
-
-
+# %% ../nbs/02_splits.ipynb 17
 def _check_nside(nside, nest: bool) -> int:
+    "`nside` as an int, checked: 1 <= nside <= 2**29, a power of 2 for nested ordering."
     if isinstance(nside, bool) or not isinstance(nside, (int, np.integer)):
         raise ValueError(f"nside must be an integer, got {nside!r}")
     nside = int(nside)
@@ -85,7 +83,11 @@ def _check_nside(nside, nest: bool) -> int:
         raise ValueError(f"nside must be a power of 2 for nested ordering, got {nside}")
     return nside
 
+# %% ../nbs/02_splits.ipynb 19
+_INV_HALFPI = 0.6366197723675813430755350534900574   # 2/pi, the constant HEALPix C++ uses
+_TWOTHIRD = 2.0 / 3.0
 
+# %% ../nbs/02_splits.ipynb 20
 def _spread_bits(v: np.ndarray) -> np.ndarray:
     "Interleave zeros between the low 32 bits of v (Morton code helper)."
     v = v.astype(np.uint64)
@@ -94,7 +96,7 @@ def _spread_bits(v: np.ndarray) -> np.ndarray:
         v = (v | (v << np.uint64(shift))) & np.uint64(mask)
     return v
 
-
+# %% ../nbs/02_splits.ipynb 21
 def ang2pix_nest_numpy(nside: int, theta: np.ndarray, phi: np.ndarray) -> np.ndarray:
     "Pure-NumPy `healpy.ang2pix(nside, theta, phi, nest=True)` (HEALPix C++ `loc2pix`, nested)."
     nside = _check_nside(nside, nest=True)
@@ -128,7 +130,7 @@ def ang2pix_nest_numpy(nside: int, theta: np.ndarray, phi: np.ndarray) -> np.nda
     pix = face.astype(np.uint64) * np.uint64(nside * nside) + _spread_bits(ix) + (_spread_bits(iy) << np.uint64(1))
     return pix.astype(np.int64)
 
-
+# %% ../nbs/02_splits.ipynb 22
 def compute_healpix(ra_deg, dec_deg, nside: int = DEFAULT_NSIDE, nest: bool = True,
                     backend: str = "healpy") -> np.ndarray:
     "HEALPix index (int64 array) of each (RA, Dec) in degrees; equal to the spec's per-row `compute_healpix`."
@@ -145,12 +147,7 @@ def compute_healpix(ra_deg, dec_deg, nside: int = DEFAULT_NSIDE, nest: bool = Tr
         return ang2pix_nest_numpy(nside, theta, phi)
     raise ValueError(f"backend must be 'healpy' or 'numpy', got {backend!r}")
 
-# %% ../nbs/02_splits.ipynb 15
-_HASH_CACHE_MAX_PIX = 1 << 22         # cache hash values for pixel indices below this
-_HASH_CACHE_MAX_SEEDS = 4
-_HASH_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}   # seed -> (uint32 hash, known mask)
-
-
+# %% ../nbs/02_splits.ipynb 25
 def validate_allocations(allocations: Mapping[str, float] | None) -> dict[str, float]:
     "Check split allocations (names -> non-negative proportions summing to 1 within 1e-9); return a dict."
     if allocations is None:
@@ -171,14 +168,16 @@ def validate_allocations(allocations: Mapping[str, float] | None) -> dict[str, f
         raise ValueError(f"allocations must sum to 1 (within {ALLOCATION_TOL:g}), got {total!r} from {out}")
     return out
 
-
+# %% ../nbs/02_splits.ipynb 27
 def _check_seed(seed) -> int:
+    "`seed` as an int (a bool or float is refused)."
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     return int(seed)
 
-
+# %% ../nbs/02_splits.ipynb 29
 def _as_pixel_array(healpix_idx) -> np.ndarray:
+    "1-D int64 pixel indices, checked (integers or integral floats, >= 0), naming the first bad row."
     arr = np.atleast_1d(np.asarray(healpix_idx))
     if arr.ndim != 1:
         raise ValueError(f"healpix_idx must be 1-D, got shape {arr.shape}")
@@ -198,7 +197,7 @@ def _as_pixel_array(healpix_idx) -> np.ndarray:
         raise _bad_rows_error("healpix_idx", bad, pix, "is negative")
     return pix
 
-
+# %% ../nbs/02_splits.ipynb 31
 def _unique_inverse(pix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     "Unique values and inverse indices; a bitmap (O(n)) when the value range is small, else np.unique."
     if pix.size == 0:
@@ -214,7 +213,7 @@ def _unique_inverse(pix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     uniq, inv = np.unique(pix, return_inverse=True)
     return uniq, inv.reshape(-1)
 
-
+# %% ../nbs/02_splits.ipynb 33
 def _sha_u32(uniq: np.ndarray, seed: int) -> np.ndarray:
     "First 4 bytes (big-endian uint32) of sha256(f'{p}_{seed}') for each p, one hashlib call per pixel."
     sha = hashlib.sha256
@@ -222,7 +221,12 @@ def _sha_u32(uniq: np.ndarray, seed: int) -> np.ndarray:
     digests = b"".join([sha(f"{p}{suffix}".encode()).digest() for p in uniq.tolist()])
     return np.frombuffer(digests, dtype=">u4")[::8].astype(np.uint32)
 
+# %% ../nbs/02_splits.ipynb 35
+_HASH_CACHE_MAX_PIX = 1 << 22         # cache hash values for pixel indices below this
+_HASH_CACHE_MAX_SEEDS = 4
+_HASH_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}   # seed -> (uint32 hash, known mask)
 
+# %% ../nbs/02_splits.ipynb 36
 def pixel_hash_u32(uniq: np.ndarray, seed: int = DEFAULT_SEED, cache: bool = True) -> np.ndarray:
     "The spec's 32-bit hash of each (unique, non-negative) pixel index; cached per seed for small indices."
     uniq = np.asarray(uniq, dtype=np.int64)
@@ -245,12 +249,12 @@ def pixel_hash_u32(uniq: np.ndarray, seed: int = DEFAULT_SEED, cache: bool = Tru
     _HASH_CACHE[seed] = (values, known)
     return values[uniq]
 
-
+# %% ../nbs/02_splits.ipynb 38
 def clear_hash_cache() -> None:
     "Forget cached pixel hashes (for benchmarks)."
     _HASH_CACHE.clear()
 
-
+# %% ../nbs/02_splits.ipynb 40
 def assign_split(healpix_idx, allocations: Mapping[str, float] | None = None, seed: int = DEFAULT_SEED,
                  cache: bool = True) -> np.ndarray:
     "Split name of each HEALPix index (object array of str); bit-for-bit the spec's `assign_split`, row by row."
@@ -271,14 +275,14 @@ def assign_split(healpix_idx, allocations: Mapping[str, float] | None = None, se
         open_ &= ~hit
     return np.array(labels, dtype=object)[code[inv]]
 
-# %% ../nbs/02_splits.ipynb 18
+# %% ../nbs/02_splits.ipynb 43
 def healpix_split(ra_deg, dec_deg, nside: int = DEFAULT_NSIDE, allocations: Mapping[str, float] | None = None,
                   seed: int = DEFAULT_SEED, nest: bool = True) -> tuple[np.ndarray, np.ndarray]:
     "(HEALPix index int64, split name object array) of each (RA, Dec) in degrees."
     pix = compute_healpix(ra_deg, dec_deg, nside, nest=nest)
     return pix, assign_split(pix, allocations, seed=seed)
 
-
+# %% ../nbs/02_splits.ipynb 45
 def split_fractions(splits, weights=None) -> dict[str, float]:
     "Fraction of rows (or of `weights`) in each split name, sorted by name."
     labels = np.asarray(splits, dtype=object)
@@ -287,7 +291,7 @@ def split_fractions(splits, weights=None) -> dict[str, float]:
     tot = np.bincount(inv.reshape(-1), weights=w, minlength=names.size)
     return {str(n): float(t / tot.sum()) for n, t in zip(names, tot)}
 
-
+# %% ../nbs/02_splits.ipynb 47
 def all_pixel_splits(nside: int = DEFAULT_NSIDE, allocations: Mapping[str, float] | None = None,
                      seed: int = DEFAULT_SEED) -> np.ndarray:
     "Split name of every pixel 0 .. 12 nside² - 1 (nested indices)."

@@ -309,3 +309,23 @@ def test_matched_negatives_follow_the_positives_in_r_and_g_minus_r(sky, result, 
     assert {"mag_r_bin", "g_minus_r_bin"} <= set(on.sampling.columns)
     assert on.report()["stratification"]["keys"] == ["nobs_z_bin", "type_bin", "mag_r_bin", "g_minus_r_bin"]
     assert list(on.negatives.columns) == list(result.negatives.columns)
+
+
+def test_fill_from_other_pool_keeps_each_stratum_full(result):
+    "With fill_from_other_pool, a stratum whose N1 runs short takes the rest from its own N2 (never from another stratum)."
+    from stronglens.negatives import StratificationSection, pool_quotas
+    c = result.candidates.assign(_rank_key=np.arange(len(result.candidates)))
+    pos = c[(c.type_bin == "DEV") & (c.pool == "N2")].sample(40, random_state=3)        # bright DEV "deflectors"
+    cand = c[~c.galaxy_id.isin(pos.galaxy_id)]
+    key = ["nobs_z_bin", "type_bin"]
+    off, t_off = sample_negatives(cand, pos, StratificationSection(negatives_per_positive=8))
+    on, t_on = sample_negatives(cand, pos, StratificationSection(negatives_per_positive=8, fill_from_other_pool=True))
+    assert t_off.shortfall.sum() > 0 and t_off.extra.sum() == 0
+    tot_on = t_on.groupby(key)[["target", "available", "drawn"]].sum()
+    assert (tot_on.drawn == np.minimum(tot_on.target, tot_on.available)).all()       # each stratum as full as it can be
+    assert set(off.galaxy_id) <= set(on.galaxy_id)                                   # the same draw, plus the fill
+    extra = on[~on.galaxy_id.isin(off.galaxy_id)]
+    assert len(extra) == t_on.extra.sum() and set(extra.pool) == {"N2"}
+    assert (on.groupby(key).size() <= pos.groupby(key).size() * 8).all()
+    q = pool_quotas(t_off[key + ["pool", "target"]], t_off[key + ["pool", "available"]], key, True)
+    assert (q["quota"].to_numpy() == t_on.drawn.to_numpy()).all()

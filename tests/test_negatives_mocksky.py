@@ -66,16 +66,24 @@ def test_n2_categories_are_the_true_confuser_categories(run):
     assert out["leakage"]["passed"]
 
 
-def test_matched_n1_follows_the_deflectors_on_the_mock_sky(sky, run):
-    "Issue 14.8: with magnitude/colour matching on, N1's r-mag and g-r match the positives' (KS p > 0.01) on the mock sky."
+def test_matched_negatives_follow_the_deflectors_on_the_mock_sky(sky, run):
+    """Issue 14.8 on the mock sky: with magnitude/colour matching (and the demo's fill_from_other_pool) the negatives' r-mag
+    and g-r match the positives' (KS p > 0.01); the N2 ring proxy leaves N1 without bright DEV galaxies, which N2 fills."""
     from scipy.stats import ks_2samp
     from stronglens.manifest import run_catalog_stage
     r = sky.parent / "run_matched"
-    out = run_catalog_stage(_config(sky, **MATCH), str(r))
+    out = run_catalog_stage(_config(sky, **MATCH, fill_from_other_pool=True), str(r))
     pos = read_parquet(str(r / "manifests" / "positives.parquet"))
     neg = read_parquet(str(r / "manifests" / "negative_pool.parquet"))
-    n1 = neg[neg.pool == "N1"]
-    p = {c: ks_2samp(n1[c].dropna(), pos[c].dropna()).pvalue for c in ("mag_r", "g_minus_r")}
+    p = {c: ks_2samp(neg[c].dropna(), pos[c].dropna()).pvalue for c in ("mag_r", "g_minus_r")}
     assert min(p.values()) > 0.01, p
+    unmatched = read_parquet(str(run[0] / "manifests" / "negative_pool.parquet"))
+    assert ks_2samp(unmatched.mag_r.dropna(), pos.mag_r.dropna()).pvalue < p["mag_r"]
     assert out["leakage"]["passed"] and out["report"]["stratification"]["keys"][2:] == ["mag_r_bin", "g_minus_r_bin"]
     pd.testing.assert_frame_equal(pos, read_parquet(str(run[0] / "manifests" / "positives.parquet")))
+    # why N1 alone cannot follow DEV deflectors: every DEV with flux_r >= 5 nmgy (r <= 20.75) is a ring-proxy N2
+    cand = read_parquet(str(r / "manifests" / "negative_candidates.parquet"))
+    n1_dev = cand[(cand.pool == "N1") & (cand.type == "DEV") & (cand.n2_category == "")]
+    assert (n1_dev.flux_r < 5.0).all()
+    samp = pd.read_csv(r / "manifests" / "sampling.csv")
+    assert samp.extra.sum() > 0 and out["report"]["negatives"]["from_other_pool"] == samp.extra.sum()

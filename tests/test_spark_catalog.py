@@ -76,3 +76,18 @@ def test_spark_stage_and_s3_inputs(spark, sky, neg, s3_bucket):
     assert fs.exists(f"{s3_bucket}/run/manifests/negative_pool_by_split/split=train/part-0.parquet")
     tm = read_parquet(f"s3://{s3_bucket}/run/manifests/training_manifest.parquet")
     assert (tm.s3_path == "cutouts/" + tm.filename).all()
+
+
+def test_spark_equals_local_with_matching_and_fill(spark, sky, neg):
+    "Magnitude/colour matching and fill_from_other_pool draw the same rows on Spark as locally."
+    import copy
+    from stronglens.spark import build_catalogs_spark
+    n = copy.deepcopy(neg)
+    n.stratification.match_mag_r_bins, n.stratification.match_g_minus_r_bins = [18.0, 19.0, 20.0], [1.0, 1.4, 1.8]
+    n.stratification.fill_from_other_pool = True
+    ccfg = CatalogConfig(progress=False, chunk_rows=7000, engine="spark")
+    paths = resolve_catalog_paths(ccfg, str(sky))
+    loc, spk = build_catalogs(ccfg, n, paths), build_catalogs_spark(ccfg, n, paths, spark=spark)
+    for a in ("negatives", "positives", "positives_eval", "sampling"):
+        pd.testing.assert_frame_equal(getattr(loc, a), getattr(spk, a))
+    assert {"mag_r_bin", "g_minus_r_bin", "extra"} <= set(spk.sampling.columns) and loc.sampling.extra.sum() > 0
