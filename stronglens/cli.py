@@ -153,7 +153,9 @@ def _execute(spec, run_dir:str, cfg_url:str, kernel_name:str|None, log) -> str:
     with tempfile.TemporaryDirectory() as td:
         out_nb, n0 = Path(td)/spec.notebook, len(_reapers)
         try:
-            pm.execute_notebook(str(nb_in), str(out_nb), parameters={"run_dir": run_dir, "config_path": cfg_url},
+            params = {"run_dir": run_dir, "config_path": cfg_url}
+            if spec.name.startswith("audit:"): params["audit_name"] = spec.name.split(":", 1)[1]   # audits/<name>/
+            pm.execute_notebook(str(nb_in), str(out_nb), parameters=params,
                                 kernel_name=kernel_name or "python3", language="python", progress_bar=False,
                                 cwd=str(nb_in.parent), log_output=False,
                                 kernel_manager_class=_reaping_kernel_manager(url_join(run_dir, "notebooks", spec.name + ".kernel.log")))
@@ -236,9 +238,9 @@ def split_overrides(argv:list[str]) -> tuple[list[str], list[str]]:
 # %% ../nbs/18_cli.ipynb 37
 def stage_status(run_dir) -> list[dict]:
     "Each stage's marker in `run_dir`: status, finish time, failures, error."
-    out = []
-    for s in list(STAGES):
-        if s == "audit": continue
+    out, audits = [], url_join(_norm_run_dir(run_dir), "audits")
+    names = sorted(p.name for p in Path(audits).iterdir() if p.is_dir()) if is_local(audits) and Path(audits).is_dir() else []
+    for s in [s for s in STAGES if s != "audit"] + [f"audit:{n}" for n in names]:
         m = read_marker(run_dir, get_stage(s))
         if m: out.append({"stage": s, "status": m.get("status"), "finished": m.get("finished_utc") or m.get("started_utc"),
                           "failures": (m.get("failures") or {}).get("n_failed"), "error": ((m.get("error") or {}).get("message") or "")[:100]})
