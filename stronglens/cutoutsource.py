@@ -38,11 +38,12 @@ from .cutouts import (BANDS, CUTOUT_SHAPE, FAILURE_COLUMNS, META_FIELDS, MIN_NPZ
 __all__ = ['DEFAULT_BASE_URL', 'MOCK_TIMESTAMP', 'FAILURES_FILE', 'SOURCE_STAMP', 'utc_now_iso', 'CutoutsConfig', 'CutoutResult',
            'CutoutSource', 'CutoutFetchError', 'parse_cutout_fits', 'cube_to_fits_bytes', 'RateLimiter',
            'retry_after_seconds', 'RetryPolicy', 'retrying', 'http_get', 'get_cutout', 'service_url',
-           'LegacySurveyCutoutService', 'object_seed', 'open_mock_sky', 'sky_config_hash', 'results_from_render',
-           'MockSkySource', 'source_from_config', 'destinations', 'outside_prefix', 'prepare_targets', 'process_batch',
-           'read_source_stamp', 'clear_cutouts', 'claim_out_prefix', 'remove_stale_temp_files', 'existing_cutouts',
-           'plan_cutouts', 'run_batches', 'finalize_failures', 'generate_cutouts', 'cutouts_config',
-           'load_cutout_targets', 'failure_summary', 'run_cutouts_stage']
+           'service_url_matches', 'LegacySurveyCutoutService', 'object_seed', 'open_mock_sky', 'sky_config_hash',
+           'results_from_render', 'MockSkySource', 'source_from_config', 'destinations', 'outside_prefix',
+           'prepare_targets', 'process_batch', 'read_source_stamp', 'clear_cutouts', 'claim_out_prefix',
+           'adopt_cutouts', 'remove_stale_temp_files', 'existing_cutouts', 'plan_cutouts', 'run_batches',
+           'finalize_failures', 'generate_cutouts', 'cutouts_config', 'load_cutout_targets', 'failure_summary',
+           'run_cutouts_stage']
 
 # %% ../nbs/06b_cutoutsource.ipynb 5
 DEFAULT_BASE_URL = "https://www.legacysurvey.org/viewer/fits-cutout"
@@ -124,6 +125,9 @@ class CutoutSource:
     def identity(self) -> dict:
         "What this source's pixels and metadata depend on (JSON-able)."
         return {"source": self.name, "class": type(self).__qualname__}
+    def made(self, meta: dict) -> bool:
+        "Did this source make the cutout whose metadata is `meta` (judged from its `cutout_url`)? Unknown: False."
+        return False
     def close(self): pass
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
@@ -359,7 +363,18 @@ def service_url(cfg: CutoutsConfig, ra_deg: float, dec_deg: float) -> str:
                                     pixscale=f"{cfg.pixscale:g}", size=int(cfg.size), bands=cfg.bands))
     return f"{cfg.base_url}{'&' if '?' in cfg.base_url else '?'}{q}"
 
-# %% ../nbs/06b_cutoutsource.ipynb 48
+# %% ../nbs/06b_cutoutsource.ipynb 47
+def service_url_matches(url: str, cfg: CutoutsConfig) -> bool:
+    "Was `url` a request of this service config (same endpoint, layer, pixel scale, size and bands)?"
+    u, b = urllib.parse.urlsplit(str(url)), urllib.parse.urlsplit(cfg.base_url)
+    q = {k: v[-1] for k, v in urllib.parse.parse_qs(u.query).items()}
+    try:
+        return ((u.scheme, u.netloc, u.path) == (b.scheme, b.netloc, b.path) and q.get("layer") == cfg.layer and
+                float(q.get("pixscale", "nan")) == cfg.pixscale and int(q.get("size", -1)) == cfg.size and q.get("bands") == cfg.bands)
+    except ValueError:
+        return False
+
+# %% ../nbs/06b_cutoutsource.ipynb 50
 class LegacySurveyCutoutService(CutoutSource):
     "Cutouts from the Legacy Survey FITS cutout service (`layer`, `pixscale`, `size`, `bands` from the config)."
     name = "legacysurvey"
@@ -382,6 +397,7 @@ class LegacySurveyCutoutService(CutoutSource):
 
     def identity(self) -> dict:
         return {"source": self.name, **{k: getattr(self.cfg, k) for k in ("base_url", "layer", "pixscale", "size", "bands")}}
+    def made(self, meta: dict) -> bool: return service_url_matches(meta.get("cutout_url", ""), self.cfg)
 
     def for_workers(self, n_workers: int) -> "LegacySurveyCutoutService":
         "Copy whose concurrency and rate limit are this one's divided among `n_workers` processes (same totals)."
@@ -418,12 +434,12 @@ class LegacySurveyCutoutService(CutoutSource):
         with ThreadPoolExecutor(max_workers=min(self.cfg.concurrency, len(rows))) as ex:
             return list(ex.map(lambda r: self.fetch_one(*r), rows))
 
-# %% ../nbs/06b_cutoutsource.ipynb 51
+# %% ../nbs/06b_cutoutsource.ipynb 53
 def object_seed(seed: int, galaxy_id) -> int:
     "Per-galaxy 32-bit seed from the run seed and the galaxy id (stable across processes and platforms)."
     return int.from_bytes(hashlib.sha256(f"{int(seed)}|{galaxy_id}".encode()).digest()[:4], "big")
 
-# %% ../nbs/06b_cutoutsource.ipynb 53
+# %% ../nbs/06b_cutoutsource.ipynb 55
 _OPEN_SKIES: dict = {}   # sky_dir -> MockSky, per process
 
 def open_mock_sky(sky_dir: str):
@@ -433,7 +449,7 @@ def open_mock_sky(sky_dir: str):
         _OPEN_SKIES[sky_dir] = MockSky.open(sky_dir)
     return _OPEN_SKIES[sky_dir]
 
-# %% ../nbs/06b_cutoutsource.ipynb 54
+# %% ../nbs/06b_cutoutsource.ipynb 56
 def sky_config_hash(sky_dir: str) -> str:
     "Short hash of the sky config a mock sky folder was built from (`sky_meta.json`; performance keys left out)."
     u = url_join(sky_dir, "sky_meta.json")
@@ -441,14 +457,14 @@ def sky_config_hash(sky_dir: str) -> str:
     cfg = {k: v for k, v in (json.loads(read_bytes(u)).get("config") or {}).items() if k != "num_threads"}
     return hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-# %% ../nbs/06b_cutoutsource.ipynb 56
+# %% ../nbs/06b_cutoutsource.ipynb 58
 _MOCK_META_COLS = ("type", "nobs_z", "psfsize_z", "flux_r")
 
 def _known(v) -> bool:
     "A catalog value that is present (not NaN/None, not the empty string)."
     return pd.notna(v) and not (isinstance(v, str) and v == "")
 
-# %% ../nbs/06b_cutoutsource.ipynb 57
+# %% ../nbs/06b_cutoutsource.ipynb 59
 def results_from_render(gids: list, X, meta_df: pd.DataFrame | None, metas: list[dict], stage: str = "render") -> list[CutoutResult]:
     "`CutoutResult`s of one `render` call: image `i` for galaxy `i`, with `metas[i]` and the renderer's catalog columns."
     X = np.asarray(X)
@@ -462,7 +478,7 @@ def results_from_render(gids: list, X, meta_df: pd.DataFrame | None, metas: list
         out.append(CutoutResult(gid, np.asarray(X[i], dtype=np.float32), meta))
     return out
 
-# %% ../nbs/06b_cutoutsource.ipynb 59
+# %% ../nbs/06b_cutoutsource.ipynb 61
 class MockSkySource(CutoutSource):
     "Cutouts rendered from a mock sky folder (or any object with `render(ra_deg, dec_deg, seed) -> (X, meta_df)`)."
     name = "mock"
@@ -487,6 +503,10 @@ class MockSkySource(CutoutSource):
         sky = sky_config_hash(self.sky_dir) if self.sky_dir else type(self._renderer).__qualname__
         return {"source": self.name, "seed": self.seed, "timestamp": self.timestamp, "size": self.size,
                 "per_object_seed": self.per_object_seed, "sky": sky}
+
+    def made(self, meta: dict) -> bool:
+        return (meta.get("download_timestamp") == self.timestamp and
+                meta.get("cutout_url") == self.url_for(meta.get("ra", np.nan), meta.get("dec", np.nan), meta.get("galaxy_id")))
 
     def _seed(self, galaxy_id) -> int:
         return object_seed(self.seed, galaxy_id) if self.per_object_seed else self.seed
@@ -517,7 +537,7 @@ class MockSkySource(CutoutSource):
                 pass                      # isolate the bad target(s) below
         return [self.fetch_one(g, r, d) for g, r, d in zip(gids, ra, dec)]
 
-# %% ../nbs/06b_cutoutsource.ipynb 62
+# %% ../nbs/06b_cutoutsource.ipynb 64
 def source_from_config(cfg: CutoutsConfig, run_dir: str | None = None, sky_dir: str | None = None) -> CutoutSource:
     "Build the configured source (`mock` -> `MockSkySource(<run_dir>/sky)`, `legacysurvey` -> HTTP client)."
     if cfg.source == "mock":
@@ -526,11 +546,11 @@ def source_from_config(cfg: CutoutsConfig, run_dir: str | None = None, sky_dir: 
         return MockSkySource(sky, seed=cfg.seed, timestamp=cfg.mock_timestamp, size=cfg.size)
     return LegacySurveyCutoutService(cfg)
 
-# %% ../nbs/06b_cutoutsource.ipynb 65
+# %% ../nbs/06b_cutoutsource.ipynb 67
 FAILURES_FILE = "failed_cutouts.parquet"   # the failures table, in the output (or stage) folder
 SOURCE_STAMP = "_source.json"              # the identity of the source that made the cutouts of a folder
 
-# %% ../nbs/06b_cutoutsource.ipynb 66
+# %% ../nbs/06b_cutoutsource.ipynb 68
 def destinations(targets: pd.DataFrame, out_prefix: str) -> pd.Series:
     "Destination URL per target: `s3_path` when given, else `<out_prefix>/<cutout_filename(galaxy_id)>`."
     base = targets["galaxy_id"].map(lambda g: url_join(out_prefix, cutout_filename(g)))
@@ -539,7 +559,7 @@ def destinations(targets: pd.DataFrame, out_prefix: str) -> pd.Series:
         base = given.fillna(base)
     return base.astype(str)
 
-# %% ../nbs/06b_cutoutsource.ipynb 68
+# %% ../nbs/06b_cutoutsource.ipynb 70
 def outside_prefix(urls: pd.Series, prefix: str) -> np.ndarray:
     "Bool mask: URL does not lie inside folder `prefix` (local paths compared after normalisation, `..` resolved)."
     if is_local(prefix):
@@ -550,7 +570,7 @@ def outside_prefix(urls: pd.Series, prefix: str) -> np.ndarray:
         norm = urls.map(lambda u: "" if "/../" in f"{u}/" or "/./" in f"{u}/" else str(u))
     return ~norm.map(lambda u: u.startswith(p)).to_numpy(bool)
 
-# %% ../nbs/06b_cutoutsource.ipynb 70
+# %% ../nbs/06b_cutoutsource.ipynb 72
 def prepare_targets(targets_df: pd.DataFrame, out_prefix: str) -> pd.DataFrame:
     "Checked copy of the targets with a `dest` column: duplicate ids, bad coordinates and destinations outside `out_prefix` are errors."
     t = _check_targets(targets_df).copy()
@@ -570,7 +590,7 @@ def prepare_targets(targets_df: pd.DataFrame, out_prefix: str) -> pd.DataFrame:
                          f"cutout prefix {out_prefix!r} ({int(out.sum())} such rows): every cutout must be written under it")
     return t.reset_index(drop=True)
 
-# %% ../nbs/06b_cutoutsource.ipynb 73
+# %% ../nbs/06b_cutoutsource.ipynb 75
 _META_FROM_TARGETS = ("type", "nobs_z", "psfsize_z", "flux_r")
 
 def _clean_meta_value(v):
@@ -582,7 +602,7 @@ def _clean_meta_value(v):
         pass
     return v.item() if isinstance(v, np.generic) else v
 
-# %% ../nbs/06b_cutoutsource.ipynb 74
+# %% ../nbs/06b_cutoutsource.ipynb 76
 def _cutout_meta(row, res: CutoutResult) -> dict:
     "Spec §1 metadata of one cutout: the source's fields, then galaxy_id, ra, dec and the catalog columns of the target row."
     meta = {k: v for k, v in res.meta.items() if k in META_FIELDS}
@@ -591,7 +611,7 @@ def _cutout_meta(row, res: CutoutResult) -> dict:
         if (v := _clean_meta_value(getattr(row, c, None))) is not None: meta[c] = v
     return meta
 
-# %% ../nbs/06b_cutoutsource.ipynb 76
+# %% ../nbs/06b_cutoutsource.ipynb 78
 def process_batch(source: CutoutSource, batch: pd.DataFrame) -> pd.DataFrame:
     "Fetch, validate and write one batch (rows need galaxy_id, ra, dec, dest); returns its failures (`FAILURE_COLUMNS`)."
     fails = []
@@ -607,7 +627,7 @@ def process_batch(source: CutoutSource, batch: pd.DataFrame) -> pd.DataFrame:
             fails.append((gid, dest, "write", f"{type(e).__name__}: {e}"))
     return pd.DataFrame(fails, columns=FAILURE_COLUMNS)
 
-# %% ../nbs/06b_cutoutsource.ipynb 78
+# %% ../nbs/06b_cutoutsource.ipynb 80
 def _listing(folder: str) -> dict[str, int]:
     "{file name: size in bytes} of the files directly in `folder` (one listing; empty when the folder does not exist)."
     if is_local(folder):
@@ -624,7 +644,7 @@ def _listing(folder: str) -> dict[str, int]:
         return {}
     return {str(i["name"]).rstrip("/").rsplit("/", 1)[-1]: int(i.get("size") or 0) for i in found if i.get("type") != "directory"}
 
-# %% ../nbs/06b_cutoutsource.ipynb 80
+# %% ../nbs/06b_cutoutsource.ipynb 82
 def read_source_stamp(out_prefix: str) -> dict | None:
     "The source identity recorded in `out_prefix` (None when there is no stamp)."
     u = url_join(out_prefix, SOURCE_STAMP)
@@ -632,38 +652,70 @@ def read_source_stamp(out_prefix: str) -> dict | None:
     try: return json.loads(read_bytes(u))
     except ValueError: return {"unreadable stamp": True}
 
-# %% ../nbs/06b_cutoutsource.ipynb 81
+# %% ../nbs/06b_cutoutsource.ipynb 83
+def _npz_files(out_prefix: str) -> list[str]:
+    "URLs of every `.npz` under `out_prefix` (any depth; empty when it does not exist)."
+    fs, path = get_fs(out_prefix)
+    try:
+        return [fs.unstrip_protocol(p) if not is_local(out_prefix) else p for p in fs.find(path) if str(p).endswith(".npz")]
+    except FileNotFoundError:
+        return []
+
+# %% ../nbs/06b_cutoutsource.ipynb 84
 def clear_cutouts(out_prefix: str) -> int:
     "Delete every `.npz` under `out_prefix` (any depth), its failures table and its stamp; returns the NPZs removed."
     fs, path = get_fs(out_prefix)
-    try:
-        found = [p for p in fs.find(path) if str(p).endswith(".npz")]
-    except FileNotFoundError:
-        return 0
+    found = [get_fs(u)[1] for u in _npz_files(out_prefix)]
     for name in (FAILURES_FILE, SOURCE_STAMP):
         if fs.exists(f"{path.rstrip('/')}/{name}"): fs.rm(f"{path.rstrip('/')}/{name}")
     if found: fs.rm(found)
     return len(found)
 
-# %% ../nbs/06b_cutoutsource.ipynb 82
+# %% ../nbs/06b_cutoutsource.ipynb 85
 def _jsonable(d: dict) -> dict:
     "`d` as it reads back from JSON (tuples -> lists, numpy scalars -> numbers)."
     return json.loads(json.dumps(d, sort_keys=True, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
 
-# %% ../nbs/06b_cutoutsource.ipynb 84
+# %% ../nbs/06b_cutoutsource.ipynb 87
 def claim_out_prefix(out_prefix: str, identity: dict, log: Callable[[str], None] | None = None) -> int:
-    "Make `out_prefix` hold only cutouts of source `identity`: clear another identity's (or unstamped) cutouts, then stamp it."
+    "Make `out_prefix` hold only cutouts of source `identity`: clear our cutouts of another identity, then stamp it."
     identity, old = _jsonable(identity), read_source_stamp(out_prefix)
     if old == identity: return 0
-    n = clear_cutouts(out_prefix)
+    if old is None and (npz := _npz_files(out_prefix)):
+        raise ValueError(f"{out_prefix} holds {len(npz)} .npz files but no source stamp ({SOURCE_STAMP}): they were not made "
+                         f"by stronglens for this config, so they are neither trusted nor deleted. Move or delete them, or keep "
+                         f"them if this source made them: cutoutsource.adopt_cutouts({str(out_prefix)!r}, source) reads each once.")
+    n = clear_cutouts(out_prefix) if old is not None else 0
     if n:
-        why = "no source stamp" if old is None else "made by another source: " + ", ".join(
-            f"{k} {old.get(k)!r} -> {identity.get(k)!r}" for k in sorted(set(old) | set(identity)) if old.get(k) != identity.get(k))
-        (log or (lambda m: warnings.warn(m, stacklevel=3)))(f"{out_prefix}: removed {n} cutouts ({why}); they will be regenerated")
+        why = ", ".join(f"{k} {old.get(k)!r} -> {identity.get(k)!r}" for k in sorted(set(old) | set(identity)) if old.get(k) != identity.get(k))
+        (log or (lambda m: warnings.warn(m, stacklevel=3)))(f"{out_prefix}: removed {n} cutouts made by another source ({why}); they will be regenerated")
     atomic_write_json(url_join(out_prefix, SOURCE_STAMP), identity)
     return n
 
-# %% ../nbs/06b_cutoutsource.ipynb 86
+# %% ../nbs/06b_cutoutsource.ipynb 90
+def _adoption_problem(url: str, source: CutoutSource) -> str | None:
+    "Why the NPZ at `url` cannot be adopted for `source` (None: it can)."
+    try:
+        _, m = read_cutout(url)
+    except (CutoutError, OSError) as e:
+        return f"{url}: {e}"
+    if cutout_filename(m.get("galaxy_id", "?")) != url.rsplit("/", 1)[-1]:
+        return f"{url}: holds galaxy {m.get('galaxy_id')!r}"
+    return None if source.made(m) else f"{url}: made by another source (cutout_url {m.get('cutout_url')!r})"
+
+# %% ../nbs/06b_cutoutsource.ipynb 91
+def adopt_cutouts(out_prefix: str, source: CutoutSource, n_threads: int = 4) -> int:
+    "Stamp an unstamped folder of cutouts for `source` after checking every file; returns how many were adopted."
+    urls = _npz_files(out_prefix)
+    with ThreadPoolExecutor(n_threads) as ex:
+        bad = [b for b in ex.map(lambda u: _adoption_problem(u, source), urls) if b]
+    if bad:
+        raise ValueError(f"{out_prefix}: {len(bad)} of {len(urls)} cutouts were not made by this source; nothing was stamped "
+                         "or deleted:\n  " + "\n  ".join(bad[:5]) + ("\n  ..." if len(bad) > 5 else ""))
+    atomic_write_json(url_join(out_prefix, SOURCE_STAMP), _jsonable(source.identity()))
+    return len(urls)
+
+# %% ../nbs/06b_cutoutsource.ipynb 92
 def remove_stale_temp_files(out_prefix: str, older_than_s: float = 3600.0) -> int:
     "Delete `.tmp-*` files left in a local `out_prefix` by killed writers (older than `older_than_s`; 0: all)."
     if not is_local(out_prefix): return 0          # object stores have no partial objects
@@ -677,7 +729,7 @@ def remove_stale_temp_files(out_prefix: str, older_than_s: float = 3600.0) -> in
             pass
     return n
 
-# %% ../nbs/06b_cutoutsource.ipynb 89
+# %% ../nbs/06b_cutoutsource.ipynb 95
 def _verified(dests: pd.Series, gids, mask: np.ndarray, n_threads: int = 4) -> np.ndarray:
     "Of the `mask`ed destinations, those that read back as valid cutouts of their galaxy (decompresses every file)."
     def ok(i):
@@ -690,7 +742,7 @@ def _verified(dests: pd.Series, gids, mask: np.ndarray, n_threads: int = 4) -> n
         out[idx] = list(ex.map(ok, idx))
     return out
 
-# %% ../nbs/06b_cutoutsource.ipynb 90
+# %% ../nbs/06b_cutoutsource.ipynb 96
 def existing_cutouts(dests,                     # destination URLs
                      gids=None,                 # their galaxy ids (checked when `verify`)
                      verify: bool = False       # also decompress and validate each file (slow)
@@ -704,7 +756,7 @@ def existing_cutouts(dests,                     # destination URLs
         keep &= _verified(dests, None if gids is None else list(gids), keep)
     return keep
 
-# %% ../nbs/06b_cutoutsource.ipynb 92
+# %% ../nbs/06b_cutoutsource.ipynb 98
 def plan_cutouts(targets_df: pd.DataFrame, source: CutoutSource, out_prefix: str, resume: bool = True,
                  verify_existing: bool = False, tmp_max_age_s: float = 3600.0) -> tuple[pd.DataFrame, np.ndarray]:
     "Checked targets (with `dest`) and the mask of those already done, after claiming `out_prefix` and removing stale temp files."
@@ -715,13 +767,13 @@ def plan_cutouts(targets_df: pd.DataFrame, source: CutoutSource, out_prefix: str
     done = existing_cutouts(t["dest"], t["galaxy_id"], verify_existing) if (resume and len(t)) else np.zeros(len(t), bool)
     return t, done
 
-# %% ../nbs/06b_cutoutsource.ipynb 94
+# %% ../nbs/06b_cutoutsource.ipynb 100
 def _limit_threads(threads: int):
     "Pool worker start-up: share the cores among workers (a user's OMP_NUM_THREADS/MKL_NUM_THREADS wins)."
     for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(k, str(threads))
 
-# %% ../nbs/06b_cutoutsource.ipynb 95
+# %% ../nbs/06b_cutoutsource.ipynb 101
 def _run_pool(source: CutoutSource, batches: list, n_workers: int, pbar) -> list[pd.DataFrame]:
     "`process_batch` over `batches` in a pool of `n_workers` (dying with this process); serial fallback if the pool breaks."
     src = source.for_workers(n_workers) if hasattr(source, "for_workers") else source
@@ -739,7 +791,7 @@ def _run_pool(source: CutoutSource, batches: list, n_workers: int, pbar) -> list
         ex.shutdown(wait=False, cancel_futures=True)
     return parts
 
-# %% ../nbs/06b_cutoutsource.ipynb 96
+# %% ../nbs/06b_cutoutsource.ipynb 102
 def run_batches(source: CutoutSource, todo: pd.DataFrame, n_workers: int = 1, batch_size: int = 96, pbar=None) -> pd.DataFrame:
     "`process_batch` over `todo` in batches of `batch_size`, in this process or a pool; all failures, in no set order."
     batches = [todo.iloc[i:i + batch_size] for i in range(0, len(todo), batch_size)]
@@ -752,7 +804,7 @@ def run_batches(source: CutoutSource, todo: pd.DataFrame, n_workers: int = 1, ba
             parts.append(process_batch(source, b)); pbar.update(len(b))
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=FAILURE_COLUMNS)
 
-# %% ../nbs/06b_cutoutsource.ipynb 97
+# %% ../nbs/06b_cutoutsource.ipynb 103
 def finalize_failures(fails: pd.DataFrame, t: pd.DataFrame, done: np.ndarray, n_attempted: int,
                       failures_url: str | None, t0: float) -> pd.DataFrame:
     "Failures in target order (written atomically to `failures_url` when given), with the run's counts in `.attrs`."
@@ -765,7 +817,7 @@ def finalize_failures(fails: pd.DataFrame, t: pd.DataFrame, done: np.ndarray, n_
                        n_written=int(n_attempted) - len(fails), n_failed=len(fails), elapsed_s=time.perf_counter() - t0)
     return fails
 
-# %% ../nbs/06b_cutoutsource.ipynb 98
+# %% ../nbs/06b_cutoutsource.ipynb 104
 def generate_cutouts(targets_df: pd.DataFrame,       # galaxy_id, ra, dec (deg); optional s3_path and catalog columns
                      source: CutoutSource,           # where the pixels come from
                      out_prefix: str,                # folder (local or URL) the NPZs are written under
@@ -786,12 +838,12 @@ def generate_cutouts(targets_df: pd.DataFrame,       # galaxy_id, ra, dec (deg);
         fails = run_batches(source, todo, n_workers, batch_size, pbar)
     return finalize_failures(fails, t, done, len(todo), url_join(out_prefix, FAILURES_FILE) if write_failures else None, t0)
 
-# %% ../nbs/06b_cutoutsource.ipynb 104
+# %% ../nbs/06b_cutoutsource.ipynb 110
 def cutouts_config(cfg) -> CutoutsConfig:
     "The `cutouts` section of a pipeline config (the defaults when it has none)."
     return getattr(cfg, "cutouts", None) or CutoutsConfig()
 
-# %% ../nbs/06b_cutoutsource.ipynb 105
+# %% ../nbs/06b_cutoutsource.ipynb 111
 _POOL_META = ["galaxy_id", "ra", "dec", "type", "nobs_z", "psfsize_z", "flux_r"]
 _MANIFEST_COLS = ["galaxy_id", "s3_path", "ra", "dec", "label", "cutout_type", "split"]
 
@@ -808,7 +860,7 @@ def load_cutout_targets(run_dir: str) -> pd.DataFrame:
         t["s3_path"] = [resolve_path(run_dir, p) if isinstance(p, str) and p else p for p in t["s3_path"]]
     return t
 
-# %% ../nbs/06b_cutoutsource.ipynb 106
+# %% ../nbs/06b_cutoutsource.ipynb 112
 def failure_summary(fails: pd.DataFrame, n_total: int, max_lines: int = 8) -> str:
     "A few lines for a screen: how many targets failed, grouped by step and reason (reasons cut at 70 characters)."
     if not len(fails): return f"0 of {n_total} cutouts failed"
@@ -817,7 +869,7 @@ def failure_summary(fails: pd.DataFrame, n_total: int, max_lines: int = 8) -> st
     if len(g) > max_lines: lines.append(f"  ... and {len(g) - max_lines} other reasons (see the failures table)")
     return "\n".join(lines)
 
-# %% ../nbs/06b_cutoutsource.ipynb 108
+# %% ../nbs/06b_cutoutsource.ipynb 114
 def _generate(targets: pd.DataFrame, ccfg: CutoutsConfig, run_dir: str, out_prefix: str, progress: bool, verify_existing: bool):
     "The configured engine (local process pool or Spark) over the targets; every stale temp file removed first."
     source = source_from_config(ccfg, run_dir=run_dir)
@@ -827,7 +879,7 @@ def _generate(targets: pd.DataFrame, ccfg: CutoutsConfig, run_dir: str, out_pref
         return generate_cutouts_spark(targets, source, out_prefix, n_partitions=ccfg.spark_partitions, **kw)
     return generate_cutouts(targets, source, out_prefix, n_workers=ccfg.n_workers, progress=progress, **kw)
 
-# %% ../nbs/06b_cutoutsource.ipynb 109
+# %% ../nbs/06b_cutoutsource.ipynb 115
 def _stage_report(fails: pd.DataFrame, ccfg: CutoutsConfig, out_prefix: str, rel: Callable) -> dict:
     "The counts a cutout run reports (`cutouts_report.json`, the done marker's result)."
     a = fails.attrs
@@ -837,7 +889,7 @@ def _stage_report(fails: pd.DataFrame, ccfg: CutoutsConfig, out_prefix: str, rel
             "source": ccfg.source, "engine": ccfg.engine, "out_prefix": rel(out_prefix),
             "failures_by_stage": {str(k): int(v) for k, v in fails["stage"].value_counts().items()}}
 
-# %% ../nbs/06b_cutoutsource.ipynb 110
+# %% ../nbs/06b_cutoutsource.ipynb 116
 def _record_failures(st, fails: pd.DataFrame, n_total: int):
     "Hand the failures to the protocol: past `run.max_failure_frac` a `StageError` with the summary by reason."
     from stronglens.runs import StageError
@@ -847,7 +899,7 @@ def _record_failures(st, fails: pd.DataFrame, n_total: int):
         raise StageError(f"{e.message}\n{failure_summary(fails, n_total)}", e.stage) from None
     if len(fails): st.log(failure_summary(fails, n_total))
 
-# %% ../nbs/06b_cutoutsource.ipynb 111
+# %% ../nbs/06b_cutoutsource.ipynb 117
 def run_cutouts_stage(cfg,                              # pipeline config (its `cutouts` and `run` sections)
                       run_dir: str,                     # run folder (local path or URL)
                       progress: bool = True,

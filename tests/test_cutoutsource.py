@@ -479,15 +479,45 @@ def test_resume_under_another_seed_never_mixes(tmp_path):
     out = tmp_path / "out"
     S.generate_cutouts(t.iloc[:12], S.MockSkySource(renderer=ToyRenderer(), seed=3), str(out), progress=False,
                        write_failures=False)                     # what a seed-3 run killed after 12 cutouts leaves
-    with pytest.warns(UserWarning, match=r"removed 12 cutouts \(made by another source: seed 3 -> 7\)"):
+    with pytest.warns(UserWarning, match=r"removed 12 cutouts made by another source \(seed 3 -> 7\)"):
         f = S.generate_cutouts(t, S.MockSkySource(renderer=ToyRenderer(), seed=7), str(out), progress=False)
     assert f.attrs["n_skipped"] == 0 and f.attrs["n_written"] == 30
     assert _npz_bytes(out) == _npz_bytes(tmp_path / "ref")
-    # a folder of NPZs without a stamp (made by hand or by an older version) is not trusted either
-    (out / S.SOURCE_STAMP).unlink()
-    with pytest.warns(UserWarning, match="no source stamp"):
-        f = S.generate_cutouts(t, S.MockSkySource(renderer=ToyRenderer(), seed=7), str(out), progress=False)
-    assert f.attrs["n_written"] == 30 and _npz_bytes(out) == _npz_bytes(tmp_path / "ref")
+
+
+def test_unstamped_cutouts_are_neither_trusted_nor_deleted(tmp_path):
+    "NPZs without a stamp (another tool, an older version) are refused; `adopt_cutouts` keeps them only if this source made each."
+    t = pd.DataFrame({"galaxy_id": [f"u{i}" for i in range(10)], "ra": np.linspace(30, 31, 10), "dec": 1.0})
+    src7 = S.MockSkySource(renderer=ToyRenderer(), seed=7)
+    S.generate_cutouts(t, src7, str(tmp_path), progress=False)
+    ref = _npz_bytes(tmp_path)
+    (tmp_path / S.SOURCE_STAMP).unlink()
+    with pytest.raises(ValueError, match="holds 10 .npz files but no source stamp"):
+        S.generate_cutouts(t, src7, str(tmp_path), progress=False)
+    assert _npz_bytes(tmp_path) == ref                                             # nothing deleted
+    with pytest.raises(ValueError, match=r"10 of 10 cutouts were not made by this source"):
+        S.adopt_cutouts(str(tmp_path), S.MockSkySource(renderer=ToyRenderer(), seed=3))
+    assert not (tmp_path / S.SOURCE_STAMP).exists() and _npz_bytes(tmp_path) == ref
+    C.write_cutout(tmp_path / "u3.npz", _toy_image(), {"galaxy_id": "u4"})          # a file holding the wrong galaxy
+    with pytest.raises(ValueError, match=r"(?s)1 of 10 .*u3.npz: holds galaxy 'u4'"):
+        S.adopt_cutouts(str(tmp_path), src7)
+    (tmp_path / "u3.npz").write_bytes(ref["u3.npz"])
+    assert S.adopt_cutouts(str(tmp_path), src7) == 10
+    f = S.generate_cutouts(t, src7, str(tmp_path), progress=False)
+    assert f.attrs["n_skipped"] == 10 and _npz_bytes(tmp_path) == ref
+
+
+def _toy_image():
+    return ToyRenderer().render([1.0], [1.0], seed=0)[0][0]
+
+
+def test_http_source_recognises_its_own_cutouts():
+    cfg = S.CutoutsConfig(source="legacysurvey", base_url="http://127.0.0.1:8/cut")
+    src = S.LegacySurveyCutoutService(cfg)
+    assert src.made({"cutout_url": src.url_for(10.0, -3.0)})
+    assert not S.LegacySurveyCutoutService(cfg, layer="ls-dr9").made({"cutout_url": src.url_for(10.0, -3.0)})
+    assert not S.LegacySurveyCutoutService(cfg, base_url="http://127.0.0.1:8/other").made({"cutout_url": src.url_for(10.0, -3.0)})
+    assert not src.made({"cutout_url": "mock://sky?ra=10"}) and not src.made({})
 
 
 def test_identity_covers_what_changes_pixels_only():
