@@ -221,6 +221,7 @@ def scan_files(root) -> pd.DataFrame:
         df = pd.DataFrame(rows, columns=["path", "size", "mtime_ns"]); df["etag"] = ""
     else:
         fs, p = get_fs(root)
+        fs.invalidate_cache(p)                       # s3fs caches listings; a decision needs the current state
         try: found = fs.find(p, detail=True)
         except FileNotFoundError: found = {}
         rows = []
