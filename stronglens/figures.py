@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_figures.ipynb 2
 from __future__ import annotations
-import functools, io
+import functools, io, re
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -19,8 +19,8 @@ from .config import atomic_write_bytes, url_join
 
 # %% auto 0
 __all__ = ['PALETTE', 'SEQUENCE', 'CLASS_COLORS', 'COLUMN_IN', 'PAGE_IN', 'PAPER_RC', 'paper_style', 'styled', 'new_figure',
-           'n_panels', 'figure_texts', 'save_figure', 'fig_data_schematic', 'fig_score_distributions', 'pick_depths',
-           'fig_selection_function', 'default_composite', 'fig_failure_gallery', 'fig_recall_by_stratum',
+           'n_panels', 'figure_texts', 'save_figure', 'fig_data_schematic', 'bin_sort_key', 'fig_score_distributions',
+           'pick_depths', 'fig_selection_function', 'default_composite', 'fig_failure_gallery', 'fig_recall_by_stratum',
            'fig_reliability', 'fig_roc_pr', 'fig_contaminant_fpr']
 
 # %% ../nbs/16_figures.ipynb 5
@@ -67,7 +67,7 @@ def save_figure(fig:Figure, out_dir:str, name:str, formats:Sequence[str]=("png",
     for fmt in formats:
         buf = io.BytesIO()
         meta = {"CreationDate": None} if fmt == "pdf" else {}      # reproducible PDFs: no timestamp
-        with paper_style(): fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight", pad_inches=0.03, metadata=meta)
+        with paper_style(): fig.savefig(buf, format=fmt, dpi=dpi, metadata=meta)   # constrained layout fits the canvas
         out[fmt] = atomic_write_bytes(url_join(out_dir, f"{name}.{fmt}"), buf.getvalue())
     return out
 
@@ -85,7 +85,7 @@ def _box(ax, x, y, text, color, width=None, **kw):
 def _arrow(ax, a:Text, b:Text, side_a=(1, 0.5), side_b=(0, 0.5)):
     "Arrow from text box `a` to text box `b` (anchors as fractions of each box)."
     ax.annotate("", xy=side_b, xycoords=b, xytext=side_a, textcoords=a,
-                arrowprops=dict(arrowstyle="-|>", color="0.25", lw=0.9, shrinkA=2, shrinkB=2))
+                arrowprops=dict(arrowstyle="-|>", color="0.25", lw=0.9, shrinkA=4, shrinkB=5))     # past the boxes' padding
 
 # %% ../nbs/16_figures.ipynb 15
 @styled
@@ -110,10 +110,18 @@ def fig_data_schematic(counts:dict) -> Figure:
     return fig
 
 # %% ../nbs/16_figures.ipynb 19
+def bin_sort_key(label) -> tuple:
+    "Sort key of a bin label in numeric order: '<1.10' < '1.10-1.30' < '>=1.50', '6-10' < '11+', words after numbers, 'unknown' last."
+    s = str(label)
+    if s.lower() in ("unknown", "nan", "none", ""): return (3, 0.0, 0, s)
+    m = re.search(r"\d*\.?\d+", s)
+    if not m: return (2, 0.0, 0, s)
+    return (1, float(m.group()), 0 if s.startswith("<") else 2 if s.startswith(">") else 1, s)
+
 def _levels(s:pd.Series) -> list:
-    "Levels of a stratum column: categorical order when categorical, else sorted; NaN dropped."
+    "Levels of a stratum column: categorical order when categorical, else `bin_sort_key` order; NaN dropped."
     if isinstance(s.dtype, pd.CategoricalDtype): return [c for c in s.cat.categories if (s == c).any()]
-    return sorted(s.dropna().unique().tolist(), key=str)
+    return sorted(s.dropna().unique().tolist(), key=bin_sort_key)
 
 def _class_hist(ax, p, label, bins):
     "Unit-area step histogram of scores `p` in the class colour."
@@ -204,8 +212,8 @@ def fig_selection_function(comp:pd.DataFrame, depths:Sequence[int]|None=None, an
 # %% ../nbs/16_figures.ipynb 30
 def default_composite() -> Callable:
     "The physics core's grz colour composite (one definition, shared by every gallery)."
-    from stronglens.mocksky import rgb_composite
-    return rgb_composite
+    from stronglens.physics import grz_composite
+    return grz_composite
 
 # %% ../nbs/16_figures.ipynb 31
 def _stamp(ax, img, title, rgb):
@@ -213,7 +221,7 @@ def _stamp(ax, img, title, rgb):
     ax.set_xticks([]); ax.set_yticks([])
     for s in ax.spines.values(): s.set_visible(False)
     if img is None:
-        ax.text(0.5, 0.5, "none", ha="center", va="center", color="0.5", fontsize=7, transform=ax.transAxes); return
+        ax.text(0.5, 0.5, "—", ha="center", va="center", color="0.6", fontsize=8, transform=ax.transAxes); return
     ax.imshow(rgb(np.nan_to_num(np.asarray(img, float))), origin="lower", interpolation="nearest")
     ax.set_title(title, fontsize=6, pad=2)
 
@@ -230,7 +238,7 @@ def fig_failure_gallery(fn:pd.DataFrame, fp:pd.DataFrame, images:Mapping[str, np
         rows = list(df.head(per_class).itertuples(index=False))
         for i in range(per_class):
             r = rows[i] if i < len(rows) else None
-            ttl = "" if r is None else f"p={r.p_lens:.2f}" + (f" {getattr(r, note)}" if note and getattr(r, note, "") else "")
+            ttl = "" if r is None else f"p={r.p_lens:.3f}" + (f" {getattr(r, note)}" if note and getattr(r, note, "") else "")
             _stamp(axes[off + i], None if r is None else images.get(r.galaxy_id), ttl, rgb)
     axes[0].set_ylabel(f"false negatives\n{n_fn:,} of {n_pos:,} lenses", fontsize=7)
     axes[8].set_ylabel(f"false positives\n{n_fp:,} of {n_neg:,} non-lenses", fontsize=7)
@@ -238,27 +246,34 @@ def fig_failure_gallery(fn:pd.DataFrame, fp:pd.DataFrame, images:Mapping[str, np
     return fig
 
 # %% ../nbs/16_figures.ipynb 36
-def _recall_panel(ax, d:pd.DataFrame, title:str, overall:tuple|None, color:str):
+def _recall_panel(ax, d:pd.DataFrame, title:str, overall:tuple|None, color:str, min_n:int=10):
     "One recall-by-bin panel: points with CI whiskers, anchor counts, overall band."
     x = np.arange(len(d))
     if overall is not None:
         ax.axhspan(overall[1], overall[2], color="0.88", lw=0); ax.axhline(overall[0], color="0.4", ls=":", lw=0.9)
-    ok = d["n"].to_numpy() > 0
+    n = d["n"].to_numpy(); ok, few = n > 0, (n > 0) & (n < min_n)
     r = d["recall"].to_numpy(float)
-    err = np.vstack([r - d["ci_lower"].to_numpy(float), d["ci_upper"].to_numpy(float) - r])
-    ax.errorbar(x[ok], r[ok], yerr=err[:, ok], fmt="o", ms=3.5, color=color, capsize=2, lw=1)
-    for xi, (n, good) in enumerate(zip(d["n"], ok)):
-        ax.text(xi, 0.03, f"n={n}" if good else "no\nanchors", ha="center", va="bottom", fontsize=5.5, color="0.3")
-    ax.set_xticks(x, [str(b) for b in d["bin"]], rotation=30 if len(d) > 4 else 0, fontsize=6)
-    ax.set_xlim(-0.6, len(d) - 0.4); ax.set_ylim(0, 1.05); ax.set_title(title, fontsize=7)
+    err = np.vstack([r - d["ci_lower"].to_numpy(float), d["ci_upper"].to_numpy(float) - r]).clip(0)
+    for sel, face in ((ok & ~few, color), (few, "white")):
+        if sel.any(): ax.errorbar(x[sel], r[sel], yerr=err[:, sel], fmt="o", ms=3.5, color=color, mfc=face, capsize=2, lw=1)
+    for xi in np.flatnonzero(~ok):
+        ax.text(xi, 0.5, "no\nanchors", ha="center", va="center", fontsize=5.5, color="0.3")
+    long = len(d) > 3 or max(len(str(b)) for b in d["bin"]) > 6
+    ax.set_xticks(x, [f"{b} (n={ni})" if long else f"{b}\nn={ni}" for b, ni in zip(d["bin"], n)],
+                  rotation=35 if long else 0, ha="right" if long else "center", rotation_mode="anchor", fontsize=6)
+    ax.set_xlim(-0.6, len(d) - 0.4); ax.set_ylim(-0.03, 1.05); ax.set_title(title, fontsize=7)
 
 # %% ../nbs/16_figures.ipynb 37
 @styled
 def fig_recall_by_stratum(table:pd.DataFrame, labels:Mapping[str, str]|None=None, overall:tuple|None=None) -> Figure:
     "Figure 5: recall with CIs per bin (`stratum, bin, n, k, recall, ci_lower, ci_upper` rows), one panel per stratum."
-    strata = list(dict.fromkeys(table["stratum"]))
+    strata = list(dict.fromkeys(table.loc[table["n"] > 0, "stratum"]))
     labels = labels or {}
-    fig = new_figure(PAGE_IN, 2.2)
+    fig = new_figure(PAGE_IN, 2.4)
+    if not strata:                                           # nothing to plot: say so instead of an empty frame
+        ax = fig.add_subplot(); ax.set_axis_off()
+        ax.text(0.5, 0.5, "no Tier-A anchors in the evaluation split", ha="center", va="center", fontsize=9, transform=ax.transAxes)
+        return fig
     axes = fig.subplots(1, len(strata), sharey=True, squeeze=False)[0]
     for ax, s in zip(axes, strata):
         _recall_panel(ax, table[table.stratum == s], labels.get(s, s), overall, PALETTE["blue"])
@@ -268,41 +283,42 @@ def fig_recall_by_stratum(table:pd.DataFrame, labels:Mapping[str, str]|None=None
 # %% ../nbs/16_figures.ipynb 41
 @styled
 def fig_reliability(curves:Mapping[str, pd.DataFrame], ece:Mapping[str, float]|None=None, prevalence:float|None=None) -> Figure:
-    "Figure 6: reliability curves (`p_mean, frac_pos, count[, ci_lower, ci_upper]` per bin) for each named curve, with bin counts."
-    fig = new_figure(COLUMN_IN, 3.6)
+    "Figure 6: reliability curves (`calibration.reliability_curve` tables) for each named curve, with bin counts."
+    fig = new_figure(COLUMN_IN, 4.0)
     ax, axn = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.1]})
     ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--")
     colors, markers = [PALETTE["vermillion"], PALETTE["blue"], PALETTE["green"]], ["s", "o", "^"]
     for k, (name, d) in enumerate(curves.items()):
-        d = d[d["count"] > 0]
+        d = d[d["n"] > 0]
         lab = name + (f" (ECE {ece[name]:.3f})" if ece and name in ece else "")
         yerr = None
         if {"ci_lower", "ci_upper"} <= set(d):
-            yerr = np.vstack([d.frac_pos - d.ci_lower, d.ci_upper - d.frac_pos]).clip(0)
-        ax.errorbar(d.p_mean, d.frac_pos, yerr=yerr, fmt=markers[k % 3] + "-", ms=3, lw=1, capsize=1.5,
+            yerr = np.vstack([d.fraction_positive - d.ci_lower, d.ci_upper - d.fraction_positive]).clip(0)
+        ax.errorbar(d.mean_predicted, d.fraction_positive, yerr=yerr, fmt=markers[k % 3] + "-", ms=3, lw=1, capsize=1.5,
                     color=colors[k % 3], label=lab)
-        axn.step(d.p_mean, d["count"], where="mid", color=colors[k % 3], lw=1)
+        axn.plot(d.mean_predicted, d["n"], markers[k % 3] + "-", ms=2.5, color=colors[k % 3], lw=0.9)
     ttl = None if prevalence is None else f"manifest lens fraction {prevalence:.3f} (not the sky's)"
     ax.set_xlim(0, 1); ax.set_ylim(0, 1); ax.set_ylabel("observed lens fraction")
-    ax.legend(loc="best", title=ttl, title_fontsize=6)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside upper center", title=ttl, title_fontsize=6, ncols=1)
     axn.set_yscale("log"); axn.set_ylabel("stamps"); axn.set_xlabel("predicted p(lens)")
     return fig
 
 # %% ../nbs/16_figures.ipynb 45
 @styled
-def fig_roc_pr(curves:Mapping[str, dict], title:str="z-band exposures") -> Figure:
-    "Figure 7: ROC (left) and PR (right) curves, one per stratum; `curves[bin]` holds fpr, tpr, auc, recall, precision, ap, n_pos, n_neg."
+def fig_roc_pr(curves:pd.DataFrame, summary:pd.DataFrame, title:str="z-band exposures") -> Figure:
+    """Figure 7: ROC (left, log FPR) and PR (right), one curve per stratum. `curves`: `calibration.stratum_curves` rows
+    (`stratum, curve ("roc"|"pr"), x, y`); `summary` indexed by stratum with `auc, n_pos, n_neg` (and optionally `ap`)."""
     fig = new_figure(PAGE_IN * 0.85, 2.8)
     ax_roc, ax_pr = fig.subplots(1, 2)
     _g = np.logspace(-5, 0, 50); ax_roc.plot(_g, _g, color="0.7", lw=0.7, ls="--")
-    for k, (name, c) in enumerate(curves.items()):
-        col = SEQUENCE[k % len(SEQUENCE)]; ls = ["-", "--", "-.", ":"][k % 4]
-        cnt = f"{c['n_pos']:,}/{c['n_neg']:,}"
-        ax_roc.plot(c["fpr"], c["tpr"], color=col, ls=ls, label=f"{name}: AUC {c['auc']:.3f} ({cnt})")
-        ax_pr.plot(c["recall"], c["precision"], color=col, ls=ls, label=f"{name}: AP {c['ap']:.3f}")
-        prev = c["n_pos"] / max(c["n_pos"] + c["n_neg"], 1)
-        ax_pr.axhline(prev, color=col, lw=0.6, ls=":")
-    n_neg = max([c["n_neg"] for c in curves.values()] + [10])
+    for k, name in enumerate(summary.index):
+        c, col, ls = summary.loc[name], SEQUENCE[k % len(SEQUENCE)], ["-", "--", "-.", ":"][k % 4]
+        roc, pr = (curves[(curves.stratum == name) & (curves.curve == w)] for w in ("roc", "pr"))
+        if roc.empty: continue
+        ax_roc.plot(roc.x, roc.y, color=col, ls=ls, label=f"{name}: AUC {c['auc']:.3f} ({int(c['n_pos']):,}/{int(c['n_neg']):,})")
+        ax_pr.plot(pr.x, pr.y, color=col, ls=ls, label=f"{name}" + (f": AP {c['ap']:.3f}" if "ap" in c else ""))
+        ax_pr.axhline(c["n_pos"] / max(c["n_pos"] + c["n_neg"], 1), color=col, lw=0.6, ls=":")
+    n_neg = max(summary["n_neg"].max(), 10)
     ax_roc.set_xscale("log"); ax_roc.set_xlim(0.5 / n_neg, 1); ax_roc.set_ylim(0, 1.01)
     ax_roc.set(xlabel="false-positive rate (log)", ylabel="true-positive rate (recall)")
     ax_pr.set(xlabel="recall\n(precision at the manifest's lens fraction, dotted; not the sky's)", ylabel="precision",

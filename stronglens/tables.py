@@ -12,6 +12,7 @@ import pandas as pd
 
 from .config import atomic_write_text, url_join
 from . import calibration as cal
+from .figures import bin_sort_key
 
 # %% auto 0
 __all__ = ['SPLITS', 'TIER_NAMES', 'POOL_NAMES', 'COMPLETENESS_COLUMNS', 'tex_escape', 'table_latex', 'write_table', 'tier_of',
@@ -98,18 +99,18 @@ def table_stratification(df:pd.DataFrame, nobs_bins:Sequence[str]=("1-2", "3-5",
 def table_recall_by_stratum(anchors:pd.DataFrame, strata:Sequence[str], threshold:float, score_col:str="p_lens",
                             n_resamples:int=1000, seed:int=0, ci:float=0.95) -> pd.DataFrame:
     "Table 3: recall of `anchors` (positives with stratum columns and scores) per bin of each stratum, bootstrap CIs; last row 'all'."
-    out = []
-    for s in strata:
-        t = cal.stratum_table(anchors.assign(label=1), s, threshold, score_col=score_col, recall_interval="bootstrap",
-                              n_resamples=n_resamples, seed=seed, ci=ci)
-        out.append(t[t.stratum != "all"].assign(stratum_by=s))
-    allr = cal.stratum_table(anchors.assign(label=1, _all="all"), "_all", threshold, score_col=score_col,
-                             n_resamples=n_resamples, seed=seed, ci=ci)
-    out.append(allr[allr.stratum == "all"].assign(stratum_by="all"))
+    out, kw = [], dict(score_col=score_col, recall_interval="bootstrap", n_resamples=n_resamples, seed=seed, ci=ci)
+    for s in list(strata) or ["_pooled"]:
+        t = cal.stratum_table(anchors.assign(label=1, _pooled="all"), s, threshold, **kw)
+        if s != "_pooled": out.append(t[t.stratum != "all"].assign(stratum_by=s))
+    out.append(t[t.stratum == "all"].tail(1).assign(stratum_by="all", stratum="all"))      # the pooled row, once
     t = pd.concat(out, ignore_index=True)
     k = np.rint(t.recall.fillna(0) * t.n_pos).astype(int)
-    return pd.DataFrame({"stratum": t.stratum_by, "bin": t.stratum.astype(str), "n": t.n_pos.astype(int), "k": k,
-                         "recall": t.recall, "ci_lower": t.recall_ci_lower, "ci_upper": t.recall_ci_upper})
+    wl, wh = cal.wilson_interval(k.to_numpy(), t.n_pos.to_numpy(), ci)
+    t = pd.DataFrame({"stratum": t.stratum_by, "bin": t.stratum.astype(str), "n": t.n_pos.astype(int), "k": k, "recall": t.recall,
+                      "ci_lower": t.recall_ci_lower, "ci_upper": t.recall_ci_upper, "wilson_lower": wl, "wilson_upper": wh})
+    order = {s: i for i, s in enumerate(list(strata) + ["all"])}
+    return t.sort_values(["stratum", "bin"], key=lambda c: c.map(order) if c.name == "stratum" else c.map(bin_sort_key)).reset_index(drop=True)
 
 # %% ../nbs/16b_tables.ipynb 24
 def table_fpr_by_category(negatives:pd.DataFrame, threshold:float, category_col:str="category", score_col:str="p_lens",
