@@ -151,7 +151,7 @@ def fig_score_distributions(df:pd.DataFrame, facets:Mapping[str, str], threshold
     for j in range(ncol):                                   # x labels on the lowest visible panel of each column
         vis = [axes[i, j] for i in range(len(facets)) if axes[i, j].get_visible()]
         if vis: vis[-1].xaxis.set_tick_params(labelbottom=True); vis[-1].set_xlabel("p(lens)")
-    h, l = axes[0, 0].get_legend_handles_labels()
+    h = [matplotlib.lines.Line2D([], [], color=CLASS_COLORS[c], lw=1.2) for c in ("negative", "positive")]; l = ["negative", "positive"]
     if threshold is not None: h.append(matplotlib.lines.Line2D([], [], color="0.3", ls="--", lw=0.8)); l.append(f"threshold {threshold:.3g}")
     fig.legend(h, l, loc="outside upper center", ncols=len(h), fontsize=7)
     return fig
@@ -321,29 +321,28 @@ def fig_roc_pr(curves:pd.DataFrame, summary:pd.DataFrame, title:str="z-band expo
     n_neg = max(summary["n_neg"].max(), 10)
     ax_roc.set_xscale("log"); ax_roc.set_xlim(0.5 / n_neg, 1); ax_roc.set_ylim(0, 1.01)
     ax_roc.set(xlabel="false-positive rate (log)", ylabel="true-positive rate (recall)")
-    ax_pr.set(xlabel="recall\n(precision at the manifest's lens fraction, dotted; not the sky's)", ylabel="precision",
-              xlim=(0, 1), ylim=(0, 1.01))
+    ax_pr.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01))
     ax_roc.legend(title=f"{title} (pos/neg)", loc="lower right", fontsize=6, title_fontsize=6)
-    ax_pr.legend(loc="lower left", fontsize=6)
+    ax_pr.legend(loc="lower left", fontsize=6, title="at the manifest's lens fraction (dotted),\nnot the sky's", title_fontsize=6)
     return fig
 
 # %% ../nbs/16_figures.ipynb 49
 @styled
-def fig_contaminant_fpr(table:pd.DataFrame, threshold:float, source:str="", reference:str|None=None) -> Figure:
-    "Figure 8: FPR per category (`category, n, k, fpr, ci_lower, ci_upper` rows) as bars with CI whiskers and counts."
+def fig_contaminant_fpr(table:pd.DataFrame, threshold:float, source:str="", reference:Sequence[str]=()) -> Figure:
+    "Figure 8: FPR per category (`category, n, k, fpr, ci_lower, ci_upper` rows) as bars with CI whiskers and counts; `reference` rows in blue."
     d = table.reset_index(drop=True)
     fig = new_figure(COLUMN_IN * 1.25, 0.35 * len(d) + 0.9)
     ax = fig.add_subplot()
     y = np.arange(len(d))[::-1]
-    cols = [PALETTE["sky"] if c == reference else PALETTE["vermillion"] for c in d["category"]]
+    cols = [PALETTE["sky"] if c in reference else PALETTE["vermillion"] for c in d["category"]]
     ax.barh(y, d["fpr"].fillna(0), color=cols, height=0.65)
     err = np.vstack([d.fpr - d.ci_lower, d.ci_upper - d.fpr]).clip(0)
     ax.errorbar(d["fpr"], y, xerr=err, fmt="none", ecolor="black", capsize=2, lw=0.9)
-    xmax = float(np.nanmax(np.r_[d["ci_upper"].to_numpy(float), 0.01])) * 1.35
+    xmax = min(1.0, float(np.nanmax(np.r_[d["ci_upper"].to_numpy(float), 0.01])) * 1.15)
     tr = matplotlib.transforms.blended_transform_factory(ax.transAxes, ax.transData)
     ax.text(1.02, len(d) - 0.45, "flagged/n", transform=tr, fontsize=6, color="0.25", va="bottom")
     for yi, (k, n) in zip(y, zip(d["k"], d["n"])):
         ax.text(1.02, yi, f"{k:,}/{n:,}", va="center", ha="left", fontsize=6, color="0.25", transform=tr)
-    ax.set_yticks(y, list(d["category"])); ax.set_xlim(0, xmax)
+    ax.set_yticks(y, [str(c).replace("_", " ") for c in d["category"]]); ax.set_xlim(0, xmax)
     ax.set_xlabel(f"false-positive rate at p(lens) \u2265 {threshold:.3g}" + (f"\ncategories: {source}" if source else ""))
     return fig

@@ -18,12 +18,12 @@ from . import figures as F
 from . import tables as T
 
 # %% auto 0
-__all__ = ['SCORE_COLUMNS', 'TABLE_CAPTIONS', 'CLAIMS_TO_AVOID', 'PAGE_CSS', 'ALERT_STYLES', 'FIGURE_CAPTIONS', 'ReportConfig',
-           'ReportInputs', 'latest_validation_summary', 'load_confuser_truth', 'check_scores', 'load_report_inputs',
-           'synthetic_config', 'synthetic_completeness', 'synthetic_run', 'contaminant_categories', 'scored_table',
-           'detection_threshold', 'report_alerts', 'schematic_counts', 'failure_examples', 'load_stamps',
-           'stratum_labels', 'report_tables', 'report_figures', 'headline_numbers', 'html_table', 'render_page',
-           'build_report', 'run_report_stage']
+__all__ = ['SCORE_COLUMNS', 'STATUS_WORDS', 'TABLE_CAPTIONS', 'REFERENCE_CATEGORIES', 'CLAIMS_TO_AVOID', 'PAGE_CSS',
+           'ALERT_STYLES', 'FIGURE_CAPTIONS', 'ReportConfig', 'ReportInputs', 'latest_validation_summary',
+           'load_confuser_truth', 'check_scores', 'load_report_inputs', 'synthetic_config', 'synthetic_completeness',
+           'synthetic_run', 'contaminant_categories', 'scored_table', 'detection_threshold', 'report_alerts',
+           'schematic_counts', 'failure_examples', 'load_stamps', 'stratum_labels', 'report_tables', 'report_figures',
+           'headline_numbers', 'html_table', 'render_page', 'build_report', 'run_report_stage']
 
 # %% ../nbs/16c_report.ipynb 6
 @dataclass
@@ -250,11 +250,12 @@ def _synthetic_validation(n_pos:int, n_neg:int) -> dict:
 
 # %% ../nbs/16c_report.ipynb 24
 def _synthetic_closure(threshold:float) -> dict:
-    "injection/closure.json (PLAN contract)."
-    return {"threshold": {"value": threshold, "kind": "fpr", "fpr": 0.05, "split": "val"},
-            "predicted_recall": 0.71, "predicted_recall_ci": [0.66, 0.76], "measured_recall": 0.80, "measured_recall_ci": [0.70, 0.88],
-            "difference": -0.09, "significance_sigma": 1.7, "smallest_detectable_gap": 0.11,
-            "feature_probe": {"auc": 0.93, "ci_lower": 0.90, "ci_upper": 0.96}, "source_model": "Sersic (synthetic)"}
+    "injection/closure.json as `injection.closure_document` writes it (fewer fields)."
+    return {"threshold": {"value": threshold, "kind": "fpr", "target": 0.05, "fpr": 0.05, "split": "val"},
+            "predicted_recall": 0.71, "predicted_ci": [0.66, 0.76], "measured_recall": 0.80, "measured_ci": [0.70, 0.88],
+            "difference": 0.09, "p_value": 0.09, "significant": False, "significance_sigma": 1.7, "min_detectable_gap": 0.11,
+            "n_targets": 20, "n_supported": 18, "feature_probe": {"status": "ok", "auc": 0.93, "ci_lower": 0.90, "ci_upper": 0.96},
+            "source_model": "sersic"}
 
 # %% ../nbs/16c_report.ipynb 25
 def synthetic_run(run_dir:str, n:int=600, seed:int=0, leak:bool=False, injection:bool=True):
@@ -299,7 +300,7 @@ def synthetic_run(run_dir:str, n:int=600, seed:int=0, leak:bool=False, injection
 
 # %% ../nbs/16c_report.ipynb 29
 def contaminant_categories(negatives:pd.DataFrame, truth:pd.DataFrame|None=None, truth_source:str="", pool:pd.DataFrame|None=None,
-                           match_radius_arcsec:float=1.0, none_label:str="no confuser (ordinary)") -> tuple[pd.Series, str]:
+                           match_radius_arcsec:float=1.0, none_label:str="ordinary") -> tuple[pd.Series, str]:
     "Category per negative: from `truth` (by galaxy_id, else by position), else the pool's N2 proxy category; and the source, in words."
     gid = negatives["galaxy_id"].astype(str)
     if truth is not None and "galaxy_id" in truth:
@@ -338,9 +339,11 @@ def detection_threshold(scored:pd.DataFrame, cfg:ReportConfig, closure:dict|None
     "The threshold (value, kind, how it was set) and its FPR measured on the evaluation split's negatives (Wilson CI)."
     kind, src = cfg.threshold_kind, "report config"
     if kind == "inherit" and closure and isinstance(closure.get("threshold"), Mapping) and "value" in closure["threshold"]:
-        th = closure["threshold"]; value, how = float(th["value"]), f"inherited from injection/closure.json ({th.get('kind', '?')}"
-        how += f", target FPR {th['fpr']:g} on {th.get('split', '?')})" if th.get("fpr") is not None else ")"
-        kind, src = "inherit", "injection"
+        th = closure["threshold"]; value, src = float(th["value"]), "injection"
+        target = th.get("target", th.get("fpr")) if th.get("kind") == "fpr" else None
+        how = "inherited from injection/closure.json (" + (f"FPR {target:g} on the {th.get('split', '?')} negatives)" if target is not None else f"{th.get('kind', '?')} cut)")
+        if th.get("split") == cfg.eval_split and th.get("kind") == "fpr":
+            how += f"; set on the {cfg.eval_split} split itself, so the FPR below is the target by construction, not a measurement"
     elif kind in ("inherit", "fpr"):
         d = scored[(scored.split == cfg.threshold_split) & np.isfinite(scored.p_lens)]
         value = cal.threshold_at_fpr(d.label, d.p_lens, cfg.threshold_value)
@@ -349,7 +352,8 @@ def detection_threshold(scored:pd.DataFrame, cfg:ReportConfig, closure:dict|None
     e = scored[(scored.split == cfg.eval_split) & (scored.label == 0) & np.isfinite(scored.p_lens)]
     k, n = int((e.p_lens >= value).sum()), len(e)
     lo, hi = cal.wilson_interval(k, n)
-    return {"value": value, "kind": kind, "how": how, "source": src, "eval_split": cfg.eval_split, "fpr": k / n if n else np.nan,
+    circular = src == "injection" and (closure["threshold"].get("split") == cfg.eval_split) and closure["threshold"].get("kind") == "fpr"
+    return {"value": value, "kind": kind, "how": how, "source": src, "eval_split": cfg.eval_split, "fpr": k / n if n else np.nan, "set_on_eval_split": circular,
             "fpr_ci": [float(lo), float(hi)], "n_negatives": n, "n_flagged": k}
 
 # %% ../nbs/16c_report.ipynb 39
@@ -373,13 +377,20 @@ def _validation_alerts(summary:dict|None) -> list[tuple]:
     return out
 
 # %% ../nbs/16c_report.ipynb 40
+def _closure_failed(c:Mapping) -> bool:
+    "Did a closure test (a closure.json section) find predicted and measured recall significantly apart?"
+    if "significant" in c and c["significant"] is not None: return bool(c["significant"])
+    z = c.get("significance_sigma", c.get("z"))
+    return z is not None and np.isfinite(z) and abs(z) >= 2
+
 def _closure_alerts(closure:dict|None, cfg:ReportConfig) -> list[tuple]:
-    "Alerts from the closure test and the feature probe (injection/closure.json)."
+    "Alerts from the closure tests (Tier-A; every planted lens on the mock) and the feature probe (injection/closure.json)."
     if not closure: return [("amber", "No injection-recovery results: completeness is not measured (figure 3 and table 6 are absent).")]
-    out, z = [], closure.get("significance_sigma")
-    if z is not None and np.isfinite(z) and abs(z) >= 2:
-        out.append(("red", f"Closure test failed: injection-predicted recall {closure.get('predicted_recall', np.nan):.3f} vs measured "
-                           f"{closure.get('measured_recall', np.nan):.3f} ({abs(z):.1f}σ apart)"))
+    out = []
+    for name, c in (("Tier-A lenses", closure), ("every planted lens (mock truth)", closure.get("planted") or {})):
+        if c.get("measured_recall") is not None and _closure_failed(c):
+            out.append(("red", f"Closure test failed on {name}: injection-predicted recall {c.get('predicted_recall', np.nan):.3f} vs measured "
+                               f"{c.get('measured_recall', np.nan):.3f} (p = {c.get('p_value', np.nan):.2g})"))
     auc = (closure.get("feature_probe") or {}).get("auc")
     if auc is not None and auc >= cfg.probe_auc_warn:
         lvl = "red" if auc >= cfg.probe_auc_fail else "amber"
@@ -388,6 +399,10 @@ def _closure_alerts(closure:dict|None, cfg:ReportConfig) -> list[tuple]:
     return out
 
 # %% ../nbs/16c_report.ipynb 41
+STATUS_WORDS: dict[str, str] = {"done_with_failures": "finished with per-item failures (retried on the next run)",
+                                "legacy": "was made by an older stronglens (no stage-protocol marker): its outputs are not fingerprinted",
+                                "running": "is still running or was interrupted", "failed": "failed"}
+
 def report_alerts(inp:ReportInputs, cfg:ReportConfig) -> list[tuple]:
     "(level, message) pairs, red first: leakage, gates, validation, closure/probe, then amber notes."
     out = [("red", f"Leakage check failed: {k} ({v.get('count', '?')} found; e.g. {', '.join(map(str, (v.get('examples') or [])[:5]))})")
@@ -395,7 +410,14 @@ def report_alerts(inp:ReportInputs, cfg:ReportConfig) -> list[tuple]:
     if inp.leakage is None: out.append(("amber", "No leakage report (manifests/leakage.json): split leakage was not checked."))
     out += _gate_alerts(inp.gates) + _validation_alerts(inp.validation) + _closure_alerts(inp.closure, cfg)
     if inp.gates is None: out.append(("amber", "No shortcut-gate results (validation/gates.json)."))
-    out += [("amber", f"Stage {s} finished with failures (status {st}).") for s, st in inp.stage_status.items() if st not in ("done",)]
+    th = ((inp.closure or {}).get("threshold") or {})
+    if th.get("kind") == "fpr" and th.get("split") == cfg.eval_split:
+        out.append(("amber", f"The injection stage set the threshold on the {cfg.eval_split} negatives: the FPR reported there equals its "
+                             "target by construction (set it on another split for an out-of-sample FPR)."))
+    by_status = {}
+    for s, st in inp.stage_status.items():
+        if st != "done": by_status.setdefault(st, []).append(s)
+    out += [("amber", f"Stage{'s' if len(v) > 1 else ''} {', '.join(v)} {STATUS_WORDS.get(st, f'has status {st!r}')}.") for st, v in by_status.items()]
     if inp.cutout_failures: out.append(("amber", f"{inp.cutout_failures:,} cutouts could not be made (cutouts/failed_cutouts.parquet)."))
     return sorted(out, key=lambda a: a[0] != "red")
 
@@ -441,6 +463,8 @@ TABLE_CAPTIONS: dict[str, str] = {
     "table6_selection_function": "Completeness C(theta_E, PSF, depth) on the injection grid; 95% binomial intervals; valid inside the grid only."}
 
 # %% ../nbs/16c_report.ipynb 51
+REFERENCE_CATEGORIES: tuple[str, ...] = ("ordinary", "N1 (ordinary)")   # non-confuser negatives: the baseline rows of table 4 / figure 8
+
 def report_tables(inp:ReportInputs, sc:pd.DataFrame, th:dict, cfg:ReportConfig) -> dict[str, pd.DataFrame]:
     "Tables 1–6 (those whose inputs exist) as DataFrames, keyed by file name."
     ev = sc[sc.split == cfg.eval_split]
@@ -450,7 +474,7 @@ def report_tables(inp:ReportInputs, sc:pd.DataFrame, th:dict, cfg:ReportConfig) 
            "table2_stratification": T.table_stratification(man, nb.get("nobs_z_bins", ("1-2", "3-5", "6-10", "11+")), nb.get("type_bins", ("SER", "DEV", "REX", "OTHER"))),
            "table3_tierA_recall": T.table_recall_by_stratum(ev[(ev.label == 1) & (ev.tier == "A")], cal.STRATA, th["value"],
                                                              n_resamples=cfg.n_bootstrap, seed=cfg.seed),
-           "table4_contaminant_fpr": T.table_fpr_by_category(ev[ev.label == 0], th["value"])}
+           "table4_contaminant_fpr": T.table_fpr_by_category(ev[ev.label == 0], th["value"], last=REFERENCE_CATEGORIES)}
     if inp.checkpoint is not None: out["table5_hyperparameters"] = T.table_hyperparameters(inp.checkpoint, (inp.config or {}).get("training"))
     if inp.completeness is not None: out["table6_selection_function"] = T.table_selection_function(inp.completeness)
     return out
@@ -497,7 +521,8 @@ def report_figures(inp:ReportInputs, sc:pd.DataFrame, th:dict, tabs:dict, cfg:Re
     figs["fig6_reliability"] = F.fig_reliability(rel["curves"], rel["ece"], prevalence=float(ev.label.mean()))
     curves, summ = _curves_summary(ev, "nobs_z_bin", cfg, th); extra["nobs_z_table"] = summ
     figs["fig7_roc_pr"] = F.fig_roc_pr(curves, summ)
-    figs["fig8_contaminant_fpr"] = F.fig_contaminant_fpr(tabs["table4_contaminant_fpr"], t, sc.attrs.get("category_source", ""), reference="all negatives")
+    figs["fig8_contaminant_fpr"] = F.fig_contaminant_fpr(tabs["table4_contaminant_fpr"], t, sc.attrs.get("category_source", ""),
+                                                         reference=(*REFERENCE_CATEGORIES, "all negatives"))
     return figs, extra
 
 # %% ../nbs/16c_report.ipynb 62
@@ -643,17 +668,30 @@ def _flat_items(d:Mapping, prefix:str="") -> list[tuple[str, Any]]:
         out += _flat_items(v, key) if isinstance(v, Mapping) else [(key, v)]
     return out
 
+def _closure_line(name:str, c:Mapping) -> str:
+    "One closure test in words: predicted vs measured recall with intervals, the difference's p-value, the smallest detectable gap."
+    if c.get("measured_recall") is None or c.get("predicted_recall") is None:
+        return f"<p>Closure test ({_e(name)}): {_e(c.get('status', 'not available'))}.</p>"
+    ci = lambda k: f" [{c[k][0]:.3f}, {c[k][1]:.3f}]" if isinstance(c.get(k), (list, tuple)) and len(c[k]) == 2 else ""
+    pred_ci = ci("predicted_ci") or ci("predicted_recall_ci"); meas_ci = ci("measured_ci") or ci("measured_recall_ci")
+    verdict = '<span class="fail">FAIL</span>' if _closure_failed(c) else '<span class="pass">consistent</span>'
+    extra = f"; p = {c['p_value']:.2g}" if c.get("p_value") is not None else ""
+    extra += f"; smallest gap this test can detect: {c['min_detectable_gap']:.3f}" if c.get("min_detectable_gap") is not None else ""
+    n = f" ({c['n_supported']} of {c['n_targets']} inside the injections' support)" if "n_supported" in c else ""
+    return (f"<p>Closure test, {_e(name)}{_e(n)}: recall predicted from the injections <b>{c['predicted_recall']:.3f}</b>{pred_ci}, measured "
+            f"<b>{c['measured_recall']:.3f}</b>{meas_ci} — {verdict}{_e(extra)}.</p>")
+
 def _section_closure(closure:dict|None) -> str:
-    "The closure test and the feature probe (injection/closure.json), every field shown."
+    "The closure tests and the feature probe (injection/closure.json), every field shown."
     if not closure: return "<p class=sub>No injection-recovery stage in this run: completeness is not measured.</p>"
     fp = closure.get("feature_probe") or {}
-    lead = ""
-    if "predicted_recall" in closure and "measured_recall" in closure:
-        lead += (f"<p>Closure test: recall on real lenses predicted from the injection selection function "
-                 f"<b>{closure['predicted_recall']:.3f}</b>, measured <b>{closure['measured_recall']:.3f}</b>"
-                 + (f" ({abs(closure['significance_sigma']):.1f}σ apart)" if closure.get("significance_sigma") is not None else "") + ".</p>")
-    if "auc" in fp: lead += (f"<p>Feature probe: a linear classifier on the finder's penultimate features separates injected arcs from real "
-                             f"lenses with AUC <b>{fp['auc']:.3f}</b> (0.5: indistinguishable).</p>")
+    lead = _closure_line("held-out Tier-A lenses", closure)
+    if closure.get("planted"): lead += _closure_line("every planted lens of the mock sky in the test split", closure["planted"])
+    if fp.get("auc") is not None and np.isfinite(fp["auc"]):
+        ci = f" [{fp['ci_lower']:.3f}, {fp['ci_upper']:.3f}]" if fp.get("ci_lower") is not None else ""
+        lead += (f"<p>Feature probe: a linear classifier on the finder's penultimate features separates injected arcs from real "
+                 f"lenses with AUC <b>{fp['auc']:.3f}</b>{ci} (0.5: indistinguishable; near 1: the injections do not look like real lenses to the finder).</p>")
+    elif fp: lead += f"<p>Feature probe: {_e(fp.get('status', 'not available'))}.</p>"
     rows = "".join(f"<tr><td>{_e(k)}</td><td>{_e(T._fmt(v) if not isinstance(v, list) else ', '.join(T._fmt(x) for x in v))}</td></tr>" for k, v in _flat_items(closure))
     return lead + f"<details><summary>all fields of closure.json</summary><table>{rows}</table></details>"
 

@@ -114,8 +114,8 @@ def table_recall_by_stratum(anchors:pd.DataFrame, strata:Sequence[str], threshol
 
 # %% ../nbs/16b_tables.ipynb 24
 def table_fpr_by_category(negatives:pd.DataFrame, threshold:float, category_col:str="category", score_col:str="p_lens",
-                          ci:float=0.95, method:str="wilson", first:Sequence[str]=()) -> pd.DataFrame:
-    "Table 4: n, flagged k, FPR and binomial CI per category of `negatives`, highest FPR first (`first` categories lead), then 'all negatives'."
+                          ci:float=0.95, method:str="wilson", last:Sequence[str]=()) -> pd.DataFrame:
+    "Table 4: n, flagged k, FPR and binomial CI per category of `negatives`, highest FPR first, then the `last` (reference) categories and 'all negatives'."
     p = negatives[score_col].to_numpy(np.float64); ok = np.isfinite(p)
     d = pd.DataFrame({"category": negatives[category_col].fillna("unknown").astype(str).to_numpy()[ok], "hit": p[ok] >= threshold})
     g = d.groupby("category")["hit"].agg(n="size", k="sum").reset_index()
@@ -123,8 +123,9 @@ def table_fpr_by_category(negatives:pd.DataFrame, threshold:float, category_col:
     g["k"] = g.k.astype(int); g["fpr"] = g.k / g.n
     lo, hi = cal.binomial_interval(g.k.to_numpy(), g.n.to_numpy(), ci, method)
     g["ci_lower"], g["ci_upper"] = lo, hi
-    order = [c for c in first if c in set(g.category)] + list(g[~g.category.isin(list(first) + ["all negatives"])].sort_values("fpr", ascending=False).category)
-    return g.set_index("category").loc[order + ["all negatives"]].reset_index()
+    rest = g[~g.category.isin(list(last) + ["all negatives"])].sort_values(["fpr", "category"], ascending=[False, True]).category
+    order = list(rest) + [c for c in last if c in set(g.category)] + ["all negatives"]
+    return g.set_index("category").loc[order].reset_index()
 
 # %% ../nbs/16b_tables.ipynb 28
 def _flat(d:Mapping, prefix:str="") -> dict:
