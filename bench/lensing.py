@@ -1,7 +1,8 @@
 """Benchmark: stronglens.lensing vs lenstronomy (and caustics when installed), throughput and accuracy in one run.
 
-Renders N SIE+shear systems with a Sérsic source in g, r, z with a Moffat PSF (101x101, 0.262"/px):
-  * this engine: one batched call (float32, adaptive supersampling, max S=4 and S=8);
+Renders N SIE+shear systems with a Sérsic source in g, r, z with the DR10 PSF (physics.PSF_DR10, 63x63 kernels of the
+systems' PSFSIZE; 101x101, 0.262"/px):
+  * this engine: one batched call (float32, adaptive supersampling, max S=4 and S=8; and clumpy sources, S=8);
   * lenstronomy: one system at a time, its documented way: ImageModel(SIE+SHEAR, SERSIC_ELLIPSE, PSF 'PIXEL' with the
     same kernel, supersampling_factor=4), one ImageModel per band; timed on n_lenstronomy systems and scaled;
     also the cheaper "ray-shoot once + scipy FFT per band" lenstronomy variant;
@@ -19,6 +20,7 @@ import torch
 from scipy import signal, special
 
 from stronglens import lensing as L
+from stronglens.physics import colour_fluxes
 
 
 def make_systems(n, seed):
@@ -33,8 +35,7 @@ def make_systems(n, seed):
                R_sersic=rng.uniform(0.1, 0.5, n), n_sersic=rng.uniform(0.5, 2.0, n), e1=e * np.cos(2 * ph),
                e2=e * np.sin(2 * ph), center_x=r * np.cos(t), center_y=r * np.sin(t))
     psfsize = rng.uniform(0.9, 1.8, (n, 1)) * np.array([1.15, 1.0, 0.95])
-    fwhm = L.moffat_fwhm_from_psfsize(psfsize, beta=3.5)
-    return lens, src, fwhm
+    return lens, src, psfsize
 
 
 def lenstronomy_setup(npix=101):
@@ -58,13 +59,13 @@ def lenstronomy_kwargs(lens, src, i):
     return kl, ks
 
 
-def run_lenstronomy(lens, src, fwhm, idx, setup, variant="per_band"):
+def run_lenstronomy(lens, src, psfsize, idx, setup, variant="per_band"):
     "lenstronomy renders (len(idx), 101, 101, 3) nmgy, one system at a time."
     from lenstronomy.Data.psf import PSF
     from lenstronomy.ImSim.image_model import ImageModel
     data, lm, sm = setup
-    flux = L.source_fluxes(src["mag_r"], src["g_minus_r"], src["r_minus_z"])
-    kern = L.psf_kernels(fwhm, "moffat", 3.5, dtype=torch.float64).numpy()
+    flux = colour_fluxes(src["mag_r"], src["g_minus_r"], src["r_minus_z"])
+    kern = L.psf_kernels(psfsize, dtype=torch.float64).numpy()
     out = np.zeros((len(idx), 101, 101, 3))
     none_model = ImageModel(data, PSF(psf_type="NONE"), lens_model_class=lm, source_model_class=sm,
                             kwargs_numerics={"supersampling_factor": 4})
@@ -82,18 +83,18 @@ def run_lenstronomy(lens, src, fwhm, idx, setup, variant="per_band"):
     return out
 
 
-def run_caustics(lens, src, fwhm, idx):
+def run_caustics(lens, src, psfsize, idx):
     "caustics' functional SIE + shear + Sérsic on the uniform 4x sub-grid (batched by broadcasting) + FFT PSF."
     from caustics.lenses import func as cf
     from caustics.light import func as lf
     n = len(idx)
     dt = torch.float32
     t = lambda a: torch.as_tensor(np.asarray(a)[idx], dtype=dt)[:, None, None]
-    xs = L.pixel_grid(101, L.PIXSCALE_ARCSEC, 4, dt)
+    xs = ((torch.arange(404, dtype=dt) + 0.5) / 4 - 50.5) * L.PIXSCALE_ARCSEC     # 4x4 sub-grid of 101 pixels
     X, Y = xs[None, None, :].expand(1, 404, 404), xs[None, :, None].expand(1, 404, 404)
     out = np.zeros((n, 101, 101, 3), np.float32)
-    flux = L.source_fluxes(src["mag_r"], src["g_minus_r"], src["r_minus_z"])[idx]
-    kern = L.psf_kernels(fwhm[idx], "moffat", 3.5, dtype=dt)
+    flux = colour_fluxes(src["mag_r"], src["g_minus_r"], src["r_minus_z"])[idx]
+    kern = L.psf_kernels(psfsize[idx], dtype=dt)
     for a in range(0, n, 8):
         s = slice(a, a + 8)
         le1, le2 = t(lens["e1"])[s], t(lens["e2"])[s]
@@ -135,10 +136,10 @@ def main():
         args.n, args.n_lenstronomy, args.n_ref, args.rounds = 200, 10, 10, 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    lens, src, fwhm = make_systems(args.n, args.seed)
+    lens, src, psfsize = make_systems(args.n, args.seed)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, N={args.n}")
     sub = lambda d, k: {kk: v[:k] for kk, v in d.items()}
-    L.render_lensed(sub(lens, 8), sub(src, 8), fwhm[:8])               # warm-up
+    L.render_lensed(sub(lens, 8), sub(src, 8), psfsize[:8])               # warm-up
 
     # the machine may be shared: alternate the contenders over `rounds` and keep each one's best wall and CPU time
     setup = lenstronomy_setup()
@@ -149,17 +150,19 @@ def main():
             import caustics
             have_caustics = True
             idc = np.arange(min(args.n, 40))
-            run_caustics(lens, src, fwhm, idc[:2])
+            run_caustics(lens, src, psfsize, idc[:2])
         except ImportError:
             print("caustics not installed: skipped")
+    comps, owner = L.clumpy_components(src, seed=args.seed)
     contenders = [
-        ("engine S<=4 adaptive f32", args.n, lambda: L.render_lensed(lens, src, fwhm, supersample=4)),
-        ("engine S<=8 adaptive f32", args.n, lambda: L.render_lensed(lens, src, fwhm, supersample=8, refine_c=0.5)),
-        ("lenstronomy ImageModel per band", len(idx), lambda: run_lenstronomy(lens, src, fwhm, idx, setup, "per_band")),
-        ("lenstronomy shoot once+FFT", len(idx), lambda: run_lenstronomy(lens, src, fwhm, idx, setup, "once")),
+        ("engine S<=4 adaptive f32", args.n, lambda: L.render_lensed(lens, src, psfsize, supersample=4)),
+        ("engine S<=8 adaptive f32", args.n, lambda: L.render_lensed(lens, src, psfsize, supersample=8, refine_c=0.5)),
+        ("engine clumpy S<=8 f32", args.n, lambda: L.render_lensed(lens, comps, psfsize, owner=owner, supersample=8, refine_c=0.5)),
+        ("lenstronomy ImageModel per band", len(idx), lambda: run_lenstronomy(lens, src, psfsize, idx, setup, "per_band")),
+        ("lenstronomy shoot once+FFT", len(idx), lambda: run_lenstronomy(lens, src, psfsize, idx, setup, "once")),
     ]
     if have_caustics:
-        contenders.append(("caustics uniform S=4 f32", len(idc), lambda: run_caustics(lens, src, fwhm, idc)))
+        contenders.append(("caustics uniform S=4 f32", len(idc), lambda: run_caustics(lens, src, psfsize, idc)))
     best, out, rays = {}, {}, {}
     for rnd in range(args.rounds):
         for name, n, fn in contenders:
@@ -170,6 +173,7 @@ def main():
             best[name] = (min(bw, w), min(bc, c))
             if rnd == 0:
                 out[name] = r.images if hasattr(r, "images") else (None if name.startswith("caustics") else r)
+                if "clumpy" in name: out[name] = None          # another source model: timing only
                 rays[name] = getattr(r, "n_rays", 0) / n
     print(f"best of {args.rounds} rounds; wall = elapsed, cpu = process CPU time (all threads)")
     for name, n, _ in contenders:
@@ -180,12 +184,12 @@ def main():
 
     # accuracy against the 10x reference
     nref = args.n_ref
-    ref = L.render_lensed(sub(lens, nref), sub(src, nref), fwhm[:nref], supersample=10, adaptive=False,
+    ref = L.render_lensed(sub(lens, nref), sub(src, nref), psfsize[:nref], supersample=10, adaptive=False,
                           dtype=torch.float64).images
     base = res["lenstronomy ImageModel per band"][0]
     print(f"\naccuracy: relative L2 of the convolved g,r,z image vs 10x10 reference, on {nref} systems")
     for name, (sec, img) in res.items():
-        if img is None:     # caustics: timing only (its shear/Sérsic conventions are not mapped onto ours here)
+        if img is None:     # caustics / clumpy: timing only (other conventions / another source model)
             print(f"{name:34s} accuracy n/a                                     "
                   f"speed-up vs lenstronomy per band {base / sec:6.1f}x wall, "
                   f"{best['lenstronomy ImageModel per band'][1] / best[name][1]:6.1f}x cpu")

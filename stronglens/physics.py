@@ -5,10 +5,10 @@
 # %% auto 0
 __all__ = ['PIXSCALE_ARCSEC', 'NPIX', 'BANDS', 'FWHM_PER_SIGMA', 'NMGY_ZEROPOINT', 'ARCSEC_PER_RAD', 'EXTINCTION_R', 'PSF_DR10',
            'PSF_SIZE_PX', 'PSFSIZE_STEP_ARCSEC', 'GAIN_E_PER_NMGY', 'mag_to_nmgy', 'nmgy_to_mag', 'm5_to_psfdepth',
-           'psfdepth_to_m5', 'sigma_pix_from_psfdepth', 'colour_fluxes', 'unit_vectors', 'chord_from_arcsec',
-           'arcsec_from_chord', 'gnomonic_offsets_px', 'sersic_bn', 'PSFModel', 'read_psfex', 'psfsize_from_kernel',
-           'fit_psf_model', 'core_fwhm_from_psfsize', 'psf_kernels', 'lanczos3_weights', 'lanczos3_resample',
-           'coadd_noise', 'grz_composite']
+           'psfdepth_to_m5', 'sigma_pix_from_psfdepth', 'colour_fluxes', 'sample_count_mags', 'unit_vectors',
+           'chord_from_arcsec', 'arcsec_from_chord', 'gnomonic_offsets_px', 'sersic_bn', 'PSFModel', 'read_psfex',
+           'psfsize_from_kernel', 'fit_psf_model', 'core_fwhm_from_psfsize', 'psf_kernels', 'lanczos3_weights',
+           'lanczos3_resample', 'coadd_noise', 'grz_composite']
 
 # %% ../nbs/03b_physics.ipynb 2
 import functools, math
@@ -71,24 +71,32 @@ def colour_fluxes(mag_r, g_minus_r, r_minus_z):
                      mag_to_nmgy(mag_r - np.asarray(r_minus_z))], axis=-1)
 
 # %% ../nbs/03b_physics.ipynb 20
+def sample_count_mags(rng, n:int, mag_lo:float, mag_hi:float, slope_per_mag:float):
+    "n magnitudes in [mag_lo, mag_hi] with dN/dm ∝ 10^(slope·m) (number counts; slope 0: uniform), by inverting the CDF."
+    u = rng.uniform(size=n)
+    if slope_per_mag == 0: return mag_lo + u * (mag_hi - mag_lo)
+    a, b = 10 ** (slope_per_mag * mag_lo), 10 ** (slope_per_mag * mag_hi)
+    return np.log10(a + u * (b - a)) / slope_per_mag
+
+# %% ../nbs/03b_physics.ipynb 23
 def unit_vectors(ra_deg, dec_deg) -> np.ndarray:
     "Unit vectors (..., 3) float64 on the sphere of RA/Dec in degrees (x towards RA = 0, z towards the north pole)."
     ra, dec = np.deg2rad(np.asarray(ra_deg, dtype=np.float64)), np.deg2rad(np.asarray(dec_deg, dtype=np.float64))
     cd = np.cos(dec)
     return np.stack([cd * np.cos(ra), cd * np.sin(ra), np.sin(dec)], axis=-1)
 
-# %% ../nbs/03b_physics.ipynb 22
+# %% ../nbs/03b_physics.ipynb 25
 def chord_from_arcsec(sep_arcsec) -> np.ndarray:
     "Unit-sphere chord length of an angular separation in arcsec: 2 sin(θ/2)."
     theta = np.asarray(sep_arcsec, dtype=np.float64) / ARCSEC_PER_RAD
     return 2.0 * np.sin(np.minimum(theta, np.pi) / 2.0)
 
-# %% ../nbs/03b_physics.ipynb 23
+# %% ../nbs/03b_physics.ipynb 26
 def arcsec_from_chord(chord) -> np.ndarray:
     "Angular separation in arcsec of a unit-sphere chord length: 2 arcsin(c/2)."
     return 2.0 * np.arcsin(np.clip(np.asarray(chord, dtype=np.float64) / 2.0, 0.0, 1.0)) * ARCSEC_PER_RAD
 
-# %% ../nbs/03b_physics.ipynb 25
+# %% ../nbs/03b_physics.ipynb 28
 def gnomonic_offsets_px(ra0_deg, dec0_deg, ra_deg, dec_deg, pixscale_arcsec:float=PIXSCALE_ARCSEC):
     """Pixel offsets (x, y) of (ra, dec) from a cutout centre (ra0, dec0), gnomonic projection: x along columns
     (growing to the west, i.e. with decreasing RA, as in DR10 cutouts), y along rows (growing to the north)."""
@@ -101,7 +109,7 @@ def gnomonic_offsets_px(ra0_deg, dec0_deg, ra_deg, dec_deg, pixscale_arcsec:floa
     k = ARCSEC_PER_RAD / pixscale_arcsec
     return -xi * k, eta * k
 
-# %% ../nbs/03b_physics.ipynb 29
+# %% ../nbs/03b_physics.ipynb 32
 def sersic_bn(n_sersic):
     "Exact Sérsic b_n, the root of Γ(2n) = 2γ(2n, b_n) (numpy float64; a torch tensor in gives a tensor out)."
     if isinstance(n_sersic, torch.Tensor):
@@ -109,7 +117,7 @@ def sersic_bn(n_sersic):
         return torch.as_tensor(b, dtype=n_sersic.dtype, device=n_sersic.device)
     return special.gammaincinv(2.0 * np.asarray(n_sersic, dtype=np.float64), 0.5)
 
-# %% ../nbs/03b_physics.ipynb 32
+# %% ../nbs/03b_physics.ipynb 35
 @dataclass(frozen=True)
 class PSFModel:
     "Circular PSF shape: a double Moffat (core + wing, unit flux) or a Gaussian; its width comes from PSFSIZE."
@@ -135,7 +143,7 @@ class PSFModel:
         core = moffat(a, self.core_beta)
         return core if self.wing_frac == 0 else (1 - self.wing_frac) * core + self.wing_frac * moffat(a * self.wing_scale, self.wing_beta)
 
-# %% ../nbs/03b_physics.ipynb 35
+# %% ../nbs/03b_physics.ipynb 38
 def read_psfex(path) -> np.ndarray:
     "The PSF at the CCD centre (PSF_MASK component 0) of a PSFEx file, as a unit-sum float64 (K, K) image."
     with fits.open(path) as h:
@@ -145,14 +153,14 @@ def read_psfex(path) -> np.ndarray:
         psf = np.asarray(d["psf_mask"][0][0], dtype=np.float64)
     return psf / psf.sum()
 
-# %% ../nbs/03b_physics.ipynb 37
+# %% ../nbs/03b_physics.ipynb 40
 def _pixel_grid(npix, pixscale_arcsec, supersample, dtype=torch.float64, device=None):
     "1-D sub-pixel centres (arcsec) of an npix-pixel grid centred on its middle pixel, `supersample` per pixel."
     j = torch.arange(npix, dtype=dtype, device=device)
     off = (torch.arange(supersample, dtype=dtype, device=device) + 0.5) / supersample - 0.5
     return ((j[:, None] - (npix - 1) / 2 + off[None, :]) * pixscale_arcsec).reshape(-1)
 
-# %% ../nbs/03b_physics.ipynb 38
+# %% ../nbs/03b_physics.ipynb 41
 def _psf_kernels_exact(core_fwhm_arcsec, psf:PSFModel, size_px:int, pixscale_arcsec:float, offset_px=None, supersample:int=5,
                        chunk:int=16):
     "(M,) float64 core FWHMs -> (M, K, K) float64 pixel-integrated, unit-sum kernels, centred or off by offset_px (M, 2) (x, y)."
@@ -166,7 +174,7 @@ def _psf_kernels_exact(core_fwhm_arcsec, psf:PSFModel, size_px:int, pixscale_arc
         out.append(k / k.sum(dim=(1, 2), keepdim=True))
     return torch.cat(out) if out else torch.zeros((0, size_px, size_px), dtype=torch.float64)
 
-# %% ../nbs/03b_physics.ipynb 39
+# %% ../nbs/03b_physics.ipynb 42
 def _psf_kernels_centred(core_fwhm_arcsec, psf:PSFModel, size_px:int, pixscale_arcsec:float, supersample:int=5):
     "`_psf_kernels_exact` for centred kernels, evaluated on one quadrant and mirrored (M, K, K) float64."
     c = size_px // 2
@@ -177,7 +185,7 @@ def _psf_kernels_centred(core_fwhm_arcsec, psf:PSFModel, size_px:int, pixscale_a
     k = torch.cat([top.flip(1)[:, :c], top], dim=1)
     return k / k.sum(dim=(1, 2), keepdim=True)
 
-# %% ../nbs/03b_physics.ipynb 41
+# %% ../nbs/03b_physics.ipynb 44
 def psfsize_from_kernel(kernel, pixscale_arcsec:float=PIXSCALE_ARCSEC):
     """DR10 PSFSIZE of a pixelised PSF: FWHM of the Gaussian with the same noise-equivalent area, 2.3548·√(NEA/4π),
     NEA = (Σp)²/Σp² pixels × pixscale². (..., K, K) numpy or torch -> numpy."""
@@ -185,7 +193,7 @@ def psfsize_from_kernel(kernel, pixscale_arcsec:float=PIXSCALE_ARCSEC):
     nea = k.sum(dim=(-2, -1)) ** 2 / (k * k).sum(dim=(-2, -1)) * pixscale_arcsec ** 2
     return (FWHM_PER_SIGMA * torch.sqrt(nea / (4 * math.pi))).cpu().numpy()
 
-# %% ../nbs/03b_physics.ipynb 45
+# %% ../nbs/03b_physics.ipynb 48
 def fit_psf_model(stamps, pixscale_arcsec:float=PIXSCALE_ARCSEC, x0=(3.0, 1.8, 0.1, 1.5), floor:float=2e-4):
     """Fit one double-Moffat shape (β_core, β_wing, f_w, s_w) and a core FWHM per stamp to centred, unit-sum PSF stamps
     (M, K, K). Returns (PSFModel, core FWHMs (M,) in arcsec)."""
@@ -197,12 +205,12 @@ def fit_psf_model(stamps, pixscale_arcsec:float=PIXSCALE_ARCSEC, x0=(3.0, 1.8, 0
     r = optimize.least_squares(resid, np.r_[x0, np.ones(M)], bounds=(lo, hi), x_scale="jac")
     return PSFModel("moffat2", *map(float, r.x[:4])), r.x[4:]
 
-# %% ../nbs/03b_physics.ipynb 48
+# %% ../nbs/03b_physics.ipynb 51
 PSF_DR10 = PSFModel("moffat2", core_beta=3.30, wing_beta=1.97, wing_frac=0.234, wing_scale=1.156)   # fit to 8 DECam PSFEx models
 PSF_SIZE_PX = 63                     # kernel support (16.5″), the size of a PSFEx stamp
 PSFSIZE_STEP_ARCSEC = 0.005          # kernels are exact on this PSFSIZE grid and interpolated between
 
-# %% ../nbs/03b_physics.ipynb 51
+# %% ../nbs/03b_physics.ipynb 54
 @functools.lru_cache(maxsize=32)
 def _psfsize_table(psf:PSFModel, size_px:int, pixscale_arcsec:float, n_table:int=96, n_iter:int=4):
     "PSFSIZE grid 0.4–4″ and the core FWHMs (arcsec) whose kernels have those NEA-FWHMs (fixed-point solution)."
@@ -213,7 +221,7 @@ def _psfsize_table(psf:PSFModel, size_px:int, pixscale_arcsec:float, n_table:int
         fwhm = fwhm * target / psfsize_from_kernel(k, pixscale_arcsec)
     return target, fwhm
 
-# %% ../nbs/03b_physics.ipynb 52
+# %% ../nbs/03b_physics.ipynb 55
 def core_fwhm_from_psfsize(psfsize_arcsec, psf:PSFModel=PSF_DR10, size_px:int=PSF_SIZE_PX, pixscale_arcsec:float=PIXSCALE_ARCSEC):
     "Core FWHM (arcsec) of the `psf` whose pixel-integrated kernel has NEA-FWHM = the DR10 `PSFSIZE` (0.4–4″)."
     ps = np.asarray(psfsize_arcsec, dtype=np.float64)
@@ -222,20 +230,20 @@ def core_fwhm_from_psfsize(psfsize_arcsec, psf:PSFModel=PSF_DR10, size_px:int=PS
     target, fwhm = _psfsize_table(psf, int(size_px), float(pixscale_arcsec))
     return np.exp(np.interp(np.log(ps), np.log(target), np.log(fwhm)))
 
-# %% ../nbs/03b_physics.ipynb 53
+# %% ../nbs/03b_physics.ipynb 56
 _NODE_KERNELS: dict = {}     # (psf, size_px, pixscale) -> {node index: (K, K) float64 kernel}
 
-def _node_kernels(idx, psf:PSFModel, size_px:int, pixscale_arcsec:float):
-    "Exact kernels (len(idx), K, K) float64 at PSFSIZE = idx × PSFSIZE_STEP_ARCSEC, computed once per process."
+def _node_kernels(lo:int, hi:int, psf:PSFModel, size_px:int, pixscale_arcsec:float):
+    "Exact kernels (hi-lo+1, K, K) float64 at PSFSIZE = i × PSFSIZE_STEP_ARCSEC for i = lo…hi, computed once per process."
     cache = _NODE_KERNELS.setdefault((psf, size_px, pixscale_arcsec), {})
-    new = sorted({int(i) for i in idx} - cache.keys())
+    new = [i for i in range(lo, hi + 1) if i not in cache]
     if new:
         ps = np.clip(np.asarray(new) * PSFSIZE_STEP_ARCSEC, 0.4, 4.0)
         for i, k in zip(new, _psf_kernels_centred(torch.as_tensor(core_fwhm_from_psfsize(ps, psf, size_px, pixscale_arcsec)), psf, size_px, pixscale_arcsec)):
             cache[i] = k
-    return torch.stack([cache[int(i)] for i in idx])
+    return torch.stack([cache[i] for i in range(lo, hi + 1)])
 
-# %% ../nbs/03b_physics.ipynb 54
+# %% ../nbs/03b_physics.ipynb 57
 def psf_kernels(psfsize_arcsec, psf:PSFModel=PSF_DR10, size_px:int=PSF_SIZE_PX, pixscale_arcsec:float=PIXSCALE_ARCSEC,
                 dtype=torch.float32, device=None):
     """Pixel-integrated, unit-sum PSF kernels, torch (*psfsize.shape, K, K), whose NEA-FWHM equals each DR10 PSFSIZE
@@ -243,27 +251,28 @@ def psf_kernels(psfsize_arcsec, psf:PSFModel=PSF_DR10, size_px:int=PSF_SIZE_PX, 
     if size_px % 2 != 1: raise ValueError(f"psf size_px must be odd, got {size_px}")
     ps = np.asarray(psfsize_arcsec, dtype=np.float64)
     core_fwhm_from_psfsize(ps, psf, size_px, pixscale_arcsec)                       # validates the range
+    if ps.size == 0: return torch.zeros((*ps.shape, size_px, size_px), dtype=dtype, device=device)
     uniq, inv = np.unique(ps.reshape(-1), return_inverse=True)
     pos = uniq / PSFSIZE_STEP_ARCSEC; i0 = np.floor(pos).astype(np.int64)
-    w = torch.as_tensor(pos - i0)[:, None, None]
-    k0, k1 = (_node_kernels(i, psf, int(size_px), float(pixscale_arcsec)) for i in (i0, i0 + 1))
-    ker = (1 - w) * k0 + w * k1
+    nodes = _node_kernels(int(i0.min()), int(i0.max()) + 1, psf, int(size_px), float(pixscale_arcsec)).to(dtype)
+    j = torch.as_tensor(i0 - i0.min()); w = torch.as_tensor(pos - i0, dtype=dtype)[:, None, None]
+    ker = (1 - w) * nodes[j] + w * nodes[j + 1]
     ker = ker / ker.sum(dim=(1, 2), keepdim=True)
     return ker[torch.as_tensor(inv.reshape(-1))].reshape(*ps.shape, size_px, size_px).to(dtype=dtype, device=device)
 
-# %% ../nbs/03b_physics.ipynb 61
+# %% ../nbs/03b_physics.ipynb 64
 # Electrons per nmgy in one DECam exposure: 10**(0.4 (zp0 - 22.5)) e-/s per nmgy (legacyzpts nominal zp0 g 25.08,
 # r 25.29, z 24.92) × a nominal DECaLS exposure time (g 70 s, r 50 s, z 100 s) [EST]. A coadd of n exposures: n ×.
 GAIN_E_PER_NMGY = {b: 10 ** (0.4 * (zp - 22.5)) * t for b, zp, t in (("g", 25.08, 70.0), ("r", 25.29, 50.0), ("z", 24.92, 100.0))}
 
-# %% ../nbs/03b_physics.ipynb 62
+# %% ../nbs/03b_physics.ipynb 65
 def lanczos3_weights(shift_px):
     "Lanczos-3 interpolation weights (..., 6) for taps −2…3 at sub-pixel shifts in [0, 1), normalised to sum 1."
     t = np.asarray(shift_px, dtype=np.float64)[..., None] - np.arange(-2, 4)
     w = np.sinc(t) * np.sinc(t / 3.0) * (np.abs(t) < 3)
     return w / w.sum(axis=-1, keepdims=True)
 
-# %% ../nbs/03b_physics.ipynb 64
+# %% ../nbs/03b_physics.ipynb 67
 def lanczos3_resample(images, shifts_px):
     """Resample images (..., H+5, W+5) at sub-pixel shifts (..., 2) (x, y in [0, 1)) with a separable Lanczos-3 kernel
     -> (..., H, W) torch float32 (output pixel i interpolates input pixels i…i+5 at i + 2 + shift)."""
@@ -273,7 +282,7 @@ def lanczos3_resample(images, shifts_px):
     x = sum(x[..., k:k + H, :] * wy[..., k, None, None] for k in range(6))
     return sum(x[..., :, k:k + W] * wx[..., k, None, None] for k in range(6))
 
-# %% ../nbs/03b_physics.ipynb 66
+# %% ../nbs/03b_physics.ipynb 69
 def coadd_noise(white, sigma_pix, exposure_shifts_px, cutout_shifts_px):
     """Noise (N, H, W) of a resampled coadd cutout from white noise (N, E, H+10, W+10), σ (N,) or per-pixel (N, H, W)
     of the inverse-variance map, exposure shifts (N, E, 2) and cutout shifts (N, 2) in [0, 1): each exposure (σ√E) is
@@ -284,7 +293,7 @@ def coadd_noise(white, sigma_pix, exposure_shifts_px, cutout_shifts_px):
     coadd = lanczos3_resample(white * s * math.sqrt(E), exposure_shifts_px).mean(dim=1)
     return lanczos3_resample(coadd, cutout_shifts_px)
 
-# %% ../nbs/03b_physics.ipynb 71
+# %% ../nbs/03b_physics.ipynb 74
 def grz_composite(images, scales=(6.0, 3.4, 2.2), m:float=0.03, Q:float=20.0) -> np.ndarray:
     """RGB (..., H, W, 3) floats in [0, 1] of g, r, z images (..., H, W, 3) in nmgy: the Legacy Surveys viewer's asinh
     composite (red = z, green = r, blue = g)."""

@@ -1,6 +1,11 @@
 """stronglens.lensing against independent references: lenstronomy (LensModel SIE+SHEAR, ImageModel SERSIC_ELLIPSE),
-scipy (FFT convolution, gammainc), finite differences and analytic physics (Einstein ring, flux conservation)."""
+scipy (FFT convolution, gammainc), finite differences and analytic physics (Einstein ring, flux conservation).
+Only the comparisons with lenstronomy skip when it is not installed; the physics checks always run."""
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,11 +13,20 @@ import torch
 from scipy import signal, special
 
 from stronglens import lensing as L
-
-lenstronomy = pytest.importorskip("lenstronomy")
-from lenstronomy.LensModel.lens_model import LensModel  # noqa: E402
+from stronglens.physics import PSF_DR10, PSFModel, colour_fluxes
 
 PIX = L.PIXSCALE_ARCSEC
+
+
+def _has_lenstronomy() -> bool:
+    try:
+        import lenstronomy  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+needs_lenstronomy = pytest.mark.skipif(not _has_lenstronomy(), reason="lenstronomy not installed: comparison with the reference skipped")
 
 
 def _rand_lens(rng, n):
@@ -32,8 +46,10 @@ def _row(d, i):
     return {k: float(v[i]) for k, v in d.items()}
 
 
+@needs_lenstronomy
 def test_lens_model_vs_lenstronomy():
     "Deflection, convergence and magnification vs LensModel(['SIE','SHEAR']) on 200 random systems (float64)."
+    from lenstronomy.LensModel.lens_model import LensModel
     rng = np.random.default_rng(42)
     lm = LensModel(["SIE", "SHEAR"])
     lenses = _rand_lens(rng, 200)
@@ -92,6 +108,7 @@ def _lenstronomy_images(lens, source, supersample, npix=101):
     "lenstronomy ImageModel (SIE+SHEAR, SERSIC_ELLIPSE, no PSF) of unit-flux sources, one system at a time."
     from lenstronomy.Data.imaging_data import ImageData
     from lenstronomy.Data.psf import PSF
+    from lenstronomy.LensModel.lens_model import LensModel
     from lenstronomy.LightModel.light_model import LightModel
     from lenstronomy.ImSim.image_model import ImageModel
     c = (npix - 1) / 2
@@ -131,21 +148,22 @@ def systems50():
     return lens, src, _lenstronomy_images(lens, src, 4)
 
 
+@needs_lenstronomy
 @pytest.mark.slow
 def test_unconvolved_images_vs_lenstronomy(systems50):
     "Supersampled unconvolved images vs lenstronomy ImageModel (SERSIC_ELLIPSE), 50 systems: rel L2 < 1e-3."
     lens, src, ref = systems50
-    flux = L.source_fluxes(src["mag_r"], src["g_minus_r"], src["r_minus_z"])
-    r = L.render_lensed(lens, src, np.ones((50, 3)), supersample=4, adaptive=False, psf_kind=None,
-                        dtype=torch.float64, return_unconvolved=True)
+    flux = colour_fluxes(src["mag_r"], src["g_minus_r"], src["r_minus_z"])
+    r = L.render_lensed(lens, src, None, psf=None, supersample=4, adaptive=False, dtype=torch.float64,
+                        return_unconvolved=True)
     for band in range(3):
         err = _rel_l2(r.unconvolved[..., band] / flux[:, band, None, None], ref)
         assert err.max() < 1e-3, (band, err.max())
     # the adaptive path samples the same model differently: compare with the uniform path at the same maximum S
     sub = {k: v[:6] for k, v in lens.items()}, {k: v[:6] for k, v in src.items()}
-    kw = dict(supersample=8, psf_kind=None, return_unconvolved=True)
-    ra = L.render_lensed(*sub, np.ones((6, 3)), adaptive=True, **kw).unconvolved[..., 1]
-    ru = L.render_lensed(*sub, np.ones((6, 3)), adaptive=False, **kw).unconvolved[..., 1]
+    kw = dict(supersample=8, psf=None, return_unconvolved=True)
+    ra = L.render_lensed(*sub, None, adaptive=True, **kw).unconvolved[..., 1]
+    ru = L.render_lensed(*sub, None, adaptive=False, **kw).unconvolved[..., 1]
     e_ad = _rel_l2(ra, ru)
     assert np.median(e_ad) < 3e-3 and e_ad.max() < 1e-2, e_ad
 
@@ -155,10 +173,10 @@ def test_convolved_images_vs_scipy():
     rng = np.random.default_rng(5)
     lens = _rand_lens(rng, 50)
     src = _rand_source(rng, 50, lens)
-    fwhm = rng.uniform(0.8, 1.6, (50, 3))
-    for kind in ("moffat", "gaussian"):
-        r = L.render_lensed(lens, src, fwhm, psf_kind=kind, dtype=torch.float64, return_unconvolved=True)
-        ker = L.psf_kernels(fwhm, kind, dtype=torch.float64).numpy()
+    psfsize = rng.uniform(1.0, 1.9, (50, 3))
+    for psf in (PSF_DR10, PSFModel.gaussian()):
+        r = L.render_lensed(lens, src, psfsize, psf=psf, dtype=torch.float64, return_unconvolved=True)
+        ker = L.psf_kernels(psfsize, psf, dtype=torch.float64).numpy()
         for i in range(0, 50, 5):
             for band in range(3):
                 ref = signal.fftconvolve(r.unconvolved[i, :, :, band].astype(np.float64), ker[i, band], mode="same")
@@ -173,30 +191,14 @@ def test_convolved_images_vs_scipy():
                                        atol=1e-10)
 
 
-def test_psf_kernels_vs_direct_integration():
-    "Pixel-integrated Moffat/Gaussian kernels vs an independent 21x21-subsampled numpy integration."
-    fwhm, beta, K = 1.3, 3.5, 51
-    sub = 21
-    xs = ((np.arange(K * sub) + 0.5) / sub - K / 2) * PIX
-    X, Y = np.meshgrid(xs, xs)
-    alpha = fwhm / (2 * np.sqrt(2 ** (1 / beta) - 1))
-    for kind, prof in (("moffat", (1 + (X ** 2 + Y ** 2) / alpha ** 2) ** (-beta)),
-                       ("gaussian", np.exp(-(X ** 2 + Y ** 2) / (2 * (fwhm / 2.35482) ** 2)))):
-        ref = prof.reshape(K, sub, K, sub).sum(axis=(1, 3))
-        ref /= ref.sum()
-        k = L.psf_kernels(np.array([fwhm]), kind, beta, dtype=torch.float64)[0].numpy()
-        assert _rel_l2(k, ref) < 1e-3
-    # many distinct FWHMs: interpolated kernels equal the directly integrated ones
-    fws = np.random.default_rng(1).uniform(0.8, 1.8, 40)
-    ki = L.psf_kernels(fws, "moffat", 3.5, dtype=torch.float64)
-    ke = L.psf_kernels(fws, "moffat", 3.5, dtype=torch.float64, max_exact=10 ** 6)
-    assert _rel_l2(ki.numpy(), ke.numpy()).max() < 1e-4
-    # PSFSIZE (NEA FWHM) round trip and the analytic continuous-Moffat ratio
-    ps = np.array([0.9, 1.2, 1.5, 1.8])
-    fw = L.moffat_fwhm_from_psfsize(ps, beta=3.0)
-    np.testing.assert_allclose(L.psfsize_from_kernel(L.psf_kernels(fw, "moffat", 3.0, dtype=torch.float64)), ps,
-                               rtol=1e-4)
-    assert np.all((ps / fw > 1.2) & (ps / fw < 1.4))
+def test_render_uses_the_physics_psf_of_the_given_psfsize():
+    "A point-like source rendered at PSFSIZE s has NEA-FWHM s in every band: the renderer convolves with physics.psf_kernels(s)."
+    lens = dict(theta_E=[0.0], e1=[0.0], e2=[0.0], center_x=[0.0], center_y=[0.0], gamma1=[0.0], gamma2=[0.0])
+    src = dict(mag_r=[20.0], g_minus_r=[0.0], r_minus_z=[0.0], R_sersic=[0.01], n_sersic=[1.0], e1=[0.0], e2=[0.0],
+               center_x=[0.0], center_y=[0.0])
+    ps = np.array([[1.6, 1.35, 1.2]])
+    img = L.render_lensed(lens, src, ps, supersample=8, dtype=torch.float64).images[0]
+    np.testing.assert_allclose(L.psfsize_from_kernel(np.moveaxis(img, -1, 0)), ps[0], rtol=5e-3)
 
 
 def test_einstein_ring_radius():
@@ -205,8 +207,7 @@ def test_einstein_ring_radius():
         lens = dict(theta_E=[theta_E], e1=[0.0], e2=[0.0], center_x=[0.0], center_y=[0.0], gamma1=[0.0], gamma2=[0.0])
         src = dict(mag_r=[22.5], g_minus_r=[0.0], r_minus_z=[0.0], R_sersic=[0.03], n_sersic=[1.0], e1=[0.0],
                    e2=[0.0], center_x=[0.0], center_y=[0.0])
-        r = L.render_lensed(lens, src, np.ones((1, 3)), psf_kind=None, supersample=8, dtype=torch.float64,
-                            return_unconvolved=True)
+        r = L.render_lensed(lens, src, None, psf=None, supersample=8, dtype=torch.float64, return_unconvolved=True)
         img = r.unconvolved[0, :, :, 1]
         i, j = np.mgrid[:101, :101]
         rad = np.hypot(i - 50, j - 50) * PIX
@@ -224,13 +225,13 @@ def test_flux_conservation():
                 gamma1=[0.0, 0.0], gamma2=[0.0, 0.0])
     r = L.render_lensed(lens, src, np.full((2, 3), 1.2), dtype=torch.float64, return_unconvolved=True)
     np.testing.assert_allclose(r.magnification, 1.0, rtol=1e-3)
-    flux = L.source_fluxes(src["mag_r"], src["g_minus_r"], src["r_minus_z"])
+    flux = colour_fluxes(src["mag_r"], src["g_minus_r"], src["r_minus_z"])
     np.testing.assert_allclose(r.unconvolved.sum(axis=(1, 2)), flux, rtol=1e-3)
-    np.testing.assert_allclose(r.images.sum(axis=(1, 2)), flux, rtol=3e-3)       # PSF wings stay in the stamp
+    np.testing.assert_allclose(r.images.sum(axis=(1, 2)), flux, rtol=5e-3)       # PSF wings (nearly all) stay in the stamp
     p = {k: src[k] for k in ("R_sersic", "n_sersic", "e1", "e2", "center_x", "center_y")}
     p.update(flux_g=flux[:, 0], flux_r=flux[:, 1], flux_z=flux[:, 2])
     g = L.render_sersic(p, np.full((2, 3), 1.2), dtype=torch.float64)
-    np.testing.assert_allclose(g.sum(axis=(1, 2)), flux, rtol=3e-3)
+    np.testing.assert_allclose(g.sum(axis=(1, 2)), flux, rtol=5e-3)
 
 
 def test_float32_matches_float64():
@@ -238,7 +239,7 @@ def test_float32_matches_float64():
     rng = np.random.default_rng(11)
     lens = _rand_lens(rng, 16)
     src = _rand_source(rng, 16, lens)
-    fw = rng.uniform(0.9, 1.6, (16, 3))
+    fw = rng.uniform(1.0, 1.8, (16, 3))
     for adaptive, k in ((True, 16), (False, 6)):
         sub = {kk: v[:k] for kk, v in lens.items()}, {kk: v[:k] for kk, v in src.items()}, fw[:k]
         r64 = L.render_lensed(*sub, dtype=torch.float64, adaptive=adaptive, supersample=4)
@@ -289,6 +290,41 @@ def test_priors():
     assert abs(np.mean(b < 0.5) - 0.25) < 0.01
 
 
+def test_clumpy_sources_keep_flux_and_sum_their_components():
+    "A clumpy source has the smooth source's total r flux; its image is the sum of its components' images."
+    rng = np.random.default_rng(4)
+    lens = _rand_lens(rng, 8)
+    src = _rand_source(rng, 8, lens)
+    comps, owner = L.clumpy_components(src, seed=2)
+    fr = lambda m: 10 ** (-0.4 * (np.asarray(m) - 22.5))
+    np.testing.assert_allclose(np.bincount(owner, fr(comps["mag_r"])), fr(src["mag_r"]), rtol=1e-9)
+    assert np.all(np.bincount(owner) >= 3)                             # smooth part + >= 2 clumps
+    nolens = {k: np.zeros(8) for k in L.LENS_KEYS}
+    r = L.render_lensed(nolens, comps, None, psf=None, owner=owner, supersample=8, dtype=torch.float64)
+    np.testing.assert_allclose(r.magnification, 1.0, rtol=5e-3)
+    each = L.render_lensed({k: v[owner] for k, v in lens.items()}, comps, None, psf=None, dtype=torch.float64)
+    lensed = L.render_lensed(lens, comps, None, psf=None, owner=owner, dtype=torch.float64)
+    summed = np.zeros_like(lensed.images)
+    np.add.at(summed, owner, each.images)
+    np.testing.assert_allclose(lensed.images, summed, atol=1e-6)
+    np.testing.assert_array_equal(L.clumpy_components(src, seed=2)[0]["center_x"], comps["center_x"])   # seeded
+
+
+def test_lensing_physics_runs_without_lenstronomy(tmp_path):
+    "Issue 13.3: with lenstronomy unimportable only the comparisons skip; flux conservation, the Einstein ring, arc S/N and the priors run."
+    fake = tmp_path / "lenstronomy"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('lenstronomy blocked by the test')\n")
+    pp = os.environ.get("PYTHONPATH")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path)] + ([pp] if pp else [])))
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs", str(Path(__file__)),
+                        "-k", "flux_conservation or einstein_ring or arc_snr or priors or lens_model_vs_lenstronomy"],
+                       cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=900)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    assert "4 passed" in out and "1 skipped" in out, out[-3000:]
+
+
 def test_caustics_sie_agrees_if_installed():
     "caustics' SIE (Keeton 2001, Rein = b/sqrt(q)) gives the same deflection: the conventions match."
     caustics_func = pytest.importorskip("caustics.lenses.func")
@@ -303,3 +339,21 @@ def test_caustics_sie_agrees_if_installed():
                                                                  torch.tensor(te, dtype=torch.float64), x, y)
         ax, ay = L.sie_deflection(x, y, te, e1, e2, 0.1, -0.2)
         np.testing.assert_allclose(torch.hypot(ax - ax_c, ay - ay_c).numpy(), 0, atol=1e-8)
+
+
+def test_render_is_batch_invariant():
+    "A system's render does not depend on the other systems in the call (bitwise, float32): cutouts are the same whatever batch renders them."
+    rng = np.random.default_rng(0)
+    lens = L.sample_lenses(24, 1, theta_E=rng.uniform(0.6, 2.5, 24))
+    src = L.sample_sources(24, 2, lens=lens, mu_range=None)
+    for psf in (None, "dr10"):
+        ps = None if psf is None else rng.uniform(1.1, 1.7, (24, 3))
+        kw = dict(psf=None) if psf is None else {}
+        a = L.render_lensed(lens, src, ps, **kw).images
+        for i in (0, 7, 23):
+            b = L.render_lensed({k: v[i:i + 1] for k, v in lens.items()}, {k: v[i:i + 1] for k, v in src.items()},
+                                None if ps is None else ps[i:i + 1], **kw).images[0]
+            if psf is None:
+                np.testing.assert_array_equal(a[i], b)
+            else:                                   # the FFT length follows the chunk's largest box: equal to float32 rounding
+                np.testing.assert_allclose(a[i], b, rtol=0, atol=1e-6 * float(np.abs(b).max()))
