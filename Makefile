@@ -35,7 +35,7 @@ demo: install
 test: install sync
 	@[ -d ../shared/data ] || echo "NOTE: ../shared/data not found: skipping the real-data notebooks ($(REALDATA_NBS))"
 	$(BIN)/nbdev_test $(NBDEV_TEST_ARGS) $(NB_SKIP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 ## quicker local loop: skip cells and tests flagged slow
 test-fast: install

@@ -195,14 +195,17 @@ def run_stage(stage_name:str, run_dir, cfg=None, config_path=None, overrides=Non
 # %% ../nbs/18_cli.ipynb 31
 def plan_pipeline(run_dir, cfg, stages=None, force:bool=False) -> list:
     "What `demo` would do to each stage, without writing: plans, with later stages rerunning after an earlier one does."
-    plans, rerun = [], set()
+    plans, rerun, resumed = [], set(), set()
     for s in stages or demo_stages(cfg):
-        try: p = plan_stage(run_dir, s, cfg, force=force, assume_rerun=rerun)
+        try: p = plan_stage(run_dir, s, cfg, force=force, assume_rerun=rerun, assume_done=resumed)
         except StageError as e:
             from stronglens.runs import Plan
             p = Plan(s, "blocked", [str(e).removeprefix(f"[{s}] ")])
+        ups = [u for u in STAGES[s].upstream if u in resumed]
+        if ups and p.action != "blocked": p.reasons.append(f"after {', '.join(ups)} resume(s); reruns if their outputs change")
         plans.append(p)
-        if p.action != "skip": rerun.add(s)
+        if p.action in ("run", "rerun", "blocked"): rerun.add(s)
+        elif p.action in ("resume", "retry"): resumed.add(s)
     return plans
 
 # %% ../nbs/18_cli.ipynb 32

@@ -446,11 +446,13 @@ class Plan:
     def __str__(self): return f"{self.stage}: {self.action} ({'; '.join(self.reasons)})"
 
 # %% ../nbs/00b_runs.ipynb 58
-def _upstream_inputs(run_dir, spec, cfg, assume_rerun) -> dict:
+def _upstream_inputs(run_dir, spec, cfg, assume_rerun, assume_done=()) -> dict:
     "Fingerprints of the upstream stages; `StageOrderError` naming the command when one cannot be used."
     memo, inputs = {}, {}
     for u in needed_upstream(spec, cfg):
         if u in assume_rerun: inputs[f"stage:{u}"] = "(reruns first)"; continue
+        if u in assume_done:                 # a dry run: it resumes first; assume it ends as it was
+            inputs[f"stage:{u}"] = (read_marker(run_dir, get_stage(u)) or {}).get("fingerprint", "(resumes first)"); continue
         why = _upstream_state(run_dir, u, cfg, memo, verify_outputs=True)
         if why:
             first = _first_to_run(run_dir, u, cfg, memo)
@@ -468,11 +470,12 @@ def _first_to_run(run_dir, name:str, cfg, memo:dict) -> str:
     return name
 
 # %% ../nbs/00b_runs.ipynb 60
-def plan_stage(run_dir, stage:str, cfg, force:bool=False, assume_rerun=(), instance:str|None=None) -> Plan:
+def plan_stage(run_dir, stage:str, cfg, force:bool=False, assume_rerun=(), instance:str|None=None, assume_done=()) -> Plan:
     "Decide, without writing anything, whether `stage` skips, runs, resumes, retries or reruns (and why)."
+    # assume_rerun / assume_done: upstream stages a dry run expects to rerun first / to resume back to their state
     run_dir, spec = _norm_run_dir(run_dir), get_stage(stage, instance)
     h, vals = stage_config_hash(cfg, spec), stage_config(cfg, spec)
-    inputs = {**_upstream_inputs(run_dir, spec, cfg, set(assume_rerun)), **_external_inputs(run_dir, spec, cfg)}
+    inputs = {**_upstream_inputs(run_dir, spec, cfg, set(assume_rerun), set(assume_done)), **_external_inputs(run_dir, spec, cfg)}
     m = read_marker(run_dir, spec)
     p = Plan(spec.name, "run", [], h, vals, inputs, m)
     st = (m or {}).get("status")

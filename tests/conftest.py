@@ -78,3 +78,23 @@ def s3_bucket(s3_endpoint):
     fs, _ = get_fs(f"s3://{name}")
     fs.mkdir(name)
     yield name
+
+
+STRONGLENS = str(Path(sys.executable).with_name("stronglens"))
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One uninterrupted `stronglens demo RUN --config tiny` (configs/tiny.yaml: a small sky, 2 epochs), made once per
+    session through the command line. Tests copy it (`copy_run`) and never change it."""
+    run = tmp_path_factory.mktemp("tiny") / "run"
+    r = subprocess.run([STRONGLENS, "demo", str(run), "--config", "tiny"], capture_output=True, text=True, timeout=3000)
+    if r.returncode != 0:
+        pytest.fail(f"the tiny reference run failed (exit {r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+    return run
+
+
+def copy_run(src: Path, dst: Path) -> Path:
+    "`cp -r src dst`, as a user copies a run folder (new mtimes everywhere)."
+    subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
+    return dst

@@ -201,3 +201,18 @@ def test_sigkill_of_the_command_leaves_no_orphan(toy, tmp_path):
     from stronglens.config import load_config
     assert not holder_alive(m)
     assert plan_stage(run, "sky", load_config(run / "config.yaml")).action == "resume"
+
+
+def test_dry_run_after_a_deleted_output(toy, tmp_path):
+    "A resumed upstream regenerates the same bytes: the dry run says so instead of announcing reruns downstream."
+    pd, cfg, env = toy
+    run = tmp_path / "run"
+    assert _run(["demo", str(run), "--config", str(cfg)], env).returncode == 0
+    (run / "sky" / "seed.txt").unlink(); (run / "manifests" / "manifest.txt").unlink()
+    r = _run(["demo", str(run), "--dry-run"], env)
+    lines = {l.split()[0]: l for l in r.stdout.splitlines() if l.startswith("  ")}
+    assert "resume" in lines["sky"] and "1 missing (seed.txt)" in lines["sky"], r.stdout
+    assert "resume" in lines["catalogs"] and "manifest.txt" in lines["catalogs"] and "after sky resume" in lines["catalogs"], r.stdout
+    assert "skip" in lines["cutouts"], r.stdout
+    r = _run(["demo", str(run)], env)
+    assert r.returncode == 0 and "[cutouts] up to date; skipping" in r.stdout, r.stdout
