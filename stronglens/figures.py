@@ -52,15 +52,17 @@ def new_figure(width_in:float=PAGE_IN, height_in:float=3.0) -> Figure:
     "A constrained-layout `Figure` of the given size (inches), not registered with pyplot."
     return Figure(figsize=(width_in, height_in), layout="constrained")
 
+# %% ../nbs/16_figures.ipynb 11
 def n_panels(fig:Figure) -> int:
     "Number of visible panels of `fig` (axes that are not colorbars)."
     return sum(1 for a in fig.axes if a.get_visible() and a.get_label() != "<colorbar>")
 
+# %% ../nbs/16_figures.ipynb 12
 def figure_texts(fig:Figure) -> list[str]:
     "Every non-empty text string drawn in `fig` (titles, labels, annotations, tick labels once drawn)."
     return [t.get_text() for t in fig.findobj(Text) if t.get_text()]
 
-# %% ../nbs/16_figures.ipynb 11
+# %% ../nbs/16_figures.ipynb 13
 def save_figure(fig:Figure, out_dir:str, name:str, formats:Sequence[str]=("png", "pdf"), dpi:int=200) -> dict:
     "Write `fig` as `<out_dir>/<name>.<fmt>` for each format (atomically, local or object store); returns {fmt: url}."
     out = {}
@@ -71,23 +73,25 @@ def save_figure(fig:Figure, out_dir:str, name:str, formats:Sequence[str]=("png",
         out[fmt] = atomic_write_bytes(url_join(out_dir, f"{name}.{fmt}"), buf.getvalue())
     return out
 
-# %% ../nbs/16_figures.ipynb 14
+# %% ../nbs/16_figures.ipynb 16
 def _n(x) -> str:
     "A count with thousands separators, or 'n/a'."
     if x is None or (isinstance(x, float) and not np.isfinite(x)): return "n/a"
     return f"{int(x):,}"
 
+# %% ../nbs/16_figures.ipynb 17
 def _box(ax, x, y, text, color, width=None, **kw):
     "A rounded text box centred at axes fraction (x, y)."
     return ax.text(x, y, text, ha="center", va="center", fontsize=7, linespacing=1.35, transform=ax.transAxes,
                    bbox=dict(boxstyle="round,pad=0.45", fc=color, ec="0.25", lw=0.8), **kw)
 
+# %% ../nbs/16_figures.ipynb 18
 def _arrow(ax, a:Text, b:Text, side_a=(1, 0.5), side_b=(0, 0.5)):
     "Arrow from text box `a` to text box `b` (anchors as fractions of each box)."
     ax.annotate("", xy=side_b, xycoords=b, xytext=side_a, textcoords=a,
                 arrowprops=dict(arrowstyle="-|>", color="0.25", lw=0.9, shrinkA=4, shrinkB=5))     # past the boxes' padding
 
-# %% ../nbs/16_figures.ipynb 15
+# %% ../nbs/16_figures.ipynb 19
 @styled
 def fig_data_schematic(counts:dict) -> Figure:
     "Figure 1: known lenses and sweep catalogues -> positives / negative pool -> manifest -> cutouts -> splits, with counts."
@@ -109,7 +113,7 @@ def fig_data_schematic(counts:dict) -> Figure:
     for b in boxes.values(): _arrow(ax, cb, b)
     return fig
 
-# %% ../nbs/16_figures.ipynb 19
+# %% ../nbs/16_figures.ipynb 23
 def bin_sort_key(label) -> tuple:
     "Sort key of a bin label in numeric order: '<1.10' < '1.10-1.30' < '>=1.50', '6-10' < '11+', words after numbers, 'unknown' last."
     s = str(label)
@@ -118,16 +122,18 @@ def bin_sort_key(label) -> tuple:
     if not m: return (2, 0.0, 0, s)
     return (1, float(m.group()), 0 if s.startswith("<") else 2 if s.startswith(">") else 1, s)
 
+# %% ../nbs/16_figures.ipynb 24
 def _levels(s:pd.Series) -> list:
     "Levels of a stratum column: categorical order when categorical, else `bin_sort_key` order; NaN dropped."
     if isinstance(s.dtype, pd.CategoricalDtype): return [c for c in s.cat.categories if (s == c).any()]
     return sorted(s.dropna().unique().tolist(), key=bin_sort_key)
 
+# %% ../nbs/16_figures.ipynb 25
 def _class_hist(ax, p, label, bins):
     "Unit-area step histogram of scores `p` in the class colour."
     if len(p): ax.hist(p, bins=bins, density=True, histtype="step", lw=1.2, color=CLASS_COLORS[label], label=label)
 
-# %% ../nbs/16_figures.ipynb 20
+# %% ../nbs/16_figures.ipynb 26
 @styled
 def fig_score_distributions(df:pd.DataFrame, facets:Mapping[str, str], threshold:float|None=None,
                             score:str="p_lens", bins:int=20) -> Figure:
@@ -156,12 +162,13 @@ def fig_score_distributions(df:pd.DataFrame, facets:Mapping[str, str], threshold
     fig.legend(h, l, loc="outside upper center", ncols=len(h), fontsize=7)
     return fig
 
-# %% ../nbs/16_figures.ipynb 24
+# %% ../nbs/16_figures.ipynb 30
 def _cell_edges(comp:pd.DataFrame, idx:str, lo:str, hi:str) -> np.ndarray:
     "Bin edges of one grid axis from its per-cell lower/upper edge columns."
     g = comp.groupby(idx)[[lo, hi]].first().sort_index()
     return np.r_[g[lo].to_numpy(float), g[hi].to_numpy(float)[-1]]
 
+# %% ../nbs/16_figures.ipynb 31
 def pick_depths(comp:pd.DataFrame, n:int=3) -> list[int]:
     "`n` depth indices spread over the grid (first, middle, last) preferring depths that hold injections."
     idx = sorted(comp["i_depth"].unique())
@@ -169,7 +176,7 @@ def pick_depths(comp:pd.DataFrame, n:int=3) -> list[int]:
     if len(have) <= n: return have
     return [have[int(round(k))] for k in np.linspace(0, len(have) - 1, n)]
 
-# %% ../nbs/16_figures.ipynb 25
+# %% ../nbs/16_figures.ipynb 32
 def _heat_panel(ax, d:pd.DataFrame, xe, ye, cmap, annotate:bool):
     "One C(θE, PSF) panel: colour = completeness, text = CI half-width (pp), hatched × = empty cell."
     nx, ny = len(xe) - 1, len(ye) - 1
@@ -189,7 +196,7 @@ def _heat_panel(ax, d:pd.DataFrame, xe, ye, cmap, annotate:bool):
                     fontsize=5, color="white" if C[j, i] < 0.55 else "black")
     return mesh
 
-# %% ../nbs/16_figures.ipynb 26
+# %% ../nbs/16_figures.ipynb 33
 @styled
 def fig_selection_function(comp:pd.DataFrame, depths:Sequence[int]|None=None, annotate:bool=True,
                            cmap:str="cividis", depth_label:str="depth") -> Figure:
@@ -209,13 +216,13 @@ def fig_selection_function(comp:pd.DataFrame, depths:Sequence[int]|None=None, an
     cb.set_label("completeness C")
     return fig
 
-# %% ../nbs/16_figures.ipynb 30
+# %% ../nbs/16_figures.ipynb 37
 def default_composite() -> Callable:
     "The physics core's grz colour composite (one definition, shared by every gallery)."
     from stronglens.physics import grz_composite
     return grz_composite
 
-# %% ../nbs/16_figures.ipynb 31
+# %% ../nbs/16_figures.ipynb 38
 def _stamp(ax, img, title, rgb):
     "One gallery panel: composite of a (H, W, 3) grz stamp, or a blank panel when `img` is None."
     ax.set_xticks([]); ax.set_yticks([])
@@ -225,7 +232,7 @@ def _stamp(ax, img, title, rgb):
     ax.imshow(rgb(np.nan_to_num(np.asarray(img, float))), origin="lower", interpolation="nearest")
     ax.set_title(title, fontsize=6, pad=2)
 
-# %% ../nbs/16_figures.ipynb 32
+# %% ../nbs/16_figures.ipynb 39
 @styled
 def fig_failure_gallery(fn:pd.DataFrame, fp:pd.DataFrame, images:Mapping[str, np.ndarray], n_fn:int, n_pos:int,
                         n_fp:int, n_neg:int, threshold:float, rgb:Callable|None=None, per_class:int=8,
@@ -245,7 +252,7 @@ def fig_failure_gallery(fn:pd.DataFrame, fp:pd.DataFrame, images:Mapping[str, np
     fig.suptitle(f"Failures at p(lens) threshold {threshold:.3g}; stamps 26.5\u2033 across, grz composite", fontsize=7)
     return fig
 
-# %% ../nbs/16_figures.ipynb 36
+# %% ../nbs/16_figures.ipynb 43
 def _recall_panel(ax, d:pd.DataFrame, title:str, overall:tuple|None, color:str, min_n:int=10):
     "One recall-by-bin panel: points with CI whiskers, anchor counts, overall band."
     x = np.arange(len(d))
@@ -263,7 +270,7 @@ def _recall_panel(ax, d:pd.DataFrame, title:str, overall:tuple|None, color:str, 
                   rotation=35 if long else 0, ha="right" if long else "center", rotation_mode="anchor", fontsize=6)
     ax.set_xlim(-0.6, len(d) - 0.4); ax.set_ylim(-0.03, 1.05); ax.set_title(title, fontsize=7)
 
-# %% ../nbs/16_figures.ipynb 37
+# %% ../nbs/16_figures.ipynb 44
 @styled
 def fig_recall_by_stratum(table:pd.DataFrame, labels:Mapping[str, str]|None=None, overall:tuple|None=None) -> Figure:
     "Figure 5: recall with CIs per bin (`stratum, bin, n, k, recall, ci_lower, ci_upper` rows), one panel per stratum."
@@ -280,7 +287,7 @@ def fig_recall_by_stratum(table:pd.DataFrame, labels:Mapping[str, str]|None=None
     axes[0].set_ylabel("Tier-A recall")
     return fig
 
-# %% ../nbs/16_figures.ipynb 41
+# %% ../nbs/16_figures.ipynb 48
 @styled
 def fig_reliability(curves:Mapping[str, pd.DataFrame], ece:Mapping[str, float]|None=None, prevalence:float|None=None) -> Figure:
     "Figure 6: reliability curves (`calibration.reliability_curve` tables) for each named curve, with bin counts."
@@ -303,7 +310,7 @@ def fig_reliability(curves:Mapping[str, pd.DataFrame], ece:Mapping[str, float]|N
     axn.set_yscale("log"); axn.set_ylabel("stamps"); axn.set_xlabel("predicted p(lens)")
     return fig
 
-# %% ../nbs/16_figures.ipynb 45
+# %% ../nbs/16_figures.ipynb 52
 @styled
 def fig_roc_pr(curves:pd.DataFrame, summary:pd.DataFrame, title:str="z-band exposures") -> Figure:
     """Figure 7: ROC (left, log FPR) and PR (right), one curve per stratum. `curves`: `calibration.stratum_curves` rows
@@ -326,7 +333,7 @@ def fig_roc_pr(curves:pd.DataFrame, summary:pd.DataFrame, title:str="z-band expo
     ax_pr.legend(loc="lower left", fontsize=6, title="at the manifest's lens fraction (dotted),\nnot the sky's", title_fontsize=6)
     return fig
 
-# %% ../nbs/16_figures.ipynb 49
+# %% ../nbs/16_figures.ipynb 56
 @styled
 def fig_contaminant_fpr(table:pd.DataFrame, threshold:float, source:str="", reference:Sequence[str]=()) -> Figure:
     "Figure 8: FPR per category (`category, n, k, fpr, ci_lower, ci_upper` rows) as bars with CI whiskers and counts; `reference` rows in blue."

@@ -82,10 +82,12 @@ def _json_or_none(url:str) -> dict|None:
     "Parsed JSON at `url`, or None when the file does not exist."
     return json.loads(read_bytes(url)) if exists(url) else None
 
+# %% ../nbs/16c_report.ipynb 11
 def _parquet_or_none(url:str) -> pd.DataFrame|None:
     "The Parquet table at `url`, or None when it does not exist."
     return read_parquet(url) if exists(url) else None
 
+# %% ../nbs/16c_report.ipynb 12
 def latest_validation_summary(run_dir:str, folder:str="validation") -> tuple[dict|None, str|None]:
     "(summary.json, its URL) of the latest `validation/<UTC stamp>/` report, or (None, None)."
     fs, p = get_fs(url_join(run_dir, folder))
@@ -95,7 +97,7 @@ def latest_validation_summary(run_dir:str, folder:str="validation") -> tuple[dic
     url = url_join(run_dir, folder, stamps[-1].rstrip("/").split("/")[-1], "summary.json")
     return json.loads(read_bytes(url)), url
 
-# %% ../nbs/16c_report.ipynb 11
+# %% ../nbs/16c_report.ipynb 13
 def load_confuser_truth(run_dir:str, catalog_report:dict|None) -> tuple[pd.DataFrame|None, str]:
     "True confuser categories: the mock sky's confuser catalogue, else the run's morphology catalogue, else (None, '')."
     mock = url_join(run_dir, "sky", "confusers.csv")
@@ -107,7 +109,7 @@ def load_confuser_truth(run_dir:str, catalog_report:dict|None) -> tuple[pd.DataF
         return load_morphology_catalog(resolve_path(run_dir, url)), f"morphology catalogue ({url})"
     return None, ""
 
-# %% ../nbs/16c_report.ipynb 12
+# %% ../nbs/16c_report.ipynb 14
 def _stage_status(run_dir:str) -> dict:
     "Status of each pipeline stage's marker in `run_dir` (absent stages omitted)."
     from stronglens.runs import PIPELINE_STAGES, get_stage, read_marker
@@ -117,7 +119,7 @@ def _stage_status(run_dir:str) -> dict:
         if m: out[s] = m.get("status", "?")
     return out
 
-# %% ../nbs/16c_report.ipynb 13
+# %% ../nbs/16c_report.ipynb 15
 SCORE_COLUMNS: tuple[str, ...] = ("galaxy_id", "split", "label", "p_lens")
 
 def check_scores(scores:pd.DataFrame, source:str="scores") -> pd.DataFrame:
@@ -130,12 +132,13 @@ def check_scores(scores:pd.DataFrame, source:str="scores") -> pd.DataFrame:
     if bad.any(): raise ValueError(f"{source}: p_lens outside [0, 1] in {int(bad.sum())} row(s), e.g. galaxy {scores.galaxy_id[bad].iloc[0]!r} = {p[bad][0]}")
     return scores
 
+# %% ../nbs/16c_report.ipynb 16
 def _need(url:str, what:str, stage:str) -> str:
     "`url`, or FileNotFoundError saying which stage writes it."
     if not exists(url): raise FileNotFoundError(f"{url}: no {what}; run the `{stage}` stage first (stronglens run {stage})")
     return url
 
-# %% ../nbs/16c_report.ipynb 15
+# %% ../nbs/16c_report.ipynb 18
 def load_report_inputs(run_dir:str, scores:pd.DataFrame|str|None=None, checkpoint:str|dict|None="model/checkpoints/best.pt",
                        injection_dir:str="injection", finder:str="stronglens CNN") -> ReportInputs:
     "Everything the report reads from `run_dir`; `scores` (table or path, default model/scores_all.parquet) and `checkpoint` may come from elsewhere."
@@ -161,14 +164,14 @@ def load_report_inputs(run_dir:str, scores:pd.DataFrame|str|None=None, checkpoin
                         provenance=_json_or_none(R("provenance.json")), stage_status=_stage_status(run_dir), finder=finder,
                         cutout_failures=None if fail is None else len(fail))
 
-# %% ../nbs/16c_report.ipynb 17
+# %% ../nbs/16c_report.ipynb 20
 def synthetic_config(run_dir:str, report:dict|None=None):
     "A pipeline config for `synthetic_run`: real-data style (no mock sky stage), default sections elsewhere."
     from stronglens.config import config_from_dict
     return config_from_dict({"run": {"name": "synthetic", "seed": 0}, "catalogs": {"sweep_dir": url_join(run_dir, "inputs")},
                              "cutouts": {"source": "legacysurvey"}, "report": report or {}})
 
-# %% ../nbs/16c_report.ipynb 18
+# %% ../nbs/16c_report.ipynb 21
 def _synthetic_catalog(gid, label, split, rng) -> pd.DataFrame:
     "Catalogue rows with the strata columns of manifests/positives.parquet and negative_pool.parquet."
     n = len(gid)
@@ -182,7 +185,7 @@ def _synthetic_catalog(gid, label, split, rng) -> pd.DataFrame:
                          "pool": np.where(label == 1, "positive", rng.choice(["N1", "N2"], n, p=[.8, .2])),
                          "n2_category": ""})
 
-# %% ../nbs/16c_report.ipynb 19
+# %% ../nbs/16c_report.ipynb 22
 def _synthetic_scores(cat:pd.DataFrame, label:np.ndarray, rng) -> pd.DataFrame:
     "Over-confident logits (true temperature 2) whose separation shrinks with PSF size."
     sep = 3.0 - 2.5 * (cat.psfsize_z.to_numpy() - 0.95)
@@ -190,7 +193,7 @@ def _synthetic_scores(cat:pd.DataFrame, label:np.ndarray, rng) -> pd.DataFrame:
     return pd.DataFrame({"galaxy_id": cat.galaxy_id, "split": cat.split, "label": label.astype(np.int64),
                          "logit": z.astype(np.float32), "p_lens": 1 / (1 + np.exp(-z)), "n_nan": 0})
 
-# %% ../nbs/16c_report.ipynb 20
+# %% ../nbs/16c_report.ipynb 23
 def _synthetic_checkpoint(url:str):
     "A real (untrained) checkpoint of the small CNN in the training module's format."
     import torch
@@ -204,7 +207,7 @@ def _synthetic_checkpoint(url:str):
                          augment={"flips": True, "rot90": True}, settings={"epochs": 3, "batch_size": 64, "lr": 3e-3, "weight_decay": 1e-4},
                          best_epoch=2, best_val_auc=0.9, history=[{}, {}], n_parameters=count_parameters(m)), url)
 
-# %% ../nbs/16c_report.ipynb 21
+# %% ../nbs/16c_report.ipynb 24
 def synthetic_completeness(seed:int=0, n_per_cell:int=200) -> pd.DataFrame:
     "An 11 × 7 × 5 completeness grid (spec §6 axes, PLAN columns) rising with θE/PSF and depth, Wilson CIs, some empty cells."
     rng = np.random.default_rng(seed); rows = []
@@ -222,7 +225,7 @@ def synthetic_completeness(seed:int=0, n_per_cell:int=200) -> pd.DataFrame:
     df["ci_lower"], df["ci_upper"] = cal.wilson_interval(df.n_detected, df.n_injected)
     return df[T.COMPLETENESS_COLUMNS]
 
-# %% ../nbs/16c_report.ipynb 22
+# %% ../nbs/16c_report.ipynb 25
 def _synthetic_leakage(n:int, leak:bool) -> dict:
     "leakage.json as the catalog stage writes it (a failing pixel-overlap check when `leak`)."
     checks = {k: {"passed": True, "count": 0, "examples": []} for k in
@@ -230,6 +233,7 @@ def _synthetic_leakage(n:int, leak:bool) -> dict:
     if leak: checks["pixel_in_multiple_splits"] = {"passed": False, "count": 3, "examples": [1201, 1202, 1377]}
     return {"n_rows": n, "checks": checks, "passed": not leak}
 
+# %% ../nbs/16c_report.ipynb 26
 def _synthetic_gates(leak:bool) -> dict:
     "validation/gates.json with raw and preprocessed results (the raw core gate fails when `leak`)."
     r = lambda core, rad: {"core_lr_auc": core, "radial_profile_auc": rad, "core_threshold": 0.55, "radial_threshold": 0.6,
@@ -237,7 +241,7 @@ def _synthetic_gates(leak:bool) -> dict:
     res = {"raw": r(0.62 if leak else 0.52, 0.55), "preprocessed": r(0.51, 0.53)}
     return {"split": "test", "passed": all(v["passed"] for v in res.values()), "results": res}
 
-# %% ../nbs/16c_report.ipynb 23
+# %% ../nbs/16c_report.ipynb 27
 def _synthetic_validation(n_pos:int, n_neg:int) -> dict:
     "A spec §5 summary.json."
     feat = lambda auc, flag: {"auc": auc, "ci_lower": auc - 0.03, "ci_upper": auc + 0.03, "flag": flag, "n_pos": n_pos, "n_neg": n_neg}
@@ -248,7 +252,7 @@ def _synthetic_validation(n_pos:int, n_neg:int) -> dict:
             "shortcut_features": {"core_brightness_r": feat(0.53, "green"), "annulus_brightness_r": feat(0.66, "yellow"),
                                   "azimuthal_asymmetry": feat(0.64, "expected_physics")}}
 
-# %% ../nbs/16c_report.ipynb 24
+# %% ../nbs/16c_report.ipynb 28
 def _synthetic_closure(threshold:float) -> dict:
     "injection/closure.json as `injection.closure_document` writes it (fewer fields)."
     return {"threshold": {"value": threshold, "kind": "fpr", "target": 0.05, "fpr": 0.05, "split": "val"},
@@ -257,7 +261,7 @@ def _synthetic_closure(threshold:float) -> dict:
             "n_targets": 20, "n_supported": 18, "feature_probe": {"status": "ok", "auc": 0.93, "ci_lower": 0.90, "ci_upper": 0.96},
             "source_model": "sersic"}
 
-# %% ../nbs/16c_report.ipynb 25
+# %% ../nbs/16c_report.ipynb 29
 def synthetic_run(run_dir:str, n:int=600, seed:int=0, leak:bool=False, injection:bool=True):
     "Write a small synthetic run (catalogs, cutouts, train, validate[, inject] stages, real markers) into `run_dir`; returns its config."
     from stronglens.runs import stage_run
@@ -298,7 +302,7 @@ def synthetic_run(run_dir:str, n:int=600, seed:int=0, leak:bool=False, injection
             atomic_write_json(st.path("closure.json"), _synthetic_closure(cal.threshold_at_fpr(np.zeros(len(v)), v, 0.05)))
     return cfg
 
-# %% ../nbs/16c_report.ipynb 29
+# %% ../nbs/16c_report.ipynb 33
 def contaminant_categories(negatives:pd.DataFrame, truth:pd.DataFrame|None=None, truth_source:str="", pool:pd.DataFrame|None=None,
                            match_radius_arcsec:float=1.0, none_label:str="ordinary") -> tuple[pd.Series, str]:
     "Category per negative: from `truth` (by galaxy_id, else by position), else the pool's N2 proxy category; and the source, in words."
@@ -315,7 +319,7 @@ def contaminant_categories(negatives:pd.DataFrame, truth:pd.DataFrame|None=None,
     n2 = gid.map(pool.set_index(pool["galaxy_id"].astype(str))["n2_category"]).fillna("")
     return n2.where(n2 != "", "N1 (ordinary)").rename("category"), "catalogue-level N2 proxies (no morphology catalogue)"
 
-# %% ../nbs/16c_report.ipynb 31
+# %% ../nbs/16c_report.ipynb 35
 def scored_table(inp:ReportInputs, cfg:ReportConfig) -> pd.DataFrame:
     "Scores with strata (`calibration.attach_strata`), `tier` of positives, `category` of negatives and a `logit` column."
     s = inp.scores.copy()
@@ -334,7 +338,7 @@ def scored_table(inp:ReportInputs, cfg:ReportConfig) -> pd.DataFrame:
     s.attrs["category_source"] = src
     return s
 
-# %% ../nbs/16c_report.ipynb 35
+# %% ../nbs/16c_report.ipynb 39
 def detection_threshold(scored:pd.DataFrame, cfg:ReportConfig, closure:dict|None=None) -> dict:
     "The threshold (value, kind, how it was set) and its FPR measured on the evaluation split's negatives (Wilson CI)."
     kind, src = cfg.threshold_kind, "report config"
@@ -356,7 +360,7 @@ def detection_threshold(scored:pd.DataFrame, cfg:ReportConfig, closure:dict|None
     return {"value": value, "kind": kind, "how": how, "source": src, "eval_split": cfg.eval_split, "fpr": k / n if n else np.nan, "set_on_eval_split": circular,
             "fpr_ci": [float(lo), float(hi)], "n_negatives": n, "n_flagged": k}
 
-# %% ../nbs/16c_report.ipynb 39
+# %% ../nbs/16c_report.ipynb 43
 def _gate_alerts(gates:dict|None) -> list[tuple]:
     "Red alerts for each failed shortcut gate in validation/gates.json."
     out = []
@@ -366,6 +370,7 @@ def _gate_alerts(gates:dict|None) -> list[tuple]:
             if ok is False: out.append(("red", f"Shortcut gate failed on {pix} pixels: {g} = {r[g]:.3f} (must be < {r[thr]:.2f})"))
     return out
 
+# %% ../nbs/16c_report.ipynb 44
 def _validation_alerts(summary:dict|None) -> list[tuple]:
     "Red alerts for failed quality gates and red shortcut features; amber for yellow ones."
     s, out = summary or {}, []
@@ -376,13 +381,14 @@ def _validation_alerts(summary:dict|None) -> list[tuple]:
         elif r.get("flag") == "yellow": out.append(("amber", f"Shortcut feature {f}: AUC {r['auc']:.3f} (yellow)"))
     return out
 
-# %% ../nbs/16c_report.ipynb 40
+# %% ../nbs/16c_report.ipynb 45
 def _closure_failed(c:Mapping) -> bool:
     "Did a closure test (a closure.json section) find predicted and measured recall significantly apart?"
     if "significant" in c and c["significant"] is not None: return bool(c["significant"])
     z = c.get("significance_sigma", c.get("z"))
     return z is not None and np.isfinite(z) and abs(z) >= 2
 
+# %% ../nbs/16c_report.ipynb 46
 def _closure_alerts(closure:dict|None, cfg:ReportConfig) -> list[tuple]:
     "Alerts from the closure tests (Tier-A; every planted lens on the mock) and the feature probe (injection/closure.json)."
     if not closure: return [("amber", "No injection-recovery results: completeness is not measured (figure 3 and table 6 are absent).")]
@@ -398,7 +404,7 @@ def _closure_alerts(closure:dict|None, cfg:ReportConfig) -> list[tuple]:
                          "completeness measured on injections may not transfer to real lenses."))
     return out
 
-# %% ../nbs/16c_report.ipynb 41
+# %% ../nbs/16c_report.ipynb 47
 STATUS_WORDS: dict[str, str] = {"done_with_failures": "finished with per-item failures (retried on the next run)",
                                 "legacy": "was made by an older stronglens (no stage-protocol marker): its outputs are not fingerprinted",
                                 "running": "is still running or was interrupted", "failed": "failed"}
@@ -421,7 +427,7 @@ def report_alerts(inp:ReportInputs, cfg:ReportConfig) -> list[tuple]:
     if inp.cutout_failures: out.append(("amber", f"{inp.cutout_failures:,} cutouts could not be made (cutouts/failed_cutouts.parquet)."))
     return sorted(out, key=lambda a: a[0] != "red")
 
-# %% ../nbs/16c_report.ipynb 44
+# %% ../nbs/16c_report.ipynb 50
 def schematic_counts(inp:ReportInputs) -> dict:
     "The counts of figure 1 from the manifest, its catalogue rows, catalog_report.json and the validation summary."
     m, cr, v = inp.manifest, inp.catalog_report or {}, inp.validation or {}
@@ -436,24 +442,26 @@ def schematic_counts(inp:ReportInputs) -> dict:
                 negatives={p: int((pool == p).sum()) for p in ("N1", "N2")}, manifest_rows=len(m), cutouts_ok=ok,
                 cutouts_failed=inp.cutout_failures, splits=splits, nside=nside, exclusion_arcsec=excl)
 
-# %% ../nbs/16c_report.ipynb 46
+# %% ../nbs/16c_report.ipynb 52
 def failure_examples(ev:pd.DataFrame, threshold:float, n:int=8, seed:int=0) -> tuple[pd.DataFrame, pd.DataFrame]:
     "(false negatives, false positives) of the evaluation rows `ev`: a seeded random sample of `n` each, lowest/highest score first."
     fn = ev[(ev.label == 1) & (ev.p_lens < threshold)]; fp = ev[(ev.label == 0) & (ev.p_lens >= threshold)]
     pick = lambda d, asc: d.sample(min(n, len(d)), random_state=seed).sort_values("p_lens", ascending=asc)
     return pick(fn, True), pick(fp, False)
 
-# %% ../nbs/16c_report.ipynb 47
+# %% ../nbs/16c_report.ipynb 53
 def load_stamps(run_dir:str, manifest:pd.DataFrame, galaxy_ids:Sequence[str]) -> dict:
     "{galaxy_id: (101, 101, 3) grz cutout} for `galaxy_ids`, read through the manifest's run-relative `s3_path`."
     from stronglens.cutouts import read_cutout
     paths = manifest.assign(galaxy_id=manifest.galaxy_id.astype(str)).set_index("galaxy_id")["s3_path"]
     return {g: read_cutout(resolve_path(run_dir, paths[g]))[0] for g in galaxy_ids if g in paths.index}
 
-# %% ../nbs/16c_report.ipynb 50
+# %% ../nbs/16c_report.ipynb 56
 def stratum_labels(band:str="z") -> dict[str, str]:
     "Axis/panel names of the strata, with the band and units of the PSF and depth bins."
     return {"nobs_z_bin": "z exposures", "psf_bin": f"PSF {band} (″)", "depth_bin": f"{band} depth (mag)", "type_bin": "Tractor type"}
+
+# %% ../nbs/16c_report.ipynb 57
 TABLE_CAPTIONS: dict[str, str] = {
     "table1_data_summary": "Training-manifest rows by class, tier or pool, and split.",
     "table2_stratification": "Manifest rows per z-band exposure-count bin and Tractor-type bin, by class.",
@@ -462,7 +470,7 @@ TABLE_CAPTIONS: dict[str, str] = {
     "table5_hyperparameters": "Architecture, optimiser, training, preprocessing and augmentation settings, read from the evaluated checkpoint.",
     "table6_selection_function": "Completeness C(theta_E, PSF, depth) on the injection grid; 95% binomial intervals; valid inside the grid only."}
 
-# %% ../nbs/16c_report.ipynb 51
+# %% ../nbs/16c_report.ipynb 58
 REFERENCE_CATEGORIES: tuple[str, ...] = ("ordinary", "N1 (ordinary)")   # non-confuser negatives: the baseline rows of table 4 / figure 8
 
 def report_tables(inp:ReportInputs, sc:pd.DataFrame, th:dict, cfg:ReportConfig) -> dict[str, pd.DataFrame]:
@@ -479,7 +487,7 @@ def report_tables(inp:ReportInputs, sc:pd.DataFrame, th:dict, cfg:ReportConfig) 
     if inp.completeness is not None: out["table6_selection_function"] = T.table_selection_function(inp.completeness)
     return out
 
-# %% ../nbs/16c_report.ipynb 54
+# %% ../nbs/16c_report.ipynb 61
 def _curves_summary(ev:pd.DataFrame, by:str, cfg:ReportConfig, th:dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     "(`calibration.stratum_curves`, per-stratum summary: AUC (bootstrap CI), recall and FPR (Wilson CIs), AP, counts) for strata holding both classes."
     from sklearn.metrics import average_precision_score
@@ -490,7 +498,7 @@ def _curves_summary(ev:pd.DataFrame, by:str, cfg:ReportConfig, th:dict) -> tuple
     st["ap"] = [average_precision_score(ev[ev[by].astype(str) == s].label, ev[ev[by].astype(str) == s].p_lens) for s in st.index]
     return curves, st
 
-# %% ../nbs/16c_report.ipynb 55
+# %% ../nbs/16c_report.ipynb 62
 def _reliability(sc:pd.DataFrame, cfg:ReportConfig) -> dict:
     "Temperature scaling (fit on the threshold split, applied to the evaluation split): curves, ECE and metrics before/after."
     scaler, table, out = cal.temperature_scale_scores(sc, fit_split=cfg.threshold_split, apply_split=cfg.eval_split,
@@ -502,7 +510,7 @@ def _reliability(sc:pd.DataFrame, cfg:ReportConfig) -> dict:
     ece = dict(zip(curves, table["ece"].astype(float)))
     return {"temperature": float(scaler.temperature_), "curves": curves, "ece": ece, "metrics": table}
 
-# %% ../nbs/16c_report.ipynb 56
+# %% ../nbs/16c_report.ipynb 63
 def report_figures(inp:ReportInputs, sc:pd.DataFrame, th:dict, tabs:dict, cfg:ReportConfig) -> tuple[dict, dict]:
     "Figures 1–8 (those whose inputs exist) as `Figure`s keyed by file name, and the numbers computed on the way."
     ev, t = sc[sc.split == cfg.eval_split], th["value"]
@@ -525,11 +533,12 @@ def report_figures(inp:ReportInputs, sc:pd.DataFrame, th:dict, tabs:dict, cfg:Re
                                                          reference=(*REFERENCE_CATEGORIES, "all negatives"))
     return figs, extra
 
-# %% ../nbs/16c_report.ipynb 62
+# %% ../nbs/16c_report.ipynb 69
 def _row_ci(d:Mapping, key:str) -> dict:
     "{value, ci} of `key` from a stratum_table row."
     return {"value": float(d[key]), "ci": [float(d[f"{key}_ci_lower"]), float(d[f"{key}_ci_upper"])]}
 
+# %% ../nbs/16c_report.ipynb 70
 def headline_numbers(sc:pd.DataFrame, th:dict, cfg:ReportConfig) -> dict:
     "Pooled AUC, recall, FPR (with CIs), manifest precision (with its caveat), Tier-A and Tier-B recall on the evaluation split."
     ev = sc[sc.split == cfg.eval_split].assign(_pooled="all")
@@ -545,7 +554,7 @@ def headline_numbers(sc:pd.DataFrame, th:dict, cfg:ReportConfig) -> dict:
                                      "wilson": [float(t.wilson_lower), float(t.wilson_upper)]} if t is not None else None
     return out
 
-# %% ../nbs/16c_report.ipynb 65
+# %% ../nbs/16c_report.ipynb 73
 CLAIMS_TO_AVOID: list[tuple[str, str]] = [
     ("No survey-wide precision or purity.", "The manifest's lens fraction is set by the negative sampling, not by the sky; "
      "precision here is precision at that fraction only."),
@@ -571,9 +580,10 @@ figure{margin:18px 0 28px} figure img{max-width:100%;height:auto;border:1px soli
 .claims li{margin:4px 0} details summary{cursor:pointer;color:#0b5394} .files a{margin-right:10px;font-size:.88em}
 """
 
-# %% ../nbs/16c_report.ipynb 66
+# %% ../nbs/16c_report.ipynb 74
 def _e(x) -> str: return html.escape(str(x))
 
+# %% ../nbs/16c_report.ipynb 75
 def _ci(d:Mapping|None, fmt:str="{:.3f}") -> str:
     "'v [lo, hi]' of a {value, ci} dict (plus 'k/n; Wilson [lo, hi]' when it has them), or 'n/a'."
     if not d or d.get("value") is None or not np.isfinite(d["value"]): return "n/a"
@@ -583,6 +593,7 @@ def _ci(d:Mapping|None, fmt:str="{:.3f}") -> str:
         out += f" ({d['k']}/{d['n']}; Wilson [{fmt.format(d['wilson'][0])}, {fmt.format(d['wilson'][1])}])"
     return out
 
+# %% ../nbs/16c_report.ipynb 76
 def html_table(df:pd.DataFrame, max_rows:int|None=None) -> str:
     "An HTML table of `df`, numbers formatted as in the LaTeX tables, numeric cells right-aligned."
     rows = df if max_rows is None else df.head(max_rows)
@@ -592,12 +603,13 @@ def html_table(df:pd.DataFrame, max_rows:int|None=None) -> str:
                    for r in rows.itertuples(index=False))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
-# %% ../nbs/16c_report.ipynb 67
+# %% ../nbs/16c_report.ipynb 77
 ALERT_STYLES: dict[str, str] = {   # inline too, so the colours survive where <style> is stripped (mail clients, notebooks)
     "alert": "border-left:6px solid #b00020;background:#fdecee;color:#7a0016;padding:10px 14px;margin:8px 0;font-weight:600",
     "amber": "border-left:6px solid #b26a00;background:#fff4e0;color:#6b4000;padding:8px 14px;margin:6px 0",
     "ok": "border-left:6px solid #1b7f3b;background:#e9f6ee;color:#0f5226;padding:10px 14px;margin:8px 0;font-weight:600"}
 
+# %% ../nbs/16c_report.ipynb 78
 def _section_alerts(alerts:list[tuple]) -> str:
     "Red alerts (or a green all-clear) and amber notes, at the top of the page."
     red = [m for l, m in alerts if l == "red"]; amber = [m for l, m in alerts if l != "red"]
@@ -606,6 +618,7 @@ def _section_alerts(alerts:list[tuple]) -> str:
     if not red: out += div("ok", "No failed gate, no leakage finding, no failed closure test.")
     return out + "".join(div("amber", _e(m)) for m in amber)
 
+# %% ../nbs/16c_report.ipynb 79
 def _section_headline(th:dict, hl:dict, calib:dict|None) -> str:
     "The operating point and the headline numbers, precision next to its caveat."
     rows = [("Detection threshold", f"p(lens) ≥ {th['value']:.4g} ({th['how']})"),
@@ -621,14 +634,16 @@ def _section_headline(th:dict, hl:dict, calib:dict|None) -> str:
     return (f"<table>{body}</table><p class=sub>Intervals: 95% percentile bootstrap ({_e(hl.get('n_bootstrap', 1000))} resamples) unless stated; "
             "for recall, k/n and the Wilson interval too (a bootstrap of a few 0/1 outcomes is degenerate).</p>")
 
-# %% ../nbs/16c_report.ipynb 68
+# %% ../nbs/16c_report.ipynb 80
 def _section_claims() -> str:
     "What the numbers do not support (spec §7.7)."
     return '<ul class="claims">' + "".join(f"<li><b>{_e(a)}</b> {_e(b)}</li>" for a, b in CLAIMS_TO_AVOID) + "</ul>"
 
+# %% ../nbs/16c_report.ipynb 81
 def _passfail(ok) -> str:
     return '<span class="pass">pass</span>' if ok is True else '<span class="fail">FAIL</span>' if ok is False else "n/a"
 
+# %% ../nbs/16c_report.ipynb 82
 def _section_leakage(leakage:dict|None) -> str:
     "Every leakage check of manifests/leakage.json with its count and examples."
     if not leakage: return "<p class=sub>No leakage report in this run.</p>"
@@ -639,7 +654,7 @@ def _section_leakage(leakage:dict|None) -> str:
     extra += ".</p>"
     return f"<table><tr><th>check</th><th>result</th><th>count</th><th>examples</th></tr>{rows}</table>" + extra
 
-# %% ../nbs/16c_report.ipynb 69
+# %% ../nbs/16c_report.ipynb 83
 def _section_gates(gates:dict|None, summary:dict|None) -> str:
     "Shortcut gates on raw and preprocessed pixels, cutout quality gates, per-feature shortcut AUCs."
     out = ""
@@ -659,7 +674,7 @@ def _section_gates(gates:dict|None, summary:dict|None) -> str:
         if len(f): out += "<h3>Shortcut AUC by feature (max(AUC, 1 − AUC); bootstrap 95%)</h3>" + html_table(f)
     return out or "<p class=sub>No gate or validation results in this run.</p>"
 
-# %% ../nbs/16c_report.ipynb 70
+# %% ../nbs/16c_report.ipynb 84
 def _flat_items(d:Mapping, prefix:str="") -> list[tuple[str, Any]]:
     "(dotted key, leaf) pairs of a nested mapping."
     out = []
@@ -668,6 +683,7 @@ def _flat_items(d:Mapping, prefix:str="") -> list[tuple[str, Any]]:
         out += _flat_items(v, key) if isinstance(v, Mapping) else [(key, v)]
     return out
 
+# %% ../nbs/16c_report.ipynb 85
 def _closure_line(name:str, c:Mapping) -> str:
     "One closure test in words: predicted vs measured recall with intervals, the difference's p-value, the smallest detectable gap."
     if c.get("measured_recall") is None or c.get("predicted_recall") is None:
@@ -681,6 +697,7 @@ def _closure_line(name:str, c:Mapping) -> str:
     return (f"<p>Closure test, {_e(name)}{_e(n)}: recall predicted from the injections <b>{c['predicted_recall']:.3f}</b>{pred_ci}, measured "
             f"<b>{c['measured_recall']:.3f}</b>{meas_ci} — {verdict}{_e(extra)}.</p>")
 
+# %% ../nbs/16c_report.ipynb 86
 def _section_closure(closure:dict|None) -> str:
     "The closure tests and the feature probe (injection/closure.json), every field shown."
     if not closure: return "<p class=sub>No injection-recovery stage in this run: completeness is not measured.</p>"
@@ -695,7 +712,7 @@ def _section_closure(closure:dict|None) -> str:
     rows = "".join(f"<tr><td>{_e(k)}</td><td>{_e(T._fmt(v) if not isinstance(v, list) else ', '.join(T._fmt(x) for x in v))}</td></tr>" for k, v in _flat_items(closure))
     return lead + f"<details><summary>all fields of closure.json</summary><table>{rows}</table></details>"
 
-# %% ../nbs/16c_report.ipynb 71
+# %% ../nbs/16c_report.ipynb 87
 FIGURE_CAPTIONS: dict[str, str] = {
     "fig1_data_schematic": "Data flow and splits with this run's counts: known lenses give the positives (Tier A confident, Tier B probable); "
         "the sweep catalogues give the negative pool (N1 ordinary, N2 confuser proxies) away from known lenses; HEALPix pixels assign train/val/test.",
@@ -712,11 +729,13 @@ FIGURE_CAPTIONS: dict[str, str] = {
         "fraction (dotted), not the sky's.",
     "fig8_contaminant_fpr": "False-positive rate by contaminant category at the threshold, Wilson 95% intervals; flagged/n on the right."}
 
+# %% ../nbs/16c_report.ipynb 88
 def _img(url:str, alt:str, dpi:int=200, zoom:float=1.35) -> str:
     "An <img> with the PNG at `url` embedded as a data URI, shown at `zoom` × its print size (CSS px = 1/96 in)."
     b = read_bytes(url); width_px = int.from_bytes(b[16:20], "big")          # PNG IHDR width
     return f'<img src="data:image/png;base64,{base64.b64encode(b).decode()}" alt="{_e(alt)}" style="width:{round(width_px / dpi * 96 * zoom)}px">'
 
+# %% ../nbs/16c_report.ipynb 89
 def _section_figures(figs:dict, out_dir:str, dpi:int=200) -> str:
     "Every figure embedded, with its caption and links to the files beside the page."
     out = ""
@@ -726,7 +745,7 @@ def _section_figures(figs:dict, out_dir:str, dpi:int=200) -> str:
                 f'{_e(FIGURE_CAPTIONS.get(name, ""))} <span class="files">{links}</span></figcaption></figure>')
     return out
 
-# %% ../nbs/16c_report.ipynb 72
+# %% ../nbs/16c_report.ipynb 90
 def _section_tables(tabs:dict, files:dict) -> str:
     "Every table as HTML (the long lookup folded), its caption and links to CSV and LaTeX."
     out = ""
@@ -737,6 +756,7 @@ def _section_tables(tabs:dict, files:dict) -> str:
         out += f'<h3 id="{name}">Table {name[5]}. {_e(TABLE_CAPTIONS.get(name, ""))}{cav}</h3><p class="files">{links}</p>{body}'
     return out
 
+# %% ../nbs/16c_report.ipynb 91
 def _section_strata(summ:pd.DataFrame|None) -> str:
     "Per nobs_z bin: counts, AUC, recall, FPR and manifest precision (with the caveat beside it)."
     if summ is None or summ.empty: return ""
@@ -747,7 +767,7 @@ def _section_strata(summ:pd.DataFrame|None) -> str:
     return ("<h3>By z-band exposure count (evaluation split)</h3>" + html_table(t)
             + f'<p><span class="caveat">precision_manifest: {_e(cal.PREVALENCE_CAVEAT)}</span></p>')
 
-# %% ../nbs/16c_report.ipynb 73
+# %% ../nbs/16c_report.ipynb 92
 def render_page(rep:dict, tabs:dict, strata:pd.DataFrame|None, inp:ReportInputs, out_dir:str) -> str:
     "The whole HTML page from `report.json`'s content, the tables and the inputs."
     prov = rep.get("provenance") or {}
@@ -763,7 +783,7 @@ def render_page(rep:dict, tabs:dict, strata:pd.DataFrame|None, inp:ReportInputs,
     return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width,initial-scale=1'>"
             f"<title>stronglens audit: {_e(rep['finder'])}</title><style>{PAGE_CSS}</style></head><body><main>{''.join(parts)}</main></body></html>")
 
-# %% ../nbs/16c_report.ipynb 75
+# %% ../nbs/16c_report.ipynb 94
 def _calibration_summary(rel:dict|None, cfg:ReportConfig) -> dict|None:
     "ECE and Brier before/after temperature scaling (with CIs) and the fitted temperature, JSON-ready."
     if not rel: return None
@@ -772,6 +792,7 @@ def _calibration_summary(rel:dict|None, cfg:ReportConfig) -> dict|None:
             "ece_before": float(m.loc["before", "ece"]), "ece_after": float(m.loc["after", "ece"]),
             "metrics": {k: {c: (float(v) if isinstance(v, (int, float, np.floating)) else v) for c, v in row.items()} for k, row in m.to_dict("index").items()}}
 
+# %% ../nbs/16c_report.ipynb 95
 def _missing(inp:ReportInputs) -> list[str]:
     "What the report could not produce, and why."
     out = []
@@ -779,7 +800,7 @@ def _missing(inp:ReportInputs) -> list[str]:
     if inp.checkpoint is None: out += ["Table 5: no checkpoint (an external finder, or model/checkpoints/best.pt missing)."]
     return out
 
-# %% ../nbs/16c_report.ipynb 76
+# %% ../nbs/16c_report.ipynb 96
 def build_report(inp:ReportInputs, out_dir:str, cfg:ReportConfig|None=None, provenance:dict|None=None, log=print) -> dict:
     "Write figures/, tables/, report.json and index.html into `out_dir`; returns report.json's content."
     cfg = cfg or ReportConfig()
@@ -804,7 +825,7 @@ def build_report(inp:ReportInputs, out_dir:str, cfg:ReportConfig|None=None, prov
     atomic_write_text(url_join(out_dir, "index.html"), render_page(rep, tabs, extra.get("nobs_z_table"), inp, out_dir))
     return rep
 
-# %% ../nbs/16c_report.ipynb 82
+# %% ../nbs/16c_report.ipynb 102
 def run_report_stage(cfg, run_dir:str, progress:bool=True) -> dict:
     "Pipeline stage `report`: figures, tables, report.json and index.html into `<run_dir>/report/`."
     from stronglens.runs import stage_run

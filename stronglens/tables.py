@@ -45,12 +45,13 @@ def table_latex(df:pd.DataFrame, caption:str, label:str, longtable_rows:int=40) 
     return body.to_latex(index=False, caption=tex_escape(caption), label=label, escape=True,
                          longtable=len(df) > longtable_rows, column_format="l" * len(df.columns))
 
+# %% ../nbs/16b_tables.ipynb 9
 def write_table(df:pd.DataFrame, out_dir:str, name:str, caption:str, label:str|None=None) -> dict:
     "Write `<out_dir>/<name>.csv` (full precision) and `.tex`; returns {'csv': url, 'tex': url}."
     return {"csv": atomic_write_text(url_join(out_dir, f"{name}.csv"), df.to_csv(index=False)),
             "tex": atomic_write_text(url_join(out_dir, f"{name}.tex"), table_latex(df, caption, label or f"tab:{name}"))}
 
-# %% ../nbs/16b_tables.ipynb 11
+# %% ../nbs/16b_tables.ipynb 12
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 TIER_NAMES: dict[str, str] = {"A": "Tier A (confident)", "B": "Tier B (probable)"}
 POOL_NAMES: dict[str, str] = {"N1": "N1 (ordinary galaxies)", "N2": "N2 (confuser proxies)"}
@@ -62,12 +63,13 @@ def tier_of(positives:pd.DataFrame) -> pd.Series:
     else: t = pd.Series(np.nan, index=positives.index)
     return pd.Series(t.to_numpy(), index=positives["galaxy_id"].astype(str).to_numpy())
 
-# %% ../nbs/16b_tables.ipynb 12
+# %% ../nbs/16b_tables.ipynb 13
 def _split_counts(mask:pd.Series, split:pd.Series) -> dict:
     "Counts of `mask` rows per split, plus the total."
     c = {s: int((mask & (split == s)).sum()) for s in SPLITS}
     return {**c, "total": int(mask.sum())}
 
+# %% ../nbs/16b_tables.ipynb 14
 def table_data_summary(manifest:pd.DataFrame, positives:pd.DataFrame|None=None, pool:pd.DataFrame|None=None) -> pd.DataFrame:
     "Table 1: manifest rows by class (tier / pool) and split; every sub-block sums to its class row."
     m = manifest.reset_index(drop=True); gid, split, pos = m.galaxy_id.astype(str), m.split.astype(str), m.label == 1
@@ -80,7 +82,7 @@ def table_data_summary(manifest:pd.DataFrame, positives:pd.DataFrame|None=None, 
     rows.append(("all", pd.Series(True, index=m.index)))
     return pd.DataFrame([{"sample": name, **_split_counts(mask, split)} for name, mask in rows])
 
-# %% ../nbs/16b_tables.ipynb 16
+# %% ../nbs/16b_tables.ipynb 18
 def table_stratification(df:pd.DataFrame, nobs_bins:Sequence[str]=("1-2", "3-5", "6-10", "11+"),
                          type_bins:Sequence[str]=("SER", "DEV", "REX", "OTHER")) -> pd.DataFrame:
     "Table 2: counts per nobs_z_bin × type_bin for positives, negatives and all (rows: class, nobs_z_bin; cols: type bins + total)."
@@ -95,7 +97,7 @@ def table_stratification(df:pd.DataFrame, nobs_bins:Sequence[str]=("1-2", "3-5",
     t = pd.concat(out, ignore_index=True)
     return t[["class", "nobs_z_bin"] + tb + ["total"]].astype({c: int for c in tb + ["total"]})
 
-# %% ../nbs/16b_tables.ipynb 20
+# %% ../nbs/16b_tables.ipynb 22
 def table_recall_by_stratum(anchors:pd.DataFrame, strata:Sequence[str], threshold:float, score_col:str="p_lens",
                             n_resamples:int=1000, seed:int=0, ci:float=0.95) -> pd.DataFrame:
     "Table 3: recall of `anchors` (positives with stratum columns and scores) per bin of each stratum, bootstrap CIs; last row 'all'."
@@ -112,7 +114,7 @@ def table_recall_by_stratum(anchors:pd.DataFrame, strata:Sequence[str], threshol
     order = {s: i for i, s in enumerate(list(strata) + ["all"])}
     return t.sort_values(["stratum", "bin"], key=lambda c: c.map(order) if c.name == "stratum" else c.map(bin_sort_key)).reset_index(drop=True)
 
-# %% ../nbs/16b_tables.ipynb 24
+# %% ../nbs/16b_tables.ipynb 26
 def table_fpr_by_category(negatives:pd.DataFrame, threshold:float, category_col:str="category", score_col:str="p_lens",
                           ci:float=0.95, method:str="wilson", last:Sequence[str]=()) -> pd.DataFrame:
     "Table 4: n, flagged k, FPR and binomial CI per category of `negatives`, highest FPR first, then the `last` (reference) categories and 'all negatives'."
@@ -127,7 +129,7 @@ def table_fpr_by_category(negatives:pd.DataFrame, threshold:float, category_col:
     order = list(rest) + [c for c in last if c in set(g.category)] + ["all negatives"]
     return g.set_index("category").loc[order].reset_index()
 
-# %% ../nbs/16b_tables.ipynb 28
+# %% ../nbs/16b_tables.ipynb 30
 def _flat(d:Mapping, prefix:str="") -> dict:
     "Nested mapping -> {dotted key: value} (lists and tuples kept as values)."
     out = {}
@@ -137,6 +139,7 @@ def _flat(d:Mapping, prefix:str="") -> dict:
         else: out[key] = v
     return out
 
+# %% ../nbs/16b_tables.ipynb 31
 def _optimizer_rows(opt:Mapping) -> list[tuple]:
     "Optimiser name and settings from a torch optimiser state dict's first parameter group."
     g = dict((opt or {}).get("param_groups", [{}])[0]); g.pop("params", None)
@@ -145,7 +148,7 @@ def _optimizer_rows(opt:Mapping) -> list[tuple]:
     keep = [k for k in ("lr", "betas", "eps", "weight_decay", "momentum", "amsgrad") if k in g]
     return [("optimiser", "name", name)] + [("optimiser", k, g[k]) for k in keep]
 
-# %% ../nbs/16b_tables.ipynb 29
+# %% ../nbs/16b_tables.ipynb 32
 def table_hyperparameters(checkpoint:Mapping, training_config:Mapping|None=None) -> pd.DataFrame:
     "Table 5: (group, parameter, value, source) rows from a checkpoint dict and, for keys it lacks, the training config."
     ck = checkpoint
@@ -167,7 +170,7 @@ def table_hyperparameters(checkpoint:Mapping, training_config:Mapping|None=None)
     t["value"] = [json.dumps(v) if isinstance(v, (list, tuple, dict)) else v for v in t["value"]]
     return t
 
-# %% ../nbs/16b_tables.ipynb 33
+# %% ../nbs/16b_tables.ipynb 36
 COMPLETENESS_COLUMNS: list[str] = ["i_theta_e", "i_psf", "i_depth", "theta_e", "theta_e_lo", "theta_e_hi", "psf_fwhm",
                                    "psf_lo", "psf_hi", "depth", "depth_lo", "depth_hi", "n_injected", "n_detected",
                                    "completeness", "ci_lower", "ci_upper", "n_hosts", "empty_reason"]
