@@ -13,7 +13,7 @@ list at 2 lenses/deg^2 are generated once into --workdir. Reported:
   spark     : the same tasks through mapInPandas on local[2], pool written by Spark as Parquet partitioned by split
               (session and Python-worker start-up excluded and printed separately).
 """
-import argparse, math, os, shutil, sys, time, warnings
+import argparse, math, os, shutil, time, warnings
 from pathlib import Path
 import numpy as np
 import pandas as pd

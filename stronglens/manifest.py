@@ -8,7 +8,7 @@ import posixpath
 import numpy as np
 import pandas as pd
 
-from .config import (url_join, is_local, atomic_write_parquet, atomic_write_json, atomic_write_text,
+from .config import (url_join, atomic_write_parquet, atomic_write_json, atomic_write_text,
                                resolve_path, relative_path)
 from .cutouts import cutout_filename
 from .splits import compute_healpix, assign_split, split_fractions

@@ -35,9 +35,10 @@ __all__ = ['POOL_COLUMNS', 'SPEC_POOL_COLUMNS', 'EXTRA_POOL_COLUMNS', 'POSITIVE_
            'lens_match_rows', 'ChunkResult', 'process_chunk', 'synthetic_sweep', 'write_sweep_fits', 'SweepTask',
            'plan_tasks', 'run_task', 'run_tasks_local', 'nearest_sources', 'unmatched_reasons', 'match_positives',
            'split_positives', 'round_half_up', 'stratum_keys', 'with_strata', 'sampling_targets', 'targets_long',
-           'pool_quotas', 'sampling_table', 'sample_negatives', 'stratification_table', 'load_morphology_catalog',
-           'CatalogInputs', 'prepare_catalogs', 'counts_by', 'sweep_losses', 'CatalogResult', 'catalog_report',
-           'finish_catalogs', 'build_catalogs', 'lens_hosts', 'synthetic_sky']
+           'pool_quotas', 'sampling_table', 'draw_cells', 'fallback_strata', 'coarse_targets', 'with_fallback',
+           'sample_negatives', 'stratification_table', 'load_morphology_catalog', 'CatalogInputs', 'prepare_catalogs',
+           'counts_by', 'sweep_losses', 'CatalogResult', 'catalog_report', 'finish_catalogs', 'build_catalogs',
+           'lens_hosts', 'synthetic_sky']
 
 # %% ../nbs/07_negatives.ipynb 5
 @dataclass
@@ -284,10 +285,10 @@ def type_bin(types, bins=("SER", "DEV", "REX", "OTHER")) -> np.ndarray:
 
 # %% ../nbs/07_negatives.ipynb 51
 def edge_bin_codes(values, edges) -> tuple[np.ndarray, list[str]]:
-    "(int8 codes, labels) of `values` in the bins [-inf, e0), [e0, e1), ..., [ek, inf) and 'nan'."
+    "(int32 codes, labels) of `values` in the bins [-inf, e0), [e0, e1), ..., [ek, inf) and 'nan'."
     e = [float(x) for x in edges]
     v = np.asarray(values, np.float64)
-    codes = np.searchsorted(np.asarray(e), v, side="right").astype(np.int8)
+    codes = np.searchsorted(np.asarray(e), v, side="right").astype(np.int32)
     codes[np.isnan(v)] = len(e) + 1
     bounds = [-np.inf] + e + [np.inf]
     return codes, [f"[{lo:g},{hi:g})" for lo, hi in zip(bounds[:-1], bounds[1:])] + ["nan"]
@@ -774,19 +775,47 @@ def sampling_table(tl: pd.DataFrame, available: pd.DataFrame, drawn: pd.DataFram
     return table.sort_values(kp).reset_index(drop=True)
 
 # %% ../nbs/07_negatives.ipynb 139
-def sample_negatives(candidates: pd.DataFrame, positives: pd.DataFrame, strat: StratificationSection) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "(sampled negatives sorted by galaxy_id, per stratum/pool table with target, available, drawn, extra, shortfall)."
-    keys = stratum_keys(strat); kp = keys + ["pool"]
-    tl = targets_long(positives, strat)
-    c = with_strata(candidates, strat).merge(tl[kp], on=kp, how="inner").sort_values(kp + ["_rank_key", "galaxy_id"], kind="stable")
+def draw_cells(cand: pd.DataFrame, tl: pd.DataFrame, keys: list[str], fill_from_other_pool: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "(drawn rows, sampling table): per (stratum `keys`, pool) cell of `tl`, the `quota` candidates with the smallest `_rank_key`."
+    kp = list(keys) + ["pool"]
+    c = cand.merge(tl[kp], on=kp, how="inner").sort_values(kp + ["_rank_key", "galaxy_id"], kind="stable")
     avail = c.groupby(kp, observed=True).size().rename("available").reset_index()
-    quota = pool_quotas(tl, avail, keys, strat.fill_from_other_pool).set_index(kp)["quota"]
+    quota = pool_quotas(tl, avail, keys, fill_from_other_pool).set_index(kp)["quota"]
     sel = c[c.groupby(kp, observed=True).cumcount().to_numpy() < c.join(quota, on=kp)["quota"].to_numpy()]
     drawn = sel.groupby(kp, observed=True).size().rename("drawn").reset_index()
-    out = sel.drop(columns=keys[2:]).sort_values("galaxy_id").reset_index(drop=True)
-    return out, sampling_table(tl, avail, drawn, keys)
+    return sel, sampling_table(tl, avail, drawn, keys)
 
-# %% ../nbs/07_negatives.ipynb 140
+# %% ../nbs/07_negatives.ipynb 141
+def fallback_strata(table: pd.DataFrame, positives_keys: list[str] = ["nobs_z_bin", "type_bin"]) -> pd.DataFrame:
+    "The nobs_z_bin x type_bin strata of a sampling table with a target but nothing drawn."
+    t = table.groupby(positives_keys, observed=True)[["target", "drawn"]].sum()
+    return t[(t.target > 0) & (t.drawn == 0)].reset_index()[positives_keys]
+
+# %% ../nbs/07_negatives.ipynb 142
+def coarse_targets(tl: pd.DataFrame, strata: pd.DataFrame, base: list[str] = ["nobs_z_bin", "type_bin"]) -> pd.DataFrame:
+    "The fine (stratum, pool) targets of `tl` summed per nobs_z_bin x type_bin x pool, for the given strata only."
+    return tl.merge(strata, on=base).groupby(base + ["pool"], observed=True)[["n_pos", "target"]].sum().reset_index()
+
+# %% ../nbs/07_negatives.ipynb 143
+def with_fallback(table: pd.DataFrame, table2: pd.DataFrame, strata: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    "The sampling table with the fine rows of `strata` replaced by their unmatched fallback rows (match bins 'any')."
+    base = keys[:2]
+    keep = table.merge(strata.assign(_gap=True), on=base, how="left")["_gap"].isna().to_numpy()
+    return pd.concat([table[keep], table2.assign(**{k: "any" for k in keys[2:]})[table.columns]]).sort_values(keys + ["pool"]).reset_index(drop=True)
+
+# %% ../nbs/07_negatives.ipynb 144
+def sample_negatives(candidates: pd.DataFrame, positives: pd.DataFrame, strat: StratificationSection) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "(sampled negatives sorted by galaxy_id, per stratum/pool table with target, available, drawn, extra, shortfall)."
+    keys, tl = stratum_keys(strat), targets_long(positives, strat)
+    cs = with_strata(candidates, strat)
+    sel, table = draw_cells(cs, tl, keys, strat.fill_from_other_pool)
+    gaps = fallback_strata(table) if len(keys) > 2 else pd.DataFrame()
+    if len(gaps):
+        sel2, table2 = draw_cells(cs, coarse_targets(tl, gaps), keys[:2], strat.fill_from_other_pool)
+        sel, table = pd.concat([sel, sel2]), with_fallback(table, table2, gaps, keys)
+    return sel.drop(columns=keys[2:]).sort_values("galaxy_id").reset_index(drop=True), table
+
+# %% ../nbs/07_negatives.ipynb 146
 def stratification_table(positives: pd.DataFrame, negatives: pd.DataFrame, strat: StratificationSection | None = None) -> pd.DataFrame:
     "Table-2-like counts by nobs_z_bin x type_bin: positives, N1, N2, negatives, negatives per positive."
     key = ["nobs_z_bin", "type_bin"]
@@ -804,7 +833,7 @@ def stratification_table(positives: pd.DataFrame, negatives: pd.DataFrame, strat
     t.loc[("all", "all"), :] = tot
     return t
 
-# %% ../nbs/07_negatives.ipynb 147
+# %% ../nbs/07_negatives.ipynb 153
 def load_morphology_catalog(url: str) -> pd.DataFrame:
     "A morphology catalog with columns ra, dec, category (CSV or Parquet, local or URL); category lower-cased."
     fs, p = get_fs(url)
@@ -817,7 +846,7 @@ def load_morphology_catalog(url: str) -> pd.DataFrame:
                    category=df.category.fillna("").astype(str).str.strip().str.lower())
     return df[["ra", "dec", "category"]]
 
-# %% ../nbs/07_negatives.ipynb 149
+# %% ../nbs/07_negatives.ipynb 155
 @dataclass
 class CatalogInputs:
     ctx: ChunkContext
@@ -827,7 +856,7 @@ class CatalogInputs:
     morphology: pd.DataFrame | None
     sweep_urls: list
 
-# %% ../nbs/07_negatives.ipynb 150
+# %% ../nbs/07_negatives.ipynb 156
 def prepare_catalogs(ccfg: CatalogConfig, neg: NegativeSamplingConfig, paths: dict) -> CatalogInputs:
     "Load and clean the known lenses and the morphology catalog; list the sweep files; build the ChunkContext."
     known = load_known_lenses(paths["known_lenses"], missing_grading=ccfg.missing_grading)
@@ -841,12 +870,12 @@ def prepare_catalogs(ccfg: CatalogConfig, neg: NegativeSamplingConfig, paths: di
                        n1_categories=tuple(ccfg.n1_categories), pipeline_version=PIPELINE_VERSION, git_commit=git_commit())
     return CatalogInputs(ctx, known, pos_cat, dropped, morph, list_sweeps(paths["sweep_dir"], ccfg.sweep_glob))
 
-# %% ../nbs/07_negatives.ipynb 152
+# %% ../nbs/07_negatives.ipynb 158
 def counts_by(values) -> dict:
     "{value: count} of an iterable, most common first, plain ints (JSON-able)."
     return {str(k): int(v) for k, v in pd.Series(list(values), dtype=object).value_counts().items()}
 
-# %% ../nbs/07_negatives.ipynb 154
+# %% ../nbs/07_negatives.ipynb 160
 def sweep_losses(problems: list, n_files: int, rows_read: int, unmatched: pd.DataFrame, n_positives_catalog: int) -> dict:
     "Files, rows and positives lost to unreadable sweep files/chunks (rows of unreadable headers are unknown)."
     lost = [p for p in problems if p.lost]
@@ -857,7 +886,7 @@ def sweep_losses(problems: list, n_files: int, rows_read: int, unmatched: pd.Dat
             "positives": {"lost": pos_lost, "total": int(n_positives_catalog)},
             "rows_unknown_files": sorted({p.file for p in lost if p.rows < 0})}
 
-# %% ../nbs/07_negatives.ipynb 156
+# %% ../nbs/07_negatives.ipynb 162
 @dataclass
 class CatalogResult:
     negatives: pd.DataFrame         # sampled N1 + N2, pool schema
@@ -874,7 +903,7 @@ class CatalogResult:
         return sweep_losses(self.problems, len(self.inputs.sweep_urls), self.counts.get("rows_read", 0), self.unmatched,
                             len(self.inputs.positives_catalog))
 
-# %% ../nbs/07_negatives.ipynb 157
+# %% ../nbs/07_negatives.ipynb 163
 def catalog_report(res: CatalogResult) -> dict:
     "Counts per reason for the stage report (JSON-able)."
     inp, kl, n = res.inputs, res.inputs.known_lenses, res.negatives
@@ -894,7 +923,7 @@ def catalog_report(res: CatalogResult) -> dict:
         "stratification": {"keys": stratum_keys(inp.ctx.neg.stratification)},
         "morphology_catalog": None if inp.morphology is None else len(inp.morphology)}
 
-# %% ../nbs/07_negatives.ipynb 158
+# %% ../nbs/07_negatives.ipynb 164
 def finish_catalogs(inputs: CatalogInputs, candidates: pd.DataFrame, lens_rows: pd.DataFrame, counts: dict,
                     problems: list, ccfg: CatalogConfig, keep_candidates: bool = True) -> CatalogResult:
     "Match positives, set the ones failing a cut apart, draw N1/N2 (shared by both engines when the candidates are in memory)."
@@ -905,7 +934,7 @@ def finish_catalogs(inputs: CatalogInputs, candidates: pd.DataFrame, lens_rows: 
     return CatalogResult(negs.drop(columns=["_rank_key"]), train, evals, unmatched, table, counts, problems, inputs,
                          candidates.drop(columns=["_rank_key"]) if keep_candidates else None)
 
-# %% ../nbs/07_negatives.ipynb 159
+# %% ../nbs/07_negatives.ipynb 165
 def build_catalogs(ccfg: CatalogConfig, neg: NegativeSamplingConfig, paths: dict, inputs: CatalogInputs | None = None) -> CatalogResult:
     "The catalog stage with the local engine: read sweeps, cut, exclude, match positives, sample N1/N2."
     inputs = prepare_catalogs(ccfg, neg, paths) if inputs is None else inputs
@@ -914,7 +943,7 @@ def build_catalogs(ccfg: CatalogConfig, neg: NegativeSamplingConfig, paths: dict
     cand, lr, counts = run_tasks_local(tasks, inputs.ctx, n_jobs=ccfg.n_jobs, progress=ccfg.progress, problems=problems)
     return finish_catalogs(inputs, cand, lr, counts, problems, ccfg)
 
-# %% ../nbs/07_negatives.ipynb 161
+# %% ../nbs/07_negatives.ipynb 167
 def lens_hosts(a: dict, n: int, rng, cuts: CutsSection | None = None, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(training hosts, evaluation hosts) among the rows of sweep arrays `a`: n//10 (>= 1) failing a cut (the first one
     the nobs cut, the others type, mag_z, maskbits in turn from `offset`), the rest passing, mostly bright and red."""
@@ -933,7 +962,7 @@ def lens_hosts(a: dict, n: int, rng, cuts: CutsSection | None = None, offset: in
         ev.append(rng.choice(np.flatnonzero(kinds[kind] & free))); free[ev[-1]] = False
     return train, np.array(ev, np.int64)
 
-# %% ../nbs/07_negatives.ipynb 162
+# %% ../nbs/07_negatives.ipynb 168
 def synthetic_sky(out_dir: str, n_per_file: int = 40000, n_lenses: int = 60, seed: int = 0) -> dict:
     "Write a tiny sky for tests (see above): two sweep files, `known_lenses.csv`, `confusers.csv`; returns their paths."
     rng = np.random.default_rng(seed)

@@ -8,14 +8,14 @@ import os, sys, json
 import pandas as pd
 from .config import url_join, atomic_write_parquet
 from .legacysurvey import SweepReadError, SweepProblem
-from .negatives import (SweepTask, CatalogResult, POOL_COLUMNS, LENS_ROW_COLUMNS, MATCH_BIN_COLUMNS, empty_pool, run_task,
+from .negatives import (SweepTask, CatalogResult, POOL_COLUMNS, LENS_ROW_COLUMNS, MATCH_BIN_COLUMNS, run_task,
                                   prepare_catalogs, plan_tasks, match_positives, split_positives, targets_long, sampling_table,
-                                  stratum_keys, with_strata, pool_quotas)
+                                  stratum_keys, with_strata, pool_quotas, fallback_strata, coarse_targets, with_fallback)
 
 # %% auto 0
 __all__ = ['ROLE_COLUMNS', 'TASK_OUTPUT_COLUMNS', 'spark_session', 'spark_schema', 'forwarded_env', 'conform_frame', 'fix_dtypes',
-           'task_frames', 'task_function', 'task_table', 'collect_small', 'draw_negatives_spark', 'write_pool_by_split',
-           'build_catalogs_spark']
+           'task_frames', 'task_function', 'task_table', 'collect_small', 'draw_negatives_spark',
+           'sample_negatives_spark', 'write_pool_by_split', 'build_catalogs_spark']
 
 # %% ../nbs/17_spark.ipynb 4
 def spark_session(master: str = "local[2]", app_name: str = "stronglens",
@@ -115,7 +115,7 @@ def collect_small(small: pd.DataFrame, problems: list) -> tuple[dict, pd.DataFra
 
 # %% ../nbs/17_spark.ipynb 24
 def draw_negatives_spark(spark, cand, tl: pd.DataFrame, keys: list[str], fill_from_other_pool: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "(drawn negatives in pool schema + match bins, sorted by galaxy_id; available per stratum/pool): per cell the first `quota` rows by `_rank_key`."
+    "(drawn negatives in pool schema, sampling table): per (stratum, pool) cell the first `quota` rows by `_rank_key` (as `draw_cells`)."
     from pyspark.sql import functions as F, Window
     kp = keys + ["pool"]
     cand = cand.join(F.broadcast(spark.createDataFrame(tl[kp])), on=kp, how="inner")
@@ -124,10 +124,21 @@ def draw_negatives_spark(spark, cand, tl: pd.DataFrame, keys: list[str], fill_fr
     w = Window.partitionBy(*kp).orderBy("_rank_key", "galaxy_id")
     got = (cand.join(F.broadcast(spark.createDataFrame(q[kp + ["quota"]].astype({"quota": "int64"}))), on=kp)
            .withColumn("_rn", F.row_number().over(w)).filter(F.col("_rn") <= F.col("quota")).drop("_rank_key").toPandas())
-    negs = fix_dtypes(got.reset_index(drop=True), POOL_COLUMNS)
-    return negs[list(POOL_COLUMNS) + keys[2:]].sort_values("galaxy_id").reset_index(drop=True), avail
+    drawn = got.groupby(kp).size().rename("drawn").reset_index()
+    return fix_dtypes(got.reset_index(drop=True), POOL_COLUMNS)[list(POOL_COLUMNS)], sampling_table(tl, avail, drawn, keys)
 
 # %% ../nbs/17_spark.ipynb 25
+def sample_negatives_spark(spark, cand, train: pd.DataFrame, strat) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "`negatives.sample_negatives` on a Spark DataFrame of candidates (with their stratum bins): same rows, same table."
+    keys, tl = stratum_keys(strat), targets_long(train, strat)
+    negs, table = draw_negatives_spark(spark, cand, tl, keys, strat.fill_from_other_pool)
+    gaps = fallback_strata(table) if len(keys) > 2 else pd.DataFrame()
+    if len(gaps):
+        negs2, table2 = draw_negatives_spark(spark, cand, coarse_targets(tl, gaps), keys[:2], strat.fill_from_other_pool)
+        negs, table = pd.concat([negs, negs2]), with_fallback(table, table2, gaps, keys)
+    return negs.sort_values("galaxy_id").reset_index(drop=True), table
+
+# %% ../nbs/17_spark.ipynb 26
 def write_pool_by_split(negs: pd.DataFrame, out_dir: str) -> str:
     "The sampled pool as Parquet partitioned by split (hive-style folders `split=<name>/part-0.parquet`), local or s3://."
     target = url_join(out_dir, "negative_pool_by_split")
@@ -135,7 +146,7 @@ def write_pool_by_split(negs: pd.DataFrame, out_dir: str) -> str:
         atomic_write_parquet(part.drop(columns=["split"]).reset_index(drop=True), url_join(target, f"split={s_}", "part-0.parquet"))
     return target
 
-# %% ../nbs/17_spark.ipynb 26
+# %% ../nbs/17_spark.ipynb 27
 def build_catalogs_spark(ccfg, neg, paths: dict, spark=None, out_dir: str | None = None, inputs=None) -> CatalogResult:
     "The catalog stage on Spark; returns the same CatalogResult as `negatives.build_catalogs` (candidates not collected)."
     from pyspark.sql import functions as F
@@ -150,12 +161,9 @@ def build_catalogs_spark(ccfg, neg, paths: dict, spark=None, out_dir: str | None
         pos, unmatched = match_positives(lens_rows, inputs.positives_catalog, inputs.sweep_urls, skipped, ccfg.match_radius_arcsec)
         train, evals = split_positives(pos)
         keys = stratum_keys(neg.stratification)
-        tl = targets_long(train, neg.stratification)
         cand = res.filter(F.col("_role") == "candidate").drop(*[c for c in ROLE_COLUMNS if c != "_rank_key" and c not in keys])
-        negs, avail = draw_negatives_spark(spark, cand, tl, keys, neg.stratification.fill_from_other_pool)
-        drawn = negs.groupby(keys + ["pool"]).size().rename("drawn").reset_index()
-        negs = negs[list(POOL_COLUMNS)]
+        negs, table = sample_negatives_spark(spark, cand, train, neg.stratification)
         if out_dir: write_pool_by_split(negs, out_dir)
     finally:
         res.unpersist()
-    return CatalogResult(negs, train, evals, unmatched, sampling_table(tl, avail, drawn, keys), counts, problems, inputs, None)
+    return CatalogResult(negs, train, evals, unmatched, table, counts, problems, inputs, None)

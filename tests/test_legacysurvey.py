@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from astropy.io import fits
 
-from stronglens.legacysurvey import (SWEEP_COLUMNS, REQUIRED_COLUMNS, SweepReadError, read_sweep, iter_sweeps,
+from stronglens.legacysurvey import (SWEEP_COLUMNS, SweepReadError, read_sweep, iter_sweeps,
                                      open_table, load_known_lenses, clean_known_lenses, lenscat_csv_path, sweep_box,
                                      lenscat_available)
 

@@ -1,13 +1,12 @@
 """Training manifest (spec §2), leakage checks that must fail on doctored manifests, and the catalog stage under the stage protocol."""
-import copy, json, shutil
-import numpy as np
+import json, shutil
 import pandas as pd
 import pytest
 
 from stronglens.config import read_parquet, config_from_dict, config_to_dict, resolve_path
 from stronglens.cutouts import cutout_filename
 from stronglens.negatives import synthetic_sky, POOL_COLUMNS, EVAL_EXTRA_COLUMNS, POSITIVE_EXTRA_COLUMNS, check_pool_schema
-from stronglens.manifest import (TRAINING_MANIFEST_COLUMNS, build_training_manifest, check_leakage, check_manifest_paths,
+from stronglens.manifest import (TRAINING_MANIFEST_COLUMNS, check_leakage, check_manifest_paths,
                                  LeakageError, run_catalog_stage)
 from stronglens.runs import StageError, read_marker, get_stage
 from stronglens.splits import assign_split_scalar, compute_healpix_scalar

@@ -136,7 +136,6 @@ def test_positives_matched_within_radius(result):
 def test_n1_matches_positive_distribution_within_1pct(result, neg_cfg):
     c = result.candidates.assign(_rank_key=np.arange(len(result.candidates)))
     # positives concentrated in SER and at 6-10 exposures (unlike the candidates' mix)
-    rng = np.random.default_rng(1)
     # (few DEV galaxies are N1 in this small sky: most are bright enough for the ring proxy, so DEV positives are rare here)
     w = np.where(c.type_bin == "SER", 6.0, np.where(c.type_bin == "DEV", 0.2, 1.0)) * np.where(c.nobs_z_bin == "6-10", 2.0, 1.0)
     pos = c.sample(120, weights=w, random_state=2)
@@ -329,3 +328,20 @@ def test_fill_from_other_pool_keeps_each_stratum_full(result):
     assert (on.groupby(key).size() <= pos.groupby(key).size() * 8).all()
     q = pool_quotas(t_off[key + ["pool", "target"]], t_off[key + ["pool", "available"]], key, True)
     assert (q["quota"].to_numpy() == t_on.drawn.to_numpy()).all()
+
+
+def test_matching_never_leaves_a_stratum_without_negatives(result):
+    "A positive whose magnitude/colour cell has no candidate must not leave its nobs_z_bin x type_bin stratum empty."
+    from stronglens.negatives import StratificationSection
+    c = result.candidates.assign(_rank_key=np.arange(len(result.candidates)))
+    pos = c.nsmallest(5, "mag_r")                                            # the brightest galaxies: cells nobody else fills
+    cand = c[~c.galaxy_id.isin(pos.galaxy_id)]
+    st = StratificationSection(negatives_per_positive=4, match_mag_r_bins=list(np.arange(14.0, 21.0, 0.02)),
+                               match_g_minus_r_bins=list(np.arange(0.0, 2.5, 0.02)))
+    s, tab = sample_negatives(cand, pos, st)
+    key = ["nobs_z_bin", "type_bin"]
+    per = s.groupby(key).size().reindex(pos.groupby(key).size().index, fill_value=0)
+    assert (per > 0).all(), per
+    assert (tab.mag_r_bin == "any").any() and tab.target.sum() == 4 * len(pos)
+    fb = tab[tab.mag_r_bin == "any"][key].drop_duplicates()
+    assert not tab[tab.mag_r_bin != "any"].merge(fb, on=key).shape[0]              # fine rows of those strata are replaced

@@ -1,10 +1,8 @@
 """The catalog stage on the mock DR10 sky (stronglens.mocksky): positives are the listed deflectors, N2 categories are the true ones."""
-import numpy as np
 import pandas as pd
 import pytest
 
 from stronglens.config import read_parquet
-from stronglens.negatives import NegativeSamplingConfig
 
 mocksky = pytest.importorskip("stronglens.mocksky")
 pytestmark = pytest.mark.slow
@@ -16,13 +14,13 @@ MATCH = {"match_mag_r_bins": [17.0, 18.0, 18.5, 19.0, 19.5, 20.0, 21.0], "match_
 def _config(sky, **strat):
     from stronglens.config import config_from_dict
     return config_from_dict({"run": {"name": "mock"}, "catalogs": {"progress": False, "write_candidates": True, "sweep_dir": str(sky)},
-                             "negatives": {"stratification": {"negatives_per_positive": 20, **strat}}, "cutouts": {"source": "legacysurvey"}})
+                             "negatives": {"stratification": {"negatives_per_positive": 10, **strat}}, "cutouts": {"source": "legacysurvey"}})
 
 
 @pytest.fixture(scope="module")
 def sky(tmp_path_factory):
     r = tmp_path_factory.mktemp("mocksky")
-    mocksky.build_sky(mocksky.SkyConfig(ra_max_deg=152.5, dec_max_deg=2.5, density_scale=0.3, n_lenses=60), str(r / "sky"), progress=False)
+    mocksky.build_sky(mocksky.SkyConfig(ra_max_deg=152.5, dec_max_deg=2.5, density_scale=1.0, n_lenses=800), str(r / "sky"), progress=False)
     return r / "sky"
 
 

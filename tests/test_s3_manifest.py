@@ -25,7 +25,7 @@ def test_s3_round_trip(tmp_path, s3_bucket):
     conf = lambda sky: config_from_dict({"run": {"name": "s3"}, "catalogs": {"progress": False, "chunk_rows": 6000, "sweep_dir": sky},
                                          "negatives": {"stratification": {"negatives_per_positive": 10}}, "cutouts": {"source": "legacysurvey"}})
     out_s3 = run_catalog_stage(conf(f"{s3run}/sky"), s3run)
-    out_loc = run_catalog_stage(conf(str(run / "sky")), str(run))
+    run_catalog_stage(conf(str(run / "sky")), str(run))
     assert out_s3["report"]["morphology_catalog"] == 300 * 2      # "auto" found confusers.csv on S3
     for name in ("negative_pool.parquet", "positives.parquet", "positives_eval.parquet"):
         pd.testing.assert_frame_equal(read_parquet(f"{s3run}/manifests/{name}"), read_parquet(str(run / "manifests" / name)))

@@ -83,7 +83,9 @@ def test_spark_equals_local_with_matching_and_fill(spark, sky, neg):
     import copy
     from stronglens.spark import build_catalogs_spark
     n = copy.deepcopy(neg)
-    n.stratification.match_mag_r_bins, n.stratification.match_g_minus_r_bins = [18.0, 19.0, 20.0], [1.0, 1.4, 1.8]
+    # fine bins: some positives find no candidate in their cell, so their stratum falls back to an unmatched draw
+    n.stratification.match_mag_r_bins = list(np.round(np.arange(17.5, 20.5, 0.05), 2))
+    n.stratification.match_g_minus_r_bins = list(np.round(np.arange(0.5, 2.5, 0.05), 2))
     n.stratification.fill_from_other_pool = True
     ccfg = CatalogConfig(progress=False, chunk_rows=7000, engine="spark")
     paths = resolve_catalog_paths(ccfg, str(sky))
@@ -91,3 +93,4 @@ def test_spark_equals_local_with_matching_and_fill(spark, sky, neg):
     for a in ("negatives", "positives", "positives_eval", "sampling"):
         pd.testing.assert_frame_equal(getattr(loc, a), getattr(spk, a))
     assert {"mag_r_bin", "g_minus_r_bin", "extra"} <= set(spk.sampling.columns) and loc.sampling.extra.sum() > 0
+    assert (loc.sampling.mag_r_bin == "any").any()
