@@ -15,9 +15,12 @@ from stronglens import mocksky as M
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="2x2 deg sky, 300 cutouts (default: the 10x5 deg demo sky, 3000 cutouts)")
+    ap.add_argument("--n-lenses", type=int, default=None, help="planted lenses (default: the demo's lens_density_scale 20)")
     ap.add_argument("--threads", type=int, default=0, help="sky.num_threads for build and render (0: keep the config default, 1)")
     a = ap.parse_args()
-    cfg = M.SkyConfig(ra_max_deg=152.0, dec_max_deg=2.0, n_lenses=150) if a.quick else M.SkyConfig()   # num_threads=1 (default)
+    # the demo sky (lens_density_scale 20: ~4,000 lenses on 50 deg²); --quick: 4 deg², 150 lenses
+    cfg = M.SkyConfig(ra_max_deg=152.0, dec_max_deg=2.0, n_lenses=150) if a.quick else M.SkyConfig(lens_density_scale=20.0)
+    if a.n_lenses is not None: cfg.n_lenses = a.n_lenses
     n_cut, n_base = (300, 40) if a.quick else (3000, 150)
     if a.threads: cfg.num_threads = a.threads
     print(f"sky.num_threads: {cfg.num_threads}, torch default threads: {torch.get_num_threads()}, cpus: {os.cpu_count()}")

@@ -11,9 +11,9 @@ __all__ = ['BRICK_SIZE_DEG', 'SWEEP_BOX_DEG', 'RELEASE_DR10_SOUTH', 'SHORTCUTS',
            'paint_components', 'point_source_ft', 'convolve_and_crop', 'render_scene', 'make_bricks', 'make_sources',
            'make_confusers', 'Distances', 'sis_theta_e_arcsec', 'sample_vdf', 'draw_deflectors', 'adopt_rows',
            'plant_deflectors', 'lens_mass_model', 'draw_sources', 'source_components', 'lensed_component_rows',
-           'render_arcs', 'listing_probability', 'lens_truth_table', 'known_lens_catalog', 'SkyTables', 'make_sky',
-           'write_sweeps', 'write_sky', 'build_sky', 'run_sky_stage', 'MockSky', 'gallery_targets', 'plot_gallery',
-           'lens_population_stats', 'blank_sky_noise']
+           'render_arcs', 'listing_probability', 'deflector_annulus_fraction', 'lens_truth_table', 'known_lens_catalog',
+           'SkyTables', 'make_sky', 'write_sweeps', 'write_sky', 'build_sky', 'run_sky_stage', 'MockSky',
+           'gallery_targets', 'plot_gallery', 'lens_population_stats', 'blank_sky_noise']
 
 # %% ../nbs/05_mocksky.ipynb 2
 import contextlib, hashlib, io, json, math, time
@@ -31,7 +31,7 @@ from .physics import (PIXSCALE_ARCSEC, NPIX, EXTINCTION_R, GAIN_E_PER_NMGY, PSF_
                                 nmgy_to_mag, m5_to_psfdepth, psfdepth_to_m5, sigma_pix_from_psfdepth, colour_fluxes,
                                 unit_vectors, chord_from_arcsec, gnomonic_offsets_px, sersic_bn, psf_kernels,
                                 core_fwhm_from_psfsize, coadd_noise, sample_count_mags, grz_composite)
-from .lensing import render_lensed, sample_sources, clumpy_components, arc_snr, LENS_KEYS, SOURCE_KEYS
+from .lensing import render_lensed, sample_sources, clumpy_components, arc_snr, annulus_mask, LENS_KEYS, SOURCE_KEYS
 from .config import (atomic_write_bytes, atomic_write_text, atomic_write_parquet, read_parquet, read_bytes,
                                url_join, exists, config_to_dict, PIPELINE_VERSION)
 
@@ -145,6 +145,7 @@ class SkyConfig:
     discovery_resolution_width: float = 0.15
     tier_a_snr: float = 12.0               # listed lenses with arc_snr >= this and resolution >= tier_a_resolution are 'confident'
     tier_a_resolution: float = 1.3
+    tier_a_contrast: float = 0.1           # ... and arc / deflector light in the 4-16 px annulus >= this (clearly visible arcs)
     tier_b_contamination: float = 0.2      # fraction of Tier-B ('probable') entries that are NOT lenses
     # --- confusers: fractions of z < confuser_max_mag_z galaxies (boosted over DR10_FACTS §4 for the demo)
     confuser_max_mag_z: float = 20.0
@@ -243,7 +244,7 @@ def psf_ft_on_grid(psfsize_arcsec, psf:PSFModel, G:int) -> torch.Tensor:
     grid = torch.zeros(k.shape[:-2] + (G, G), dtype=torch.float64)
     idx = (torch.arange(K) - c) % G
     grid[..., idx[:, None], idx[None, :]] = k
-    return torch.fft.rfft2(grid).to(torch.complex64)
+    return torch.fft.rfft2(grid).to(torch.complex64)      # float64 FFT, then rounded: the same numbers in any batch
 
 # %% ../nbs/05_mocksky.ipynb 24
 @contextlib.contextmanager
@@ -676,19 +677,25 @@ def _ring_confuser(s, h, fr, rng):
                        phi0=rng.uniform(-np.pi, np.pi, k), dphi=dphi)], []
 
 # %% ../nbs/05_mocksky.ipynb 78
+def _as_disc_host(s, h, rng, n_range, r_min_range, e_range):
+    "Make rows h SER discs: n ~ U(n_range), SHAPE_R at least U(r_min_range), ellipticity ~ U(e_range), random angle; returns (e, angle)."
+    k = len(h); s.loc[h, "type"] = "SER"; s.loc[h, "sersic"] = rng.uniform(*n_range, k)
+    s.loc[h, "shape_r"] = np.maximum(s.loc[h, "shape_r"].to_numpy(), rng.uniform(*r_min_range, k))
+    e = rng.uniform(*e_range, k); ang = rng.uniform(0, np.pi, k)
+    s.loc[h, "e1"], s.loc[h, "e2"] = e * np.cos(2 * ang), e * np.sin(2 * ang)
+    return e, ang
+
+# %% ../nbs/05_mocksky.ipynb 79
 def _spiral_confuser(s, h, fr, rng):
     "Face-on-ish SER n=0.8-2 disc with two or three blue logarithmic arms -> components."
     k = len(h); ra, dec = s.loc[h, "ra"].to_numpy(), s.loc[h, "dec"].to_numpy()
-    s.loc[h, "type"] = "SER"; s.loc[h, "sersic"] = rng.uniform(0.8, 2.0, k)
-    s.loc[h, "shape_r"] = np.maximum(s.loc[h, "shape_r"].to_numpy(), rng.uniform(0.8, 2.5, k))
-    e = rng.uniform(0, 0.3, k); ang = rng.uniform(0, np.pi, k)
-    s.loc[h, "e1"], s.loc[h, "e2"] = e * np.cos(2 * ang), e * np.sin(2 * ang)
+    e, ang = _as_disc_host(s, h, rng, (0.8, 2.0), (0.8, 2.5), (0, 0.3))
     fg, frr, fz = _colour_split(fr * rng.uniform(0.4, 0.9, k), rng.uniform(0.0, 0.5, k), rng.uniform(0.0, 0.5, k))
     return [_comp_rows(KIND_SPIRAL, ra, dec, fg, frr, fz, h, "spiral", R0=np.clip(s.loc[h, "shape_r"].to_numpy() * rng.uniform(0.8, 1.2, k), 1.2, 3.5),
                        pitch=np.deg2rad(rng.uniform(12, 30, k)), n_arms=np.where(rng.uniform(size=k) < 0.8, 2, 3),
                        phase=rng.uniform(0, 2 * np.pi, k), e1=e * np.cos(2 * ang), e2=e * np.sin(2 * ang))], []
 
-# %% ../nbs/05_mocksky.ipynb 79
+# %% ../nbs/05_mocksky.ipynb 80
 def _merger_confuser(s, h, fr, rng):
     "A companion galaxy (a new catalog row 1.5-4.5″ away) and one or two tidal arcs around the host -> (components, new rows)."
     k = len(h); ra, dec = s.loc[h, "ra"].to_numpy(), s.loc[h, "dec"].to_numpy()
@@ -711,19 +718,16 @@ def _merger_confuser(s, h, fr, rng):
                                 phi0=pa[m] + np.pi * ntail + rng.normal(0, 0.5, kk), dphi=rng.uniform(0.6 * np.pi, 1.2 * np.pi, kk)))
     return comps, [new]
 
-# %% ../nbs/05_mocksky.ipynb 80
+# %% ../nbs/05_mocksky.ipynb 81
 def _edge_on_confuser(s, h, fr, rng):
     "A thin SER n≈1 disc (the catalog row, e = 0.6-0.8) with a red bulge component."
     k = len(h); ra, dec = s.loc[h, "ra"].to_numpy(), s.loc[h, "dec"].to_numpy()
-    s.loc[h, "type"] = "SER"; s.loc[h, "sersic"] = rng.uniform(0.8, 1.5, k)
-    s.loc[h, "shape_r"] = np.maximum(s.loc[h, "shape_r"].to_numpy(), rng.uniform(1.0, 3.0, k))
-    e = rng.uniform(0.6, 0.8, k); ang = rng.uniform(0, np.pi, k)
-    s.loc[h, "e1"], s.loc[h, "e2"] = e * np.cos(2 * ang), e * np.sin(2 * ang)
+    e, ang = _as_disc_host(s, h, rng, (0.8, 1.5), (1.0, 3.0), (0.6, 0.8))
     fg, frr, fz = _colour_split(fr * rng.uniform(0.1, 0.3, k), rng.uniform(1.2, 1.8, k), rng.uniform(0.8, 1.3, k))
     return [_comp_rows(KIND_SERSIC, ra, dec, fg, frr, fz, h, "edge_on", r_e=np.maximum(0.2, 0.15 * s.loc[h, "shape_r"].to_numpy()), n=3.0,
                        e1=0.2 * np.cos(2 * ang), e2=0.2 * np.sin(2 * ang))], []
 
-# %% ../nbs/05_mocksky.ipynb 81
+# %% ../nbs/05_mocksky.ipynb 82
 _CONFUSER_MAKERS = {"ring": _ring_confuser, "spiral": _spiral_confuser, "merger": _merger_confuser, "edge_on": _edge_on_confuser}
 
 def make_confusers(cfg:SkyConfig, s:pd.DataFrame):
@@ -746,7 +750,7 @@ def make_confusers(cfg:SkyConfig, s:pd.DataFrame):
     conf = pd.concat(conf, ignore_index=True) if conf else pd.DataFrame({"row": [], "category": []})
     return s, comps, conf
 
-# %% ../nbs/05_mocksky.ipynb 84
+# %% ../nbs/05_mocksky.ipynb 85
 @dataclass(frozen=True)
 class Distances:
     "Flat ΛCDM distance table (astropy `FlatLambdaCDM`): comoving distance D_C(z) in Mpc, interpolated."
@@ -765,13 +769,13 @@ class Distances:
         if z2 is None: return self.comoving(z1) / (1 + np.asarray(z1))
         return (self.comoving(z2) - self.comoving(z1)) / (1 + np.asarray(z2))
 
-# %% ../nbs/05_mocksky.ipynb 86
+# %% ../nbs/05_mocksky.ipynb 87
 def sis_theta_e_arcsec(sigma_kms, z_l, z_s, dist:Distances):
     "Einstein radius of a singular isothermal sphere, θE = 4π (σ/c)² D_ls/D_s, in arcsec (0 where z_s <= z_l)."
     ratio = np.where(np.asarray(z_s) > np.asarray(z_l), dist.angular(z_l, z_s) / dist.angular(z_s), 0.0)
     return 4 * np.pi * (np.asarray(sigma_kms) / 299792.458) ** 2 * ratio * 206264.806
 
-# %% ../nbs/05_mocksky.ipynb 89
+# %% ../nbs/05_mocksky.ipynb 90
 def sample_vdf(rng, n:int, sigma_star_kms:float=161.0, alpha:float=2.32, beta:float=2.67, lo_kms:float=60.0, hi_kms:float=500.0):
     "n velocity dispersions (km/s) from the Choi et al. (2007) early-type VDF, dn/dσ ∝ (σ/σ*)^α exp(−(σ/σ*)^β)/σ (inverse CDF)."
     s = np.linspace(lo_kms, hi_kms, 4000); x = s / sigma_star_kms
@@ -779,7 +783,7 @@ def sample_vdf(rng, n:int, sigma_star_kms:float=161.0, alpha:float=2.32, beta:fl
     cdf = np.concatenate([[0], np.cumsum(0.5 * (pdf[1:] + pdf[:-1]) * np.diff(s))]); cdf /= cdf[-1]
     return np.interp(rng.uniform(size=n), cdf, s)
 
-# %% ../nbs/05_mocksky.ipynb 91
+# %% ../nbs/05_mocksky.ipynb 92
 def _propose_lens_systems(cfg:SkyConfig, m:int, rng, dist:Distances) -> pd.DataFrame:
     "m proposed (z_l, z_s, σ, θE): z_l ∝ dV/dz, z_s log-normal, σ from the VDF; kept with probability ∝ θE² within the θE range."
     zg = np.linspace(0.05, cfg.zl_max, 400); dc = dist.comoving(zg)
@@ -791,7 +795,7 @@ def _propose_lens_systems(cfg:SkyConfig, m:int, rng, dist:Distances) -> pd.DataF
     keep = (z_s > z_l + 0.1) & (te >= cfg.theta_e_min_arcsec) & (te <= cfg.theta_e_max_arcsec) & (rng.uniform(size=m) < (te / cfg.theta_e_max_arcsec) ** 2)
     return pd.DataFrame({"z_l": z_l, "z_s": z_s, "sigma_kms": sig, "theta_e_arcsec": te})[keep].reset_index(drop=True)
 
-# %% ../nbs/05_mocksky.ipynb 92
+# %% ../nbs/05_mocksky.ipynb 93
 def _deflector_light(cfg:SkyConfig, d:pd.DataFrame, rng, dist:Distances) -> pd.DataFrame:
     "Photometry, colours, Tractor type, size and shape of deflectors (d: z_l, sigma_kms) — see the prose above."
     n, z = len(d), d.z_l.to_numpy()
@@ -809,7 +813,7 @@ def _deflector_light(cfg:SkyConfig, d:pd.DataFrame, rng, dist:Distances) -> pd.D
                     shape_r=np.clip(re_kpc / (dist.angular(z) * 1e3) * 206264.806, 0.15, 12.0), q_light=q, pa_light=pa,
                     e1=e * np.cos(2 * pa), e2=e * np.sin(2 * pa))
 
-# %% ../nbs/05_mocksky.ipynb 93
+# %% ../nbs/05_mocksky.ipynb 94
 def draw_deflectors(cfg:SkyConfig, n:int, rng, dist:Distances|None=None, max_rounds:int=200) -> pd.DataFrame:
     "n lens systems with deflector light (`_propose_lens_systems`, `_deflector_light`), redrawn until within the catalog's z limit."
     dist = dist or Distances.flat_lcdm(cfg.hubble_h0, cfg.omega_m); parts, have = [], 0
@@ -820,7 +824,7 @@ def draw_deflectors(cfg:SkyConfig, n:int, rng, dist:Distances|None=None, max_rou
     if have < n: raise ValueError(f"draw_deflectors: only {have} of {n} deflectors after {max_rounds} rounds (check sky.theta_e_* and sky.zl_max)")
     return pd.concat(parts, ignore_index=True).iloc[:n].reset_index(drop=True) if parts else _deflector_light(cfg, _propose_lens_systems(cfg, 0, rng, dist), rng, dist)
 
-# %% ../nbs/05_mocksky.ipynb 96
+# %% ../nbs/05_mocksky.ipynb 97
 def adopt_rows(target_mag, cand_mag, rng, width:int=3, max_rounds:int=40) -> np.ndarray:
     """Indices into `cand_mag` (one per target, all distinct) of candidates whose magnitude is close to each target's:
     a random pick among the `width` nearest in magnitude, widening the window for targets whose pick was taken."""
@@ -837,7 +841,7 @@ def adopt_rows(target_mag, cand_mag, rng, width:int=3, max_rounds:int=40) -> np.
     if len(todo): raise ValueError(f"adopt_rows: {len(todo)} targets found no free candidate")
     return order[out]
 
-# %% ../nbs/05_mocksky.ipynb 98
+# %% ../nbs/05_mocksky.ipynb 99
 _ADOPTED = ["mag_z", "g_minus_r", "r_minus_z", "z_minus_w1", "type", "sersic", "shape_r", "e1", "e2"]
 
 def plant_deflectors(cfg:SkyConfig, s:pd.DataFrame, bricks:pd.DataFrame, n:int, rng) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -854,7 +858,7 @@ def plant_deflectors(cfg:SkyConfig, s:pd.DataFrame, bricks:pd.DataFrame, n:int, 
     s.loc[rows, "role"] = "lens"
     return s, d.assign(row=rows)
 
-# %% ../nbs/05_mocksky.ipynb 101
+# %% ../nbs/05_mocksky.ipynb 102
 def lens_mass_model(cfg:SkyConfig, d:pd.DataFrame, rng) -> dict:
     "SIE + shear (lensing.LENS_KEYS, (n,) arrays) of deflectors d: the light's axis ratio and angle with scatter (mass follows light)."
     n = len(d)
@@ -865,7 +869,7 @@ def lens_mass_model(cfg:SkyConfig, d:pd.DataFrame, rng) -> dict:
     return dict(theta_E=d.theta_e_arcsec.to_numpy(), e1=e * np.cos(2 * pa), e2=e * np.sin(2 * pa), center_x=np.zeros(n),
                 center_y=np.zeros(n), gamma1=g[0], gamma2=g[1])
 
-# %% ../nbs/05_mocksky.ipynb 102
+# %% ../nbs/05_mocksky.ipynb 103
 def draw_sources(cfg:SkyConfig, lens:dict, seed:int) -> dict:
     "Sérsic sources behind each lens: `lensing.sample_sources` with the sky config's priors (see the prose)."
     n, rng = len(lens["theta_E"]), np.random.default_rng(seed)
@@ -876,13 +880,13 @@ def draw_sources(cfg:SkyConfig, lens:dict, seed:int) -> dict:
                           mu_range=None if cfg.mu_min == 0 and cfg.mu_max == 0 else (cfg.mu_min, cfg.mu_max), R_sersic_range=(cfg.source_r_e_min_arcsec, cfg.source_r_e_max_arcsec),
                           proposals_per_round=1, max_rounds=400) if n else {k: np.zeros(0) for k in SOURCE_KEYS + ("magnification",)}
 
-# %% ../nbs/05_mocksky.ipynb 104
+# %% ../nbs/05_mocksky.ipynb 105
 def source_components(cfg:SkyConfig, src:dict, seed:int) -> tuple[dict, np.ndarray]:
     "Source components and their system index: the Sérsic sources themselves, or (source_model 'clumpy') smooth part + clumps."
     if cfg.source_model == "clumpy": return clumpy_components({k: src[k] for k in SOURCE_KEYS}, seed)
     return {k: np.asarray(src[k]) for k in SOURCE_KEYS}, np.arange(len(src["mag_r"]))
 
-# %% ../nbs/05_mocksky.ipynb 105
+# %% ../nbs/05_mocksky.ipynb 106
 def lensed_component_rows(s:pd.DataFrame, d:pd.DataFrame, lens:dict, comps:dict, owner) -> pd.DataFrame:
     "`components.parquet` rows (kind 'lensed') of source components behind deflector rows d.row (fluxes from their magnitudes)."
     own = np.asarray(owner); rows = d.row.to_numpy()[own]
@@ -892,13 +896,13 @@ def lensed_component_rows(s:pd.DataFrame, d:pd.DataFrame, lens:dict, comps:dict,
                       gamma2=lens["gamma2"][own], src_x=comps["center_x"], src_y=comps["center_y"], src_r_e=comps["R_sersic"],
                       src_n=comps["n_sersic"], src_e1=comps["e1"], src_e2=comps["e2"])
 
-# %% ../nbs/05_mocksky.ipynb 106
+# %% ../nbs/05_mocksky.ipynb 107
 def render_arcs(cfg:SkyConfig, s:pd.DataFrame, d:pd.DataFrame, lens:dict, comps:dict, owner):
     "Noiseless arcs (lensing.LensedRender, (n, 101, 101, 3) nmgy) of each lens through its deflector row's PSF (PSFSIZE g, r, z)."
     ps = s[["psfsize_g", "psfsize_r", "psfsize_z"]].to_numpy()[d.row.to_numpy()]
     return render_lensed(lens, comps, ps, psf=psf_model(cfg), owner=None if cfg.source_model == "sersic" else np.asarray(owner), supersample=8, refine_c=0.5)
 
-# %% ../nbs/05_mocksky.ipynb 108
+# %% ../nbs/05_mocksky.ipynb 109
 def listing_probability(cfg:SkyConfig, arc_snr_r, resolution):
     "P(listed) = logistic in ln(arc S/N) × logistic in θE / FWHM_r (the two discovery parameters of the config)."
     with np.errstate(divide="ignore"):
@@ -906,17 +910,29 @@ def listing_probability(cfg:SkyConfig, arc_snr_r, resolution):
     b = (np.asarray(resolution, float) - cfg.discovery_resolution50) / cfg.discovery_resolution_width
     return 1 / (1 + np.exp(-a)) / (1 + np.exp(-b))
 
-# %% ../nbs/05_mocksky.ipynb 110
+# %% ../nbs/05_mocksky.ipynb 112
+def deflector_annulus_fraction(shape_r_arcsec, sersic_n, fwhm_arcsec, r_in_px:float=4.0, r_out_px:float=16.0):
+    "Share of a round Sérsic galaxy's light between r_in and r_out pixels, PSF approximated by R_eff² = R_e² + (0.6 FWHM)² [EST]."
+    from scipy.special import gammainc
+    n = np.where(np.asarray(sersic_n, float) > 0, sersic_n, 1.0)
+    reff = np.sqrt(np.asarray(shape_r_arcsec, float) ** 2 + (0.6 * np.asarray(fwhm_arcsec, float)) ** 2); b = sersic_bn(n)
+    L = lambda r_px: gammainc(2 * n, b * (r_px * PIXSCALE_ARCSEC / reff) ** (1 / n))
+    return L(r_out_px) - L(r_in_px)
+
+# %% ../nbs/05_mocksky.ipynb 114
 def _lens_name(ra, dec): return [f"DESI-{r:08.4f}{'+' if d >= 0 else '-'}{abs(d):07.4f}" for r, d in zip(ra, dec)]
 
-# %% ../nbs/05_mocksky.ipynb 111
+# %% ../nbs/05_mocksky.ipynb 115
 def lens_truth_table(cfg:SkyConfig, s:pd.DataFrame, d:pd.DataFrame, lens:dict, src:dict, arcs, n_comp, rng) -> pd.DataFrame:
     "`lens_truth.parquet`: every planted lens with its deflector, mass, source, arcs, S/N, resolution and listing."
     rows = d.row.to_numpy(); S = s.iloc[rows]; n = len(d)
     snr = arc_snr(arcs.images[..., 1], sigma_pix_from_psfdepth(S.psfdepth_r.to_numpy(), S.psfsize_r.to_numpy())) if n else np.zeros(0)
     res = d.theta_e_arcsec.to_numpy() / core_fwhm_from_psfsize(S.psfsize_r.to_numpy(), psf_model(cfg)) if n else np.zeros(0)
     p = listing_probability(cfg, snr, res); listed = rng.uniform(size=n) < p
-    tier_a = listed & (snr >= cfg.tier_a_snr) & (res >= cfg.tier_a_resolution)
+    fw = core_fwhm_from_psfsize(S.psfsize_r.to_numpy(), psf_model(cfg)) if n else np.zeros(0)
+    arc_ann = arcs.images[..., 1][:, annulus_mask()].sum(1) if n else np.zeros(0)
+    contrast = arc_ann / (S.flux_r.to_numpy() * deflector_annulus_fraction(S.shape_r.to_numpy(), S.sersic.to_numpy(), fw))
+    tier_a = listed & (snr >= cfg.tier_a_snr) & (res >= cfg.tier_a_resolution) & (contrast >= cfg.tier_a_contrast)
     arc_r = arcs.images[..., 1].sum((1, 2)) if n else np.zeros(0); fsrc = mag_to_nmgy(np.asarray(src["mag_r"]))
     return pd.DataFrame({"lens_id": np.arange(n), "name": _lens_name(S.ra, S.dec), "galaxy_id": S.galaxy_id.to_numpy(), "brickname": S.brickname.to_numpy(),
                          "objid": S.objid.to_numpy(), "ra": S.ra.to_numpy(), "dec": S.dec.to_numpy(), "zlens": d.z_l.to_numpy(), "zsource": d.z_s.to_numpy(),
@@ -928,15 +944,15 @@ def lens_truth_table(cfg:SkyConfig, s:pd.DataFrame, d:pd.DataFrame, lens:dict, s
                          "source_model": cfg.source_model, "n_source_components": np.asarray(n_comp, dtype=np.int64),
                          "magnification": arcs.magnification if n else np.zeros(0), "magnification_in_stamp": arc_r / fsrc if n else np.zeros(0),
                          "arc_flux_r": arc_r, "arc_mag_r": nmgy_to_mag(arc_r), "arc_snr": snr, "psfsize_r": S.psfsize_r.to_numpy(),
-                         "resolution": res, "p_listed": p, "listed": listed, "grading": np.where(tier_a, "confident", np.where(listed, "probable", ""))})
+                         "resolution": res, "arc_contrast": contrast, "p_listed": p, "listed": listed, "grading": np.where(tier_a, "confident", np.where(listed, "probable", ""))})
 
-# %% ../nbs/05_mocksky.ipynb 112
+# %% ../nbs/05_mocksky.ipynb 116
 def _pool_like(cfg:SkyConfig, s:pd.DataFrame) -> np.ndarray:
     "Rows that pass the negative pool's cuts (SER/DEV/REX, >= 3 exposures per band, z < 20, no rejected MASKBITS)."
     return (s.type.isin(["SER", "DEV", "REX"]) & (s.mag_z < 20) & (s.nobs_g >= 3) & (s.nobs_r >= 3) & (s.nobs_z >= 3)
             & ((s.maskbits.astype(np.int32) & REJECT_BITS) == 0)).to_numpy()
 
-# %% ../nbs/05_mocksky.ipynb 113
+# %% ../nbs/05_mocksky.ipynb 117
 def _tier_b_contaminants(cfg:SkyConfig, s:pd.DataFrame, lt:pd.DataFrame, conf:pd.DataFrame, rng) -> np.ndarray:
     "Rows of the non-lenses padded into Tier-B (fraction tier_b_contamination of it): half confusers, half red pool galaxies."
     nb = int((lt.grading == "probable").sum()); f = cfg.tier_b_contamination
@@ -947,7 +963,7 @@ def _tier_b_contaminants(cfg:SkyConfig, s:pd.DataFrame, lt:pd.DataFrame, conf:pd
     c2 = rng.choice(crow_gal, min(nc - nc1, len(crow_gal)), replace=False) if nc - nc1 > 0 else np.zeros(0, int)
     return np.concatenate([c1, c2]).astype(int)
 
-# %% ../nbs/05_mocksky.ipynb 114
+# %% ../nbs/05_mocksky.ipynb 118
 def known_lens_catalog(cfg:SkyConfig, s:pd.DataFrame, lt:pd.DataFrame, conf:pd.DataFrame, rng) -> pd.DataFrame:
     "The published catalog (`known_lenses.csv`, lenscat's columns + truth): listed lenses and the Tier-B non-lenses."
     cont = s.iloc[_tier_b_contaminants(cfg, s, lt, conf, rng)]; catmap = dict(zip(conf.row, conf.category))
@@ -963,7 +979,7 @@ def known_lens_catalog(cfg:SkyConfig, s:pd.DataFrame, lt:pd.DataFrame, conf:pd.D
                          "brickname": kl.brickname, "objid": kl.objid.astype(int), "theta_e_arcsec": kl.theta_e_arcsec, "arc_snr": kl.arc_snr,
                          "magnification": kl.magnification, "src_mag_r": kl.src_mag_r, "confuser_category": kl.confuser_category})
 
-# %% ../nbs/05_mocksky.ipynb 116
+# %% ../nbs/05_mocksky.ipynb 120
 @dataclass
 class SkyTables:
     "A mock sky in memory (`make_sky`): the catalog and its side tables, as `write_sky` writes them."
@@ -975,14 +991,14 @@ class SkyTables:
     confusers: pd.DataFrame
     meta: dict                   # sky_meta.json (without the file list, added by write_sky)
 
-# %% ../nbs/05_mocksky.ipynb 117
+# %% ../nbs/05_mocksky.ipynb 121
 def _n_lenses(cfg:SkyConfig) -> int:
     "Planted lenses: `n_lenses`, or round(lens_density_per_deg2 × lens_density_scale × footprint area)."
     if cfg.n_lenses is not None: return int(cfg.n_lenses)
     area = (cfg.ra_max_deg - cfg.ra_min_deg) * (np.sin(np.deg2rad(cfg.dec_max_deg)) - np.sin(np.deg2rad(cfg.dec_min_deg))) * 180 / np.pi
     return int(round(cfg.lens_density_per_deg2 * cfg.lens_density_scale * area))
 
-# %% ../nbs/05_mocksky.ipynb 119
+# %% ../nbs/05_mocksky.ipynb 123
 def _catalog(cfg:SkyConfig, bricks:pd.DataFrame, rng) -> tuple:
     "Sources, masks, confusers and planted deflectors on the brick grid, photometry, OBJIDs: (s, confuser components, conf, deflectors)."
     s = _apply_masks(cfg, make_sources(cfg, bricks), bricks)
@@ -1003,7 +1019,7 @@ def _catalog(cfg:SkyConfig, bricks:pd.DataFrame, rng) -> tuple:
     comps["host_row"] = new_row[comps.host_row.to_numpy().astype(np.int64)]; conf["row"] = new_row[conf.row.to_numpy().astype(np.int64)]
     return s, comps, conf, d.assign(row=new_row[d.row.to_numpy()])
 
-# %% ../nbs/05_mocksky.ipynb 120
+# %% ../nbs/05_mocksky.ipynb 124
 def _lenses(cfg:SkyConfig, s:pd.DataFrame, d:pd.DataFrame, rng) -> tuple:
     "Mass models, sources, arcs and listing of the planted deflectors: (lens_truth, lensed component rows)."
     lens = lens_mass_model(cfg, d, rng)
@@ -1013,7 +1029,7 @@ def _lenses(cfg:SkyConfig, s:pd.DataFrame, d:pd.DataFrame, rng) -> tuple:
     lt = lens_truth_table(cfg, s, d, lens, src, arcs, np.bincount(owner, minlength=len(d)), rng)
     return lt, lensed_component_rows(s, d, lens, comps, owner)
 
-# %% ../nbs/05_mocksky.ipynb 121
+# %% ../nbs/05_mocksky.ipynb 125
 def _sky_summary(cfg:SkyConfig, s, bricks, lt, known, conf) -> dict:
     "Counts and densities for sky_meta.json and the run summary (listed/all lenses per deg², unlisted-lens share of the pool)."
     area = (cfg.ra_max_deg - cfg.ra_min_deg) * (np.sin(np.deg2rad(cfg.dec_max_deg)) - np.sin(np.deg2rad(cfg.dec_min_deg))) * 180 / np.pi
@@ -1029,7 +1045,7 @@ def _sky_summary(cfg:SkyConfig, s, bricks, lt, known, conf) -> dict:
             "masked_fraction": float(((s.maskbits.astype(np.int32) & REJECT_BITS) != 0).mean()),
             "type_counts": {k: int(v) for k, v in s.type.value_counts().items()}}
 
-# %% ../nbs/05_mocksky.ipynb 122
+# %% ../nbs/05_mocksky.ipynb 126
 def _sky_meta(cfg:SkyConfig, summary:dict, seconds:float) -> dict:
     "sky_meta.json without its file list: format, config, summary, the source prior (for the injection stage), the brick grid."
     prior = {k: getattr(cfg, k) for k in ("source_model", "source_mag_r_min", "source_mag_r_max", "source_mag_slope", "mu_min", "mu_max",
@@ -1041,7 +1057,7 @@ def _sky_meta(cfg:SkyConfig, summary:dict, seconds:float) -> dict:
             "grid": {"ra_min_deg": cfg.ra_min_deg, "dec_min_deg": cfg.dec_min_deg, "n_ra": int(round((cfg.ra_max_deg - cfg.ra_min_deg) / BRICK_SIZE_DEG)),
                      "n_dec": int(round((cfg.dec_max_deg - cfg.dec_min_deg) / BRICK_SIZE_DEG)), "brick_size_deg": BRICK_SIZE_DEG}}
 
-# %% ../nbs/05_mocksky.ipynb 123
+# %% ../nbs/05_mocksky.ipynb 127
 def make_sky(cfg:SkyConfig, progress:bool=False) -> SkyTables:
     "The mock DR10 sky as tables (pure: no files). Deterministic in `cfg` (every draw derives from `cfg.seed`)."
     cfg.validate(); t0 = time.time()
@@ -1058,7 +1074,7 @@ def make_sky(cfg:SkyConfig, progress:bool=False) -> SkyTables:
     meta = _sky_meta(cfg, _sky_summary(cfg, s, bricks, lt, known, conf), time.time() - t0)
     return SkyTables(s, bricks, comps.drop(columns=["host_row"]), lt, known, confusers, meta)
 
-# %% ../nbs/05_mocksky.ipynb 127
+# %% ../nbs/05_mocksky.ipynb 131
 def _sources_to_sweep_array(s:pd.DataFrame) -> np.ndarray:
     "DR10 sweep rows (uppercase names, DR9 Tractor dtypes) from the internal source table."
     a = np.zeros(len(s), dtype=SWEEP_DTYPE)
@@ -1072,7 +1088,7 @@ def _sources_to_sweep_array(s:pd.DataFrame) -> np.ndarray:
         for c in ("MW_TRANSMISSION", "NOBS", "PSFDEPTH", "GALDEPTH", "PSFSIZE"): a[f"{c}_{b}"] = s[f"{c.lower()}_{b.lower()}"].to_numpy()
     return a
 
-# %% ../nbs/05_mocksky.ipynb 128
+# %% ../nbs/05_mocksky.ipynb 132
 def write_sweeps(s:pd.DataFrame, out_dir:str) -> list[str]:
     "Write one FITS sweep per 5x5 deg box holding sources; returns the URLs."
     bra, bdec = sweep_box(s.ra.to_numpy(), s.dec.to_numpy()); urls = []
@@ -1083,7 +1099,7 @@ def write_sweeps(s:pd.DataFrame, out_dir:str) -> list[str]:
         urls.append(atomic_write_bytes(url_join(out_dir, sweep_name(r1, d1, r1 + SWEEP_BOX_DEG, d1 + SWEEP_BOX_DEG)), buf.getvalue()))
     return urls
 
-# %% ../nbs/05_mocksky.ipynb 129
+# %% ../nbs/05_mocksky.ipynb 133
 def write_sky(t:SkyTables, out_dir:str) -> dict:
     "Write a `make_sky` result into `out_dir` (local path or URL), each file atomically, sky_meta.json last. Returns {name: url}."
     urls = {"sweeps": write_sweeps(t.sources, out_dir)}
@@ -1097,12 +1113,12 @@ def write_sky(t:SkyTables, out_dir:str) -> dict:
     urls["sky_meta"] = atomic_write_text(url_join(out_dir, "sky_meta.json"), json.dumps({**t.meta, "files": files}, indent=2, default=str) + "\n")
     return urls
 
-# %% ../nbs/05_mocksky.ipynb 130
+# %% ../nbs/05_mocksky.ipynb 134
 def build_sky(cfg:SkyConfig, out_dir:str, progress:bool=True) -> dict:
     "`make_sky` then `write_sky` into `out_dir`: sweep-*.fits, bricks, components, lens_truth, known_lenses.csv, confusers.csv, sky_meta.json."
     return write_sky(make_sky(cfg, progress=progress), out_dir)
 
-# %% ../nbs/05_mocksky.ipynb 134
+# %% ../nbs/05_mocksky.ipynb 138
 def run_sky_stage(cfg, run_dir:str, progress:bool=True) -> dict:
     """Pipeline stage `sky`: build `<run_dir>/sky/` from `cfg.sky` (a pipeline config, or a `SkyConfig`) under the stage
     protocol. Returns the summary (also in the done marker): sky_dir, counts, densities, unlisted-lens share of the pool."""
@@ -1120,7 +1136,7 @@ def run_sky_stage(cfg, run_dir:str, progress:bool=True) -> dict:
         st.result.update(sky_dir=st.rel(st.out), source_model=sky_cfg.source_model, **{k: t.meta[k] for k in keys})
     return st.result
 
-# %% ../nbs/05_mocksky.ipynb 137
+# %% ../nbs/05_mocksky.ipynb 141
 _SWEEP_READ_COLS = ["BRICKNAME", "OBJID", "TYPE", "RA", "DEC", "FLUX_G", "FLUX_R", "FLUX_Z", "SHAPE_R", "SHAPE_E1", "SHAPE_E2", "SERSIC",
                     "NOBS_G", "NOBS_R", "NOBS_Z", "PSFSIZE_G", "PSFSIZE_R", "PSFSIZE_Z", "PSFDEPTH_G", "PSFDEPTH_R", "PSFDEPTH_Z"]
 
@@ -1133,13 +1149,13 @@ def _read_sweep_table(url) -> pd.DataFrame:
         v = out[c]; out[c] = np.char.strip(np.char.decode(v) if v.dtype.kind == "S" else v.astype(str)).astype(str)
     return pd.DataFrame(out)
 
-# %% ../nbs/05_mocksky.ipynb 138
+# %% ../nbs/05_mocksky.ipynb 142
 def _seed_for(ra_deg, dec_deg, seed) -> np.ndarray:
     "64-bit noise seeds from a hash of the position rounded to 1e-6 deg and the seed (independent of batching)."
     return np.array([int.from_bytes(hashlib.blake2b(f"{r:.6f},{d:.6f},{int(seed)}".encode(), digest_size=8).digest(), "little")
                      for r, d in zip(np.asarray(ra_deg, float), np.asarray(dec_deg, float))], dtype=np.uint64)
 
-# %% ../nbs/05_mocksky.ipynb 140
+# %% ../nbs/05_mocksky.ipynb 144
 def _scene_catalog(sky, ra0, dec0) -> tuple[dict, dict]:
     "Point sources and Tractor galaxies (component dict) of the catalog whose light reaches each cutout's grid."
     S, n, G, c0 = sky.sources, len(ra0), GRID_SIZE, GRID_PAD_PX + NPIX // 2
@@ -1156,7 +1172,7 @@ def _scene_catalog(sky, ra0, dec0) -> tuple[dict, dict]:
     gal["e1"], gal["e2"] = S.shape_e1.to_numpy()[idx][ge], S.shape_e2.to_numpy()[idx][ge]
     return {"cut": cut[isp], "x": x[isp], "y": y[isp], "flux": flux[isp]}, gal
 
-# %% ../nbs/05_mocksky.ipynb 141
+# %% ../nbs/05_mocksky.ipynb 145
 def _scene_components(sky, ra0, dec0) -> dict|None:
     "Side components (confuser light, lensed source components) near each cutout, as a component dict (None if there are none)."
     if sky._cmp_tree is None: return None
@@ -1170,14 +1186,15 @@ def _scene_components(sky, ra0, dec0) -> dict|None:
     return {"cut": cc, "x": cx[k2] + c0, "y": cy[k2] + c0, "kind": C.kind.to_numpy()[ci], "flux": C[["flux_g", "flux_r", "flux_z"]].to_numpy()[ci],
             **{k: C[k].to_numpy()[ci] for k in COMP_PARAMS}}
 
-# %% ../nbs/05_mocksky.ipynb 142
+# %% ../nbs/05_mocksky.ipynb 146
 def _coadd_noise_batch(sky, img, sig, nobs, seeds, noise:bool, sky_offset:bool):
     "Add DR10 coadd noise (inverse-variance σ + source Poisson, Lanczos-resampled) and the sky offset to img (n, 101, 101, 3) in place; returns the offsets (n, 3)."
     n, cfg = img.shape[0], sky.meta["config"]; E = max(1, int(cfg.get("noise_exposures", 4)))
-    white = np.empty((n, 3, E, NPIX + 10, NPIX + 10), np.float32); sh = np.zeros((n, 3, E, 2)); csh = np.zeros((n, 3, 2)); off = np.zeros((n, 3))
+    white = torch.empty((n, 3, E, NPIX + 10, NPIX + 10)); sh = np.zeros((n, 3, E, 2)); csh = np.zeros((n, 3, 2)); off = np.zeros((n, 3))
+    gen = torch.Generator()
     for i in range(n):                                      # draws per cutout from its own seed: independent of batching
-        rng = np.random.default_rng(int(seeds[i]))
-        white[i] = rng.standard_normal(white.shape[1:], dtype=np.float32)
+        rng = np.random.default_rng(int(seeds[i])); gen.manual_seed(int(seeds[i]) & 0x7FFF_FFFF_FFFF_FFFF)
+        white[i] = torch.randn(white.shape[1:], generator=gen)
         if int(cfg.get("noise_exposures", 4)): sh[i] = rng.uniform(0, 1, (3, E, 2))
         if cfg.get("cutout_resampling", True): csh[i] = rng.uniform(0, 1, (3, 2))
         if sky_offset: off[i] = rng.uniform(0.05, sky.sky_offset_max_frac, 3) * sig[i]
@@ -1192,7 +1209,7 @@ def _coadd_noise_batch(sky, img, sig, nobs, seeds, noise:bool, sky_offset:bool):
     img += off[:, None, None, :].astype(np.float32)
     return off
 
-# %% ../nbs/05_mocksky.ipynb 143
+# %% ../nbs/05_mocksky.ipynb 147
 def _cutout_meta(sky, ra0, dec0, B, has, jc, gid, sig, off, n_src, seed) -> pd.DataFrame:
     "The meta table of a batch: spec §1 fields, brick PSF sizes, σ and offsets per band, the truth."
     S, lt = sky.sources, sky._lens
@@ -1209,7 +1226,7 @@ def _cutout_meta(sky, ra0, dec0, B, has, jc, gid, sig, off, n_src, seed) -> pd.D
                          "n_sources": n_src, "is_lens": np.array([g in lt.index for g in gid]), "grading": [sky._grading.get(g, "") for g in gid],
                          "theta_e_arcsec": lcol("theta_e_arcsec"), "arc_snr": lcol("arc_snr"), "confuser_category": [sky._confuser.get(g, "") for g in gid]})
 
-# %% ../nbs/05_mocksky.ipynb 144
+# %% ../nbs/05_mocksky.ipynb 148
 def _render_batch(sky, ra0, dec0, B, seed, noise, sky_offset):
     "One batch of cutouts: scene, PSF (the brick's PSFSIZE; the 'psf' shortcut sharpens listed lenses), noise, meta."
     S, n = sky.sources, len(ra0)
@@ -1228,7 +1245,7 @@ def _render_batch(sky, ra0, dec0, B, seed, noise, sky_offset):
     off = _coadd_noise_batch(sky, img, sig, pick("nobs"), _seed_for(ra0, dec0, seed), noise, sky_offset)
     return img, _cutout_meta(sky, ra0, dec0, B, has, jc, gid, sig, off, np.bincount(points["cut"], minlength=n) + np.bincount(gal["cut"], minlength=n), seed)
 
-# %% ../nbs/05_mocksky.ipynb 145
+# %% ../nbs/05_mocksky.ipynb 149
 class MockSky:
     "Renderer of the mock DR10 sky written by `build_sky`: `MockSky.open(sky_dir).render(ra_deg, dec_deg, seed)`."
     def __init__(self, sky_dir, meta, sources, bricks, comps, lens_truth, known):
@@ -1286,7 +1303,7 @@ class MockSky:
                 X[sl], m = _render_batch(self, ra0[sl], dec0[sl], B.iloc[sl], seed, noise, sky_offset); metas.append(m)
         return X, (pd.concat(metas, ignore_index=True) if metas else _render_batch(self, ra0, dec0, B, seed, noise, sky_offset)[1])
 
-# %% ../nbs/05_mocksky.ipynb 148
+# %% ../nbs/05_mocksky.ipynb 152
 def gallery_targets(sky:MockSky, n_per:int=3, seed:int=0) -> pd.DataFrame:
     "Positions for a gallery: Tier-A, Tier-B lens, Tier-B non-lens, unlisted lens, each confuser category, ordinary galaxies."
     rng = np.random.default_rng(seed); kl, lt = sky.known, sky.lens_truth; out = []
@@ -1297,11 +1314,11 @@ def gallery_targets(sky:MockSky, n_per:int=3, seed:int=0) -> pd.DataFrame:
     take(kl[kl.grading == "confident"], "Tier-A lens", "RA", "DEC"); take(kl[(kl.grading == "probable") & kl.is_lens.astype(bool)], "Tier-B lens", "RA", "DEC")
     take(kl[~kl.is_lens.astype(bool)], "Tier-B non-lens", "RA", "DEC", 1); take(lt[~lt.listed], "unlisted lens", k=n_per)
     for c in CONFUSER_CATEGORIES: take(conf[conf.category == c], c, k=max(1, n_per - 1))
-    S = sky.sources; pool = S[S.type.isin(["SER", "DEV", "REX"]) & (S.flux_z > mag_to_nmgy(20.0)) & ~S.brickname.isin([])]
-    take(pool[~(S.brickname + "_" + S.objid.astype(str)).isin(set(lt.galaxy_id))], "galaxy", k=2 * n_per)
+    S = sky.sources; pool = S[S.type.isin(["SER", "DEV", "REX"]) & (S.flux_z > mag_to_nmgy(20.0))]
+    take(pool[~(pool.brickname + "_" + pool.objid.astype(str)).isin(set(lt.galaxy_id))], "galaxy", k=2 * n_per)
     return pd.concat(out, ignore_index=True)
 
-# %% ../nbs/05_mocksky.ipynb 149
+# %% ../nbs/05_mocksky.ipynb 153
 def plot_gallery(X, meta:pd.DataFrame, labels, ncols:int=7, crop:int=18):
     "A grid of grz composites (`physics.grz_composite`) of cutouts X with their labels and truth; returns the figure."
     import matplotlib.pyplot as plt
@@ -1316,7 +1333,7 @@ def plot_gallery(X, meta:pd.DataFrame, labels, ncols:int=7, crop:int=18):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/05_mocksky.ipynb 151
+# %% ../nbs/05_mocksky.ipynb 155
 def _auc(pos, allv) -> float:
     "P(a value from `pos` > a value from `allv`) + ties/2 (Mann-Whitney AUC)."
     pos, allv = np.asarray(pos, float), np.asarray(allv, float)
@@ -1324,7 +1341,7 @@ def _auc(pos, allv) -> float:
     r = stats.rankdata(np.concatenate([pos, allv]))[:len(pos)]
     return float((r.sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(allv)))
 
-# %% ../nbs/05_mocksky.ipynb 152
+# %% ../nbs/05_mocksky.ipynb 156
 def lens_population_stats(lens_truth:pd.DataFrame, sources:pd.DataFrame, area_deg2:float, which:str="listed") -> dict:
     "The issue-14 table on a sky: deflector r, g−r, arc − deflector, type mix, θE, listing vs seeing/depth, densities."
     lt = lens_truth; sel = lt[lt.listed] if which == "listed" else lt
@@ -1340,7 +1357,7 @@ def lens_population_stats(lens_truth:pd.DataFrame, sources:pd.DataFrame, area_de
             "auc_listed_vs_all_psfdepth_r": _auc(S.psfdepth_r.to_numpy()[l_], S.psfdepth_r.to_numpy()),
             "listed_density_per_deg2": float(l_.sum() / area_deg2), "lens_density_per_deg2": float(len(lt) / area_deg2)}
 
-# %% ../nbs/05_mocksky.ipynb 154
+# %% ../nbs/05_mocksky.ipynb 158
 def blank_sky_noise(sky:MockSky, n:int=200, seed:int=0, min_sep_arcsec:float=25.0) -> pd.DataFrame:
     """Per band, on blank-sky cutouts: median pixel σ / inverse-variance σ, adjacent-pixel correlation, median σ (nmgy), and
     σ at DR10's median depth and PSFSIZE (the config's m5_ref_* and PSFSIZE medians, §2: that ratio × the DR10 formula's σ)."""

@@ -254,8 +254,8 @@ def psf_kernels(psfsize_arcsec, psf:PSFModel=PSF_DR10, size_px:int=PSF_SIZE_PX, 
     if ps.size == 0: return torch.zeros((*ps.shape, size_px, size_px), dtype=dtype, device=device)
     uniq, inv = np.unique(ps.reshape(-1), return_inverse=True)
     pos = uniq / PSFSIZE_STEP_ARCSEC; i0 = np.floor(pos).astype(np.int64)
-    nodes = _node_kernels(int(i0.min()), int(i0.max()) + 1, psf, int(size_px), float(pixscale_arcsec)).to(dtype)
-    j = torch.as_tensor(i0 - i0.min()); w = torch.as_tensor(pos - i0, dtype=dtype)[:, None, None]
+    nodes = _node_kernels(int(i0.min()), int(i0.max()) + 1, psf, int(size_px), float(pixscale_arcsec))    # float64 throughout:
+    j = torch.as_tensor(i0 - i0.min()); w = torch.as_tensor(pos - i0)[:, None, None]                          # a kernel never depends on its batch
     ker = (1 - w) * nodes[j] + w * nodes[j + 1]
     ker = ker / ker.sum(dim=(1, 2), keepdim=True)
     return ker[torch.as_tensor(inv.reshape(-1))].reshape(*ps.shape, size_px, size_px).to(dtype=dtype, device=device)
@@ -275,12 +275,14 @@ def lanczos3_weights(shift_px):
 # %% ../nbs/03b_physics.ipynb 67
 def lanczos3_resample(images, shifts_px):
     """Resample images (..., H+5, W+5) at sub-pixel shifts (..., 2) (x, y in [0, 1)) with a separable Lanczos-3 kernel
-    -> (..., H, W) torch float32 (output pixel i interpolates input pixels i…i+5 at i + 2 + shift)."""
-    x = torch.as_tensor(images, dtype=torch.float32); H, W = x.shape[-2] - 5, x.shape[-1] - 5
-    sh = np.asarray(shifts_px, dtype=np.float64)
-    wy, wx = (torch.as_tensor(lanczos3_weights(sh[..., i]), dtype=torch.float32) for i in (1, 0))
-    x = sum(x[..., k:k + H, :] * wy[..., k, None, None] for k in range(6))
-    return sum(x[..., :, k:k + W] * wx[..., k, None, None] for k in range(6))
+    -> (..., H, W) torch float32 (output pixel i interpolates input pixels i…i+5 at i + 2 + shift); grouped convolutions."""
+    x = torch.as_tensor(images, dtype=torch.float32); lead, H, W = x.shape[:-2], x.shape[-2] - 5, x.shape[-1] - 5
+    x = x.reshape(1, -1, H + 5, W + 5); C = x.shape[1]
+    sh = np.broadcast_to(np.asarray(shifts_px, dtype=np.float64), tuple(lead) + (2,)).reshape(C, 2)
+    wy = torch.as_tensor(lanczos3_weights(sh[:, 1]), dtype=torch.float32).reshape(C, 1, 6, 1)
+    wx = torch.as_tensor(lanczos3_weights(sh[:, 0]), dtype=torch.float32).reshape(C, 1, 1, 6)
+    y = torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, wy, groups=C), wx, groups=C)
+    return y.reshape(*lead, H, W)
 
 # %% ../nbs/03b_physics.ipynb 69
 def coadd_noise(white, sigma_pix, exposure_shifts_px, cutout_shifts_px):

@@ -322,11 +322,15 @@ def realistic():
     return cfg, M.make_sky(cfg)
 
 
+@pytest.fixture(scope="module")
+def listed_stats(realistic):
+    return M.lens_population_stats(realistic[1].lens_truth, realistic[1].sources, realistic[1].meta["area_deg2"], "listed")
+
+
 @pytest.mark.slow
-def test_lens_population_like_dr10(realistic):
+def test_lens_population_like_dr10(realistic, listed_stats):
     "Listed lenses vs DR10_FACTS §2-3: deflector r 19.2 ± 0.4, arc − deflector 2.9 ± 0.5 mag, SER/DEV/REX 60/20/15 ± 10, θE 1.3 ± 0.2″, red."
-    cfg, t = realistic
-    st = M.lens_population_stats(t.lens_truth, t.sources, t.meta["area_deg2"], "listed")
+    cfg, st = realistic[0], listed_stats
     assert st["n"] >= 150, st
     assert abs(st["deflector_r_median"] - 19.2) < 0.4, st
     assert abs(st["arc_minus_deflector_median"] - 2.9) < 0.5, st
@@ -339,10 +343,9 @@ def test_lens_population_like_dr10(realistic):
 
 
 @pytest.mark.slow
-def test_listing_follows_seeing_and_resolution(realistic):
+def test_listing_follows_seeing_and_resolution(realistic, listed_stats):
     "Listed vs all lenses: PSFSIZE_R AUC >= 0.58 towards better seeing; the listed fraction rises over 4 bins of θE/FWHM."
-    cfg, t = realistic
-    st = M.lens_population_stats(t.lens_truth, t.sources, t.meta["area_deg2"], "listed")
+    t, st = realistic[1], listed_stats
     assert st["auc_listed_vs_all_psfsize_r"] >= 0.58, st
     assert st["auc_listed_vs_all_psfdepth_r"] > 0.52, st
     f = t.lens_truth.listed.groupby(pd.qcut(t.lens_truth.resolution, 4), observed=True).mean().to_numpy()
