@@ -8,7 +8,7 @@ RUN ?= runs/demo
 NBDEV_TEST_ARGS ?= --flags slow --n_workers 2 --timing
 # Notebooks that check against the real Legacy Surveys files in ../shared/data (present beside the checkout in CI);
 # on a machine without them those notebooks are skipped with a message (pytest skips its real-data tests itself).
-REALDATA_NBS := 04_lensing|05_mocksky|06_legacysurvey|06b_cutoutsource|07_negatives|17b_spark_cutouts
+REALDATA_NBS := 03b_physics|04_lensing|05_mocksky|06_legacysurvey|06b_cutoutsource|07_negatives|17b_spark_cutouts
 NB_SKIP := $(if $(wildcard ../shared/data),,--skip_file_re '^([_.]|$(REALDATA_NBS))')
 
 .PHONY: install demo test test-fast sync docs bench clean lint outputs

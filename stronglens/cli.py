@@ -57,7 +57,8 @@ def demo_stages(cfg=None) -> list[str]:
     out = []
     for s in PIPELINE_STAGES:
         ups = needed_upstream(STAGES[s], cfg) if cfg is not None else [u for u in STAGES[s].upstream if u != "sky"]
-        if (pipeline_dir()/STAGES[s].notebook).exists() and all(u in out for u in ups): out.append(s)
+        used = cfg is None or STAGES[s].in_use(cfg)                    # no mock sky on the real-data path
+        if used and (pipeline_dir()/STAGES[s].notebook).exists() and all(u in out for u in ups): out.append(s)
     return out
 
 # %% ../nbs/18_cli.ipynb 17

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00b_runs.ipynb 3
 from __future__ import annotations
-import datetime, hashlib, json, os, re, socket, time, uuid
+import dataclasses, datetime, hashlib, json, os, re, socket, time, uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -33,10 +33,17 @@ class StageOrderError(StageError):
     "An upstream stage is missing, failed, still running or out of date."
 
 # %% ../nbs/00b_runs.ipynb 10
+def _mock_sweeps(cfg) -> bool:
+    "Does the catalog stage read the mock sky's sweeps (no `catalogs.sweep_dir`)?"
+    return not (config_to_dict(cfg).get("catalogs") or {}).get("sweep_dir")
+
+def _mock_pixels(cfg) -> bool:
+    "Do the cutouts come from the mock sky's renderer (`cutouts.source: mock`, the default)?"
+    return (config_to_dict(cfg).get("cutouts") or {}).get("source", "mock") == "mock"
+
 def _sky_in_use(cfg) -> bool:
-    "Does this config read the mock sky (its sweeps or its renderer)?"
-    d = config_to_dict(cfg)
-    return not (d.get("catalogs") or {}).get("sweep_dir") or (d.get("cutouts") or {}).get("source", "mock") == "mock"
+    "Does this config read the mock sky at all (its sweeps or its renderer)?"
+    return _mock_sweeps(cfg) or _mock_pixels(cfg)
 
 def _always(cfg) -> bool: return True
 
@@ -77,6 +84,7 @@ class StageSpec:
     upstream: tuple = ()               # stages whose outputs it reads
     config: tuple = ()                 # config keys it depends on: sections, dotted sub-keys; "-key" excludes
     in_use: Callable = _always         # `in_use(cfg)`: does this config use the stage at all (sky: mock only)?
+    when: tuple = ()                   # (upstream, `needed(cfg)`) pairs: an upstream read only under some configs
     inputs: Callable|None = None       # `inputs(cfg, run_dir)`: files/folders outside the run it reads
     outputs: Callable|None = None      # `outputs(cfg, run_dir)`: output folders outside its stage folder
     runner: str = ""                   # `module:function` of its stage runner (documentation, `stronglens stages`)
@@ -87,11 +95,12 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
               runner="stronglens.mocksky:run_sky_stage"),
     StageSpec("catalogs", "manifests", "01_catalogs.ipynb", ("sky",),
               ("negatives", "catalogs", "-catalogs.progress", "-catalogs.n_jobs", "-catalogs.spark_master", "cutouts.out_prefix"),
-              inputs=_catalog_inputs, outputs=_nonempty("catalogs.out_dir"), runner="stronglens.manifest:run_catalog_stage"),
+              when=(("sky", _mock_sweeps),), inputs=_catalog_inputs, outputs=_nonempty("catalogs.out_dir"),
+              runner="stronglens.manifest:run_catalog_stage"),
     StageSpec("cutouts", "cutouts", "02_cutouts.ipynb", ("catalogs", "sky"),
               ("cutouts", "-cutouts.n_workers", "-cutouts.concurrency", "-cutouts.rate_limit_per_s", "-cutouts.timeout_s",
                "-cutouts.max_retries", "-cutouts.backoff_base_s", "-cutouts.backoff_max_s", "-cutouts.spark_partitions"),
-              outputs=_nonempty("cutouts.out_prefix"), runner="stronglens.cutoutsource:run_cutouts_stage"),
+              when=(("sky", _mock_pixels),), outputs=_nonempty("cutouts.out_prefix"), runner="stronglens.cutoutsource:run_cutouts_stage"),
     StageSpec("train", "model", "03_train.ipynb", ("catalogs", "cutouts"), ("training", "-training.train.num_workers"),
               inputs=_nonempty("training.dataset.manifest_path"), outputs=_nonempty("training.train.out_dir"),
               runner="stronglens.train:run_train_stage"),
@@ -99,9 +108,9 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
               ("validation", "-validation.n_jobs", "-validation.batch_size"), outputs=_nonempty("validation.report_prefix"),
               runner="stronglens.validation:run_validate_stage"),
     StageSpec("inject", "injection", "05_inject.ipynb", ("catalogs", "cutouts", "train", "sky"), ("injection",),
-              runner="stronglens.injection:run_inject_stage"),
+              when=(("sky", _sky_in_use),), runner="stronglens.injection:run_inject_stage"),
     StageSpec("report", "report", "06_report.ipynb", ("validate", "inject", "train", "catalogs"), ("report",),
-              runner="stronglens.figures:run_report_stage"),
+              runner="stronglens.report:run_report_stage"),
     StageSpec("audit", "audits", "07_audit.ipynb", ("catalogs", "cutouts"), ("audit",), runner="stronglens.audit:run_audit_stage"),
 ]}
 PIPELINE_STAGES = ["sky", "catalogs", "cutouts", "train", "validate", "inject", "report"]
@@ -117,7 +126,7 @@ def get_stage(name:str, instance:str|None=None) -> StageSpec:
     if base != "audit": return s
     if not inst or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", inst) or ".." in inst:
         raise StageError(f"audit needs a finder name of letters, digits, '_', '.', '-' (audit:<name>), got {inst!r}")
-    return StageSpec(f"audit:{inst}", f"audits/{inst}", s.notebook, s.upstream, s.config, s.in_use, s.inputs, s.outputs, s.runner)
+    return dataclasses.replace(s, name=f"audit:{inst}", folder=f"audits/{inst}")
 
 # %% ../nbs/00b_runs.ipynb 19
 def _flatten(d, prefix:str="") -> dict:
@@ -371,9 +380,10 @@ def output_roots(run_dir, spec:StageSpec, cfg) -> dict:
 # %% ../nbs/00b_runs.ipynb 52
 def needed_upstream(spec:StageSpec, cfg) -> list[str]:
     "The upstream stages `spec` reads under this config (the mock sky only when the config uses it)."
-    return [u for u in spec.upstream if STAGES[u].in_use(cfg)]
+    when = dict(spec.when)
+    return [u for u in spec.upstream if STAGES[u].in_use(cfg) and when.get(u, _always)(cfg)]
 
-# %% ../nbs/00b_runs.ipynb 53
+# %% ../nbs/00b_runs.ipynb 54
 def _files_table(run_dir, spec:StageSpec) -> pd.DataFrame|None:
     u = url_join(run_dir, spec.folder, FILES_TABLE)
     return read_parquet(u) if exists(u) else None
@@ -384,7 +394,7 @@ def _external_inputs(run_dir, spec:StageSpec, cfg) -> dict:
 def _short(items, n:int=3) -> str:
     return ", ".join(map(str, items[:n])) + (f" (+{len(items) - n} more)" if len(items) > n else "")
 
-# %% ../nbs/00b_runs.ipynb 54
+# %% ../nbs/00b_runs.ipynb 55
 def _upstream_state(run_dir, name:str, cfg, memo:dict, verify_outputs:bool) -> str|None:
     "Why upstream stage `name` cannot be used now (None when it is finished, current and intact)."
     if (name, verify_outputs) in memo: return memo[(name, verify_outputs)]
@@ -406,7 +416,7 @@ def _upstream_state(run_dir, name:str, cfg, memo:dict, verify_outputs:bool) -> s
     memo[(name, verify_outputs)] = why
     return why
 
-# %% ../nbs/00b_runs.ipynb 55
+# %% ../nbs/00b_runs.ipynb 56
 def _stale_inputs(run_dir, spec:StageSpec, cfg, m:dict, memo:dict) -> str|None:
     "Has an input of finished stage `spec` (upstream stage or external file) changed since it ran?"
     for u in needed_upstream(spec, cfg):
@@ -418,7 +428,7 @@ def _stale_inputs(run_dir, spec:StageSpec, cfg, m:dict, memo:dict) -> str|None:
     changed = [k[5:] for k, v in ext.items() if m.get("inputs", {}).get(k) != v]
     return f"is out of date: input changed ({_short(changed)})" if changed else None
 
-# %% ../nbs/00b_runs.ipynb 56
+# %% ../nbs/00b_runs.ipynb 57
 def _changes(chk) -> str:
     "'2 missing (a, b), 1 changed (c)' for an `OutputCheck`."
     return ", ".join(f"{len(v)} {k} ({_short(v)})" for k, v in (("missing", chk.missing), ("changed", chk.changed)) if v)
@@ -426,7 +436,7 @@ def _changes(chk) -> str:
 def _holders(m:dict) -> str:
     return ", ".join(f"pid {h.get('pid')} on {h.get('host')}" for h in m.get("holders", [])) + f", since {m.get('started_utc')}"
 
-# %% ../nbs/00b_runs.ipynb 57
+# %% ../nbs/00b_runs.ipynb 58
 @dataclass
 class Plan:
     stage: str                    # stage name
@@ -445,7 +455,7 @@ class Plan:
     def retrying(self) -> bool: return self.action == "retry"
     def __str__(self): return f"{self.stage}: {self.action} ({'; '.join(self.reasons)})"
 
-# %% ../nbs/00b_runs.ipynb 58
+# %% ../nbs/00b_runs.ipynb 59
 def _upstream_inputs(run_dir, spec, cfg, assume_rerun, assume_done=()) -> dict:
     "Fingerprints of the upstream stages; `StageOrderError` naming the command when one cannot be used."
     memo, inputs = {}, {}
@@ -462,14 +472,14 @@ def _upstream_inputs(run_dir, spec, cfg, assume_rerun, assume_done=()) -> dict:
         inputs[f"stage:{u}"] = read_marker(run_dir, get_stage(u))["fingerprint"]
     return inputs
 
-# %% ../nbs/00b_runs.ipynb 59
+# %% ../nbs/00b_runs.ipynb 60
 def _first_to_run(run_dir, name:str, cfg, memo:dict) -> str:
     "The earliest stage upstream of (or equal to) `name` that must run before `name` can."
     for w in needed_upstream(get_stage(name), cfg):
         if _upstream_state(run_dir, w, cfg, memo, verify_outputs=False): return _first_to_run(run_dir, w, cfg, memo)
     return name
 
-# %% ../nbs/00b_runs.ipynb 60
+# %% ../nbs/00b_runs.ipynb 61
 def plan_stage(run_dir, stage:str, cfg, force:bool=False, assume_rerun=(), instance:str|None=None, assume_done=()) -> Plan:
     "Decide, without writing anything, whether `stage` skips, runs, resumes, retries or reruns (and why)."
     # assume_rerun / assume_done: upstream stages a dry run expects to rerun first / to resume back to their state
@@ -491,7 +501,7 @@ def plan_stage(run_dir, stage:str, cfg, force:bool=False, assume_rerun=(), insta
     else: _decide(p, m, run_dir, spec, cfg)
     return p
 
-# %% ../nbs/00b_runs.ipynb 61
+# %% ../nbs/00b_runs.ipynb 62
 def _decide(p:Plan, m:dict, run_dir:str, spec:StageSpec, cfg):
     "The decision for a stage with a protocol marker (see `plan_stage`)."
     st, diffs = m["status"], []
@@ -525,10 +535,10 @@ def _decide(p:Plan, m:dict, run_dir:str, spec:StageSpec, cfg):
             p.action, p.delete = "resume", chk.changed_urls
             p.reasons = ["outputs changed since it finished: " + _changes(chk) + "; redoing them"]
 
-# %% ../nbs/00b_runs.ipynb 63
+# %% ../nbs/00b_runs.ipynb 64
 TOKEN_ENV = "STRONGLENS_STAGE_TOKEN"   # set by the `stronglens` command while it holds a stage; the runner inside adopts it
 
-# %% ../nbs/00b_runs.ipynb 64
+# %% ../nbs/00b_runs.ipynb 65
 def _jsonable(o, depth:int=0):
     "JSON-safe copy of a result dict: numbers, strings, lists, dicts; anything else becomes its type name."
     import numpy as np
@@ -540,7 +550,7 @@ def _jsonable(o, depth:int=0):
     if isinstance(o, Path): return str(o)
     return f"<{type(o).__name__}>"
 
-# %% ../nbs/00b_runs.ipynb 65
+# %% ../nbs/00b_runs.ipynb 66
 def remove_stale_temps(roots) -> int:
     "Delete temp files (`.tmp-*`) left by killed writers under local folders `roots`; returns how many."
     n = 0
@@ -553,7 +563,7 @@ def remove_stale_temps(roots) -> int:
                     except FileNotFoundError: pass
     return n
 
-# %% ../nbs/00b_runs.ipynb 66
+# %% ../nbs/00b_runs.ipynb 67
 def clear_folder(url, run_dir) -> int:
     "Delete everything under output folder `url` (refuses the run folder itself or a folder above it); returns files removed."
     r = _norm_run_dir(url)
@@ -564,7 +574,7 @@ def clear_folder(url, run_dir) -> int:
     if fs.exists(p): fs.rm(p, recursive=True)
     return n
 
-# %% ../nbs/00b_runs.ipynb 67
+# %% ../nbs/00b_runs.ipynb 68
 class StageRun:
     "One execution of a stage under the run-folder protocol (use `stage_run(...)` as a context manager)."
     def __init__(self, run_dir, stage:str, cfg, instance:str|None=None, force:bool=False, log=None, hold:bool=False, plan=None):
@@ -611,7 +621,7 @@ class StageRun:
     def __enter__(self): return _enter(self)
     def __exit__(self, et, ev, tb): return _exit(self, et, ev)
 
-# %% ../nbs/00b_runs.ipynb 68
+# %% ../nbs/00b_runs.ipynb 69
 def stage_run(run_dir, stage:str, cfg, instance:str|None=None, force:bool=False, log=None, hold:bool=False,
               plan:Plan|None=None) -> StageRun:
     "The stage protocol: `with stage_run(run_dir, 'cutouts', cfg) as st: if st.skip: return st.result ...`."
@@ -619,14 +629,14 @@ def stage_run(run_dir, stage:str, cfg, instance:str|None=None, force:bool=False,
     # plan: a `plan_stage` decision made just before (saves planning twice)
     return StageRun(run_dir, stage, cfg, instance=instance, force=force, log=log, hold=hold, plan=plan)
 
-# %% ../nbs/00b_runs.ipynb 69
+# %% ../nbs/00b_runs.ipynb 70
 def _marker_base(st:StageRun, status:str, token:str|None) -> dict:
     p = st.plan
     return {"protocol": 1, "stage": st.name, "status": status, "config_hash": p.config_hash, "config": p.config,
             "inputs": p.inputs, "run_dir": st.run_dir, "token": token, "holders": [_me()], "started_utc": _now(),
             "plan": {"action": p.action, "reasons": p.reasons}, "pipeline_version": PIPELINE_VERSION, "git_commit": git_commit()}
 
-# %% ../nbs/00b_runs.ipynb 70
+# %% ../nbs/00b_runs.ipynb 71
 def _adopt(st:StageRun, m:dict) -> StageRun:
     "Continue a stage the `stronglens` command already planned and marked as running (same process tree)."
     st.plan = Plan(st.name, m["plan"]["action"], m["plan"]["reasons"], m["config_hash"], m["config"], m["inputs"], m)
@@ -637,7 +647,7 @@ def _adopt(st:StageRun, m:dict) -> StageRun:
     st.log(f"{st.plan.action} (planned by the stronglens command)")
     return st
 
-# %% ../nbs/00b_runs.ipynb 71
+# %% ../nbs/00b_runs.ipynb 72
 def _enter(st:StageRun) -> StageRun:
     m, tok = read_marker(st.run_dir, st.spec), os.environ.get(TOKEN_ENV)
     if not st.hold and tok and m and m.get("status") == "running" and m.get("token") == tok: return _adopt(st, m)
@@ -664,7 +674,7 @@ def _enter(st:StageRun) -> StageRun:
     st._t0 = time.time()
     return st
 
-# %% ../nbs/00b_runs.ipynb 72
+# %% ../nbs/00b_runs.ipynb 73
 def _finish(st:StageRun):
     "Fingerprint the outputs, write the files table, then the done marker (atomically, last)."
     t = fingerprint_outputs(st.roots)
@@ -677,7 +687,7 @@ def _finish(st:StageRun):
     atomic_write_json(st.marker_url, st._marker)
     st.log(f"{status} in {time.time() - st._t0:.1f} s ({outputs['n_files']} files, {outputs['bytes'] / 2**20:.1f} MiB)")
 
-# %% ../nbs/00b_runs.ipynb 73
+# %% ../nbs/00b_runs.ipynb 74
 def _fail(st:StageRun, ev:BaseException):
     "Mark the stage failed with the error (the outputs stay for the next run to resume from)."
     msg = ev.message if isinstance(ev, StageError) else (f"{type(ev).__name__}: {ev}" if str(ev) else type(ev).__name__)
@@ -685,7 +695,7 @@ def _fail(st:StageRun, ev:BaseException):
                       result=_jsonable(st.result), error={"type": type(ev).__name__, "message": str(msg)[:4000]})
     atomic_write_json(st.marker_url, st._marker)
 
-# %% ../nbs/00b_runs.ipynb 74
+# %% ../nbs/00b_runs.ipynb 75
 def _exit(st:StageRun, et, ev) -> bool:
     if st.skip: return False
     if st.hold:
