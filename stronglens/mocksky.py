@@ -107,7 +107,7 @@ class SkyConfig:
     # --- the lens population (see "Lenses")
     n_lenses: int | None = None            # exact number of planted lenses (None: lens_density_per_deg2 × lens_density_scale × area)
     lens_density_per_deg2: float = 4.0    # all planted lenses (θE 0.5-3″, source r < 26) per deg² [EST: ≈ 8 % get listed: ≈ 0.3/deg², §3]
-    lens_density_scale: float = 1.0        # multiplies the lens density on small footprints (demo: 20); stated in the run summary
+    lens_density_scale: float = 1.0        # multiplies the lens density on small footprints (demo: 30); stated in the run summary
     theta_e_min_arcsec: float = 0.5
     theta_e_max_arcsec: float = 3.0
     hubble_h0: float = 70.0                # flat ΛCDM for distances (km/s/Mpc, Ω_m)
