@@ -100,7 +100,8 @@ def fig_data_schematic(counts:dict) -> Figure:
     fig = new_figure(PAGE_IN, 2.9); ax = fig.add_subplot(); ax.set_axis_off()
     kl = _box(ax, 0.09, 0.78, f"Known-lens catalogue\n{_n(c.get('known_lenses'))} entries", light["src"])
     sw = _box(ax, 0.09, 0.22, f"DR10 sweep catalogues\n{_n(c.get('sweep_rows'))} rows read", light["src"])
-    pb = _box(ax, 0.31, 0.78, f"Positives (matched)\nTier A: {_n(pos.get('A'))}\nTier B: {_n(pos.get('B'))}", light["pos"])
+    ev = f"\nevaluation only: {_n(c['positives_eval_only'])}" if c.get("positives_eval_only") is not None else ""
+    pb = _box(ax, 0.31, 0.78, f"Positives (matched)\nTier A: {_n(pos.get('A'))}\nTier B: {_n(pos.get('B'))}{ev}", light["pos"])
     nb = _box(ax, 0.31, 0.22, f"Negative pool cuts\n{_n(c.get('pool_candidates'))} candidates\n"
               f"> {c.get('exclusion_arcsec', 11):g}\u2033 from known lenses\nsampled N1: {_n(neg.get('N1'))}  N2: {_n(neg.get('N2'))}", light["neg"])
     mb = _box(ax, 0.53, 0.5, f"Training manifest\n{_n(c.get('manifest_rows'))} rows\nHEALPix nside={c.get('nside', 128)}\nhash split", light["man"])
@@ -170,11 +171,12 @@ def _cell_edges(comp:pd.DataFrame, idx:str, lo:str, hi:str) -> np.ndarray:
 
 # %% ../nbs/16_figures.ipynb 31
 def pick_depths(comp:pd.DataFrame, n:int=3) -> list[int]:
-    "`n` depth indices spread over the grid (first, middle, last) preferring depths that hold injections."
+    "`n` depth indices: spread over the depths that hold injections, topped up with their nearest empty neighbours (shown hatched)."
     idx = sorted(comp["i_depth"].unique())
     have = [i for i in idx if comp.loc[comp.i_depth == i, "n_injected"].sum() > 0] or idx
-    if len(have) <= n: return have
-    return [have[int(round(k))] for k in np.linspace(0, len(have) - 1, n)]
+    if len(have) >= n: return [have[int(round(k))] for k in np.linspace(0, len(have) - 1, n)]
+    rest = sorted((i for i in idx if i not in have), key=lambda i: (min(abs(i - h) for h in have), i))
+    return sorted(have + rest[:n - len(have)])
 
 # %% ../nbs/16_figures.ipynb 32
 def _heat_panel(ax, d:pd.DataFrame, xe, ye, cmap, annotate:bool):
@@ -199,7 +201,7 @@ def _heat_panel(ax, d:pd.DataFrame, xe, ye, cmap, annotate:bool):
 # %% ../nbs/16_figures.ipynb 33
 @styled
 def fig_selection_function(comp:pd.DataFrame, depths:Sequence[int]|None=None, annotate:bool=True,
-                           cmap:str="cividis", depth_label:str="depth") -> Figure:
+                           cmap:str="cividis", depth_label:str="depth", psf_label:str="PSF FWHM (arcsec)") -> Figure:
     "Figure 3: completeness heatmaps C(θE, PSF) at three depth indices (`pick_depths` by default), CI half-widths, empty cells marked."
     depths = list(depths) if depths is not None else pick_depths(comp)
     xe = _cell_edges(comp, "i_theta_e", "theta_e_lo", "theta_e_hi"); ye = _cell_edges(comp, "i_psf", "psf_lo", "psf_hi")
@@ -209,9 +211,10 @@ def fig_selection_function(comp:pd.DataFrame, depths:Sequence[int]|None=None, an
         d = comp[comp.i_depth == k]
         mesh = _heat_panel(ax, d, xe, ye, cmap, annotate)
         lo, hi = d["depth_lo"].iloc[0], d["depth_hi"].iloc[0]
-        ax.set_title(f"{depth_label} {lo:.2f}–{hi:.2f} mag\n{int(d.n_injected.sum()):,} injections", fontsize=7)
+        n_inj = int(d.n_injected.sum())
+        ax.set_title(f"{depth_label} {lo:.2f}–{hi:.2f} mag\n" + (f"{n_inj:,} injections" if n_inj else "no hosts at this depth: unmeasured"), fontsize=7)
         ax.set_xlabel("\u03b8$_E$ (arcsec)"); ax.set_xlim(xe[0], xe[-1]); ax.set_ylim(ye[0], ye[-1])
-    axes[0].set_ylabel("PSF FWHM (arcsec)")
+    axes[0].set_ylabel(psf_label)
     cb = fig.colorbar(mesh, ax=list(axes), shrink=0.9, pad=0.01)
     cb.set_label("completeness C")
     return fig
@@ -285,6 +288,8 @@ def fig_recall_by_stratum(table:pd.DataFrame, labels:Mapping[str, str]|None=None
     for ax, s in zip(axes, strata):
         _recall_panel(ax, table[table.stratum == s], labels.get(s, s), overall, PALETTE["blue"])
     axes[0].set_ylabel("Tier-A recall")
+    n_all = int(table[table.stratum == strata[0]]["n"].sum())
+    fig.suptitle(f"{n_all:,} Tier-A anchors in the evaluation split" + ("; hollow: fewer than 10 in the bin" if (table["n"].between(1, 9)).any() else ""), fontsize=7)
     return fig
 
 # %% ../nbs/16_figures.ipynb 48
@@ -322,15 +327,16 @@ def fig_roc_pr(curves:pd.DataFrame, summary:pd.DataFrame, title:str="z-band expo
         c, col, ls = summary.loc[name], SEQUENCE[k % len(SEQUENCE)], ["-", "--", "-.", ":"][k % 4]
         roc, pr = (curves[(curves.stratum == name) & (curves.curve == w)] for w in ("roc", "pr"))
         if roc.empty: continue
-        ax_roc.plot(roc.x, roc.y, color=col, ls=ls, label=f"{name}: AUC {c['auc']:.3f} ({int(c['n_pos']):,}/{int(c['n_neg']):,})")
-        ax_pr.plot(pr.x, pr.y, color=col, ls=ls, label=f"{name}" + (f": AP {c['ap']:.3f}" if "ap" in c else ""))
+        ax_roc.plot(roc.x, roc.y, color=col, ls=ls, label=f"{name}: AUC {c['auc']:.3f}" + (f", AP {c['ap']:.3f}" if "ap" in c else "")
+                    + f" ({int(c['n_pos']):,} pos / {int(c['n_neg']):,} neg)")
+        ax_pr.plot(pr.x, pr.y, color=col, ls=ls)
         ax_pr.axhline(c["n_pos"] / max(c["n_pos"] + c["n_neg"], 1), color=col, lw=0.6, ls=":")
     n_neg = max(summary["n_neg"].max(), 10)
     ax_roc.set_xscale("log"); ax_roc.set_xlim(0.5 / n_neg, 1); ax_roc.set_ylim(0, 1.01)
     ax_roc.set(xlabel="false-positive rate (log)", ylabel="true-positive rate (recall)")
     ax_pr.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01))
-    ax_roc.legend(title=f"{title} (pos/neg)", loc="lower right", fontsize=6, title_fontsize=6)
-    ax_pr.legend(loc="lower left", fontsize=6, title="at the manifest's lens fraction (dotted),\nnot the sky's", title_fontsize=6)
+    fig.legend(*ax_roc.get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize=6, title_fontsize=6,
+               title=f"{title}; precision (right) is at the manifest's lens fraction (dotted lines), not the sky's")
     return fig
 
 # %% ../nbs/16_figures.ipynb 56
