@@ -11,14 +11,14 @@ __all__ = ['PIXSCALE_ARCSEC', 'NPIX', 'BANDS', 'FWHM_PER_SIGMA', 'NMGY_ZEROPOINT
            'lanczos3_resample', 'coadd_noise', 'grz_composite']
 
 # %% ../nbs/03b_physics.ipynb 2
-import functools, math
+import functools, math, sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from astropy.io import fits
 from scipy import optimize, special
+# torch and astropy.io.fits are imported inside the functions that use them: the catalog stage (and every Spark or
+# pool worker) imports this module for its numpy helpers and should not pay for loading torch.
 
 # %% ../nbs/03b_physics.ipynb 5
 PIXSCALE_ARCSEC = 0.262                      # DR10 pixel scale, arcsec / pixel (DR10_FACTS §1)
@@ -112,7 +112,8 @@ def gnomonic_offsets_px(ra0_deg, dec0_deg, ra_deg, dec_deg, pixscale_arcsec:floa
 # %% ../nbs/03b_physics.ipynb 32
 def sersic_bn(n_sersic):
     "Exact Sérsic b_n, the root of Γ(2n) = 2γ(2n, b_n) (numpy float64; a torch tensor in gives a tensor out)."
-    if isinstance(n_sersic, torch.Tensor):
+    torch = sys.modules.get("torch")                                   # no torch loaded: the input is no tensor
+    if torch is not None and isinstance(n_sersic, torch.Tensor):
         b = special.gammaincinv(2.0 * n_sersic.detach().cpu().double().numpy(), 0.5)
         return torch.as_tensor(b, dtype=n_sersic.dtype, device=n_sersic.device)
     return special.gammaincinv(2.0 * np.asarray(n_sersic, dtype=np.float64), 0.5)
@@ -134,6 +135,7 @@ class PSFModel:
 
     def profile(self, r2_arcsec2, core_fwhm_arcsec):
         "Surface brightness (unit total flux, per arcsec²) at squared radius r2 for a core FWHM (torch, broadcasting)."
+        import torch
         if self.kind == "gaussian":
             s2 = (core_fwhm_arcsec / FWHM_PER_SIGMA) ** 2
             return torch.exp(-0.5 * r2_arcsec2 / s2) / (2 * math.pi * s2)
@@ -146,6 +148,7 @@ class PSFModel:
 # %% ../nbs/03b_physics.ipynb 38
 def read_psfex(path) -> np.ndarray:
     "The PSF at the CCD centre (PSF_MASK component 0) of a PSFEx file, as a unit-sum float64 (K, K) image."
+    from astropy.io import fits
     with fits.open(path) as h:
         d = h[1].data
         if float(d["psf_samp"][0]) != 1.0:
@@ -154,8 +157,10 @@ def read_psfex(path) -> np.ndarray:
     return psf / psf.sum()
 
 # %% ../nbs/03b_physics.ipynb 40
-def _pixel_grid(npix, pixscale_arcsec, supersample, dtype=torch.float64, device=None):
-    "1-D sub-pixel centres (arcsec) of an npix-pixel grid centred on its middle pixel, `supersample` per pixel."
+def _pixel_grid(npix, pixscale_arcsec, supersample, dtype=None, device=None):
+    "1-D sub-pixel centres (arcsec) of an npix-pixel grid centred on its middle pixel, `supersample` per pixel (torch, float64 default)."
+    import torch
+    dtype = torch.float64 if dtype is None else dtype
     j = torch.arange(npix, dtype=dtype, device=device)
     off = (torch.arange(supersample, dtype=dtype, device=device) + 0.5) / supersample - 0.5
     return ((j[:, None] - (npix - 1) / 2 + off[None, :]) * pixscale_arcsec).reshape(-1)
@@ -164,6 +169,7 @@ def _pixel_grid(npix, pixscale_arcsec, supersample, dtype=torch.float64, device=
 def _psf_kernels_exact(core_fwhm_arcsec, psf:PSFModel, size_px:int, pixscale_arcsec:float, offset_px=None, supersample:int=5,
                        chunk:int=16):
     "(M,) float64 core FWHMs -> (M, K, K) float64 pixel-integrated, unit-sum kernels, centred or off by offset_px (M, 2) (x, y)."
+    import torch
     xs = _pixel_grid(size_px, pixscale_arcsec, supersample)
     out = []
     for a in range(0, core_fwhm_arcsec.shape[0], chunk):
@@ -177,6 +183,7 @@ def _psf_kernels_exact(core_fwhm_arcsec, psf:PSFModel, size_px:int, pixscale_arc
 # %% ../nbs/03b_physics.ipynb 42
 def _psf_kernels_centred(core_fwhm_arcsec, psf:PSFModel, size_px:int, pixscale_arcsec:float, supersample:int=5):
     "`_psf_kernels_exact` for centred kernels, evaluated on one quadrant and mirrored (M, K, K) float64."
+    import torch
     c = size_px // 2
     xs = _pixel_grid(size_px, pixscale_arcsec, supersample)[c * supersample:]            # pixels c..K-1
     q = psf.profile(xs[None, None, :] ** 2 + xs[None, :, None] ** 2, core_fwhm_arcsec[:, None, None])
@@ -189,6 +196,7 @@ def _psf_kernels_centred(core_fwhm_arcsec, psf:PSFModel, size_px:int, pixscale_a
 def psfsize_from_kernel(kernel, pixscale_arcsec:float=PIXSCALE_ARCSEC):
     """DR10 PSFSIZE of a pixelised PSF: FWHM of the Gaussian with the same noise-equivalent area, 2.3548·√(NEA/4π),
     NEA = (Σp)²/Σp² pixels × pixscale². (..., K, K) numpy or torch -> numpy."""
+    import torch
     k = (kernel if isinstance(kernel, torch.Tensor) else torch.as_tensor(np.asarray(kernel))).double()
     nea = k.sum(dim=(-2, -1)) ** 2 / (k * k).sum(dim=(-2, -1)) * pixscale_arcsec ** 2
     return (FWHM_PER_SIGMA * torch.sqrt(nea / (4 * math.pi))).cpu().numpy()
@@ -197,6 +205,7 @@ def psfsize_from_kernel(kernel, pixscale_arcsec:float=PIXSCALE_ARCSEC):
 def fit_psf_model(stamps, pixscale_arcsec:float=PIXSCALE_ARCSEC, x0=(3.0, 1.8, 0.1, 1.5), floor:float=2e-4):
     """Fit one double-Moffat shape (β_core, β_wing, f_w, s_w) and a core FWHM per stamp to centred, unit-sum PSF stamps
     (M, K, K). Returns (PSFModel, core FWHMs (M,) in arcsec)."""
+    import torch
     P = torch.as_tensor(np.asarray(stamps, dtype=np.float64)); M, K = P.shape[0], P.shape[-1]
     def resid(p):
         k = _psf_kernels_centred(torch.as_tensor(p[4:]), PSFModel("moffat2", *p[:4]), K, pixscale_arcsec, supersample=3)
@@ -214,6 +223,7 @@ PSFSIZE_STEP_ARCSEC = 0.005          # kernels are exact on this PSFSIZE grid an
 @functools.lru_cache(maxsize=32)
 def _psfsize_table(psf:PSFModel, size_px:int, pixscale_arcsec:float, n_table:int=96, n_iter:int=4):
     "PSFSIZE grid 0.4–4″ and the core FWHMs (arcsec) whose kernels have those NEA-FWHMs (fixed-point solution)."
+    import torch
     target = np.geomspace(0.4, 4.0, n_table)
     fwhm = target / 1.3
     for _ in range(n_iter):
@@ -235,6 +245,7 @@ _NODE_KERNELS: dict = {}     # (psf, size_px, pixscale) -> {node index: (K, K) f
 
 def _node_kernels(lo:int, hi:int, psf:PSFModel, size_px:int, pixscale_arcsec:float):
     "Exact kernels (hi-lo+1, K, K) float64 at PSFSIZE = i × PSFSIZE_STEP_ARCSEC for i = lo…hi, computed once per process."
+    import torch
     cache = _NODE_KERNELS.setdefault((psf, size_px, pixscale_arcsec), {})
     new = [i for i in range(lo, hi + 1) if i not in cache]
     if new:
@@ -245,9 +256,11 @@ def _node_kernels(lo:int, hi:int, psf:PSFModel, size_px:int, pixscale_arcsec:flo
 
 # %% ../nbs/03b_physics.ipynb 57
 def psf_kernels(psfsize_arcsec, psf:PSFModel=PSF_DR10, size_px:int=PSF_SIZE_PX, pixscale_arcsec:float=PIXSCALE_ARCSEC,
-                dtype=torch.float32, device=None):
+                dtype=None, device=None):
     """Pixel-integrated, unit-sum PSF kernels, torch (*psfsize.shape, K, K), whose NEA-FWHM equals each DR10 PSFSIZE
     (arcsec, 0.4–4″): exact on a 0.005″ PSFSIZE grid, linear in between. `psf`: the shape (default the DR10 fit)."""
+    import torch
+    dtype = torch.float32 if dtype is None else dtype                 # torch dtype of the result (float32 default)
     if size_px % 2 != 1: raise ValueError(f"psf size_px must be odd, got {size_px}")
     ps = np.asarray(psfsize_arcsec, dtype=np.float64)
     core_fwhm_from_psfsize(ps, psf, size_px, pixscale_arcsec)                       # validates the range
@@ -276,6 +289,7 @@ def lanczos3_weights(shift_px):
 def lanczos3_resample(images, shifts_px):
     """Resample images (..., H+5, W+5) at sub-pixel shifts (..., 2) (x, y in [0, 1)) with a separable Lanczos-3 kernel
     -> (..., H, W) torch float32 (output pixel i interpolates input pixels i…i+5 at i + 2 + shift); grouped convolutions."""
+    import torch
     x = torch.as_tensor(images, dtype=torch.float32); lead, H, W = x.shape[:-2], x.shape[-2] - 5, x.shape[-1] - 5
     x = x.reshape(1, -1, H + 5, W + 5); C = x.shape[1]
     sh = np.broadcast_to(np.asarray(shifts_px, dtype=np.float64), tuple(lead) + (2,)).reshape(C, 2)
@@ -289,6 +303,7 @@ def coadd_noise(white, sigma_pix, exposure_shifts_px, cutout_shifts_px):
     """Noise (N, H, W) of a resampled coadd cutout from white noise (N, E, H+10, W+10), σ (N,) or per-pixel (N, H, W)
     of the inverse-variance map, exposure shifts (N, E, 2) and cutout shifts (N, 2) in [0, 1): each exposure (σ√E) is
     Lanczos-3 resampled, the E are averaged, and the average is resampled once more (the cutout service). torch float32."""
+    import torch
     white = torch.as_tensor(white, dtype=torch.float32); N, E = white.shape[:2]
     s = torch.as_tensor(np.asarray(sigma_pix, dtype=np.float32))
     s = s.reshape(N, 1, 1, 1) if s.ndim == 1 else torch.nn.functional.pad(s[:, None], (5, 5, 5, 5), mode="replicate")

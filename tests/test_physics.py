@@ -130,3 +130,23 @@ def test_grz_composite_colours():
     rgb = P.grz_composite(img)
     assert rgb[0, 0, 0] > rgb[0, 0, 2] and rgb[1, 1, 2] > rgb[1, 1, 0]
     assert rgb.min() >= 0 and rgb.max() <= 1
+
+
+def test_physics_and_the_catalog_stage_import_without_torch():
+    "Issue 14 (lead, 11:25): the numpy helpers do not load torch, so the catalog stage and its workers do not pay for it."
+    import subprocess, sys
+    code = ("import sys, stronglens.physics as P, stronglens.negatives, stronglens.exclusion, stronglens.manifest\n"
+            "P.mag_to_nmgy(20.0); P.unit_vectors(1.0, 2.0); P.gnomonic_offsets_px(1.0, 2.0, 1.0, 2.0); P.sersic_bn(4.0)\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out.splitlines()[-1] == "False", out
+
+
+def test_torch_parts_still_work_after_a_lazy_import():
+    "The torch-using helpers import torch themselves: default dtype float32, tensors in give tensors out."
+    k = P.psf_kernels([1.2, 1.4])
+    assert k.dtype == torch.float32 and k.shape == (2, 63, 63)
+    assert P.psf_kernels(1.3, dtype=torch.float64).dtype == torch.float64
+    b = P.sersic_bn(torch.tensor([1.0, 4.0], dtype=torch.float32))
+    assert isinstance(b, torch.Tensor) and b.dtype == torch.float32
+    np.testing.assert_allclose(b.numpy(), P.sersic_bn([1.0, 4.0]), rtol=1e-6)
