@@ -29,31 +29,31 @@ NMGY_ZEROPOINT = 22.5                        # AB: flux_nmgy = 10**((22.5 - mag)
 ARCSEC_PER_RAD = 180.0 / math.pi * 3600.0
 EXTINCTION_R = {"g": 3.214, "r": 2.165, "z": 1.211}    # MW_TRANSMISSION = 10**(-0.4 R EBV) (DR10_FACTS §1)
 
-# %% ../nbs/03b_physics.ipynb 7
+# %% ../nbs/03b_physics.ipynb 9
 def mag_to_nmgy(mag):
     "AB magnitude -> flux in nanomaggies (numpy float64)."
     return 10.0 ** ((NMGY_ZEROPOINT - np.asarray(mag, dtype=np.float64)) / 2.5)
 
-# %% ../nbs/03b_physics.ipynb 9
+# %% ../nbs/03b_physics.ipynb 11
 def nmgy_to_mag(flux_nmgy):
     "Flux in nanomaggies -> AB magnitude (numpy float64); NaN where the flux is <= 0 or not finite."
     f = np.asarray(flux_nmgy, dtype=np.float64)
     ok = np.isfinite(f) & (f > 0)
     return np.where(ok, NMGY_ZEROPOINT - 2.5 * np.log10(np.where(ok, f, 1.0)), np.nan)
 
-# %% ../nbs/03b_physics.ipynb 11
+# %% ../nbs/03b_physics.ipynb 13
 def m5_to_psfdepth(m5_mag, nsigma:float=5.0):
     "nσ point-source depth (AB mag) -> DR10 `PSFDEPTH` inverse variance (1/nmgy²)."
     return (mag_to_nmgy(m5_mag) / nsigma) ** -2.0
 
-# %% ../nbs/03b_physics.ipynb 12
+# %% ../nbs/03b_physics.ipynb 14
 def psfdepth_to_m5(psfdepth, nsigma:float=5.0):
     "DR10 `PSFDEPTH` (1/nmgy²) -> nσ depth in AB mag, 22.5 − 2.5 log10(nσ/√PSFDEPTH); NaN where psfdepth <= 0."
     d = np.asarray(psfdepth, dtype=np.float64)
     ok = np.isfinite(d) & (d > 0)
     return np.where(ok, NMGY_ZEROPOINT - 2.5 * np.log10(nsigma / np.sqrt(np.where(ok, d, 1.0))), np.nan)
 
-# %% ../nbs/03b_physics.ipynb 15
+# %% ../nbs/03b_physics.ipynb 17
 def sigma_pix_from_psfdepth(psfdepth, psfsize_arcsec, pixscale_arcsec:float=PIXSCALE_ARCSEC):
     """Per-pixel noise σ (nmgy) that DR10's inverse-variance maps carry: 1/σ² = PSFDEPTH · 4π (PSFSIZE/2.3548/pixscale)².
     NaN where psfdepth <= 0 or not finite. (The *measured* pixel σ of a resampled coadd is lower: see `coadd_noise`.)"""
@@ -63,14 +63,14 @@ def sigma_pix_from_psfdepth(psfdepth, psfsize_arcsec, pixscale_arcsec:float=PIXS
         out = 1.0 / np.sqrt(d * 4 * np.pi * s * s)
     return np.where((d > 0) & np.isfinite(d) & (s > 0), out, np.nan)
 
-# %% ../nbs/03b_physics.ipynb 17
+# %% ../nbs/03b_physics.ipynb 19
 def colour_fluxes(mag_r, g_minus_r, r_minus_z):
     "Fluxes (..., 3) in nmgy, bands g, r, z, from the r magnitude and the colours (g = r + (g−r), z = r − (r−z))."
     mag_r = np.asarray(mag_r, dtype=np.float64)
     return np.stack([mag_to_nmgy(mag_r + np.asarray(g_minus_r)), mag_to_nmgy(mag_r),
                      mag_to_nmgy(mag_r - np.asarray(r_minus_z))], axis=-1)
 
-# %% ../nbs/03b_physics.ipynb 20
+# %% ../nbs/03b_physics.ipynb 22
 def sample_count_mags(rng, n:int, mag_lo:float, mag_hi:float, slope_per_mag:float):
     "n magnitudes in [mag_lo, mag_hi] with dN/dm ∝ 10^(slope·m) (number counts; slope 0: uniform), by inverting the CDF."
     u = rng.uniform(size=n)
@@ -78,25 +78,25 @@ def sample_count_mags(rng, n:int, mag_lo:float, mag_hi:float, slope_per_mag:floa
     a, b = 10 ** (slope_per_mag * mag_lo), 10 ** (slope_per_mag * mag_hi)
     return np.log10(a + u * (b - a)) / slope_per_mag
 
-# %% ../nbs/03b_physics.ipynb 23
+# %% ../nbs/03b_physics.ipynb 25
 def unit_vectors(ra_deg, dec_deg) -> np.ndarray:
     "Unit vectors (..., 3) float64 on the sphere of RA/Dec in degrees (x towards RA = 0, z towards the north pole)."
     ra, dec = np.deg2rad(np.asarray(ra_deg, dtype=np.float64)), np.deg2rad(np.asarray(dec_deg, dtype=np.float64))
     cd = np.cos(dec)
     return np.stack([cd * np.cos(ra), cd * np.sin(ra), np.sin(dec)], axis=-1)
 
-# %% ../nbs/03b_physics.ipynb 25
+# %% ../nbs/03b_physics.ipynb 27
 def chord_from_arcsec(sep_arcsec) -> np.ndarray:
     "Unit-sphere chord length of an angular separation in arcsec: 2 sin(θ/2)."
     theta = np.asarray(sep_arcsec, dtype=np.float64) / ARCSEC_PER_RAD
     return 2.0 * np.sin(np.minimum(theta, np.pi) / 2.0)
 
-# %% ../nbs/03b_physics.ipynb 26
+# %% ../nbs/03b_physics.ipynb 28
 def arcsec_from_chord(chord) -> np.ndarray:
     "Angular separation in arcsec of a unit-sphere chord length: 2 arcsin(c/2)."
     return 2.0 * np.arcsin(np.clip(np.asarray(chord, dtype=np.float64) / 2.0, 0.0, 1.0)) * ARCSEC_PER_RAD
 
-# %% ../nbs/03b_physics.ipynb 28
+# %% ../nbs/03b_physics.ipynb 30
 def gnomonic_offsets_px(ra0_deg, dec0_deg, ra_deg, dec_deg, pixscale_arcsec:float=PIXSCALE_ARCSEC):
     """Pixel offsets (x, y) of (ra, dec) from a cutout centre (ra0, dec0), gnomonic projection: x along columns
     (growing to the west, i.e. with decreasing RA, as in DR10 cutouts), y along rows (growing to the north)."""
@@ -109,7 +109,7 @@ def gnomonic_offsets_px(ra0_deg, dec0_deg, ra_deg, dec_deg, pixscale_arcsec:floa
     k = ARCSEC_PER_RAD / pixscale_arcsec
     return -xi * k, eta * k
 
-# %% ../nbs/03b_physics.ipynb 32
+# %% ../nbs/03b_physics.ipynb 34
 def sersic_bn(n_sersic):
     "Exact Sérsic b_n, the root of Γ(2n) = 2γ(2n, b_n) (numpy float64; a torch tensor in gives a tensor out)."
     torch = sys.modules.get("torch")                                   # no torch loaded: the input is no tensor
@@ -118,7 +118,7 @@ def sersic_bn(n_sersic):
         return torch.as_tensor(b, dtype=n_sersic.dtype, device=n_sersic.device)
     return special.gammaincinv(2.0 * np.asarray(n_sersic, dtype=np.float64), 0.5)
 
-# %% ../nbs/03b_physics.ipynb 35
+# %% ../nbs/03b_physics.ipynb 37
 @dataclass(frozen=True)
 class PSFModel:
     "Circular PSF shape: a double Moffat (core + wing, unit flux) or a Gaussian; its width comes from PSFSIZE."
@@ -145,7 +145,7 @@ class PSFModel:
         core = moffat(a, self.core_beta)
         return core if self.wing_frac == 0 else (1 - self.wing_frac) * core + self.wing_frac * moffat(a * self.wing_scale, self.wing_beta)
 
-# %% ../nbs/03b_physics.ipynb 38
+# %% ../nbs/03b_physics.ipynb 40
 def read_psfex(path) -> np.ndarray:
     "The PSF at the CCD centre (PSF_MASK component 0) of a PSFEx file, as a unit-sum float64 (K, K) image."
     from astropy.io import fits
@@ -156,7 +156,7 @@ def read_psfex(path) -> np.ndarray:
         psf = np.asarray(d["psf_mask"][0][0], dtype=np.float64)
     return psf / psf.sum()
 
-# %% ../nbs/03b_physics.ipynb 40
+# %% ../nbs/03b_physics.ipynb 42
 def _pixel_grid(npix, pixscale_arcsec, supersample, dtype=None, device=None):
     "1-D sub-pixel centres (arcsec) of an npix-pixel grid centred on its middle pixel, `supersample` per pixel (torch, float64 default)."
     import torch
@@ -165,7 +165,7 @@ def _pixel_grid(npix, pixscale_arcsec, supersample, dtype=None, device=None):
     off = (torch.arange(supersample, dtype=dtype, device=device) + 0.5) / supersample - 0.5
     return ((j[:, None] - (npix - 1) / 2 + off[None, :]) * pixscale_arcsec).reshape(-1)
 
-# %% ../nbs/03b_physics.ipynb 41
+# %% ../nbs/03b_physics.ipynb 43
 def _psf_kernels_exact(core_fwhm_arcsec, psf:PSFModel, size_px:int, pixscale_arcsec:float, offset_px=None, supersample:int=5,
                        chunk:int=16):
     "(M,) float64 core FWHMs -> (M, K, K) float64 pixel-integrated, unit-sum kernels, centred or off by offset_px (M, 2) (x, y)."
@@ -180,7 +180,7 @@ def _psf_kernels_exact(core_fwhm_arcsec, psf:PSFModel, size_px:int, pixscale_arc
         out.append(k / k.sum(dim=(1, 2), keepdim=True))
     return torch.cat(out) if out else torch.zeros((0, size_px, size_px), dtype=torch.float64)
 
-# %% ../nbs/03b_physics.ipynb 42
+# %% ../nbs/03b_physics.ipynb 44
 def _psf_kernels_centred(core_fwhm_arcsec, psf:PSFModel, size_px:int, pixscale_arcsec:float, supersample:int=5):
     "`_psf_kernels_exact` for centred kernels, evaluated on one quadrant and mirrored (M, K, K) float64."
     import torch
@@ -192,7 +192,7 @@ def _psf_kernels_centred(core_fwhm_arcsec, psf:PSFModel, size_px:int, pixscale_a
     k = torch.cat([top.flip(1)[:, :c], top], dim=1)
     return k / k.sum(dim=(1, 2), keepdim=True)
 
-# %% ../nbs/03b_physics.ipynb 44
+# %% ../nbs/03b_physics.ipynb 46
 def psfsize_from_kernel(kernel, pixscale_arcsec:float=PIXSCALE_ARCSEC):
     """DR10 PSFSIZE of a pixelised PSF: FWHM of the Gaussian with the same noise-equivalent area, 2.3548·√(NEA/4π),
     NEA = (Σp)²/Σp² pixels × pixscale². (..., K, K) numpy or torch -> numpy."""
@@ -201,7 +201,7 @@ def psfsize_from_kernel(kernel, pixscale_arcsec:float=PIXSCALE_ARCSEC):
     nea = k.sum(dim=(-2, -1)) ** 2 / (k * k).sum(dim=(-2, -1)) * pixscale_arcsec ** 2
     return (FWHM_PER_SIGMA * torch.sqrt(nea / (4 * math.pi))).cpu().numpy()
 
-# %% ../nbs/03b_physics.ipynb 48
+# %% ../nbs/03b_physics.ipynb 50
 def fit_psf_model(stamps, pixscale_arcsec:float=PIXSCALE_ARCSEC, x0=(3.0, 1.8, 0.1, 1.5), floor:float=2e-4):
     """Fit one double-Moffat shape (β_core, β_wing, f_w, s_w) and a core FWHM per stamp to centred, unit-sum PSF stamps
     (M, K, K). Returns (PSFModel, core FWHMs (M,) in arcsec)."""
@@ -214,12 +214,12 @@ def fit_psf_model(stamps, pixscale_arcsec:float=PIXSCALE_ARCSEC, x0=(3.0, 1.8, 0
     r = optimize.least_squares(resid, np.r_[x0, np.ones(M)], bounds=(lo, hi), x_scale="jac")
     return PSFModel("moffat2", *map(float, r.x[:4])), r.x[4:]
 
-# %% ../nbs/03b_physics.ipynb 51
+# %% ../nbs/03b_physics.ipynb 53
 PSF_DR10 = PSFModel("moffat2", core_beta=3.30, wing_beta=1.97, wing_frac=0.234, wing_scale=1.156)   # fit to 8 DECam PSFEx models
 PSF_SIZE_PX = 63                     # kernel support (16.5″), the size of a PSFEx stamp
 PSFSIZE_STEP_ARCSEC = 0.005          # kernels are exact on this PSFSIZE grid and interpolated between
 
-# %% ../nbs/03b_physics.ipynb 54
+# %% ../nbs/03b_physics.ipynb 56
 @functools.lru_cache(maxsize=32)
 def _psfsize_table(psf:PSFModel, size_px:int, pixscale_arcsec:float, n_table:int=96, n_iter:int=4):
     "PSFSIZE grid 0.4–4″ and the core FWHMs (arcsec) whose kernels have those NEA-FWHMs (fixed-point solution)."
@@ -231,7 +231,7 @@ def _psfsize_table(psf:PSFModel, size_px:int, pixscale_arcsec:float, n_table:int
         fwhm = fwhm * target / psfsize_from_kernel(k, pixscale_arcsec)
     return target, fwhm
 
-# %% ../nbs/03b_physics.ipynb 55
+# %% ../nbs/03b_physics.ipynb 57
 def core_fwhm_from_psfsize(psfsize_arcsec, psf:PSFModel=PSF_DR10, size_px:int=PSF_SIZE_PX, pixscale_arcsec:float=PIXSCALE_ARCSEC):
     "Core FWHM (arcsec) of the `psf` whose pixel-integrated kernel has NEA-FWHM = the DR10 `PSFSIZE` (0.4–4″)."
     ps = np.asarray(psfsize_arcsec, dtype=np.float64)
@@ -240,7 +240,7 @@ def core_fwhm_from_psfsize(psfsize_arcsec, psf:PSFModel=PSF_DR10, size_px:int=PS
     target, fwhm = _psfsize_table(psf, int(size_px), float(pixscale_arcsec))
     return np.exp(np.interp(np.log(ps), np.log(target), np.log(fwhm)))
 
-# %% ../nbs/03b_physics.ipynb 56
+# %% ../nbs/03b_physics.ipynb 58
 _NODE_KERNELS: dict = {}     # (psf, size_px, pixscale) -> {node index: (K, K) float64 kernel}
 
 def _node_kernels(lo:int, hi:int, psf:PSFModel, size_px:int, pixscale_arcsec:float):
@@ -254,7 +254,7 @@ def _node_kernels(lo:int, hi:int, psf:PSFModel, size_px:int, pixscale_arcsec:flo
             cache[i] = k
     return torch.stack([cache[i] for i in range(lo, hi + 1)])
 
-# %% ../nbs/03b_physics.ipynb 57
+# %% ../nbs/03b_physics.ipynb 59
 def psf_kernels(psfsize_arcsec, psf:PSFModel=PSF_DR10, size_px:int=PSF_SIZE_PX, pixscale_arcsec:float=PIXSCALE_ARCSEC,
                 dtype=None, device=None):
     """Pixel-integrated, unit-sum PSF kernels, torch (*psfsize.shape, K, K), whose NEA-FWHM equals each DR10 PSFSIZE
@@ -273,19 +273,19 @@ def psf_kernels(psfsize_arcsec, psf:PSFModel=PSF_DR10, size_px:int=PSF_SIZE_PX, 
     ker = ker / ker.sum(dim=(1, 2), keepdim=True)
     return ker[torch.as_tensor(inv.reshape(-1))].reshape(*ps.shape, size_px, size_px).to(dtype=dtype, device=device)
 
-# %% ../nbs/03b_physics.ipynb 64
+# %% ../nbs/03b_physics.ipynb 66
 # Electrons per nmgy in one DECam exposure: 10**(0.4 (zp0 - 22.5)) e-/s per nmgy (legacyzpts nominal zp0 g 25.08,
 # r 25.29, z 24.92) × a nominal DECaLS exposure time (g 70 s, r 50 s, z 100 s) [EST]. A coadd of n exposures: n ×.
 GAIN_E_PER_NMGY = {b: 10 ** (0.4 * (zp - 22.5)) * t for b, zp, t in (("g", 25.08, 70.0), ("r", 25.29, 50.0), ("z", 24.92, 100.0))}
 
-# %% ../nbs/03b_physics.ipynb 65
+# %% ../nbs/03b_physics.ipynb 67
 def lanczos3_weights(shift_px):
     "Lanczos-3 interpolation weights (..., 6) for taps −2…3 at sub-pixel shifts in [0, 1), normalised to sum 1."
     t = np.asarray(shift_px, dtype=np.float64)[..., None] - np.arange(-2, 4)
     w = np.sinc(t) * np.sinc(t / 3.0) * (np.abs(t) < 3)
     return w / w.sum(axis=-1, keepdims=True)
 
-# %% ../nbs/03b_physics.ipynb 67
+# %% ../nbs/03b_physics.ipynb 69
 def lanczos3_resample(images, shifts_px):
     """Resample images (..., H+5, W+5) at sub-pixel shifts (..., 2) (x, y in [0, 1)) with a separable Lanczos-3 kernel
     -> (..., H, W) torch float32 (output pixel i interpolates input pixels i…i+5 at i + 2 + shift); grouped convolutions."""
@@ -298,7 +298,7 @@ def lanczos3_resample(images, shifts_px):
     y = torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, wy, groups=C), wx, groups=C)
     return y.reshape(*lead, H, W)
 
-# %% ../nbs/03b_physics.ipynb 69
+# %% ../nbs/03b_physics.ipynb 71
 def coadd_noise(white, sigma_pix, exposure_shifts_px, cutout_shifts_px):
     """Noise (N, H, W) of a resampled coadd cutout from white noise (N, E, H+10, W+10), σ (N,) or per-pixel (N, H, W)
     of the inverse-variance map, exposure shifts (N, E, 2) and cutout shifts (N, 2) in [0, 1): each exposure (σ√E) is
@@ -310,7 +310,7 @@ def coadd_noise(white, sigma_pix, exposure_shifts_px, cutout_shifts_px):
     coadd = lanczos3_resample(white * s * math.sqrt(E), exposure_shifts_px).mean(dim=1)
     return lanczos3_resample(coadd, cutout_shifts_px)
 
-# %% ../nbs/03b_physics.ipynb 74
+# %% ../nbs/03b_physics.ipynb 76
 def grz_composite(images, scales=(6.0, 3.4, 2.2), m:float=0.03, Q:float=20.0) -> np.ndarray:
     """RGB (..., H, W, 3) floats in [0, 1] of g, r, z images (..., H, W, 3) in nmgy: the Legacy Surveys viewer's asinh
     composite (red = z, green = r, blue = g)."""
