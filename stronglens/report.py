@@ -21,9 +21,10 @@ from . import tables as T
 __all__ = ['SCORE_COLUMNS', 'STATUS_WORDS', 'TABLE_CAPTIONS', 'REFERENCE_CATEGORIES', 'CLAIMS_TO_AVOID', 'PAGE_CSS',
            'ALERT_STYLES', 'FIGURE_CAPTIONS', 'ReportConfig', 'ReportInputs', 'latest_validation_summary',
            'load_confuser_truth', 'check_scores', 'load_report_inputs', 'synthetic_config', 'synthetic_completeness',
-           'synthetic_run', 'contaminant_categories', 'scored_table', 'detection_threshold', 'report_alerts',
-           'schematic_counts', 'failure_examples', 'lens_notes', 'load_stamps', 'stratum_labels', 'report_tables',
-           'report_figures', 'headline_numbers', 'html_table', 'render_page', 'build_report', 'run_report_stage']
+           'synthetic_run', 'contaminant_categories', 'scored_table', 'inherited_rule', 'detection_threshold',
+           'report_alerts', 'schematic_counts', 'failure_examples', 'lens_notes', 'load_stamps', 'stratum_labels',
+           'report_tables', 'report_figures', 'headline_numbers', 'html_table', 'render_page', 'build_report',
+           'run_report_stage']
 
 # %% ../nbs/16c_report.ipynb 6
 @dataclass
@@ -77,6 +78,7 @@ class ReportInputs:
     finder: str = "stronglens CNN"                # the finder's name, for the page
     cutout_failures: int|None = None              # cutouts that could not be made (cutouts/failed_cutouts.parquet)
     lens_truth: pd.DataFrame|None = None          # the mock's lens truth (sky/lens_truth.parquet: galaxy_id, theta_e_arcsec, arc_snr)
+    threshold: dict|None = None                   # an inherited threshold rule set by the caller (an audit): value, kind, target, split, how
 
 # %% ../nbs/16c_report.ipynb 10
 def _json_or_none(url:str) -> dict|None:
@@ -340,14 +342,27 @@ def scored_table(inp:ReportInputs, cfg:ReportConfig) -> pd.DataFrame:
     return s
 
 # %% ../nbs/16c_report.ipynb 39
-def detection_threshold(scored:pd.DataFrame, cfg:ReportConfig, closure:dict|None=None) -> dict:
+def inherited_rule(closure:dict|None=None, given:dict|None=None) -> tuple[dict|None, str]:
+    "(threshold rule, its source) for `threshold_kind: inherit`: the caller's `given` rule (an audit's) first, else closure.json's."
+    if given is not None:
+        if not isinstance(given, Mapping) or "value" not in given or not np.isfinite(float(given["value"])):
+            raise ValueError(f"ReportInputs.threshold: expected a dict with a finite 'value' (and kind, target, split, how); got {given!r}")
+        return dict(given), "audit"
+    th = (closure or {}).get("threshold")
+    return (dict(th), "injection") if isinstance(th, Mapping) and "value" in th else (None, "")
+
+
+# %% ../nbs/16c_report.ipynb 40
+def detection_threshold(scored:pd.DataFrame, cfg:ReportConfig, closure:dict|None=None, given:dict|None=None) -> dict:
     "The threshold (value, kind, how it was set) and its FPR measured on the evaluation split's negatives (Wilson CI)."
-    kind, src = cfg.threshold_kind, "report config"
-    if kind == "inherit" and closure and isinstance(closure.get("threshold"), Mapping) and "value" in closure["threshold"]:
-        th = closure["threshold"]; value, src = float(th["value"]), "injection"
-        target = th.get("target", th.get("fpr")) if th.get("kind") == "fpr" else None
-        how = "inherited from injection/closure.json (" + (f"FPR {target:g} on the {th.get('split', '?')} negatives)" if target is not None else f"{th.get('kind', '?')} cut)")
-        if th.get("split") == cfg.eval_split and th.get("kind") == "fpr":
+    kind, src, circular = cfg.threshold_kind, "report config", False
+    rule, rsrc = inherited_rule(closure, given) if kind == "inherit" else (None, "")
+    if rule is not None:
+        value, src = float(rule["value"]), rsrc
+        target = rule.get("target", rule.get("fpr")) if rule.get("kind") == "fpr" else None
+        how = rule.get("how") or ("inherited from injection/closure.json (" + (f"FPR {target:g} on the {rule.get('split', '?')} negatives)"
+                                                                              if target is not None else f"{rule.get('kind', '?')} cut)"))
+        if circular := (rule.get("split") == cfg.eval_split and rule.get("kind") == "fpr"):
             how += f"; set on the {cfg.eval_split} split itself, so the FPR below is the target by construction, not a measurement"
     elif kind in ("inherit", "fpr"):
         d = scored[(scored.split == cfg.threshold_split) & np.isfinite(scored.p_lens)]
@@ -357,11 +372,11 @@ def detection_threshold(scored:pd.DataFrame, cfg:ReportConfig, closure:dict|None
     e = scored[(scored.split == cfg.eval_split) & (scored.label == 0) & np.isfinite(scored.p_lens)]
     k, n = int((e.p_lens >= value).sum()), len(e)
     lo, hi = cal.wilson_interval(k, n)
-    circular = src == "injection" and (closure["threshold"].get("split") == cfg.eval_split) and closure["threshold"].get("kind") == "fpr"
     return {"value": value, "kind": kind, "how": how, "source": src, "eval_split": cfg.eval_split, "fpr": k / n if n else np.nan, "set_on_eval_split": circular,
             "fpr_ci": [float(lo), float(hi)], "n_negatives": n, "n_flagged": k}
 
-# %% ../nbs/16c_report.ipynb 43
+
+# %% ../nbs/16c_report.ipynb 46
 def _gate_alerts(gates:dict|None) -> list[tuple]:
     "Red alerts for each failed shortcut gate in validation/gates.json."
     out = []
@@ -371,7 +386,7 @@ def _gate_alerts(gates:dict|None) -> list[tuple]:
             if ok is False: out.append(("red", f"Shortcut gate failed on {pix} pixels: {g} = {r[g]:.3f} (must be < {r[thr]:.2f})"))
     return out
 
-# %% ../nbs/16c_report.ipynb 44
+# %% ../nbs/16c_report.ipynb 47
 def _validation_alerts(summary:dict|None) -> list[tuple]:
     "Red alerts for failed quality gates and red shortcut features; amber for yellow ones."
     s, out = summary or {}, []
@@ -382,14 +397,14 @@ def _validation_alerts(summary:dict|None) -> list[tuple]:
         elif r.get("flag") == "yellow": out.append(("amber", f"Shortcut feature {f}: AUC {r['auc']:.3f} (yellow)"))
     return out
 
-# %% ../nbs/16c_report.ipynb 45
+# %% ../nbs/16c_report.ipynb 48
 def _closure_failed(c:Mapping) -> bool:
     "Did a closure test (a closure.json section) find predicted and measured recall significantly apart?"
     if "significant" in c and c["significant"] is not None: return bool(c["significant"])
     z = c.get("significance_sigma", c.get("z"))
     return z is not None and np.isfinite(z) and abs(z) >= 2
 
-# %% ../nbs/16c_report.ipynb 46
+# %% ../nbs/16c_report.ipynb 49
 def _closure_alerts(closure:dict|None, cfg:ReportConfig) -> list[tuple]:
     "Alerts from the closure tests (Tier-A; every planted lens on the mock) and the feature probe (injection/closure.json)."
     if not closure: return [("amber", "No injection-recovery results: completeness is not measured (figure 3 and table 6 are absent).")]
@@ -405,7 +420,7 @@ def _closure_alerts(closure:dict|None, cfg:ReportConfig) -> list[tuple]:
                          "completeness measured on injections may not transfer to real lenses."))
     return out
 
-# %% ../nbs/16c_report.ipynb 47
+# %% ../nbs/16c_report.ipynb 50
 STATUS_WORDS: dict[str, str] = {"done_with_failures": "finished with per-item failures (retried on the next run)",
                                 "legacy": "was made by an older stronglens (no stage-protocol marker): its outputs are not fingerprinted",
                                 "running": "is still running or was interrupted", "failed": "failed"}
@@ -417,10 +432,10 @@ def report_alerts(inp:ReportInputs, cfg:ReportConfig) -> list[tuple]:
     if inp.leakage is None: out.append(("amber", "No leakage report (manifests/leakage.json): split leakage was not checked."))
     out += _gate_alerts(inp.gates) + _validation_alerts(inp.validation) + _closure_alerts(inp.closure, cfg)
     if inp.gates is None: out.append(("amber", "No shortcut-gate results (validation/gates.json)."))
-    th = ((inp.closure or {}).get("threshold") or {})
-    if th.get("kind") == "fpr" and th.get("split") == cfg.eval_split:
-        out.append(("amber", f"The injection stage set the threshold on the {cfg.eval_split} negatives: the FPR reported there equals its "
-                             "target by construction (set it on another split for an out-of-sample FPR)."))
+    th, who = inherited_rule(inp.closure, inp.threshold) if cfg.threshold_kind == "inherit" else (None, "")
+    if th and th.get("kind") == "fpr" and th.get("split") == cfg.eval_split:
+        out.append(("amber", f"The {'injection stage' if who == 'injection' else 'inherited rule'} set the threshold on the {cfg.eval_split} negatives: "
+                             "the FPR reported there equals its target by construction (set it on another split for an out-of-sample FPR)."))
     by_status = {}
     for s, st in inp.stage_status.items():
         if st != "done": by_status.setdefault(st, []).append(s)
@@ -428,7 +443,7 @@ def report_alerts(inp:ReportInputs, cfg:ReportConfig) -> list[tuple]:
     if inp.cutout_failures: out.append(("amber", f"{inp.cutout_failures:,} cutouts could not be made (cutouts/failed_cutouts.parquet)."))
     return sorted(out, key=lambda a: a[0] != "red")
 
-# %% ../nbs/16c_report.ipynb 50
+# %% ../nbs/16c_report.ipynb 53
 def schematic_counts(inp:ReportInputs) -> dict:
     "The counts of figure 1 from the manifest, its catalogue rows, catalog_report.json and the validation summary."
     m, cr, v = inp.manifest, inp.catalog_report or {}, inp.validation or {}
@@ -444,14 +459,14 @@ def schematic_counts(inp:ReportInputs) -> dict:
                 negatives={p: int((pool == p).sum()) for p in ("N1", "N2")}, manifest_rows=len(m), cutouts_ok=ok,
                 cutouts_failed=inp.cutout_failures, splits=splits, nside=nside, exclusion_arcsec=excl)
 
-# %% ../nbs/16c_report.ipynb 52
+# %% ../nbs/16c_report.ipynb 55
 def failure_examples(ev:pd.DataFrame, threshold:float, n:int=8, seed:int=0) -> tuple[pd.DataFrame, pd.DataFrame]:
     "(false negatives, false positives) of the evaluation rows `ev`: a seeded random sample of `n` each, lowest/highest score first."
     fn = ev[(ev.label == 1) & (ev.p_lens < threshold)]; fp = ev[(ev.label == 0) & (ev.p_lens >= threshold)]
     pick = lambda d, asc: d.sample(min(n, len(d)), random_state=seed).sort_values("p_lens", ascending=asc)
     return pick(fn, True), pick(fp, False)
 
-# %% ../nbs/16c_report.ipynb 53
+# %% ../nbs/16c_report.ipynb 56
 def lens_notes(fn:pd.DataFrame, truth:pd.DataFrame|None=None) -> pd.Series:
     "Gallery note per false negative: its tier, and θE and arc S/N where the mock's truth knows them ('A θE 1.2″ S/N 8')."
     note = "Tier " + fn["tier"].fillna("?").astype(str)
@@ -461,19 +476,19 @@ def lens_notes(fn:pd.DataFrame, truth:pd.DataFrame|None=None) -> pd.Series:
     extra = [f" θE {a:.1f}″ S/N {b:.0f}" if np.isfinite(a) and np.isfinite(b) else "" for a, b in zip(te.astype(float), snr.astype(float))]
     return fn["tier"].fillna("?").astype(str) + pd.Series(extra, index=fn.index)
 
-# %% ../nbs/16c_report.ipynb 55
+# %% ../nbs/16c_report.ipynb 58
 def load_stamps(run_dir:str, manifest:pd.DataFrame, galaxy_ids:Sequence[str]) -> dict:
     "{galaxy_id: (101, 101, 3) grz cutout} for `galaxy_ids`, read through the manifest's run-relative `s3_path`."
     from stronglens.cutouts import read_cutout
     paths = manifest.assign(galaxy_id=manifest.galaxy_id.astype(str)).set_index("galaxy_id")["s3_path"]
     return {g: read_cutout(resolve_path(run_dir, paths[g]))[0] for g in galaxy_ids if g in paths.index}
 
-# %% ../nbs/16c_report.ipynb 58
+# %% ../nbs/16c_report.ipynb 61
 def stratum_labels(band:str="z") -> dict[str, str]:
     "Axis/panel names of the strata, with the band and units of the PSF and depth bins."
     return {"nobs_z_bin": "z exposures", "psf_bin": f"PSF {band} (″)", "depth_bin": f"{band} depth (mag)", "type_bin": "Tractor type"}
 
-# %% ../nbs/16c_report.ipynb 59
+# %% ../nbs/16c_report.ipynb 62
 TABLE_CAPTIONS: dict[str, str] = {
     "table1_data_summary": "Training-manifest rows by class, tier or pool, and split.",
     "table2_stratification": "Manifest rows per z-band exposure-count bin and Tractor-type bin, by class.",
@@ -482,7 +497,7 @@ TABLE_CAPTIONS: dict[str, str] = {
     "table5_hyperparameters": "Architecture, optimiser, training, preprocessing and augmentation settings, read from the evaluated checkpoint.",
     "table6_selection_function": "Completeness C(theta_E, PSF, depth) on the injection grid; 95% binomial intervals; valid inside the grid only."}
 
-# %% ../nbs/16c_report.ipynb 60
+# %% ../nbs/16c_report.ipynb 63
 REFERENCE_CATEGORIES: tuple[str, ...] = ("ordinary", "N1 (ordinary)")   # non-confuser negatives: the baseline rows of table 4 / figure 8
 
 def report_tables(inp:ReportInputs, sc:pd.DataFrame, th:dict, cfg:ReportConfig) -> dict[str, pd.DataFrame]:
@@ -499,7 +514,7 @@ def report_tables(inp:ReportInputs, sc:pd.DataFrame, th:dict, cfg:ReportConfig) 
     if inp.completeness is not None: out["table6_selection_function"] = T.table_selection_function(inp.completeness)
     return out
 
-# %% ../nbs/16c_report.ipynb 63
+# %% ../nbs/16c_report.ipynb 66
 def _curves_summary(ev:pd.DataFrame, by:str, cfg:ReportConfig, th:dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     "(`calibration.stratum_curves`, per-stratum summary: AUC (bootstrap CI), recall and FPR (Wilson CIs), AP, counts) for strata holding both classes."
     from sklearn.metrics import average_precision_score
@@ -510,7 +525,7 @@ def _curves_summary(ev:pd.DataFrame, by:str, cfg:ReportConfig, th:dict) -> tuple
     st["ap"] = [average_precision_score(ev[ev[by].astype(str) == s].label, ev[ev[by].astype(str) == s].p_lens) for s in st.index]
     return curves, st
 
-# %% ../nbs/16c_report.ipynb 64
+# %% ../nbs/16c_report.ipynb 67
 def _reliability(sc:pd.DataFrame, cfg:ReportConfig) -> dict:
     "Temperature scaling (fit on the threshold split, applied to the evaluation split): curves, ECE and metrics before/after."
     scaler, table, out = cal.temperature_scale_scores(sc, fit_split=cfg.threshold_split, apply_split=cfg.eval_split,
@@ -522,7 +537,7 @@ def _reliability(sc:pd.DataFrame, cfg:ReportConfig) -> dict:
     ece = dict(zip(curves, table["ece"].astype(float)))
     return {"temperature": float(scaler.temperature_), "curves": curves, "ece": ece, "metrics": table}
 
-# %% ../nbs/16c_report.ipynb 65
+# %% ../nbs/16c_report.ipynb 68
 def report_figures(inp:ReportInputs, sc:pd.DataFrame, th:dict, tabs:dict, cfg:ReportConfig) -> tuple[dict, dict]:
     "Figures 1–8 (those whose inputs exist) as `Figure`s keyed by file name, and the numbers computed on the way."
     ev, t = sc[sc.split == cfg.eval_split], th["value"]
@@ -548,12 +563,12 @@ def report_figures(inp:ReportInputs, sc:pd.DataFrame, th:dict, tabs:dict, cfg:Re
                                                          reference=(*REFERENCE_CATEGORIES, "all negatives"))
     return figs, extra
 
-# %% ../nbs/16c_report.ipynb 71
+# %% ../nbs/16c_report.ipynb 74
 def _row_ci(d:Mapping, key:str) -> dict:
     "{value, ci} of `key` from a stratum_table row."
     return {"value": float(d[key]), "ci": [float(d[f"{key}_ci_lower"]), float(d[f"{key}_ci_upper"])]}
 
-# %% ../nbs/16c_report.ipynb 72
+# %% ../nbs/16c_report.ipynb 75
 def headline_numbers(sc:pd.DataFrame, th:dict, cfg:ReportConfig) -> dict:
     "Pooled AUC, recall, FPR (with CIs), manifest precision (with its caveat), Tier-A and Tier-B recall on the evaluation split."
     ev = sc[sc.split == cfg.eval_split].assign(_pooled="all")
@@ -571,7 +586,7 @@ def headline_numbers(sc:pd.DataFrame, th:dict, cfg:ReportConfig) -> dict:
                                      "wilson": [float(t.wilson_lower), float(t.wilson_upper)]} if t is not None else None
     return out
 
-# %% ../nbs/16c_report.ipynb 75
+# %% ../nbs/16c_report.ipynb 78
 CLAIMS_TO_AVOID: list[tuple[str, str]] = [
     ("No survey-wide precision or purity.", "The manifest's lens fraction is set by the negative sampling, not by the sky; "
      "precision here is precision at that fraction only."),
@@ -597,10 +612,10 @@ figure{margin:18px 0 28px} figure img{max-width:100%;height:auto;border:1px soli
 .claims li{margin:4px 0} details summary{cursor:pointer;color:#0b5394} .files a{margin-right:10px;font-size:.88em}
 """
 
-# %% ../nbs/16c_report.ipynb 76
+# %% ../nbs/16c_report.ipynb 79
 def _e(x) -> str: return html.escape(str(x))
 
-# %% ../nbs/16c_report.ipynb 77
+# %% ../nbs/16c_report.ipynb 80
 def _ci(d:Mapping|None, fmt:str="{:.3f}") -> str:
     "'v [lo, hi]' of a {value, ci} dict (plus 'k/n; Wilson [lo, hi]' when it has them), or 'n/a'."
     if not d or d.get("value") is None or not np.isfinite(d["value"]): return "n/a"
@@ -610,7 +625,7 @@ def _ci(d:Mapping|None, fmt:str="{:.3f}") -> str:
         out += f" ({d['k']}/{d['n']}; Wilson [{fmt.format(d['wilson'][0])}, {fmt.format(d['wilson'][1])}])"
     return out
 
-# %% ../nbs/16c_report.ipynb 78
+# %% ../nbs/16c_report.ipynb 81
 def html_table(df:pd.DataFrame, max_rows:int|None=None) -> str:
     "An HTML table of `df`, numbers formatted as in the LaTeX tables, numeric cells right-aligned."
     rows = df if max_rows is None else df.head(max_rows)
@@ -620,13 +635,13 @@ def html_table(df:pd.DataFrame, max_rows:int|None=None) -> str:
                    for r in rows.itertuples(index=False))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
-# %% ../nbs/16c_report.ipynb 79
+# %% ../nbs/16c_report.ipynb 82
 ALERT_STYLES: dict[str, str] = {   # inline too, so the colours survive where <style> is stripped (mail clients, notebooks)
     "alert": "border-left:6px solid #b00020;background:#fdecee;color:#7a0016;padding:10px 14px;margin:8px 0;font-weight:600",
     "amber": "border-left:6px solid #b26a00;background:#fff4e0;color:#6b4000;padding:8px 14px;margin:6px 0",
     "ok": "border-left:6px solid #1b7f3b;background:#e9f6ee;color:#0f5226;padding:10px 14px;margin:8px 0;font-weight:600"}
 
-# %% ../nbs/16c_report.ipynb 80
+# %% ../nbs/16c_report.ipynb 83
 def _section_alerts(alerts:list[tuple]) -> str:
     "Red alerts (or a green all-clear) and amber notes, at the top of the page."
     red = [m for l, m in alerts if l == "red"]; amber = [m for l, m in alerts if l != "red"]
@@ -635,7 +650,7 @@ def _section_alerts(alerts:list[tuple]) -> str:
     if not red: out += div("ok", "No failed gate, no leakage finding, no failed closure test.")
     return out + "".join(div("amber", _e(m)) for m in amber)
 
-# %% ../nbs/16c_report.ipynb 81
+# %% ../nbs/16c_report.ipynb 84
 def _section_headline(th:dict, hl:dict, calib:dict|None) -> str:
     "The operating point and the headline numbers, precision next to its caveat."
     rows = [("Detection threshold", f"p(lens) ≥ {th['value']:.4g} ({th['how']})"),
@@ -651,16 +666,16 @@ def _section_headline(th:dict, hl:dict, calib:dict|None) -> str:
     return (f"<table>{body}</table><p class=sub>Intervals: 95% percentile bootstrap ({_e(hl.get('n_bootstrap', 1000))} resamples) unless stated; "
             "for recall, k/n and the Wilson interval too (a bootstrap of a few 0/1 outcomes is degenerate).</p>")
 
-# %% ../nbs/16c_report.ipynb 82
+# %% ../nbs/16c_report.ipynb 85
 def _section_claims() -> str:
     "What the numbers do not support (spec §7.7)."
     return '<ul class="claims">' + "".join(f"<li><b>{_e(a)}</b> {_e(b)}</li>" for a, b in CLAIMS_TO_AVOID) + "</ul>"
 
-# %% ../nbs/16c_report.ipynb 83
+# %% ../nbs/16c_report.ipynb 86
 def _passfail(ok) -> str:
     return '<span class="pass">pass</span>' if ok is True else '<span class="fail">FAIL</span>' if ok is False else "n/a"
 
-# %% ../nbs/16c_report.ipynb 84
+# %% ../nbs/16c_report.ipynb 87
 def _section_leakage(leakage:dict|None) -> str:
     "Every leakage check of manifests/leakage.json with its count and examples."
     if not leakage: return "<p class=sub>No leakage report in this run.</p>"
@@ -671,7 +686,7 @@ def _section_leakage(leakage:dict|None) -> str:
     extra += ".</p>"
     return f"<table><tr><th>check</th><th>result</th><th>count</th><th>examples</th></tr>{rows}</table>" + extra
 
-# %% ../nbs/16c_report.ipynb 85
+# %% ../nbs/16c_report.ipynb 88
 def _section_gates(gates:dict|None, summary:dict|None) -> str:
     "Shortcut gates on raw and preprocessed pixels, cutout quality gates, per-feature shortcut AUCs."
     out = ""
@@ -691,7 +706,7 @@ def _section_gates(gates:dict|None, summary:dict|None) -> str:
         if len(f): out += "<h3>Shortcut AUC by feature (max(AUC, 1 − AUC); bootstrap 95%)</h3>" + html_table(f)
     return out or "<p class=sub>No gate or validation results in this run.</p>"
 
-# %% ../nbs/16c_report.ipynb 86
+# %% ../nbs/16c_report.ipynb 89
 def _flat_items(d:Mapping, prefix:str="") -> list[tuple[str, Any]]:
     "(dotted key, leaf) pairs of a nested mapping."
     out = []
@@ -700,7 +715,7 @@ def _flat_items(d:Mapping, prefix:str="") -> list[tuple[str, Any]]:
         out += _flat_items(v, key) if isinstance(v, Mapping) else [(key, v)]
     return out
 
-# %% ../nbs/16c_report.ipynb 87
+# %% ../nbs/16c_report.ipynb 90
 def _closure_line(name:str, c:Mapping) -> str:
     "One closure test in words: predicted vs measured recall with intervals, the difference's p-value, the smallest detectable gap."
     if c.get("measured_recall") is None or c.get("predicted_recall") is None:
@@ -714,7 +729,7 @@ def _closure_line(name:str, c:Mapping) -> str:
     return (f"<p>Closure test, {_e(name)}{_e(n)}: recall predicted from the injections <b>{c['predicted_recall']:.3f}</b>{pred_ci}, measured "
             f"<b>{c['measured_recall']:.3f}</b>{meas_ci} — {verdict}{_e(extra)}.</p>")
 
-# %% ../nbs/16c_report.ipynb 88
+# %% ../nbs/16c_report.ipynb 91
 def _section_closure(closure:dict|None) -> str:
     "The closure tests and the feature probe (injection/closure.json), every field shown."
     if not closure: return "<p class=sub>No injection-recovery stage in this run: completeness is not measured.</p>"
@@ -729,7 +744,7 @@ def _section_closure(closure:dict|None) -> str:
     rows = "".join(f"<tr><td>{_e(k)}</td><td>{_e(T._fmt(v) if not isinstance(v, list) else ', '.join(T._fmt(x) for x in v))}</td></tr>" for k, v in _flat_items(closure))
     return lead + f"<details><summary>all fields of closure.json</summary><table>{rows}</table></details>"
 
-# %% ../nbs/16c_report.ipynb 89
+# %% ../nbs/16c_report.ipynb 92
 FIGURE_CAPTIONS: dict[str, str] = {
     "fig1_data_schematic": "Data flow and splits with this run's counts: known lenses give the positives (Tier A confident, Tier B probable); "
         "the sweep catalogues give the negative pool (N1 ordinary, N2 confuser proxies) away from known lenses; HEALPix pixels assign train/val/test.",
@@ -746,13 +761,13 @@ FIGURE_CAPTIONS: dict[str, str] = {
         "fraction (dotted), not the sky's.",
     "fig8_contaminant_fpr": "False-positive rate by contaminant category at the threshold, Wilson 95% intervals; flagged/n on the right."}
 
-# %% ../nbs/16c_report.ipynb 90
+# %% ../nbs/16c_report.ipynb 93
 def _img(url:str, alt:str, dpi:int=200, zoom:float=1.35) -> str:
     "An <img> with the PNG at `url` embedded as a data URI, shown at `zoom` × its print size (CSS px = 1/96 in)."
     b = read_bytes(url); width_px = int.from_bytes(b[16:20], "big")          # PNG IHDR width
     return f'<img src="data:image/png;base64,{base64.b64encode(b).decode()}" alt="{_e(alt)}" style="width:{round(width_px / dpi * 96 * zoom)}px">'
 
-# %% ../nbs/16c_report.ipynb 91
+# %% ../nbs/16c_report.ipynb 94
 def _section_figures(figs:dict, out_dir:str, dpi:int=200) -> str:
     "Every figure embedded, with its caption and links to the files beside the page."
     out = ""
@@ -762,7 +777,7 @@ def _section_figures(figs:dict, out_dir:str, dpi:int=200) -> str:
                 f'{_e(FIGURE_CAPTIONS.get(name, ""))} <span class="files">{links}</span></figcaption></figure>')
     return out
 
-# %% ../nbs/16c_report.ipynb 92
+# %% ../nbs/16c_report.ipynb 95
 def _section_tables(tabs:dict, files:dict) -> str:
     "Every table as HTML (the long lookup folded), its caption and links to CSV and LaTeX."
     out = ""
@@ -773,7 +788,7 @@ def _section_tables(tabs:dict, files:dict) -> str:
         out += f'<h3 id="{name}">Table {name[5]}. {_e(TABLE_CAPTIONS.get(name, ""))}{cav}</h3><p class="files">{links}</p>{body}'
     return out
 
-# %% ../nbs/16c_report.ipynb 93
+# %% ../nbs/16c_report.ipynb 96
 def _section_strata(summ:pd.DataFrame|None) -> str:
     "Per nobs_z bin: counts, AUC, recall, FPR and manifest precision (with the caveat beside it)."
     if summ is None or summ.empty: return ""
@@ -784,9 +799,10 @@ def _section_strata(summ:pd.DataFrame|None) -> str:
     return ("<h3>By z-band exposure count (evaluation split)</h3>" + html_table(t)
             + f'<p><span class="caveat">precision_manifest: {_e(cal.PREVALENCE_CAVEAT)}</span></p>')
 
-# %% ../nbs/16c_report.ipynb 94
-def render_page(rep:dict, tabs:dict, strata:pd.DataFrame|None, inp:ReportInputs, out_dir:str) -> str:
-    "The whole HTML page from `report.json`'s content, the tables and the inputs."
+# %% ../nbs/16c_report.ipynb 97
+def render_page(rep:dict, tabs:dict, strata:pd.DataFrame|None, inp:ReportInputs, out_dir:str,
+                sections:Sequence[tuple[str, str]]=()) -> str:
+    "The whole HTML page from `report.json`'s content, the tables and the inputs; `sections` ((title, html) pairs) go before the figures."
     prov = rep.get("provenance") or {}
     head = (f"<h1>Lens-finder audit: {_e(rep['finder'])}</h1><p class=sub>run {_e(rep['run_dir'])} · created {_e(rep['created_utc'])} · "
             f"pipeline {_e(prov.get('pipeline_version', '?'))} · commit {_e(str(prov.get('git_commit', '?'))[:12])} · config {_e(prov.get('config_hash', '?'))}</p>")
@@ -795,12 +811,12 @@ def render_page(rep:dict, tabs:dict, strata:pd.DataFrame|None, inp:ReportInputs,
              "<h2>What these numbers do not support</h2>", _section_claims(),
              "<h2>Leakage checks</h2>", _section_leakage(inp.leakage), "<h2>Shortcut gates and cutout quality</h2>", _section_gates(inp.gates, inp.validation),
              "<h2>Injection–recovery: closure test and feature probe</h2>", _section_closure(inp.closure),
-             "<h2>Figures</h2>", _section_figures(rep["figures"], out_dir, (rep.get("config") or {}).get("dpi", 200)), "<h2>Tables</h2>", _section_tables(tabs, {k: v for k, v in rep["tables"].items()})]
+             *(f"<h2>{_e(t)}</h2>{h}" for t, h in sections), "<h2>Figures</h2>", _section_figures(rep["figures"], out_dir, (rep.get("config") or {}).get("dpi", 200)), "<h2>Tables</h2>", _section_tables(tabs, {k: v for k, v in rep["tables"].items()})]
     if rep.get("missing"): parts.append("<h2>Not produced</h2><ul>" + "".join(f"<li>{_e(m)}</li>" for m in rep["missing"]) + "</ul>")
     return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width,initial-scale=1'>"
             f"<title>stronglens audit: {_e(rep['finder'])}</title><style>{PAGE_CSS}</style></head><body><main>{''.join(parts)}</main></body></html>")
 
-# %% ../nbs/16c_report.ipynb 96
+# %% ../nbs/16c_report.ipynb 99
 def _calibration_summary(rel:dict|None, cfg:ReportConfig) -> dict|None:
     "ECE and Brier before/after temperature scaling (with CIs) and the fitted temperature, JSON-ready."
     if not rel: return None
@@ -809,7 +825,7 @@ def _calibration_summary(rel:dict|None, cfg:ReportConfig) -> dict|None:
             "ece_before": float(m.loc["before", "ece"]), "ece_after": float(m.loc["after", "ece"]),
             "metrics": {k: {c: (float(v) if isinstance(v, (int, float, np.floating)) else v) for c, v in row.items()} for k, row in m.to_dict("index").items()}}
 
-# %% ../nbs/16c_report.ipynb 97
+# %% ../nbs/16c_report.ipynb 100
 def _missing(inp:ReportInputs) -> list[str]:
     "What the report could not produce, and why."
     out = []
@@ -817,11 +833,25 @@ def _missing(inp:ReportInputs) -> list[str]:
     if inp.checkpoint is None: out += ["Table 5: no checkpoint (an external finder, or model/checkpoints/best.pt missing)."]
     return out
 
-# %% ../nbs/16c_report.ipynb 98
-def build_report(inp:ReportInputs, out_dir:str, cfg:ReportConfig|None=None, provenance:dict|None=None, log=print) -> dict:
+# %% ../nbs/16c_report.ipynb 101
+def _check_extras(alerts:Sequence, sections:Sequence) -> tuple[list[tuple], list[tuple]]:
+    "`build_report`'s extra alerts ((level, message), level red|amber) and sections ((title, html)) as tuples; ValueError naming a bad one."
+    al, se = [tuple(a) for a in alerts or ()], [tuple(s) for s in sections or ()]
+    for a in al:
+        if len(a) != 2 or a[0] not in ("red", "amber") or not isinstance(a[1], str): raise ValueError(f"extra_alerts: expected (level, message) with level 'red' or 'amber'; got {a!r}")
+    for s in se:
+        if len(s) != 2 or not all(isinstance(x, str) for x in s): raise ValueError(f"extra_sections: expected (title, html) strings; got {str(s)[:80]!r}")
+    return al, se
+
+
+# %% ../nbs/16c_report.ipynb 102
+def build_report(inp:ReportInputs, out_dir:str, cfg:ReportConfig|None=None, provenance:dict|None=None, log=print,
+                 extra_alerts:Sequence[tuple[str, str]]=(), # more (level, message) alerts, e.g. an audit's verdict
+                 extra_sections:Sequence[tuple[str, str]]=() # (title, html) sections for the page, before the figures
+                ) -> dict:
     "Write figures/, tables/, report.json and index.html into `out_dir`; returns report.json's content."
-    cfg = cfg or ReportConfig()
-    sc = scored_table(inp, cfg); th = detection_threshold(sc, cfg, inp.closure)
+    cfg, (extra_alerts, extra_sections) = cfg or ReportConfig(), _check_extras(extra_alerts, extra_sections)
+    sc = scored_table(inp, cfg); th = detection_threshold(sc, cfg, inp.closure, given=inp.threshold)
     log(f"threshold p(lens) >= {th['value']:.4g} ({th['how']}); FPR on {cfg.eval_split} negatives {th['fpr']:.4f}")
     tabs = report_tables(inp, sc, th, cfg)
     tfiles = {k: T.write_table(df, url_join(out_dir, "tables"), k, TABLE_CAPTIONS.get(k, k)) for k, df in tabs.items()}
@@ -833,16 +863,16 @@ def build_report(inp:ReportInputs, out_dir:str, cfg:ReportConfig|None=None, prov
     log(f"wrote {len(figs)} figures and {len(tabs)} tables")
     rep = {"finder": inp.finder, "run_dir": inp.run_dir, "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "threshold": th, "headline": {**headline_numbers(sc, th, cfg), "n_bootstrap": cfg.n_bootstrap},
-           "calibration": _calibration_summary(extra.get("calibration"), cfg), "alerts": report_alerts(inp, cfg),
+           "calibration": _calibration_summary(extra.get("calibration"), cfg), "alerts": sorted(report_alerts(inp, cfg) + extra_alerts, key=lambda a: a[0] != "red"),
            "figures": ffiles, "tables": {k: {"csv": f"tables/{k}.csv", "tex": f"tables/{k}.tex"} for k in tfiles},
            "table_rows": {k: len(v) for k, v in tabs.items()}, "category_source": sc.attrs.get("category_source", ""),
-           "missing": _missing(inp), "claims_to_avoid": [a for a, _ in CLAIMS_TO_AVOID], "prevalence_caveat": cal.PREVALENCE_CAVEAT,
+           "missing": _missing(inp), "extra_sections": [t for t, _ in extra_sections], "claims_to_avoid": [a for a, _ in CLAIMS_TO_AVOID], "prevalence_caveat": cal.PREVALENCE_CAVEAT,
            "provenance": provenance or inp.provenance or {}, "config": asdict(cfg)}
     atomic_write_json(url_join(out_dir, "report.json"), rep)
-    atomic_write_text(url_join(out_dir, "index.html"), render_page(rep, tabs, extra.get("nobs_z_table"), inp, out_dir))
+    atomic_write_text(url_join(out_dir, "index.html"), render_page(rep, tabs, extra.get("nobs_z_table"), inp, out_dir, extra_sections))
     return rep
 
-# %% ../nbs/16c_report.ipynb 104
+# %% ../nbs/16c_report.ipynb 110
 def run_report_stage(cfg, run_dir:str, progress:bool=True) -> dict:
     "Pipeline stage `report`: figures, tables, report.json and index.html into `<run_dir>/report/`."
     from stronglens.runs import stage_run

@@ -166,6 +166,51 @@ def test_external_finder_scores(run, tmp_path):
     assert "external finder X" in (tmp_path / "audit/index.html").read_text()
 
 
+def test_audit_threshold_reproduces_the_inhouse_report(run, report):
+    """A scores-only audit has no closure.json; handed the run's rule as ReportInputs.threshold it reproduces the
+    in-house operating point and headline exactly (without it the report falls back to its own FPR-on-val rule)."""
+    d, _ = run
+    out, rep, _ = report
+    sc = pd.read_parquet(Path(d) / "model/scores_all.parquet")
+    rule = json.loads((Path(d) / "injection/closure.json").read_text())["threshold"]
+    inp = load_report_inputs(d, scores=sc, checkpoint=None, injection_dir="audits/x/injection", finder="in-house, audited")
+    assert inp.closure is None
+    plain = build_report(inp, str(Path(d) / "audits/x/plain"), ReportConfig(), log=lambda m: None)
+    assert plain["threshold"]["source"] == "report config" and plain["threshold"]["value"] != rep["threshold"]["value"]
+    inp.threshold = {**rule, "how": "the run's inherited rule applied to this finder"}
+    got = build_report(inp, str(Path(d) / "audits/x/report"), ReportConfig(), log=lambda m: None)
+    assert got["threshold"]["source"] == "audit" and got["threshold"]["how"].startswith("the run's inherited rule")
+    for k in ("value", "fpr", "fpr_ci", "n_flagged", "n_negatives"):
+        assert got["threshold"][k] == rep["threshold"][k], k
+    assert json.dumps(got["headline"], sort_keys=True) == json.dumps(rep["headline"], sort_keys=True)
+    assert "the run&#x27;s inherited rule applied to this finder" in (Path(d) / "audits/x/report/index.html").read_text()
+
+
+def test_extra_alerts_and_sections(run, tmp_path):
+    d, _ = run
+    inp = load_report_inputs(d)
+    sec = ("Counterfactual arc tests <&>", "<p id=cf-verdict>arc-driven</p>")
+    rep = build_report(inp, str(tmp_path / "r"), ReportConfig(), log=lambda m: None,
+                       extra_alerts=[("amber", "audit note"), ("red", "Shortcut-driven finder: drop 0.02")], extra_sections=[sec])
+    base = build_report(inp, str(tmp_path / "b"), ReportConfig(), log=lambda m: None)
+    assert [tuple(a) for a in rep["alerts"]] == sorted([tuple(a) for a in base["alerts"]] + [("amber", "audit note"), ("red", "Shortcut-driven finder: drop 0.02")],
+                                                       key=lambda a: a[0] != "red")
+    page = (tmp_path / "r/index.html").read_text()
+    top = page[:page.index("<h2>")]
+    assert "Shortcut-driven finder: drop 0.02" in top and "audit note" in top and 'class="ok"' not in top
+    i = page.index("<h2>Counterfactual arc tests &lt;&amp;&gt;</h2><p id=cf-verdict>arc-driven</p>")
+    assert page.index("Operating point") < i < page.index("<h2>Figures</h2>")
+    assert rep["extra_sections"] == [sec[0]]
+    # an all-clear page stays green without red extras; bad extras are refused, naming them
+    clean = synthetic_run(str(tmp_path / "clean"), n=120, seed=2, injection=False)
+    ok = build_report(load_report_inputs(str(tmp_path / "clean")), str(tmp_path / "c"), ReportConfig(), log=lambda m: None, extra_alerts=[("amber", "x")])
+    assert not any(l == "red" for l, _ in ok["alerts"]) and 'class="ok"' in (tmp_path / "c/index.html").read_text()
+    with pytest.raises(ValueError, match="extra_alerts.*'green'"):
+        build_report(inp, str(tmp_path / "e"), ReportConfig(), extra_alerts=[("green", "fine")])
+    with pytest.raises(ValueError, match="extra_sections"):
+        build_report(inp, str(tmp_path / "e"), ReportConfig(), extra_sections=[("title only",)])
+
+
 def test_bad_scores_are_refused_naming_the_problem(run):
     d, _ = run
     sc = pd.read_parquet(Path(d) / "model/scores_all.parquet")
