@@ -196,7 +196,7 @@ def synthetic_stamps(n:int, seed:int=0, arc:bool=False, arc_amp:float=0.02, thet
     colours = np.array([0.6, 1.0, 1.4], np.float32)
     return (img[..., None] * colours + rng.normal(0, noise, (n, npix, npix, 3))).astype(np.float32)
 
-# %% ../nbs/12_gates.ipynb 46
+# %% ../nbs/12_gates.ipynb 47
 def _dataset_section(cfg):
     "The `dataset` section of a training config or of a pipeline config's `training` section."
     if hasattr(cfg, "dataset"): return cfg.dataset
@@ -204,7 +204,7 @@ def _dataset_section(cfg):
     if tr is not None and hasattr(tr, "dataset"): return tr.dataset
     raise ValueError("config has no dataset section (expected a training config or a pipeline config with `training`)")
 
-# %% ../nbs/12_gates.ipynb 48
+# %% ../nbs/12_gates.ipynb 49
 def apply_preprocessing(xs:np.ndarray, dataset=None, mode:str|None=None) -> tuple[np.ndarray, str]:
     "Apply `stronglens.data.preprocess` as configured by `dataset` (mode override `mode`): (float32 (N,H,W,3), mode used)."
     from stronglens.data import preprocess, PreprocessSpec
@@ -214,7 +214,7 @@ def apply_preprocessing(xs:np.ndarray, dataset=None, mode:str|None=None) -> tupl
     y, _ = preprocess(to_nhwc(xs), PreprocessSpec(**{**spec.to_dict(), "mode": mode}), channels_first=False)
     return np.asarray(y, np.float32), mode
 
-# %% ../nbs/12_gates.ipynb 51
+# %% ../nbs/12_gates.ipynb 52
 RADIAL_GATE_PIXELS: dict = {"raw": "raw", "raw_robust": "raw_robust", "residual": "raw_robust"}
 
 def radial_gate_mode(mode:str) -> str:
@@ -222,7 +222,7 @@ def radial_gate_mode(mode:str) -> str:
     if mode not in RADIAL_GATE_PIXELS: raise ValueError(f"preprocessing {mode!r}: expected one of {list(RADIAL_GATE_PIXELS)}")
     return RADIAL_GATE_PIXELS[mode]
 
-# %% ../nbs/12_gates.ipynb 57
+# %% ../nbs/12_gates.ipynb 58
 def sample_split(manifest:pd.DataFrame, split:str="test", n:int=2048, seed:int=42, balance:str="balanced") -> pd.DataFrame:
     "Seeded sample of `n` rows of `split` from a training manifest; `balance` = 'balanced' | 'proportional'."
     for col in ("split", "label"):
@@ -243,14 +243,14 @@ def sample_split(manifest:pd.DataFrame, split:str="test", n:int=2048, seed:int=4
     take = np.sort(np.r_[rng.choice(pos, n_pos, replace=False), rng.choice(neg, n_neg, replace=False)])
     return m.iloc[take].reset_index(drop=True)
 
-# %% ../nbs/12_gates.ipynb 60
+# %% ../nbs/12_gates.ipynb 61
 def _resolve(path:str, config_path:str|None) -> str:
     "A relative local path: as given if it exists (cwd), else relative to the config file's folder."
     if "://" in str(path) or Path(path).is_absolute() or Path(path).exists() or not config_path or "://" in str(config_path): return str(path)
     alt = Path(config_path).resolve().parent / path
     return str(alt) if alt.exists() else str(path)
 
-# %% ../nbs/12_gates.ipynb 62
+# %% ../nbs/12_gates.ipynb 63
 def load_gate_sample(manifest_path:str, split:str="test", n:int=2048, seed:int=42, balance:str="balanced",
                      progress:bool=False, root:str|None=None):
     "Sample a split of a training manifest and load its cutouts (paths resolved on `root`): `(X, y, rows, n_failed)`."
@@ -269,7 +269,7 @@ def load_gate_sample(manifest_path:str, split:str="test", n:int=2048, seed:int=4
     if len(rows) != len(X): raise RuntimeError(f"{len(X)} cutouts loaded for {len(rows)} manifest rows")
     return X, rows["label"].to_numpy().astype(int), rows, int(len(failures))
 
-# %% ../nbs/12_gates.ipynb 65
+# %% ../nbs/12_gates.ipynb 66
 def gates_on_sample(X:np.ndarray, y:np.ndarray, cfg, preprocessing:str="config", k:int=5, seed:int=42,
                     radial_preprocessing:str="auto") -> GateResults:
     """Both gates on raw cutouts `X`: core gate on the `preprocessing` pixels ('config' = the config's dataset
@@ -281,7 +281,7 @@ def gates_on_sample(X:np.ndarray, y:np.ndarray, cfg, preprocessing:str="config",
     kw = dict(core_threshold=val.core_lr_auc_threshold, radial_threshold=val.radial_profile_auc_threshold) if val is not None else {}
     return replace(run_shortcut_gates(Xc, y, k=k, seed=seed, radial_xs=Xr, **kw), core_pixels=mode, radial_pixels=rmode)
 
-# %% ../nbs/12_gates.ipynb 68
+# %% ../nbs/12_gates.ipynb 69
 def gates_from_config(cfg, split:str="test", n:int=2048, seed:int|None=None, preprocessing:str="config",
                       k:int=5, balance:str="balanced", manifest_path:str|None=None, config_path:str|None=None,
                       progress:bool=False, root:str|None=None, radial_preprocessing:str="auto") -> tuple[GateResults, dict]:
@@ -296,7 +296,7 @@ def gates_from_config(cfg, split:str="test", n:int=2048, seed:int|None=None, pre
                 balance=balance, **res.to_dict())
     return res, info
 
-# %% ../nbs/12_gates.ipynb 71
+# %% ../nbs/12_gates.ipynb 72
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m stronglens.gates", description="Shortcut gates (spec §4): cross-validated core-pixel and radial-profile logistic-regression AUCs.")
     p.add_argument("--config", default=None, help="training config (spec §4) or pipeline config YAML (default: <run-dir>/config.yaml)")
@@ -313,7 +313,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="config override, e.g. -p dataset.seed 7")
     return p
 
-# %% ../nbs/12_gates.ipynb 73
+# %% ../nbs/12_gates.ipynb 74
 def main(argv=None) -> int:
     "CLI entry point; returns the exit status (0 pass, 1 a gate failed, 2 bad input)."
     ap = _parser()
@@ -335,6 +335,6 @@ def main(argv=None) -> int:
     if args.json: atomic_write_json(args.json, info)
     return 0 if res.passed else 1
 
-# %% ../nbs/12_gates.ipynb 76
+# %% ../nbs/12_gates.ipynb 77
 if __name__ == "__main__" and "__file__" in globals():   # `python -m stronglens.gates` (not when the notebook runs)
     sys.exit(main())
