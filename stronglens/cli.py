@@ -266,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     for x in (d, r):
         x.add_argument("--force", action="store_true", help="clear and rerun even when up to date (says what it clears)")
         x.add_argument("--dry-run", action="store_true", help="list what would run, resume or rerun, and why; write nothing")
+    sub.add_parser("audit", help="audit a lens finder on a run: stronglens audit RUN --scores FILE | --model FILE "
+                   "(see stronglens audit --help)", add_help=False)
     s = sub.add_parser("status", help="show each stage's state in a run folder")
     s.add_argument("run_dir", help="run folder")
     sub.add_parser("stages", help="list the pipeline stages")
@@ -308,6 +310,9 @@ def main(argv=None) -> int:
     if len(argv) >= 2 and argv[0] == "run" and argv[1] == "gates":   # spec §4 gate command, its own flags
         from stronglens import gates
         return gates.main(argv[2:])
+    if argv and argv[0] == "audit":                                  # audit an external finder (issue 17), its own flags
+        from stronglens import audit
+        return audit.main(argv[1:])
     try:
         rest, ov = split_overrides(argv)
         args = build_parser().parse_args(rest)

@@ -138,6 +138,7 @@ SECTIONS: dict[str, str] = {
     "validation": "stronglens.validation:ValidationConfig",
     "injection": "stronglens.injection:InjectionConfig",
     "report": "stronglens.report:ReportConfig",
+    "audit": "stronglens.audit:AuditConfig",
 }
 
 def register_section(name:str, target:str):

@@ -61,6 +61,7 @@ def _nonempty(*keys):
     def f(cfg, run_dir) -> list[str]:
         d = config_to_dict(cfg)
         return [resolve_path(run_dir, v) for v in (_get(d, k) for k in keys) if isinstance(v, str) and v]
+    f.keys = keys                       # named in messages ("point cutouts.out_prefix elsewhere")
     return f
 
 # %% ../nbs/00b_runs.ipynb 13
@@ -87,6 +88,7 @@ class StageSpec:
     when: tuple = ()                   # (upstream, `needed(cfg)`) pairs: an upstream read only under some configs
     inputs: Callable|None = None       # `inputs(cfg, run_dir)`: files/folders outside the run it reads
     outputs: Callable|None = None      # `outputs(cfg, run_dir)`: output folders outside its stage folder
+    adopts: bool = False               # its runner vets files already under its output folders itself (kept, never cleared unmarked)
     runner: str = ""                   # `module:function` of its stage runner (documentation, `stronglens stages`)
 
 # %% ../nbs/00b_runs.ipynb 15
@@ -100,7 +102,8 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
     StageSpec("cutouts", "cutouts", "02_cutouts.ipynb", ("catalogs", "sky"),
               ("cutouts", "-cutouts.n_workers", "-cutouts.concurrency", "-cutouts.rate_limit_per_s", "-cutouts.timeout_s",
                "-cutouts.max_retries", "-cutouts.backoff_base_s", "-cutouts.backoff_max_s", "-cutouts.spark_partitions"),
-              when=(("sky", _mock_pixels),), outputs=_nonempty("cutouts.out_prefix"), runner="stronglens.cutoutsource:run_cutouts_stage"),
+              when=(("sky", _mock_pixels),), outputs=_nonempty("cutouts.out_prefix"), adopts=True,
+              runner="stronglens.cutoutsource:run_cutouts_stage"),
     StageSpec("train", "model", "03_train.ipynb", ("catalogs", "cutouts"), ("training", "-training.train.num_workers"),
               inputs=_nonempty("training.dataset.manifest_path"), outputs=_nonempty("training.train.out_dir"),
               runner="stronglens.train:run_train_stage"),
@@ -111,7 +114,8 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
               when=(("sky", _sky_in_use),), runner="stronglens.injection:run_inject_stage"),
     StageSpec("report", "report", "06_report.ipynb", ("validate", "inject", "train", "catalogs"), ("report",),
               runner="stronglens.report:run_report_stage"),
-    StageSpec("audit", "audits", "07_audit.ipynb", ("catalogs", "cutouts"), ("audit",), runner="stronglens.audit:run_audit_stage"),
+    StageSpec("audit", "audits", "07_audit.ipynb", ("catalogs", "cutouts", "sky"), ("audit",), when=(("sky", _sky_in_use),),
+              inputs=_nonempty("audit.scores", "audit.model"), runner="stronglens.audit:run_audit_stage"),
 ]}
 PIPELINE_STAGES = ["sky", "catalogs", "cutouts", "train", "validate", "inject", "report"]
 
@@ -448,6 +452,7 @@ class Plan:
     marker: dict|None = None      # the marker found
     clear: bool = False           # clear the stage folder (and its output prefixes) first
     delete: list = field(default_factory=list)   # outputs to delete before resuming (changed since done)
+    keep: list = field(default_factory=list)     # output roots (labels) never cleared: files the run cannot vouch for
     refreshed: Any = None         # a fingerprint table with new mtimes to write back (a moved/copied run verified)
     @property
     def resuming(self) -> bool: return self.action == "resume"
@@ -480,6 +485,48 @@ def _first_to_run(run_dir, name:str, cfg, memo:dict) -> str:
     return name
 
 # %% ../nbs/00b_runs.ipynb 61
+def _inside(run_dir:str, url:str) -> bool:
+    "Is output folder `url` inside the run folder (so files there can only be the run's)?"
+    return _norm_run_dir(url).rstrip("/").startswith(_norm_run_dir(run_dir).rstrip("/") + "/")
+
+# %% ../nbs/00b_runs.ipynb 62
+def _plan_unmarked(p:Plan, run_dir:str, spec:StageSpec, cfg, status:str|None, force:bool) -> Plan:
+    "Plan for a stage without a protocol marker: files in its stage folder are cleared only when it says so (and why)."
+    roots = output_roots(run_dir, spec, cfg)
+    found = {l: t for l, t in ((l, scan_files(u)) for l, u in roots.items() if not l or _inside(run_dir, u)) if len(t)}
+    what = "; ".join(f"{roots[l]} holds {len(t)} files ({_short(list(t.path))})" for l, t in found.items())
+    p.action, p.clear = "run", True      # an empty folder clears to nothing; prefixes outside the run: `_guard_foreign`
+    p.reasons = [{None: "not run yet", "legacy": "made by an older stronglens", "unreadable": "unreadable marker"}[status]]
+    if not found: return p
+    if spec.adopts and not force:
+        p.keep = list(found); p.reasons.append(f"{what}: left to the stage, which keeps only files its source made")
+    elif status is None and not force:
+        raise StageError(f"has no marker, but {what}. Move them away, or pass --force to clear them "
+                         f"(`{run_command(spec.name, run_dir)} --force`).", spec.name)
+    else: p.action = "rerun"; p.reasons.append(f"clearing: {what}")
+    return p
+
+# %% ../nbs/00b_runs.ipynb 63
+def _guard_foreign(p:Plan, run_dir:str, spec:StageSpec, cfg) -> Plan:
+    "Never clear an output prefix outside the run that no run recorded writing to: keep it (adopting stage) or refuse."
+    if not p.clear: return p
+    m, roots = p.marker or {}, output_roots(run_dir, spec, cfg)
+    made = set((m.get("roots") or {}).values())
+    t = _files_table(run_dir, spec) if m.get("protocol") else None
+    if t is not None: made |= {roots[l] for l in set(t["root"]) if l in roots}
+    for l, u in roots.items():
+        if not l or _inside(run_dir, u) or u in made or l in p.keep: continue
+        f = scan_files(u)
+        if not len(f): continue
+        what = f"{u} holds {len(f)} files ({_short(list(f.path))}) that no run recorded writing"
+        if not spec.adopts:
+            keys = " / ".join(getattr(spec.outputs, "keys", ())) or "the output prefix"
+            raise StageError(f"would clear its output prefix, but {what}. stronglens deletes only files a run made: "
+                             f"empty that folder, or point {keys} elsewhere.", spec.name)
+        p.keep.append(l); p.reasons.append(f"{what}: left to the stage, which keeps only files its source made")
+    return p
+
+# %% ../nbs/00b_runs.ipynb 64
 def plan_stage(run_dir, stage:str, cfg, force:bool=False, assume_rerun=(), instance:str|None=None, assume_done=()) -> Plan:
     "Decide, without writing anything, whether `stage` skips, runs, resumes, retries or reruns (and why)."
     # assume_rerun / assume_done: upstream stages a dry run expects to rerun first / to resume back to their state
@@ -491,17 +538,12 @@ def plan_stage(run_dir, stage:str, cfg, force:bool=False, assume_rerun=(), insta
     st = (m or {}).get("status")
     if st == "running" and holder_alive(m):
         raise StageError(f"is already running ({_holders(m)}); wait for it, or stop that process first.", spec.name)
-    if force: p.action, p.clear, p.reasons = "rerun", True, ["--force"]
-    elif m is None or st in ("legacy", "unreadable"):
-        left = sum(len(scan_files(u)) for u in output_roots(run_dir, spec, cfg).values())
-        p.clear = left > 0
-        p.reasons = [{None: "not run yet", "legacy": "made by an older stronglens", "unreadable": "unreadable marker"}[st]
-                     + (f"; {left} files without a valid marker will be cleared" if left else "")]
-        p.action = "rerun" if left else "run"
+    if m is None or st in ("legacy", "unreadable"): _plan_unmarked(p, run_dir, spec, cfg, st, force)
+    elif force: p.action, p.clear, p.reasons = "rerun", True, ["--force"]
     else: _decide(p, m, run_dir, spec, cfg)
-    return p
+    return _guard_foreign(p, run_dir, spec, cfg)
 
-# %% ../nbs/00b_runs.ipynb 62
+# %% ../nbs/00b_runs.ipynb 65
 def _decide(p:Plan, m:dict, run_dir:str, spec:StageSpec, cfg):
     "The decision for a stage with a protocol marker (see `plan_stage`)."
     st, diffs = m["status"], []
@@ -535,10 +577,10 @@ def _decide(p:Plan, m:dict, run_dir:str, spec:StageSpec, cfg):
             p.action, p.delete = "resume", chk.changed_urls
             p.reasons = ["outputs changed since it finished: " + _changes(chk) + "; redoing them"]
 
-# %% ../nbs/00b_runs.ipynb 64
+# %% ../nbs/00b_runs.ipynb 67
 TOKEN_ENV = "STRONGLENS_STAGE_TOKEN"   # set by the `stronglens` command while it holds a stage; the runner inside adopts it
 
-# %% ../nbs/00b_runs.ipynb 65
+# %% ../nbs/00b_runs.ipynb 68
 def _jsonable(o, depth:int=0):
     "JSON-safe copy of a result dict: numbers, strings, lists, dicts; anything else becomes its type name."
     import numpy as np
@@ -550,7 +592,7 @@ def _jsonable(o, depth:int=0):
     if isinstance(o, Path): return str(o)
     return f"<{type(o).__name__}>"
 
-# %% ../nbs/00b_runs.ipynb 66
+# %% ../nbs/00b_runs.ipynb 69
 def remove_stale_temps(roots) -> int:
     "Delete temp files (`.tmp-*`) left by killed writers under local folders `roots`; returns how many."
     n = 0
@@ -563,7 +605,7 @@ def remove_stale_temps(roots) -> int:
                     except FileNotFoundError: pass
     return n
 
-# %% ../nbs/00b_runs.ipynb 67
+# %% ../nbs/00b_runs.ipynb 70
 def clear_folder(url, run_dir) -> int:
     "Delete everything under output folder `url` (refuses the run folder itself or a folder above it); returns files removed."
     r = _norm_run_dir(url)
@@ -574,7 +616,7 @@ def clear_folder(url, run_dir) -> int:
     if fs.exists(p): fs.rm(p, recursive=True)
     return n
 
-# %% ../nbs/00b_runs.ipynb 68
+# %% ../nbs/00b_runs.ipynb 71
 class StageRun:
     "One execution of a stage under the run-folder protocol (use `stage_run(...)` as a context manager)."
     def __init__(self, run_dir, stage:str, cfg, instance:str|None=None, force:bool=False, log=None, hold:bool=False, plan=None):
@@ -621,7 +663,7 @@ class StageRun:
     def __enter__(self): return _enter(self)
     def __exit__(self, et, ev, tb): return _exit(self, et, ev)
 
-# %% ../nbs/00b_runs.ipynb 69
+# %% ../nbs/00b_runs.ipynb 72
 def stage_run(run_dir, stage:str, cfg, instance:str|None=None, force:bool=False, log=None, hold:bool=False,
               plan:Plan|None=None) -> StageRun:
     "The stage protocol: `with stage_run(run_dir, 'cutouts', cfg) as st: if st.skip: return st.result ...`."
@@ -629,14 +671,14 @@ def stage_run(run_dir, stage:str, cfg, instance:str|None=None, force:bool=False,
     # plan: a `plan_stage` decision made just before (saves planning twice)
     return StageRun(run_dir, stage, cfg, instance=instance, force=force, log=log, hold=hold, plan=plan)
 
-# %% ../nbs/00b_runs.ipynb 70
+# %% ../nbs/00b_runs.ipynb 73
 def _marker_base(st:StageRun, status:str, token:str|None) -> dict:
     p = st.plan
     return {"protocol": 1, "stage": st.name, "status": status, "config_hash": p.config_hash, "config": p.config,
-            "inputs": p.inputs, "run_dir": st.run_dir, "token": token, "holders": [_me()], "started_utc": _now(),
+            "inputs": p.inputs, "run_dir": st.run_dir, "roots": st.roots, "token": token, "holders": [_me()], "started_utc": _now(),
             "plan": {"action": p.action, "reasons": p.reasons}, "pipeline_version": PIPELINE_VERSION, "git_commit": git_commit()}
 
-# %% ../nbs/00b_runs.ipynb 71
+# %% ../nbs/00b_runs.ipynb 74
 def _adopt(st:StageRun, m:dict) -> StageRun:
     "Continue a stage the `stronglens` command already planned and marked as running (same process tree)."
     st.plan = Plan(st.name, m["plan"]["action"], m["plan"]["reasons"], m["config_hash"], m["config"], m["inputs"], m)
@@ -647,7 +689,7 @@ def _adopt(st:StageRun, m:dict) -> StageRun:
     st.log(f"{st.plan.action} (planned by the stronglens command)")
     return st
 
-# %% ../nbs/00b_runs.ipynb 72
+# %% ../nbs/00b_runs.ipynb 75
 def _enter(st:StageRun) -> StageRun:
     m, tok = read_marker(st.run_dir, st.spec), os.environ.get(TOKEN_ENV)
     if not st.hold and tok and m and m.get("status") == "running" and m.get("token") == tok: return _adopt(st, m)
@@ -660,7 +702,7 @@ def _enter(st:StageRun) -> StageRun:
             atomic_write_json(st.marker_url, {**p.marker, "run_dir": st.run_dir, "moved_from": p.marker.get("run_dir")})
         return st
     if p.clear:
-        for label, u in st.roots.items():
+        for label, u in ((l, u) for l, u in st.roots.items() if l not in p.keep):
             n = clear_folder(u, st.run_dir)
             if n: st.log(f"cleared {n} files from {u}")
     for u in p.delete:
@@ -674,7 +716,13 @@ def _enter(st:StageRun) -> StageRun:
     st._t0 = time.time()
     return st
 
-# %% ../nbs/00b_runs.ipynb 73
+# %% ../nbs/00b_runs.ipynb 76
+def _done_line(m:dict) -> str:
+    "'done in 12.3 s (40 files, 1.2 MiB)' from a finished marker."
+    o = m.get("outputs") or {}
+    return f"{m.get('status')} in {float(m.get('seconds') or 0):.1f} s ({o.get('n_files', 0)} files, {o.get('bytes', 0) / 2**20:.1f} MiB)"
+
+# %% ../nbs/00b_runs.ipynb 77
 def _finish(st:StageRun):
     "Fingerprint the outputs, write the files table, then the done marker (atomically, last)."
     t = fingerprint_outputs(st.roots)
@@ -685,9 +733,9 @@ def _finish(st:StageRun):
     st._marker.update(status=status, finished_utc=_now(), seconds=round(time.time() - st._t0, 1), outputs=outputs, fingerprint=fp,
                       failures=st._failures, result=_jsonable(st.result), error=None)
     atomic_write_json(st.marker_url, st._marker)
-    st.log(f"{status} in {time.time() - st._t0:.1f} s ({outputs['n_files']} files, {outputs['bytes'] / 2**20:.1f} MiB)")
+    st.log(_done_line(st._marker))
 
-# %% ../nbs/00b_runs.ipynb 74
+# %% ../nbs/00b_runs.ipynb 78
 def _fail(st:StageRun, ev:BaseException):
     "Mark the stage failed with the error (the outputs stay for the next run to resume from)."
     msg = ev.message if isinstance(ev, StageError) else (f"{type(ev).__name__}: {ev}" if str(ev) else type(ev).__name__)
@@ -695,7 +743,7 @@ def _fail(st:StageRun, ev:BaseException):
                       result=_jsonable(st.result), error={"type": type(ev).__name__, "message": str(msg)[:4000]})
     atomic_write_json(st.marker_url, st._marker)
 
-# %% ../nbs/00b_runs.ipynb 75
+# %% ../nbs/00b_runs.ipynb 79
 def _exit(st:StageRun, et, ev) -> bool:
     if st.skip: return False
     if st.hold:
@@ -703,7 +751,9 @@ def _exit(st:StageRun, et, ev) -> bool:
         else: os.environ[TOKEN_ENV] = st._env_old
         m = read_marker(st.run_dir, st.spec) or {}
         if m.get("token") == st._token and m.get("status") != "running":   # the runner inside finished the protocol itself
-            st._marker = m; st.result.update(m.get("result") or {}); return False
+            st._marker = m; st.result.update(m.get("result") or {})
+            if m.get("status") in ("done", "done_with_failures"): st.log(_done_line(m))
+            return False
     if et is None: _finish(st)
     else: _fail(st, ev)
     return False

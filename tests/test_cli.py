@@ -2,7 +2,7 @@
 errors that create nothing, `-p` anywhere, `--dry-run`, and no orphan process after SIGKILL (issue 12, defects 7, 8, 11).
 
 Each toy notebook appends a line to `<run>/kernel_log.txt` when it runs, so a test can tell whether a kernel started."""
-import json, os, signal, subprocess, sys, time
+import json, os, re, signal, subprocess, sys, time
 from pathlib import Path
 import nbformat
 import pytest
@@ -216,3 +216,21 @@ def test_dry_run_after_a_deleted_output(toy, tmp_path):
     assert "skip" in lines["cutouts"], r.stdout
     r = _run(["demo", str(run)], env)
     assert r.returncode == 0 and "[cutouts] up to date; skipping" in r.stdout, r.stdout
+
+
+def test_every_stage_prints_how_long_it_took(toy, tmp_path):
+    "Lead's review: stages whose runner holds the protocol itself (in the kernel) ended without a 'done in N s' line."
+    pd, cfg, env = toy
+    r = _run(["demo", str(tmp_path / "run"), "--config", str(cfg)], env)
+    assert r.returncode == 0, r.stderr
+    for stage in ("sky", "catalogs", "cutouts"):                                 # protocol in the kernel x2, legacy x1
+        assert re.search(rf"^\[{stage}\] done in \d+\.\d s \(\d+ files, [\d.]+ MiB\)$", r.stdout, re.M), (stage, r.stdout)
+
+
+def test_audit_command_is_dispatched_to_the_audit_module():
+    "`stronglens audit ...` (issue 17) reaches `stronglens.audit.main` with its own flags, and is listed in the help."
+    r = _run(["audit", "--help"], os.environ)
+    assert r.returncode == 0 and "--scores" in r.stdout and "--model" in r.stdout, (r.stdout, r.stderr)
+    assert "audit" in _run(["--help"], os.environ).stdout
+    bad = _run(["audit", "--scores", "x.csv"], os.environ)                      # no RUN: audit's own usage error
+    assert bad.returncode == 2 and "usage: stronglens audit" in bad.stderr, bad.stderr

@@ -190,3 +190,75 @@ def test_protocol_on_an_object_store(s3_bucket):
     assert plan_stage(run, "sky", cfg()).action == "resume"
     assert s3sky(cfg(8)) == "ran"
     assert {fs.cat(f"{s3_bucket}/runs/r1/sky/i{i}.txt").decode()[0] for i in range(3)} == {"8"}
+
+
+def test_files_in_a_stage_folder_without_a_marker_are_listed_not_deleted(tmp_path):
+    "Lead's review: with no marker, the protocol wiped whatever was in the stage folder before the runner ran."
+    run = tmp_path / "run"
+    (run / "sky").mkdir(parents=True)
+    mine = run / "sky" / "my_notes.txt"; mine.write_text("not made by stronglens")
+    with pytest.raises(StageError, match=r"holds 1 files \(my_notes.txt\).*--force"):
+        sky(cfg(), run)
+    assert mine.exists() and read_marker(run, STAGES["sky"]) is None
+    logs = []
+    with stage_run(run, "sky", cfg(), force=True, log=logs.append) as st:   # --force: cleared, and it says what
+        Path(st.path("item000.txt")).write_text("7:0")
+    assert not mine.exists() and any("my_notes.txt" in l for l in logs) and any("cleared 1 files" in l for l in logs), logs
+
+
+def test_an_external_prefix_with_files_no_run_made_is_never_cleared(tmp_path):
+    "Lead's review: an external output prefix (a user's folder) was wiped when the stage had no marker or its config changed."
+    run, ext = tmp_path / "run", tmp_path / "users_catalogs"
+    ext.mkdir(); theirs = ext / "dr9_cut.parquet"; theirs.write_bytes(b"PAR1")
+    c = cfg(catalogs={"out_dir": str(ext)})
+    sky(c, run)
+    for force in (False, True):                                                   # no marker, with and without --force
+        with pytest.raises(StageError, match=r"dr9_cut.parquet.*point catalogs.out_dir elsewhere"):
+            catalogs(c, run) if not force else plan_stage(run, "catalogs", c, force=True)
+    assert theirs.exists() and not (run / "manifests").exists()
+    catalogs(cfg(), run)                                                          # done, writing inside the run only
+    with pytest.raises(StageError, match="no run recorded writing"):             # a config change points at the folder
+        plan_stage(run, "catalogs", c)
+    assert theirs.exists()
+
+
+def test_an_external_prefix_the_run_wrote_is_cleared_on_a_config_change(tmp_path):
+    "The positive control: what a run wrote under its external prefix is its own, and a config change clears it."
+    run, ext = tmp_path / "run", tmp_path / "out"
+    def cat(c):
+        with stage_run(run, "catalogs", c, log=lambda *_: None) as st:
+            if st.skip: return
+            ext.mkdir(exist_ok=True); (ext / f"part-{c.negatives.seed}.parquet").write_bytes(b"x")
+    c1 = cfg(catalogs={"out_dir": str(ext)}, negatives={"seed": 1}); sky(c1, run); cat(c1)
+    assert read_marker(run, STAGES["catalogs"])["roots"] == {"": str(run / "manifests"), str(ext): str(ext)}
+    c2 = cfg(catalogs={"out_dir": str(ext)}, negatives={"seed": 2}); cat(c2)
+    assert sorted(p.name for p in ext.iterdir()) == ["part-2.parquet"]
+
+
+def test_an_adopting_stage_keeps_files_under_its_external_prefix(tmp_path):
+    "cutouts vets existing NPZs by its source stamp itself: the protocol leaves an unmarked external prefix to it."
+    run, ext = tmp_path / "run", tmp_path / "stamps"
+    ext.mkdir(); old = ext / "g1.npz"; old.write_bytes(b"x" * 100)
+    c = cfg(cutouts={"out_prefix": str(ext)})
+    sky(c, run); catalogs(c, run)
+    p = plan_stage(run, "cutouts", c)
+    assert p.action == "run" and str(ext) in p.keep and "left to the stage" in p.reasons[-1], p
+    with stage_run(run, "cutouts", c, log=lambda *_: None) as st:
+        assert old.exists()
+    assert old.exists()
+
+
+def test_audit_reruns_when_its_finder_file_is_replaced(tmp_path):
+    "Audit request: a replaced scores file at the same path is an input change; the audit needs the sky on the mock."
+    from stronglens.runs import needed_upstream
+    run, scores = tmp_path / "run", tmp_path / "finder_scores.csv"
+    scores.write_text("galaxy_id,p_lens\na,0.1\n")
+    c = cfg(audit={"name": "ext", "scores": str(scores)})
+    assert needed_upstream(get_stage("audit:ext"), c) == ["catalogs", "cutouts", "sky"]
+    sky(c, run); catalogs(c, run)
+    with stage_run(run, "cutouts", c, log=lambda *_: None) as st: Path(st.path("a.npz")).write_bytes(b"x")
+    with stage_run(run, "audit", c, instance="ext", log=lambda *_: None) as st: Path(st.path("audit.json")).write_text("{}")
+    assert plan_stage(run, "audit:ext", c).action == "skip"
+    scores.write_text("galaxy_id,p_lens\na,0.9\n")
+    p = plan_stage(run, "audit:ext", c)
+    assert p.action == "rerun" and "finder_scores.csv" in p.reasons[0], p
