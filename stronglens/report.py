@@ -406,19 +406,24 @@ def _closure_failed(c:Mapping) -> bool:
 
 # %% ../nbs/16c_report.ipynb 49
 def _closure_alerts(closure:dict|None, cfg:ReportConfig) -> list[tuple]:
-    "Alerts from the closure tests (Tier-A; every planted lens on the mock) and the feature probe (injection/closure.json)."
+    "Alerts from the closure tests (Tier-A; every planted lens on the mock) and the feature probe (injection/closure.json); amber when one was not measured."
     if not closure: return [("amber", "No injection-recovery results: completeness is not measured (figure 3 and table 6 are absent).")]
     out = []
-    for name, c in (("Tier-A lenses", closure), ("every planted lens (mock truth)", closure.get("planted") or {})):
-        if c.get("measured_recall") is not None and _closure_failed(c):
+    for name, c in (("Tier-A lenses", {**closure, **(closure.get("tier_a") or {})}), ("every planted lens (mock truth)", closure.get("planted") or {})):
+        if c.get("measured_recall") is None:
+            if c: out.append(("amber", f"Closure test on {name} not measured: {c.get('status') or 'no measured recall in closure.json'}."))
+        elif _closure_failed(c):
             out.append(("red", f"Closure test failed on {name}: injection-predicted recall {c.get('predicted_recall', np.nan):.3f} vs measured "
                                f"{c.get('measured_recall', np.nan):.3f} (p = {c.get('p_value', np.nan):.2g})"))
-    auc = (closure.get("feature_probe") or {}).get("auc")
-    if auc is not None and auc >= cfg.probe_auc_warn:
+    fp = closure.get("feature_probe") or {}; auc = fp.get("auc")
+    if auc is None or not np.isfinite(auc):
+        out.append(("amber", f"Feature probe not run ({fp.get('status') or 'no AUC in closure.json'}): the sim-to-real gap of the injections is unmeasured."))
+    elif auc >= cfg.probe_auc_warn:
         lvl = "red" if auc >= cfg.probe_auc_fail else "amber"
         out.append((lvl, f"Sim-to-real gap: a linear probe on the finder's features tells injections from real lenses with AUC {auc:.3f}; "
                          "completeness measured on injections may not transfer to real lenses."))
     return out
+
 
 # %% ../nbs/16c_report.ipynb 50
 STATUS_WORDS: dict[str, str] = {"done_with_failures": "finished with per-item failures (retried on the next run)",

@@ -15,9 +15,9 @@ from . import calibration as cal
 from .figures import bin_sort_key
 
 # %% auto 0
-__all__ = ['SPLITS', 'TIER_NAMES', 'POOL_NAMES', 'COMPLETENESS_COLUMNS', 'tex_escape', 'table_latex', 'write_table', 'tier_of',
-           'table_data_summary', 'table_stratification', 'table_recall_by_stratum', 'table_fpr_by_category',
-           'table_hyperparameters', 'table_selection_function']
+__all__ = ['SPLITS', 'TIER_NAMES', 'POOL_NAMES', 'COMPLETENESS_COLUMNS', 'SNR_TARGET_COLUMNS', 'tex_escape', 'table_latex',
+           'write_table', 'tier_of', 'table_data_summary', 'table_stratification', 'table_recall_by_stratum',
+           'table_fpr_by_category', 'table_hyperparameters', 'table_selection_function']
 
 # %% ../nbs/16b_tables.ipynb 5
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -174,9 +174,11 @@ def table_hyperparameters(checkpoint:Mapping, training_config:Mapping|None=None)
 COMPLETENESS_COLUMNS: list[str] = ["i_theta_e", "i_psf", "i_depth", "theta_e", "theta_e_lo", "theta_e_hi", "psf_fwhm",
                                    "psf_lo", "psf_hi", "depth", "depth_lo", "depth_hi", "n_injected", "n_detected",
                                    "completeness", "ci_lower", "ci_upper", "n_hosts", "empty_reason"]
+SNR_TARGET_COLUMNS: list[str] = ["completeness_snr_target", "ci_lower_snr_target", "ci_upper_snr_target"]   # kept when present
 
 def table_selection_function(completeness:pd.DataFrame) -> pd.DataFrame:
-    "Table 6: the completeness lookup (PLAN columns, grid order), values unchanged; ValueError naming missing columns."
+    "Table 6: the completeness lookup (PLAN columns, then S/N-target ones if any; grid order), values unchanged; ValueError naming missing columns."
     missing = [c for c in COMPLETENESS_COLUMNS if c not in completeness.columns]
     if missing: raise ValueError(f"completeness table lacks column(s) {missing} (have {list(completeness.columns)})")
-    return completeness[COMPLETENESS_COLUMNS].sort_values(["i_depth", "i_psf", "i_theta_e"]).reset_index(drop=True)
+    cols = COMPLETENESS_COLUMNS + [c for c in SNR_TARGET_COLUMNS if c in completeness.columns]
+    return completeness[cols].sort_values(["i_depth", "i_psf", "i_theta_e"]).reset_index(drop=True)
