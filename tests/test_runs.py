@@ -259,6 +259,8 @@ def test_audit_reruns_when_its_finder_file_is_replaced(tmp_path):
     with stage_run(run, "cutouts", c, log=lambda *_: None) as st: Path(st.path("a.npz")).write_bytes(b"x")
     with stage_run(run, "audit", c, instance="ext", log=lambda *_: None) as st: Path(st.path("audit.json")).write_text("{}")
     assert plan_stage(run, "audit:ext", c).action == "skip"
+    from stronglens.cli import stage_status                                       # `stronglens status` lists audits
+    assert [(r["stage"], r["status"]) for r in stage_status(run)][-2:] == [("cutouts", "done"), ("audit:ext", "done")]
     scores.write_text("galaxy_id,p_lens\na,0.9\n")
     p = plan_stage(run, "audit:ext", c)
     assert p.action == "rerun" and "finder_scores.csv" in p.reasons[0], p
