@@ -202,13 +202,16 @@ class TrainSection:
     seed: int = 1337                  # weight init, batch order, max_train_samples subset
     max_train_samples: int = 0        # 0 = all; >0 subsamples the training split (quick runs)
     drop_nan_train: bool = True       # leave training stamps that held NaNs out of the loss
+    num_threads: int = 0              # torch CPU threads while `train_from_config` runs (0: torch's default, one per core);
+                                      # 1 is several times faster on a busy shared machine (contending intra-op threads)
 
     def validate(self):
         for k in ("epochs", "batch_size", "early_stopping_patience"):
             if getattr(self, k) < 1: raise ValueError(f"train.{k}: expected an integer >= 1, got {getattr(self, k)}")
         if not (math.isfinite(self.lr) and self.lr > 0): raise ValueError(f"train.lr: expected a finite number > 0, got {self.lr}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0): raise ValueError(f"train.weight_decay: expected a finite number >= 0, got {self.weight_decay}")
-        if self.num_workers < 0 or self.max_train_samples < 0: raise ValueError("train.num_workers and train.max_train_samples: expected >= 0")
+        for k in ("num_workers", "max_train_samples", "num_threads"):
+            if getattr(self, k) < 0: raise ValueError(f"train.{k}: expected an integer >= 0, got {getattr(self, k)}")
         if self.device not in ("cuda", "cpu", "auto", "mps"): raise ValueError(f"train.device: expected cuda, cpu, mps or auto; got {self.device!r}")
         if self.arch not in ARCHS: raise ValueError(f"train.arch: expected one of {sorted(ARCHS)}, got {self.arch!r}")
 
@@ -656,9 +659,11 @@ def train_from_config(
     cache_dir = cache_dir or ds.cache_dir or default_cache_dir(manifest_path)
     packed = {s: build_packed_split(man, s, PreprocessSpec.from_config(ds), cache_dir, cache_dtype, n_jobs=max(1, t.num_workers),
                                     progress=progress, root=root) for s in ("train", "val", "test") if s in set(man["split"])}
-    res = fit(packed["train"], packed["val"], out_dir, replace(t, device=device or t.device), cfg.augment,
-              test_data=packed.get("test"), aug_seed=ds.seed, resume=resume, keep_epoch_checkpoints=keep_epoch_checkpoints,
-              callbacks=callbacks, progress=progress)
+    from stronglens.mocksky import torch_threads
+    with torch_threads(t.num_threads):
+        res = fit(packed["train"], packed["val"], out_dir, replace(t, device=device or t.device), cfg.augment,
+                  test_data=packed.get("test"), aug_seed=ds.seed, resume=resume, keep_epoch_checkpoints=keep_epoch_checkpoints,
+                  callbacks=callbacks, progress=progress)
     fails = [p.failures.assign(split=s) for s, p in packed.items() if len(p.failures)]
     if fails: res.failures = pd.concat(fails, ignore_index=True)
     return res
@@ -699,8 +704,10 @@ def run_train_stage(cfg, run_dir: str, progress: bool = True, device: str | None
         p = train_stage_paths(cfg, st.run_dir)
         res = _stage_train(cfg, st.run_dir, p, st.resuming or st.retrying, st.log, device, progress)
         fails = atomic_write_parquet(res.failures.astype(str), url_join(p["out_dir"], "failed_cutouts.parquet"))
-        full = score(res.best_checkpoint, p["manifest"], device=res.summary["device"], cache_dir=p["cache_dir"], progress=progress,
-                     root=st.run_dir, out=url_join(p["out_dir"], "scores_all.parquet"))
+        from stronglens.mocksky import torch_threads
+        with torch_threads(cfg.training.train.num_threads):
+            full = score(res.best_checkpoint, p["manifest"], device=res.summary["device"], cache_dir=p["cache_dir"], progress=progress,
+                         root=st.run_dir, out=url_join(p["out_dir"], "scores_all.parquet"))
         st.failures(full.attrs["n_failed"], len(full) + full.attrs["n_failed"], what="cutouts unreadable by the training loader", table=fails)
         st.result.update(out_dir=st.rel(p["out_dir"]), best_checkpoint=st.rel(res.best_checkpoint), epochs_run=len(res.history),
                          best_epoch=res.best_epoch, best_val_auc=res.best_val_auc, stopped_early=res.stopped_early,

@@ -186,6 +186,19 @@ def test_train_from_config_and_score(tmp_path):
     assert set(pd.read_parquet(out).split) == {"val"}
 
 
+def test_num_threads_applies_while_training_and_is_restored(tmp_path):
+    "`train.num_threads` (1 is several times faster on a busy machine) holds during training; the caller's setting comes back."
+    write_synthetic_manifest(str(tmp_path), n=60, seed=4, arc_amp=2.0)
+    before, seen = torch.get_num_threads(), []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train_from_config(_cfg(tmp_path, num_threads=1, device="cpu"), root=str(tmp_path), progress=False,
+                          callbacks=[lambda epoch, row: seen.append(torch.get_num_threads())])
+    assert seen == [1] and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="train.num_threads"):
+        TrainSection.from_defaults(num_threads=-1)
+
+
 def test_scores_follow_regenerated_cutouts(tmp_path):
     "12.2 end to end: new pixels under the same files and ids -> new cache, new scores (the model sees the new pixels)."
     man = write_synthetic_manifest(str(tmp_path), n=80, seed=4, arc_amp=2.0)
