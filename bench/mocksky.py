@@ -5,6 +5,7 @@
 Baselines measured in the same run: the sweep writer vs astropy.table.Table.write of the same columns, and the batched
 renderer vs the same renderer called one cutout at a time."""
 import argparse, os, tempfile, time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,11 +16,13 @@ from stronglens import mocksky as M
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="2x2 deg sky, 300 cutouts (default: the 10x5 deg demo sky, 3000 cutouts)")
-    ap.add_argument("--n-lenses", type=int, default=None, help="planted lenses (default: the demo's lens_density_scale 20)")
+    ap.add_argument("--n-lenses", type=int, default=None, help="planted lenses (default: configs/demo.yaml's lens_density_scale)")
     ap.add_argument("--threads", type=int, default=0, help="sky.num_threads for build and render (0: keep the config default, 1)")
     a = ap.parse_args()
-    # the demo sky (lens_density_scale 20: ~4,000 lenses on 50 deg²); --quick: 4 deg², 150 lenses
-    cfg = M.SkyConfig(ra_max_deg=152.0, dec_max_deg=2.0, n_lenses=150) if a.quick else M.SkyConfig(lens_density_scale=20.0)
+    # the demo's sky (configs/demo.yaml `sky:`, lens_density_scale 30: ~6,000 lenses on 50 deg²); --quick: 4 deg², 150 lenses
+    from stronglens.config import load_config
+    demo = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml").sky
+    cfg = M.SkyConfig(ra_max_deg=152.0, dec_max_deg=2.0, n_lenses=150, seed=demo.seed) if a.quick else demo
     if a.n_lenses is not None: cfg.n_lenses = a.n_lenses
     n_cut, n_base = (300, 40) if a.quick else (3000, 150)
     if a.threads: cfg.num_threads = a.threads

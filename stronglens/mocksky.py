@@ -827,7 +827,8 @@ def draw_deflectors(cfg:SkyConfig, n:int, rng, dist:Distances|None=None, max_rou
 # %% ../nbs/05_mocksky.ipynb 97
 def adopt_rows(target_mag, cand_mag, rng, width:int=3, max_rounds:int=40) -> np.ndarray:
     """Indices into `cand_mag` (one per target, all distinct) of candidates whose magnitude is close to each target's:
-    a random pick among the `width` nearest in magnitude, widening the window for targets whose pick was taken."""
+    a random pick among the `width` nearest in magnitude, widening the window for targets whose pick was taken; the
+    few left after `max_rounds` (a crowded magnitude range) take the nearest free candidates, in magnitude order."""
     order = np.argsort(cand_mag); cm = np.asarray(cand_mag)[order]
     out, taken, todo = np.full(len(target_mag), -1), np.zeros(len(cm), bool), np.arange(len(target_mag))
     if len(todo) > len(cm): raise ValueError(f"adopt_rows: {len(todo)} targets but only {len(cm)} candidate rows")
@@ -838,7 +839,8 @@ def adopt_rows(target_mag, cand_mag, rng, width:int=3, max_rounds:int=40) -> np.
         u, first = np.unique(p[free], return_index=True)
         won = todo[free][first]; out[won] = u; taken[u] = True
         todo = np.setdiff1d(todo, won); width *= 2
-    if len(todo): raise ValueError(f"adopt_rows: {len(todo)} targets found no free candidate")
+    for t in todo[np.argsort(np.asarray(target_mag)[todo], kind="stable")]:     # leftovers only: a handful of rows
+        f = np.flatnonzero(~taken); j = f[np.argmin(np.abs(cm[f] - target_mag[t]))]; out[t] = j; taken[j] = True
     return order[out]
 
 # %% ../nbs/05_mocksky.ipynb 99
@@ -1121,7 +1123,8 @@ def build_sky(cfg:SkyConfig, out_dir:str, progress:bool=True) -> dict:
 # %% ../nbs/05_mocksky.ipynb 138
 def run_sky_stage(cfg, run_dir:str, progress:bool=True) -> dict:
     """Pipeline stage `sky`: build `<run_dir>/sky/` from `cfg.sky` (a pipeline config, or a `SkyConfig`) under the stage
-    protocol. Returns the summary (also in the done marker): sky_dir, counts, densities, unlisted-lens share of the pool."""
+    protocol. Returns the summary (also in the done marker): sky_dir, counts, densities, unlisted-lens share of the pool.
+    `sky/provenance.json` records pipeline version, git commit, config hash, seeds and inputs (`StageRun.provenance`)."""
     from stronglens.runs import stage_run
     from stronglens.config import PipelineConfig
     if isinstance(cfg, SkyConfig): cfg = PipelineConfig({"sky": cfg})
@@ -1131,6 +1134,7 @@ def run_sky_stage(cfg, run_dir:str, progress:bool=True) -> dict:
         if st.skip: return st.result
         t = make_sky(sky_cfg, progress=progress)
         write_sky(t, st.out)
+        atomic_write_text(st.path("provenance.json"), json.dumps(st.provenance(), indent=2, default=str) + "\n")
         keys = ("area_deg2", "n_sources", "n_lenses_planted", "n_listed", "n_tier_a", "n_tier_b", "n_tier_b_nonlens", "lens_density_per_deg2",
                 "listed_density_per_deg2", "lens_density_scale", "n_unlisted_lenses_in_pool", "unlisted_lens_share_of_pool", "build_seconds")
         st.result.update(sky_dir=st.rel(st.out), source_model=sky_cfg.source_model, **{k: t.meta[k] for k in keys})

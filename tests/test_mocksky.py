@@ -409,6 +409,8 @@ def test_run_sky_stage_protocol_and_summary(tmp_path):
     assert m["status"] == "done" and m["result"]["lens_density_scale"] == 20 and "unlisted_lens_share_of_pool" in m["result"]
     assert r["n_lenses_planted"] == M._n_lenses(cfg) == round(4.0 * 20 * 0.25, 0)
     assert M.run_sky_stage(cfg, str(tmp_path), progress=False) == r
+    prov = json.loads((tmp_path / "sky" / "provenance.json").read_text())          # audit 17.3: the sky records its provenance
+    assert {"pipeline_version", "git_commit", "config_hash", "inputs"} <= set(prov) and prov["seeds"] == {"sky.seed": cfg.seed}
     r2 = M.run_sky_stage(M.SkyConfig(**{**cfg.__dict__, "seed": 99}), str(tmp_path), progress=False)
     assert r2["n_sources"] != r["n_sources"] and read_marker(str(tmp_path), get_stage("sky"))["result"] == r2
 
@@ -440,3 +442,11 @@ def test_build_and_render_on_s3(s3_bucket):
     r1 = M.run_sky_stage(cfg, f"s3://{s3_bucket}/run2", progress=False)
     r2 = M.run_sky_stage(cfg, f"s3://{s3_bucket}/run2", progress=False)
     assert r1 == r2 and r1["n_lenses_planted"] == 5
+
+
+def test_a_crowded_small_sky_builds():
+    "From audit (11:15): 1,200 lenses on 1 deg² (tiny.yaml's n_lenses on a 1°×1° footprint) raised 'adopt_rows: 4 targets found no free candidate'."
+    cfg = M.SkyConfig(ra_min_deg=150, ra_max_deg=151, dec_min_deg=0, dec_max_deg=1, seed=20260, n_lenses=1200)
+    t = M.make_sky(cfg)
+    assert len(t.lens_truth) == 1200 and t.lens_truth.galaxy_id.is_unique
+    assert (t.sources.role == "lens").sum() == 1200
