@@ -785,17 +785,20 @@ def plot_completeness(marginals:pd.DataFrame, vs_snr:pd.DataFrame|None=None, thr
     return fig
 
 # %% ../nbs/14_injection.ipynb 120
-def plot_gallery(gallery:dict, n:int=12):
-    "Injected stamps (top) and their arcs alone (bottom), grz composites, ordered by θE: a `Figure`."
+def plot_gallery(gallery:dict, n:int=12, n_cols:int=6):
+    "Injected stamps with their arcs alone below (grz composites, same stretch), ordered by θE: a `Figure`."
     from stronglens.figures import new_figure, paper_style
     from stronglens.physics import grz_composite
-    i = np.argsort(gallery["theta_e"], kind="stable"); i = i[np.linspace(0, len(i) - 1, min(n, len(i))).round().astype(int)]
+    i = np.argsort(gallery["theta_e"], kind="stable"); i = i[np.unique(np.linspace(0, len(i) - 1, min(n, len(i))).round().astype(int))]
+    n_rows = 2 * math.ceil(len(i) / n_cols)
     with paper_style():
-        fig = new_figure(7.1, 1.5); axs = fig.subplots(2, len(i), squeeze=False)
+        fig = new_figure(7.1, 1.3 * n_rows); axs = fig.subplots(n_rows, n_cols, squeeze=False)
+        for a in axs.ravel(): a.set_axis_off()
         for k, j in enumerate(i):
-            for r, img in enumerate((gallery["stamps"][j], gallery["arcs"][j])):
-                axs[r, k].imshow(grz_composite(np.nan_to_num(img)), origin="lower", interpolation="nearest"); axs[r, k].set_axis_off()
-            axs[0, k].set_title(f"θE {gallery['theta_e'][j]:.2f}\" S/N {gallery['arc_snr'][j]:.1f}\np {gallery['p_lens'][j]:.2f}", fontsize=5, pad=1)
+            r, col = 2 * (k // n_cols), k % n_cols
+            for dr, img in enumerate((gallery["stamps"][j], gallery["arcs"][j])):
+                axs[r + dr, col].imshow(grz_composite(np.nan_to_num(img)), origin="lower", interpolation="nearest")
+            axs[r, col].set_title(f"θE {gallery['theta_e'][j]:.2f}\" S/N {gallery['arc_snr'][j]:.1f} p {gallery['p_lens'][j]:.2f}", fontsize=6, pad=2)
     return fig
 
 # %% ../nbs/14_injection.ipynb 121
