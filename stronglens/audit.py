@@ -19,12 +19,13 @@ from .config import (register_section, url_join, exists, read_bytes, read_parque
 from . import calibration as cal
 
 # %% auto 0
-__all__ = ['MODEL_FORMATS', 'INPUT_PREPROCESSING', 'COUNTERFACTUAL_TESTS', 'ARC_TESTS', 'PROVENANCE_KEYS', 'AuditConfig',
-           'audit_config', 'with_audit', 'ScoresError', 'read_table', 'check_external_scores', 'detect_model_format',
-           'model_input', 'ExternalModel', 'score_manifest', 'shuffle_rings', 'mask_core', 'sky_without_arcs',
-           'render_without_arcs', 'planted_lens_ids', 'score_drop', 'shortcut_verdict', 'counterfactual_table',
-           'fig_counterfactual', 'held_out_positives', 'run_counterfactuals', 'audit_threshold', 'finder_fingerprint',
-           'with_provenance', 'Finder', 'prepare_finder', 'counterfactual_html', 'run_model_injection', 'with_section',
+__all__ = ['MODEL_FORMATS', 'INPUT_PREPROCESSING', 'COUNTERFACTUAL_TESTS', 'ARC_TESTS', 'SKIPPABLE', 'PROVENANCE_KEYS',
+           'AuditConfig', 'audit_config', 'with_audit', 'ScoresError', 'read_table', 'check_external_scores',
+           'detect_model_format', 'model_input', 'ExternalModel', 'score_manifest', 'shuffle_rings', 'mask_core',
+           'sky_without_arcs', 'render_without_arcs', 'planted_lens_ids', 'score_drop', 'shortcut_verdict',
+           'counterfactual_table', 'fig_counterfactual', 'held_out_positives', 'run_counterfactuals', 'audit_threshold',
+           'finder_fingerprint', 'with_provenance', 'Finder', 'prepare_finder', 'counterfactual_html',
+           'audit_injection_config', 'injection_skip_reason', 'run_model_injection', 'with_section', 'skip_reasons',
            'run_audit_stage', 'read_audit', 'provenance_check', 'default_name', 'build_parser', 'audit_from_args',
            'main']
 
@@ -243,9 +244,11 @@ class ExternalModel:
         return np.concatenate([fn(model_input(X[i:i + self.batch_size], self.preprocessing)) for i in range(0, len(X), self.batch_size)]) if len(X) else np.zeros(0, np.float32)
     def __call__(self, X, rows=None) -> np.ndarray: return _as_logits(self._batches(X, self.net), self.output, self.path)
     def predict_proba(self, X) -> np.ndarray: return 1.0 / (1.0 + np.exp(-self(X).astype(np.float64)))
-    def features(self, X) -> np.ndarray:
+    @property
+    def features(self) -> Callable:
+        "`features(X) -> (N, D)` penultimate features; AttributeError (so `hasattr` is False) when the model exposes none."
         if not self.has_features: raise AttributeError(f"{self.path}: this {self.format} model exposes no features")
-        return self._batches(X, self.net.features).astype(np.float32)
+        return lambda X: self._batches(X, self.net.features).astype(np.float32)
     def describe(self) -> dict:
         p = self.preprocessing
         return {"path": self.path, "format": self.format, "preprocessing": p if isinstance(p, str) else {"stored": p}, "output": self.output,
@@ -342,32 +345,35 @@ def _drop_fraction(v0, v1, g, weights=None):
 
 # %% ../nbs/19_audit.ipynb 47
 def score_drop(p_as_is, p_test, p_neg, threshold:float, n_resamples:int=1000, seed:int=0) -> dict:
-    "Mean score drop of positives p(a) − p(test) and its share of the separation (bootstrap CIs), recall before/after (Wilson)."
+    "Score drop of positives p(a) − p(test), its share of the separation (bootstrap CIs); recall and detections lost at `threshold` (Wilson)."
     p0, p1, pn = (np.asarray(a, np.float64) for a in (p_as_is, p_test, p_neg))
     g = np.r_[np.ones(len(p0)), np.zeros(len(pn))]; v0 = np.r_[p0, pn]; v1 = np.r_[p1, np.zeros(len(pn))]
     kw = dict(n_resamples=n_resamples, seed=seed, strata=g, vectorized=True)
     d, f = cal.bootstrap_ci(_drop, v0, v1, g, **kw), cal.bootstrap_ci(_drop_fraction, v0, v1, g, **kw)
-    k0, k1 = int((p0 >= threshold).sum()), int((p1 >= threshold).sum())
-    (r0l, r1l), (r0h, r1h) = cal.wilson_interval(np.array([k0, k1]), len(p0))
+    det0, det1 = p0 >= threshold, p1 >= threshold; k0, k1, lost = int(det0.sum()), int(det1.sum()), int((det0 & ~det1).sum())
+    (r1l, ll), (r1h, lh) = cal.wilson_interval(np.array([k1, lost]), np.array([len(p0), k0]))
     return {"n": len(p0), "n_neg": len(pn), "mean_p": float(p1.mean()), "mean_p_as_is": float(p0.mean()), "mean_p_neg": float(pn.mean()),
             "drop": d.estimate, "drop_ci_lower": d.ci_lower, "drop_ci_upper": d.ci_upper,
             "drop_fraction": f.estimate, "drop_fraction_ci_lower": f.ci_lower, "drop_fraction_ci_upper": f.ci_upper,
-            "recall_as_is": k0 / len(p0), "recall": k1 / len(p0), "recall_ci_lower": float(r1l), "recall_ci_upper": float(r1h)}
+            "recall_as_is": k0 / len(p0), "recall": k1 / len(p0), "recall_ci_lower": float(r1l), "recall_ci_upper": float(r1h),
+            "n_detected": k0, "n_lost": lost, "lost_fraction": lost / k0 if k0 else np.nan, "lost_ci_lower": float(ll), "lost_ci_upper": float(lh)}
 
 # %% ../nbs/19_audit.ipynb 50
 def shortcut_verdict(table:pd.DataFrame, min_drop_fraction:float=0.3) -> dict:
-    "'shortcut-driven' (red), 'arc-driven' or 'inconclusive' (amber) from the arc-destroying tests' drop fractions."
+    "'shortcut-driven' (red), 'arc-driven' or 'inconclusive' (amber) from the arc-destroying tests' separation and detections lost."
     t = table[table.test.isin(ARC_TESTS) & (table.n > 0)]
     if not len(t): return {"verdict": "not tested", "level": "amber", "message": "no counterfactual arc test could run"}
     if not np.isfinite(t.drop_fraction).all():
         return {"verdict": "no separation", "level": "amber", "message": "the finder does not score the test positives above the negatives"}
-    fmt = lambda r: f"{r.test}: drop fraction {r.drop_fraction:.2f} [{r.drop_fraction_ci_lower:.2f}, {r.drop_fraction_ci_upper:.2f}]"
-    low, high = t[t.drop_fraction_ci_upper < min_drop_fraction], t[t.drop_fraction_ci_lower >= min_drop_fraction]
+    arc = (t.drop_fraction_ci_lower >= min_drop_fraction) | (t.lost_ci_lower.fillna(-1) >= min_drop_fraction)
+    low = t[(t.drop_fraction_ci_upper < min_drop_fraction) & ~arc]
+    fmt = lambda r: (f"{r.test}: separation lost {r.drop_fraction:.2f} [{r.drop_fraction_ci_lower:.2f}, {r.drop_fraction_ci_upper:.2f}], "
+                     f"detections lost {r.n_lost}/{r.n_detected}")
     if len(low):
         return {"verdict": "shortcut-driven", "level": "red", "tests": list(low.test), "message":
                 f"Shortcut-driven finder: its scores barely drop when the arcs are destroyed ({'; '.join(fmt(r) for r in low.itertuples())}; "
-                f"an arc finder loses at least {min_drop_fraction:.0%} of its positive-negative separation)"}
-    if len(high) == len(t):
+                f"an arc finder loses at least {min_drop_fraction:.0%} of its positive-negative separation or of its detections)"}
+    if arc.all():
         return {"verdict": "arc-driven", "level": "ok", "tests": list(t.test), "message": "Arc-driven: " + "; ".join(fmt(r) for r in t.itertuples())}
     return {"verdict": "inconclusive", "level": "amber", "tests": list(t.test), "message":
             f"Counterfactual arc tests inconclusive (intervals straddle {min_drop_fraction:.0%}): " + "; ".join(fmt(r) for r in t.itertuples())}
@@ -385,7 +391,7 @@ def counterfactual_table(model:Callable, X:np.ndarray, p_neg, threshold:float, X
     t = pd.DataFrame(rows); t.insert(1, "description", t.test.map(COUNTERFACTUAL_TESTS))
     return t, sc
 
-# %% ../nbs/19_audit.ipynb 54
+# %% ../nbs/19_audit.ipynb 56
 def fig_counterfactual(table:pd.DataFrame, examples:dict|None=None, verdict:dict|None=None):
     "Mean p(lens) of the test positives per counterfactual test (95% bootstrap CI of the drop) and one positive under each test."
     from stronglens import figures as F
@@ -397,21 +403,21 @@ def fig_counterfactual(table:pd.DataFrame, examples:dict|None=None, verdict:dict
         ax.errorbar(table.mean_p, y, xerr=np.clip([table.drop_ci_upper - table["drop"], table["drop"] - table.drop_ci_lower], 0, None), fmt="o",
                     color=F.PALETTE["blue"], capsize=2, label="test positives")
         ax.axvline(table.mean_p_neg.iloc[0], color=F.PALETTE["orange"], ls="--", lw=1, label="test negatives")
-        ax.set_yticks(y, [t.replace("_", " ") for t in table.test]); ax.set_xlim(0, 1); ax.set_xlabel("mean p(lens)")
+        ax.set_yticks(y, [t.replace("_", " ") for t in table.test]); ax.set_xlim(0, 1); ax.set_xlabel("mean p(lens) of the test positives\n(bars: 95% CI of the drop)")
         ax.legend(loc="lower right"); ax.set_title(f"verdict: {verdict['verdict']}" if verdict else "")
         for i, (k, im) in enumerate(ex.items()):
             a = fig.add_subplot(gs[:, 2 + i]); a.imshow(grz_composite(im[25:76, 25:76]), origin="lower"); a.set_axis_off()
             a.set_title(k.replace("_", " "), fontsize=7)
     return fig
 
-# %% ../nbs/19_audit.ipynb 57
+# %% ../nbs/19_audit.ipynb 59
 def held_out_positives(manifest:pd.DataFrame, max_n:int, seed:int) -> pd.DataFrame:
     "The test split's positives (a seeded subsample of at most `max_n`, in manifest order)."
     t = manifest[(manifest.split.astype(str) == "test") & (manifest.label.astype(int) == 1)]
     if len(t) > max_n: t = t.loc[np.sort(np.random.default_rng(seed).choice(t.index.to_numpy(), max_n, replace=False))]
     return t.reset_index(drop=True)
 
-# %% ../nbs/19_audit.ipynb 58
+# %% ../nbs/19_audit.ipynb 60
 def run_counterfactuals(model:Callable, run_dir:str, cfg, scores:pd.DataFrame, threshold:float, log=print) -> dict:
     "The four tests on the run's test positives: {'table', 'verdict', 'scores' (per positive), 'examples' (stamps for the figure)}."
     a = audit_config(cfg); man = read_parquet(url_join(run_dir, "manifests", "training_manifest.parquet"))
@@ -428,12 +434,13 @@ def run_counterfactuals(model:Callable, run_dir:str, cfg, scores:pd.DataFrame, t
     t, sc = counterfactual_table(model, X, neg, threshold, Xd, sub, a.core_radius_px, a.seed, a.n_bootstrap)
     per = pos[["galaxy_id"]].assign(**{k: v for k, v in sc.items() if k != "no_arcs_mock"})
     if "no_arcs_mock" in sc: per.loc[sub, "no_arcs_mock"] = sc["no_arcs_mock"]
-    k = int(sub[np.argmax(sc["as_is"][sub])]) if len(sub) else int(np.argmax(sc["as_is"]))
+    arc = np.nansum((X[sub, :, :, 1] - Xd[:, :, :, 1]) ** 2, axis=(1, 2)) if Xd is not None and len(sub) else None     # the clearest arc is shown
+    k = int(sub[np.argmax(arc)]) if arc is not None else int(np.argmax(sc["as_is"] - sc["arcs_shuffled"]))
     ex = {"as_is": X[k], "arcs_shuffled": shuffle_rings(X[k:k + 1], a.seed)[0], "core_masked": mask_core(X[k:k + 1], a.core_radius_px)[0]}
     if Xd is not None and k in set(sub): ex["no_arcs_mock"] = Xd[int(np.flatnonzero(sub == k)[0])]
     return {"table": t, "verdict": shortcut_verdict(t, a.min_drop_fraction), "scores": per, "examples": ex, "example_id": str(pos.galaxy_id[k])}
 
-# %% ../nbs/19_audit.ipynb 60
+# %% ../nbs/19_audit.ipynb 62
 def audit_threshold(cfg, scores:pd.DataFrame, run_dir:str) -> dict|None:
     "The run's inherited threshold rule (injection/closure.json) applied to `scores`; None when the report sets its own."
     from stronglens.report import ReportConfig
@@ -447,20 +454,20 @@ def audit_threshold(cfg, scores:pd.DataFrame, run_dir:str) -> dict|None:
     return {"value": float(value), "kind": kind, "target": target, "split": split, "fpr": float(np.mean(neg >= value)) if len(neg) else np.nan,
             "how": f"the run's inherited rule applied to this finder ({kind} {target:g} on the {split} negatives)"}
 
-# %% ../nbs/19_audit.ipynb 62
+# %% ../nbs/19_audit.ipynb 64
 def finder_fingerprint(url:str) -> dict:
     "Path, size and blake2b digest of the finder's file (scores table or model)."
     from stronglens.runs import file_digest
     fs, p = get_fs(url)
     return {"path": str(url), "size": int(fs.info(p).get("size") or 0), "blake2b": file_digest(url)}
 
-# %% ../nbs/19_audit.ipynb 63
+# %% ../nbs/19_audit.ipynb 65
 def with_provenance(df:pd.DataFrame, prov:dict) -> pd.DataFrame:
     "`df` carrying `prov` in its attrs (stored in the Parquet file's metadata by pandas)."
     df = df.copy(); df.attrs = {**df.attrs, "provenance": json.loads(json.dumps(prov, default=str))}
     return df
 
-# %% ../nbs/19_audit.ipynb 66
+# %% ../nbs/19_audit.ipynb 68
 @dataclass
 class Finder:
     kind: str                            # "scores" | "model"
@@ -469,7 +476,7 @@ class Finder:
     scores: pd.DataFrame|None = None     # checked scores over the manifest (scores audits)
     model: ExternalModel|None = None     # the loaded model (model audits)
 
-# %% ../nbs/19_audit.ipynb 67
+# %% ../nbs/19_audit.ipynb 69
 def prepare_finder(cfg, run_dir:str) -> Finder:
     "The audit's finder, read and checked against the run's manifest (`ScoresError`, FileNotFoundError, ValueError); writes nothing."
     a = audit_config(cfg)
@@ -480,7 +487,7 @@ def prepare_finder(cfg, run_dir:str) -> Finder:
     if a.scores: return Finder("scores", url, man, scores=check_external_scores(read_table(url), man, url))
     return Finder("model", url, man, model=ExternalModel(url, a.model_format, a.preprocessing, a.output, a.batch_size, a.device))
 
-# %% ../nbs/19_audit.ipynb 69
+# %% ../nbs/19_audit.ipynb 71
 def counterfactual_html(cf:dict, png:bytes|None=None) -> str:
     "The report section of the counterfactual tests: verdict, table (drops with bootstrap CIs, recall with Wilson CIs), figure."
     from stronglens.report import html_table
@@ -489,15 +496,17 @@ def counterfactual_html(cf:dict, png:bytes|None=None) -> str:
     show = pd.DataFrame({"test": t.description, "positives": t.n, "mean p(lens)": t.mean_p.round(3),
                          "drop [95% CI]": [ci(*r) for r in zip(t["drop"], t.drop_ci_lower, t.drop_ci_upper)],
                          "drop fraction [95% CI]": [ci(*r) for r in zip(t.drop_fraction, t.drop_fraction_ci_lower, t.drop_fraction_ci_upper)],
-                         "recall as is → after [Wilson]": [f"{a:.3f} → {ci(b, lo, hi)}" for a, b, lo, hi in zip(t.recall_as_is, t.recall, t.recall_ci_lower, t.recall_ci_upper)]})
+                         "recall as is → after [Wilson]": [f"{a:.3f} → {ci(b, lo, hi)}" for a, b, lo, hi in zip(t.recall_as_is, t.recall, t.recall_ci_lower, t.recall_ci_upper)],
+                         "detections lost [Wilson]": [f"{k}/{n}: {ci(k / n if n else np.nan, lo, hi)}" for k, n, lo, hi in zip(t.n_lost, t.n_detected, t.lost_ci_lower, t.lost_ci_upper)]})
     v = cf["verdict"]; head = f"<p><b>Verdict: {_h.escape(v['verdict'])}.</b> {_h.escape(v['message'])}</p>"
     img = f'<figure><img alt="counterfactual arc tests" src="data:image/png;base64,{base64.b64encode(png).decode()}" style="max-width:100%"></figure>' if png else ""
     note = ("<p class=sub>Drop: mean over the test positives of p(as is) − p(test); drop fraction: the drop over the finder's "
             "positive−negative separation (mean p of test positives − mean p of test negatives). 95% percentile bootstrap "
-            "(calibration.bootstrap_ci) over positives and negatives.</p>")
+            "(calibration.bootstrap_ci) over positives and negatives. Detections lost: positives at or above the threshold as they are, "
+            "below it after the test.</p>")
     return head + html_table(show) + note + img
 
-# %% ../nbs/19_audit.ipynb 70
+# %% ../nbs/19_audit.ipynb 72
 def _report_inputs(st, cfg, scores:pd.DataFrame) -> tuple:
     "(ReportInputs of the audit, the detection threshold's value) for the audited scores."
     from stronglens.report import load_report_inputs, detection_threshold, scored_table, ReportConfig
@@ -507,7 +516,7 @@ def _report_inputs(st, cfg, scores:pd.DataFrame) -> tuple:
     if th is not None: inp.threshold = th
     return inp, (th["value"] if th is not None else detection_threshold(scored_table(inp, rcfg), rcfg, inp.closure)["value"])
 
-# %% ../nbs/19_audit.ipynb 71
+# %% ../nbs/19_audit.ipynb 73
 def _merge_into_report(out_dir:str, rep:dict, alerts:list, sections:list, threshold:dict|None) -> dict:
     "Add the audit's alerts, sections and threshold rule to a built report (for a `build_report` without `extra_alerts`)."
     import html as _h, re
@@ -525,8 +534,8 @@ def _merge_into_report(out_dir:str, rep:dict, alerts:list, sections:list, thresh
     atomic_write_text(url_join(out_dir, "index.html"), page); atomic_write_json(url_join(out_dir, "report.json"), rep)
     return rep
 
-# %% ../nbs/19_audit.ipynb 72
-def _report(st, cfg, inp, finder:Finder, cf:dict|None, prov:dict, log) -> dict:
+# %% ../nbs/19_audit.ipynb 74
+def _report(st, cfg, inp, cf:dict|None, skipped:dict, prov:dict, log) -> dict:
     "Build the in-house report for the audited finder into `audits/<name>/report/`; returns report.json's content."
     import inspect
     from stronglens import report as R
@@ -534,32 +543,60 @@ def _report(st, cfg, inp, finder:Finder, cf:dict|None, prov:dict, log) -> dict:
     if cf is not None:
         if cf["verdict"]["level"] != "ok": alerts.append((cf["verdict"]["level"], cf["verdict"]["message"]))
         sections.append(("Counterfactual arc tests", counterfactual_html(cf, cf.get("png"))))
-    elif finder.kind == "scores":
-        alerts.append(("amber", "Counterfactual arc tests not run: they need the finder itself (stronglens audit --model), not its scores."))
+    alerts += [("amber", f"{SKIPPABLE[k]} not run for this finder: {why}.") for k, why in skipped.items()]
     if "extra_alerts" in inspect.signature(R.build_report).parameters:
         return R.build_report(inp, out, rcfg, provenance=prov, log=log, extra_alerts=alerts, extra_sections=sections)
     th = getattr(inp, "threshold", None)                       # this report version takes neither: set, then merge
     if th is not None: rcfg = dataclasses.replace(rcfg, threshold_kind="score", threshold_value=float(th["value"]))
     return _merge_into_report(out, R.build_report(inp, out, rcfg, provenance=prov, log=log), alerts, sections, th)
 
-# %% ../nbs/19_audit.ipynb 74
-def run_model_injection(st, cfg, finder:Finder, scores:pd.DataFrame, progress:bool=True, log=print) -> dict|None:
-    "Injection grid, closure test and feature probe of the audited model into `audits/<name>/injection/` (None when not run)."
+# %% ../nbs/19_audit.ipynb 76
+def audit_injection_config(cfg, run_dir:str):
+    "The in-house grid's `InjectionConfig` (from the run's `inject` stage marker, else the config's section); None when neither exists."
     from stronglens import injection as I
-    a = audit_config(cfg)
-    if finder.kind != "model" or not a.injection or getattr(cfg, "injection", None) is None: return None
-    if not hasattr(I, "run_injection"):
-        log("injection-recovery for external models needs stronglens.injection.run_injection (not in this version); skipped"); return None
-    c = dataclasses.replace(I.injection_config(cfg), **({"n_per_cell": a.injection_n_per_cell} if a.injection_n_per_cell else {}))
+    from stronglens.runs import get_stage, read_marker
+    m = read_marker(run_dir, get_stage("inject")) or {}
+    done = {k.split(".", 1)[1]: v for k, v in (m.get("config") or {}).items() if k.startswith("injection.")} if m.get("status", "").startswith("done") else {}
+    if not done and getattr(cfg, "injection", None) is None: return None
+    base = I.injection_config(cfg); known = {f.name for f in dataclasses.fields(base)}
+    return dataclasses.replace(base, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in done.items() if k in known})
+
+# %% ../nbs/19_audit.ipynb 77
+def injection_skip_reason(cfg, finder:Finder, run_dir:str) -> str|None:
+    "Why injection-recovery is not run for this finder (None: it runs)."
+    if finder.kind != "model": return "a scores table cannot score injected stamps: audit the model itself (stronglens audit --model) for a completeness map"
+    if not audit_config(cfg).injection: return "switched off (audit.injection: false / --no-injection)"
+    try: from stronglens import injection as I
+    except ImportError as e: return f"stronglens.injection cannot be imported ({e})"
+    if not hasattr(I, "run_injection"): return "this stronglens.injection has no run_injection (injection for another finder's model)"
+    if audit_injection_config(cfg, run_dir) is None: return "the run has no injection stage and its config no injection section (no grid to match)"
+    return None
+
+# %% ../nbs/19_audit.ipynb 78
+def run_model_injection(st, cfg, finder:Finder, scores:pd.DataFrame, progress:bool=True) -> dict:
+    "The in-house injection grid scored by the audited model into `audits/<name>/injection/` (call when no skip reason)."
+    from stronglens import injection as I
+    a, c = audit_config(cfg), audit_injection_config(cfg, st.run_dir)
+    if a.injection_n_per_cell: c = dataclasses.replace(c, n_per_cell=a.injection_n_per_cell)
     return I.run_injection(st, with_section(cfg, "injection", c), scorer=finder.model.spec(), scores=scores, sub="injection", progress=progress)
 
-# %% ../nbs/19_audit.ipynb 75
+# %% ../nbs/19_audit.ipynb 79
 def with_section(cfg, name:str, section):
     "A copy of pipeline config `cfg` with section `name` replaced by the dataclass `section`."
     d = config_to_dict(cfg); d[name] = config_to_dict(section)
     return config_from_dict(d)
 
-# %% ../nbs/19_audit.ipynb 77
+# %% ../nbs/19_audit.ipynb 80
+SKIPPABLE = {"counterfactual": "Counterfactual arc tests", "injection": "Injection-recovery and the closure test"}
+
+def skip_reasons(cfg, finder:Finder, run_dir:str) -> dict:
+    "{part: why it is not run, or None} for the optional parts of an audit (said in the log, audit.json and the report)."
+    a = audit_config(cfg)
+    cf = ("they need the finder itself (stronglens audit --model), not its scores" if finder.kind != "model"
+          else None if a.counterfactual else "switched off (audit.counterfactual: false / --no-counterfactual)")
+    return {"counterfactual": cf, "injection": injection_skip_reason(cfg, finder, run_dir)}
+
+# %% ../nbs/19_audit.ipynb 82
 def _counterfactual_outputs(st, model, cfg, scores:pd.DataFrame, threshold:float, prov:dict, log) -> dict:
     "Run the counterfactual tests and write counterfactual.json, counterfactual_scores.parquet and counterfactual.png."
     from stronglens.figures import save_figure
@@ -572,7 +609,7 @@ def _counterfactual_outputs(st, model, cfg, scores:pd.DataFrame, threshold:float
     log(f"counterfactual verdict: {cf['verdict']['verdict']}")
     return cf
 
-# %% ../nbs/19_audit.ipynb 78
+# %% ../nbs/19_audit.ipynb 83
 def _audit_scores(st, finder:Finder, a:AuditConfig, prov:dict, progress:bool) -> pd.DataFrame:
     "The audited scores (read or computed), written to scores.parquet; unreadable cutouts recorded as failures."
     if finder.kind == "scores": sc = finder.scores
@@ -583,8 +620,8 @@ def _audit_scores(st, finder:Finder, a:AuditConfig, prov:dict, progress:bool) ->
     atomic_write_parquet(with_provenance(sc, prov), st.path("scores.parquet"))
     return sc
 
-# %% ../nbs/19_audit.ipynb 79
-def _summary(finder:Finder, sc:pd.DataFrame, rep:dict, cf:dict|None, inj:dict|None, st) -> dict:
+# %% ../nbs/19_audit.ipynb 84
+def _summary(finder:Finder, sc:pd.DataFrame, rep:dict, cf:dict|None, inj:dict|None, skipped:dict, st) -> dict:
     "audit.json / the stage result: the finder, what was scored, the operating point, headline numbers, verdict, paths."
     hl = rep["headline"]
     return {"finder": audit_config(st.cfg).name, "kind": finder.kind, "file": finder.url, "n_scored": int(len(sc)),
@@ -592,9 +629,9 @@ def _summary(finder:Finder, sc:pd.DataFrame, rep:dict, cf:dict|None, inj:dict|No
             "threshold": rep["threshold"]["value"], "threshold_how": rep["threshold"]["how"],
             "auc": hl["auc"]["value"], "recall": hl["recall"]["value"], "fpr": hl["fpr"]["value"],
             "verdict": (cf or {}).get("verdict", {}).get("verdict", "not tested"), "n_red_alerts": sum(l == "red" for l, _ in rep["alerts"]),
-            "injection": bool(inj), "page": st.rel(st.path("report", "index.html"))}
+            "injection": inj, "skipped": skipped, "page": st.rel(st.path("report", "index.html"))}
 
-# %% ../nbs/19_audit.ipynb 80
+# %% ../nbs/19_audit.ipynb 85
 def run_audit_stage(cfg, run_dir:str, progress:bool=True, name:str|None=None, finder:Finder|None=None, force:bool=False) -> dict:
     "Stage `audit:<name>`: audit the configured finder into `audits/<name>/` (checks the finder before writing anything)."
     from stronglens.runs import stage_run
@@ -606,16 +643,18 @@ def run_audit_stage(cfg, run_dir:str, progress:bool=True, name:str|None=None, fi
         prov = {**st.provenance(), "finder": finder_fingerprint(finder.url)}
         atomic_write_json(st.path("provenance.json"), prov)
         sc = _audit_scores(st, finder, a, prov, progress)
-        inj = run_model_injection(st, cfg, finder, sc, progress, log)
+        skipped = {k: why for k, why in skip_reasons(cfg, finder, st.run_dir).items() if why}
+        for k, why in skipped.items(): log(f"{SKIPPABLE[k].lower()} skipped: {why}")
+        inj = run_model_injection(st, cfg, finder, sc, progress) if "injection" not in skipped else None
         inp, thr = _report_inputs(st, cfg, sc)
-        cf = _counterfactual_outputs(st, finder.model, cfg, sc, thr, prov, log) if finder.kind == "model" and a.counterfactual else None
-        rep = _report(st, cfg, inp, finder, cf, prov, log)
-        summary = _summary(finder, sc, rep, cf, inj, st)
+        cf = _counterfactual_outputs(st, finder.model, cfg, sc, thr, prov, log) if "counterfactual" not in skipped else None
+        rep = _report(st, cfg, inp, cf, skipped, prov, log)
+        summary = _summary(finder, sc, rep, cf, inj, skipped, st)
         atomic_write_json(st.path("audit.json"), {**summary, "provenance": prov})
         st.result.update(summary)
     return st.result
 
-# %% ../nbs/19_audit.ipynb 87
+# %% ../nbs/19_audit.ipynb 92
 def read_audit(run_dir:str, name:str) -> dict:
     "What an audit wrote: {'summary': audit.json, 'counterfactual': its table or None, 'verdict', 'page': report URL, 'figure': PNG URL or None}."
     d = url_join(run_dir, "audits", name)
@@ -625,7 +664,7 @@ def read_audit(run_dir:str, name:str) -> dict:
     return {"summary": s, "counterfactual": pd.DataFrame(c["tests"]) if c else None, "verdict": (c or {}).get("verdict"),
             "page": url_join(d, "report", "index.html"), "figure": url_join(d, "counterfactual.png") if c else None}
 
-# %% ../nbs/19_audit.ipynb 90
+# %% ../nbs/19_audit.ipynb 95
 PROVENANCE_KEYS = ("pipeline_version", "git_commit", "config_hash", "seed", "inputs")
 
 def _provenance_in(url:str) -> dict|None:
@@ -635,7 +674,7 @@ def _provenance_in(url:str) -> dict|None:
     if not isinstance(d, dict): return None
     return d if url.endswith("provenance.json") else d.get("provenance") if isinstance(d.get("provenance"), dict) else None
 
-# %% ../nbs/19_audit.ipynb 91
+# %% ../nbs/19_audit.ipynb 96
 def provenance_check(run_dir:str) -> pd.DataFrame:
     "Per stage folder of `run_dir` (audits included): marker status, the provenance record found and the keys it lacks."
     from stronglens.runs import STAGES, get_stage, read_marker
@@ -654,14 +693,14 @@ def provenance_check(run_dir:str) -> pd.DataFrame:
                      "json_outputs": len(js), "json_with_provenance": len(recs)})
     return pd.DataFrame(rows, columns=["stage", "status", "record", "missing", "json_outputs", "json_with_provenance"])
 
-# %% ../nbs/19_audit.ipynb 96
+# %% ../nbs/19_audit.ipynb 101
 def default_name(path:str) -> str:
     "A finder name from a file name: its stem with anything but letters, digits, '_', '.', '-' replaced by '_'."
     import re
     stem = Path(str(path).rstrip("/").rsplit("/", 1)[-1]).stem or "external"
     return (re.sub(r"[^A-Za-z0-9_.-]", "_", stem).strip("._-") or "external")[:64]
 
-# %% ../nbs/19_audit.ipynb 98
+# %% ../nbs/19_audit.ipynb 103
 def build_parser() -> argparse.ArgumentParser:
     "The `stronglens audit` argument parser."
     ap = argparse.ArgumentParser(prog="stronglens audit", description="Audit an external lens finder on a run folder: scores or a model.")
@@ -681,7 +720,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dry-run", action="store_true", help="say whether the audit would run, and why; write nothing")
     return ap
 
-# %% ../nbs/19_audit.ipynb 99
+# %% ../nbs/19_audit.ipynb 104
 def audit_from_args(args, overrides=None, log=print):
     "(pipeline config with this audit's section, finder name) from parsed `stronglens audit` arguments."
     from stronglens.cli import load_run_config
@@ -695,7 +734,7 @@ def audit_from_args(args, overrides=None, log=print):
     else: kw["scores"] = ""
     return with_audit(cfg, **kw), name
 
-# %% ../nbs/19_audit.ipynb 100
+# %% ../nbs/19_audit.ipynb 105
 def main(argv=None) -> int:
     "`stronglens audit ...`: 0 done, 1 the stage failed or cannot start, 2 bad finder file or usage (nothing written)."
     from stronglens.cli import split_overrides

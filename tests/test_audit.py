@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from stronglens.audit import (ScoresError, check_external_scores, main, read_audit, run_audit_stage, with_audit)
+from stronglens.audit import (ARC_TESTS, ScoresError, check_external_scores, main, read_audit, run_audit_stage, with_audit)
 from stronglens.data import ring_index
 from stronglens.report import ReportConfig, build_report, load_report_inputs, synthetic_run
 from stronglens.train import export_onnx, export_torchscript, score as train_score
@@ -82,6 +82,8 @@ def test_in_house_scores_as_external_file_reproduce_the_in_house_report_exactly(
         assert Path(r, f"audits/own-scores/report/tables/{t}.csv").read_text() == (d / "inhouse" / "tables" / f"{t}.csv").read_text(), t
     assert res["kind"] == "scores" and res["n_scored"] == len(pd.read_parquet(f"{r}/manifests/training_manifest.parquet"))
     assert not Path(r, "model", "audit").exists() and Path(r, "model", "scores_all.parquet").exists()   # in-house outputs untouched
+    assert set(res["skipped"]) == {"counterfactual", "injection"}          # a scores table cannot be re-scored: said, not hidden
+    assert sum("not run for this finder" in m for lvl, m in rep["alerts"] if lvl == "amber") == 2
 
 
 def test_torchscript_and_onnx_exports_reproduce_the_in_house_numbers(run):
@@ -110,6 +112,7 @@ def test_shortcut_finder_is_flagged_and_arc_finder_is_not(run):
         run_audit_stage(with_audit(cfg, name=name, model=str(d / f"{name}.pt"), injection=False), r, progress=False)
     core, arcs = read_audit(r, "core"), read_audit(r, "arcs")
     assert core["verdict"]["verdict"] == "shortcut-driven"
+    assert core["summary"]["skipped"] == {"injection": "switched off (audit.injection: false / --no-injection)"}
     t = core["counterfactual"].set_index("test")
     assert abs(t.loc["arcs_shuffled", "drop"]) < 1e-6 and t.loc["core_masked", "drop"] > 0.1
     rep = json.loads(Path(r, "audits/core/report/report.json").read_text())
@@ -154,3 +157,28 @@ def test_every_audit_output_records_its_provenance(run):
     # a replaced scores file (same path) is a changed input: the audit reruns
     sc.assign(p_lens=sc.p_lens * 0.9).to_csv(d / "prov.csv", index=False)
     assert main([r, "--scores", str(d / "prov.csv"), "--name", "prov", "--dry-run"]) == 0
+
+
+def _tree_digest(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_model_audit_on_the_tiny_mock_run_injects_on_the_in_house_grid_and_renders_without_arcs(tiny_run, tmp_path):
+    "`stronglens audit RUN --model F` on a real (tiny) mock run: injection on the in-house grid, test (d), in-house outputs untouched."
+    from conftest import copy_run
+    run = copy_run(tiny_run, tmp_path / "run")
+    ts = export_torchscript(str(run / "model/checkpoints/best.pt"), str(tmp_path / "cnn.pt"))
+    inhouse = {d: _tree_digest(run / d) for d in ("injection", "model", "report") if (run / d).is_dir()}
+    assert "injection" in inhouse, "the tiny demo has no injection stage"
+    assert main([str(run), "--model", ts, "--name", "cnn-ts", "--injection-n-per-cell", "2"]) == 0
+    a = read_audit(str(run), "cnn-ts"); s = a["summary"]
+    assert s["skipped"] == {} and s["injection"]["n_cells"] == 385
+    assert len(pd.read_parquet(run / "audits/cnn-ts/injection/completeness.parquet")) == 385
+    inj = pd.read_parquet(run / "audits/cnn-ts/injection/injections.parquet")
+    assert inj.groupby(["i_theta_e", "i_psf", "i_depth"]).size().max() <= 2            # the audit's n_per_cell, not the run's
+    assert json.loads((run / "audits/cnn-ts/injection/closure.json").read_text())["threshold"]["value"] == s["threshold"]
+    assert "fig3_selection_function" in json.loads((run / "audits/cnn-ts/report/report.json").read_text())["figures"]
+    t = a["counterfactual"].set_index("test")
+    assert t.loc["no_arcs_mock", "n"] > 0 and set(ARC_TESTS) <= set(t.index)           # (d) ran on the mock sky
+    assert {d: _tree_digest(run / d) for d in inhouse} == inhouse                          # the in-house outputs are untouched
