@@ -100,7 +100,7 @@ def fig_data_schematic(counts:dict) -> Figure:
     fig = new_figure(PAGE_IN, 2.9); ax = fig.add_subplot(); ax.set_axis_off()
     kl = _box(ax, 0.09, 0.78, f"Known-lens catalogue\n{_n(c.get('known_lenses'))} entries", light["src"])
     sw = _box(ax, 0.09, 0.22, f"DR10 sweep catalogues\n{_n(c.get('sweep_rows'))} rows read", light["src"])
-    ev = f"\nevaluation only: {_n(c['positives_eval_only'])}" if c.get("positives_eval_only") is not None else ""
+    ev = f"\nfailed cuts (evaluation only): {_n(c['positives_eval_only'])}" if c.get("positives_eval_only") is not None else ""
     pb = _box(ax, 0.31, 0.78, f"Positives (matched)\nTier A: {_n(pos.get('A'))}\nTier B: {_n(pos.get('B'))}{ev}", light["pos"])
     nb = _box(ax, 0.31, 0.22, f"Negative pool cuts\n{_n(c.get('pool_candidates'))} candidates\n"
               f"> {c.get('exclusion_arcsec', 11):g}\u2033 from known lenses\nsampled N1: {_n(neg.get('N1'))}  N2: {_n(neg.get('N2'))}", light["neg"])
@@ -216,7 +216,7 @@ def fig_selection_function(comp:pd.DataFrame, depths:Sequence[int]|None=None, an
         ax.set_xlabel("\u03b8$_E$ (arcsec)"); ax.set_xlim(xe[0], xe[-1]); ax.set_ylim(ye[0], ye[-1])
     axes[0].set_ylabel(psf_label)
     cb = fig.colorbar(mesh, ax=list(axes), shrink=0.9, pad=0.01)
-    cb.set_label("completeness C")
+    cb.set_label("completeness C" + ("\n(cell text: 95% CI half-width, pp; ×: not injected)" if annotate else ""), fontsize=7)
     return fig
 
 # %% ../nbs/16_figures.ipynb 37
@@ -257,13 +257,16 @@ def fig_failure_gallery(fn:pd.DataFrame, fp:pd.DataFrame, images:Mapping[str, np
 
 # %% ../nbs/16_figures.ipynb 43
 def _recall_panel(ax, d:pd.DataFrame, title:str, overall:tuple|None, color:str, min_n:int=10):
-    "One recall-by-bin panel: points with CI whiskers, anchor counts, overall band."
+    "One recall-by-bin panel: points with CI whiskers (Wilson where fewer than `min_n` anchors), anchor counts, overall band."
     x = np.arange(len(d))
     if overall is not None:
         ax.axhspan(overall[1], overall[2], color="0.88", lw=0); ax.axhline(overall[0], color="0.4", ls=":", lw=0.9)
     n = d["n"].to_numpy(); ok, few = n > 0, (n > 0) & (n < min_n)
     r = d["recall"].to_numpy(float)
-    err = np.vstack([r - d["ci_lower"].to_numpy(float), d["ci_upper"].to_numpy(float) - r]).clip(0)
+    lo, hi = d["ci_lower"].to_numpy(float).copy(), d["ci_upper"].to_numpy(float).copy()
+    if {"wilson_lower", "wilson_upper"} <= set(d.columns):                    # few anchors: Wilson, not a degenerate bootstrap
+        lo[few], hi[few] = d["wilson_lower"].to_numpy(float)[few], d["wilson_upper"].to_numpy(float)[few]
+    err = np.vstack([r - lo, hi - r]).clip(0)
     for sel, face in ((ok & ~few, color), (few, "white")):
         if sel.any(): ax.errorbar(x[sel], r[sel], yerr=err[:, sel], fmt="o", ms=3.5, color=color, mfc=face, capsize=2, lw=1)
     for xi in np.flatnonzero(~ok):
@@ -289,7 +292,8 @@ def fig_recall_by_stratum(table:pd.DataFrame, labels:Mapping[str, str]|None=None
         _recall_panel(ax, table[table.stratum == s], labels.get(s, s), overall, PALETTE["blue"])
     axes[0].set_ylabel("Tier-A recall")
     n_all = int(table[table.stratum == strata[0]]["n"].sum())
-    fig.suptitle(f"{n_all:,} Tier-A anchors in the evaluation split" + ("; hollow: fewer than 10 in the bin" if (table["n"].between(1, 9)).any() else ""), fontsize=7)
+    few = "; hollow: fewer than 10 in the bin" + (" (Wilson whiskers)" if "wilson_lower" in table.columns else "") if table["n"].between(1, 9).any() else ""
+    fig.suptitle(f"{n_all:,} Tier-A anchor{'s' if n_all != 1 else ''} in the evaluation split{few}", fontsize=7)
     return fig
 
 # %% ../nbs/16_figures.ipynb 48

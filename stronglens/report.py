@@ -22,9 +22,9 @@ __all__ = ['SCORE_COLUMNS', 'STATUS_WORDS', 'TABLE_CAPTIONS', 'REFERENCE_CATEGOR
            'ALERT_STYLES', 'FIGURE_CAPTIONS', 'ReportConfig', 'ReportInputs', 'latest_validation_summary',
            'load_confuser_truth', 'check_scores', 'load_report_inputs', 'synthetic_config', 'synthetic_completeness',
            'synthetic_run', 'contaminant_categories', 'scored_table', 'inherited_rule', 'detection_threshold',
-           'report_alerts', 'schematic_counts', 'failure_examples', 'lens_notes', 'load_stamps', 'stratum_labels',
-           'report_tables', 'report_figures', 'headline_numbers', 'html_table', 'render_page', 'build_report',
-           'run_report_stage']
+           'quality_gate_rule', 'report_alerts', 'schematic_counts', 'failure_examples', 'lens_notes', 'load_stamps',
+           'stratum_labels', 'report_tables', 'report_figures', 'headline_numbers', 'html_table', 'render_page',
+           'build_report', 'run_report_stage']
 
 # %% ../nbs/16c_report.ipynb 6
 @dataclass
@@ -387,24 +387,32 @@ def _gate_alerts(gates:dict|None) -> list[tuple]:
     return out
 
 # %% ../nbs/16c_report.ipynb 47
+def quality_gate_rule(name:str, threshold:float) -> str:
+    "When a spec §5 cutout-quality gate passes, in words: the core ratio lies in (1/t, t), a rate stays at or below t."
+    if name == "core_brightness_ratio": return f"within [{1 / threshold:.3g}, {threshold:.3g}]"
+    if name.endswith("_rate"): return f"≤ {threshold:.3g}"
+    return f"threshold {threshold:.3g}"
+
+
+# %% ../nbs/16c_report.ipynb 48
 def _validation_alerts(summary:dict|None) -> list[tuple]:
     "Red alerts for failed quality gates and red shortcut features; amber for yellow ones."
     s, out = summary or {}, []
     for g, r in (s.get("gates") or {}).items():
-        if r.get("passed") is False: out.append(("red", f"Validation gate failed: {g} = {r['value']:.3g} (threshold {r['threshold']:.3g})"))
+        if r.get("passed") is False: out.append(("red", f"Validation gate failed: {g} = {r['value']:.3g} (must be {quality_gate_rule(g, r['threshold'])})"))
     for f, r in (s.get("shortcut_features") or {}).items():
         if r.get("flag") == "red": out.append(("red", f"Shortcut feature {f}: AUC {r['auc']:.3f} [{r.get('ci_lower', np.nan):.3f}, {r.get('ci_upper', np.nan):.3f}] (red)"))
         elif r.get("flag") == "yellow": out.append(("amber", f"Shortcut feature {f}: AUC {r['auc']:.3f} (yellow)"))
     return out
 
-# %% ../nbs/16c_report.ipynb 48
+# %% ../nbs/16c_report.ipynb 49
 def _closure_failed(c:Mapping) -> bool:
     "Did a closure test (a closure.json section) find predicted and measured recall significantly apart?"
     if "significant" in c and c["significant"] is not None: return bool(c["significant"])
     z = c.get("significance_sigma", c.get("z"))
     return z is not None and np.isfinite(z) and abs(z) >= 2
 
-# %% ../nbs/16c_report.ipynb 49
+# %% ../nbs/16c_report.ipynb 50
 def _closure_alerts(closure:dict|None, cfg:ReportConfig) -> list[tuple]:
     "Alerts from the closure tests (Tier-A; every planted lens on the mock) and the feature probe (injection/closure.json); amber when one was not measured."
     if not closure: return [("amber", "No injection-recovery results: completeness is not measured (figure 3 and table 6 are absent).")]
@@ -425,7 +433,7 @@ def _closure_alerts(closure:dict|None, cfg:ReportConfig) -> list[tuple]:
     return out
 
 
-# %% ../nbs/16c_report.ipynb 50
+# %% ../nbs/16c_report.ipynb 51
 STATUS_WORDS: dict[str, str] = {"done_with_failures": "finished with per-item failures (retried on the next run)",
                                 "legacy": "was made by an older stronglens (no stage-protocol marker): its outputs are not fingerprinted",
                                 "running": "is still running or was interrupted", "failed": "failed"}
@@ -448,7 +456,7 @@ def report_alerts(inp:ReportInputs, cfg:ReportConfig) -> list[tuple]:
     if inp.cutout_failures: out.append(("amber", f"{inp.cutout_failures:,} cutouts could not be made (cutouts/failed_cutouts.parquet)."))
     return sorted(out, key=lambda a: a[0] != "red")
 
-# %% ../nbs/16c_report.ipynb 53
+# %% ../nbs/16c_report.ipynb 54
 def schematic_counts(inp:ReportInputs) -> dict:
     "The counts of figure 1 from the manifest, its catalogue rows, catalog_report.json and the validation summary."
     m, cr, v = inp.manifest, inp.catalog_report or {}, inp.validation or {}
@@ -464,14 +472,14 @@ def schematic_counts(inp:ReportInputs) -> dict:
                 negatives={p: int((pool == p).sum()) for p in ("N1", "N2")}, manifest_rows=len(m), cutouts_ok=ok,
                 cutouts_failed=inp.cutout_failures, splits=splits, nside=nside, exclusion_arcsec=excl)
 
-# %% ../nbs/16c_report.ipynb 55
+# %% ../nbs/16c_report.ipynb 56
 def failure_examples(ev:pd.DataFrame, threshold:float, n:int=8, seed:int=0) -> tuple[pd.DataFrame, pd.DataFrame]:
     "(false negatives, false positives) of the evaluation rows `ev`: a seeded random sample of `n` each, lowest/highest score first."
     fn = ev[(ev.label == 1) & (ev.p_lens < threshold)]; fp = ev[(ev.label == 0) & (ev.p_lens >= threshold)]
     pick = lambda d, asc: d.sample(min(n, len(d)), random_state=seed).sort_values("p_lens", ascending=asc)
     return pick(fn, True), pick(fp, False)
 
-# %% ../nbs/16c_report.ipynb 56
+# %% ../nbs/16c_report.ipynb 57
 def lens_notes(fn:pd.DataFrame, truth:pd.DataFrame|None=None) -> pd.Series:
     "Gallery note per false negative: its tier, and θE and arc S/N where the mock's truth knows them ('A θE 1.2″ S/N 8')."
     note = "Tier " + fn["tier"].fillna("?").astype(str)
@@ -481,28 +489,28 @@ def lens_notes(fn:pd.DataFrame, truth:pd.DataFrame|None=None) -> pd.Series:
     extra = [f" θE {a:.1f}″ S/N {b:.0f}" if np.isfinite(a) and np.isfinite(b) else "" for a, b in zip(te.astype(float), snr.astype(float))]
     return fn["tier"].fillna("?").astype(str) + pd.Series(extra, index=fn.index)
 
-# %% ../nbs/16c_report.ipynb 58
+# %% ../nbs/16c_report.ipynb 59
 def load_stamps(run_dir:str, manifest:pd.DataFrame, galaxy_ids:Sequence[str]) -> dict:
     "{galaxy_id: (101, 101, 3) grz cutout} for `galaxy_ids`, read through the manifest's run-relative `s3_path`."
     from stronglens.cutouts import read_cutout
     paths = manifest.assign(galaxy_id=manifest.galaxy_id.astype(str)).set_index("galaxy_id")["s3_path"]
     return {g: read_cutout(resolve_path(run_dir, paths[g]))[0] for g in galaxy_ids if g in paths.index}
 
-# %% ../nbs/16c_report.ipynb 61
+# %% ../nbs/16c_report.ipynb 62
 def stratum_labels(band:str="z") -> dict[str, str]:
     "Axis/panel names of the strata, with the band and units of the PSF and depth bins."
     return {"nobs_z_bin": "z exposures", "psf_bin": f"PSF {band} (″)", "depth_bin": f"{band} depth (mag)", "type_bin": "Tractor type"}
 
-# %% ../nbs/16c_report.ipynb 62
+# %% ../nbs/16c_report.ipynb 63
 TABLE_CAPTIONS: dict[str, str] = {
     "table1_data_summary": "Training-manifest rows by class, tier or pool, and split.",
     "table2_stratification": "Manifest rows per z-band exposure-count bin and Tractor-type bin, by class.",
-    "table3_tierA_recall": "Tier-A recall by stratum on the evaluation split at the detection threshold; 95% bootstrap intervals.",
+    "table3_tierA_recall": "Tier-A recall by stratum on the evaluation split at the detection threshold; 95% bootstrap (ci_) and Wilson (wilson_) intervals.",
     "table4_contaminant_fpr": "False-positive rate by contaminant category on the evaluation split at the detection threshold; 95% Wilson intervals.",
     "table5_hyperparameters": "Architecture, optimiser, training, preprocessing and augmentation settings, read from the evaluated checkpoint.",
     "table6_selection_function": "Completeness C(theta_E, PSF, depth) on the injection grid; 95% binomial intervals; valid inside the grid only."}
 
-# %% ../nbs/16c_report.ipynb 63
+# %% ../nbs/16c_report.ipynb 64
 REFERENCE_CATEGORIES: tuple[str, ...] = ("ordinary", "N1 (ordinary)")   # non-confuser negatives: the baseline rows of table 4 / figure 8
 
 def report_tables(inp:ReportInputs, sc:pd.DataFrame, th:dict, cfg:ReportConfig) -> dict[str, pd.DataFrame]:
@@ -519,7 +527,7 @@ def report_tables(inp:ReportInputs, sc:pd.DataFrame, th:dict, cfg:ReportConfig) 
     if inp.completeness is not None: out["table6_selection_function"] = T.table_selection_function(inp.completeness)
     return out
 
-# %% ../nbs/16c_report.ipynb 66
+# %% ../nbs/16c_report.ipynb 67
 def _curves_summary(ev:pd.DataFrame, by:str, cfg:ReportConfig, th:dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     "(`calibration.stratum_curves`, per-stratum summary: AUC (bootstrap CI), recall and FPR (Wilson CIs), AP, counts) for strata holding both classes."
     from sklearn.metrics import average_precision_score
@@ -530,7 +538,7 @@ def _curves_summary(ev:pd.DataFrame, by:str, cfg:ReportConfig, th:dict) -> tuple
     st["ap"] = [average_precision_score(ev[ev[by].astype(str) == s].label, ev[ev[by].astype(str) == s].p_lens) for s in st.index]
     return curves, st
 
-# %% ../nbs/16c_report.ipynb 67
+# %% ../nbs/16c_report.ipynb 68
 def _reliability(sc:pd.DataFrame, cfg:ReportConfig) -> dict:
     "Temperature scaling (fit on the threshold split, applied to the evaluation split): curves, ECE and metrics before/after."
     scaler, table, out = cal.temperature_scale_scores(sc, fit_split=cfg.threshold_split, apply_split=cfg.eval_split,
@@ -542,7 +550,7 @@ def _reliability(sc:pd.DataFrame, cfg:ReportConfig) -> dict:
     ece = dict(zip(curves, table["ece"].astype(float)))
     return {"temperature": float(scaler.temperature_), "curves": curves, "ece": ece, "metrics": table}
 
-# %% ../nbs/16c_report.ipynb 68
+# %% ../nbs/16c_report.ipynb 69
 def report_figures(inp:ReportInputs, sc:pd.DataFrame, th:dict, tabs:dict, cfg:ReportConfig) -> tuple[dict, dict]:
     "Figures 1–8 (those whose inputs exist) as `Figure`s keyed by file name, and the numbers computed on the way."
     ev, t = sc[sc.split == cfg.eval_split], th["value"]
@@ -551,7 +559,7 @@ def report_figures(inp:ReportInputs, sc:pd.DataFrame, th:dict, tabs:dict, cfg:Re
     figs["fig2_score_distributions"] = F.fig_score_distributions(ev, {k: labels[k] for k in ("nobs_z_bin", "psf_bin", "depth_bin")}, t)
     if inp.completeness is not None:
         ic = (inp.config or {}).get("injection") or {}
-        figs["fig3_selection_function"] = F.fig_selection_function(inp.completeness, depth_label=f"{ic.get('depth_band', 'r')} depth",
+        figs["fig3_selection_function"] = F.fig_selection_function(inp.completeness, depth_label=f"{ic.get('depth_band', 'r')} 5σ depth",
                                                                    psf_label=f"PSF FWHM, {ic.get('psf_band', 'r')} (arcsec)")
     fn, fp = failure_examples(ev, t, cfg.gallery_per_class, cfg.seed)
     stamps = load_stamps(inp.run_dir, inp.manifest, list(fn.galaxy_id) + list(fp.galaxy_id))
@@ -568,12 +576,12 @@ def report_figures(inp:ReportInputs, sc:pd.DataFrame, th:dict, tabs:dict, cfg:Re
                                                          reference=(*REFERENCE_CATEGORIES, "all negatives"))
     return figs, extra
 
-# %% ../nbs/16c_report.ipynb 74
+# %% ../nbs/16c_report.ipynb 75
 def _row_ci(d:Mapping, key:str) -> dict:
     "{value, ci} of `key` from a stratum_table row."
     return {"value": float(d[key]), "ci": [float(d[f"{key}_ci_lower"]), float(d[f"{key}_ci_upper"])]}
 
-# %% ../nbs/16c_report.ipynb 75
+# %% ../nbs/16c_report.ipynb 76
 def headline_numbers(sc:pd.DataFrame, th:dict, cfg:ReportConfig) -> dict:
     "Pooled AUC, recall, FPR (with CIs), manifest precision (with its caveat), Tier-A and Tier-B recall on the evaluation split."
     ev = sc[sc.split == cfg.eval_split].assign(_pooled="all")
@@ -591,7 +599,7 @@ def headline_numbers(sc:pd.DataFrame, th:dict, cfg:ReportConfig) -> dict:
                                      "wilson": [float(t.wilson_lower), float(t.wilson_upper)]} if t is not None else None
     return out
 
-# %% ../nbs/16c_report.ipynb 78
+# %% ../nbs/16c_report.ipynb 79
 CLAIMS_TO_AVOID: list[tuple[str, str]] = [
     ("No survey-wide precision or purity.", "The manifest's lens fraction is set by the negative sampling, not by the sky; "
      "precision here is precision at that fraction only."),
@@ -617,10 +625,10 @@ figure{margin:18px 0 28px} figure img{max-width:100%;height:auto;border:1px soli
 .claims li{margin:4px 0} details summary{cursor:pointer;color:#0b5394} .files a{margin-right:10px;font-size:.88em}
 """
 
-# %% ../nbs/16c_report.ipynb 79
+# %% ../nbs/16c_report.ipynb 80
 def _e(x) -> str: return html.escape(str(x))
 
-# %% ../nbs/16c_report.ipynb 80
+# %% ../nbs/16c_report.ipynb 81
 def _ci(d:Mapping|None, fmt:str="{:.3f}") -> str:
     "'v [lo, hi]' of a {value, ci} dict (plus 'k/n; Wilson [lo, hi]' when it has them), or 'n/a'."
     if not d or d.get("value") is None or not np.isfinite(d["value"]): return "n/a"
@@ -630,7 +638,7 @@ def _ci(d:Mapping|None, fmt:str="{:.3f}") -> str:
         out += f" ({d['k']}/{d['n']}; Wilson [{fmt.format(d['wilson'][0])}, {fmt.format(d['wilson'][1])}])"
     return out
 
-# %% ../nbs/16c_report.ipynb 81
+# %% ../nbs/16c_report.ipynb 82
 def html_table(df:pd.DataFrame, max_rows:int|None=None) -> str:
     "An HTML table of `df`, numbers formatted as in the LaTeX tables, numeric cells right-aligned."
     rows = df if max_rows is None else df.head(max_rows)
@@ -640,13 +648,13 @@ def html_table(df:pd.DataFrame, max_rows:int|None=None) -> str:
                    for r in rows.itertuples(index=False))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
-# %% ../nbs/16c_report.ipynb 82
+# %% ../nbs/16c_report.ipynb 83
 ALERT_STYLES: dict[str, str] = {   # inline too, so the colours survive where <style> is stripped (mail clients, notebooks)
     "alert": "border-left:6px solid #b00020;background:#fdecee;color:#7a0016;padding:10px 14px;margin:8px 0;font-weight:600",
     "amber": "border-left:6px solid #b26a00;background:#fff4e0;color:#6b4000;padding:8px 14px;margin:6px 0",
     "ok": "border-left:6px solid #1b7f3b;background:#e9f6ee;color:#0f5226;padding:10px 14px;margin:8px 0;font-weight:600"}
 
-# %% ../nbs/16c_report.ipynb 83
+# %% ../nbs/16c_report.ipynb 84
 def _section_alerts(alerts:list[tuple]) -> str:
     "Red alerts (or a green all-clear) and amber notes, at the top of the page."
     red = [m for l, m in alerts if l == "red"]; amber = [m for l, m in alerts if l != "red"]
@@ -655,7 +663,7 @@ def _section_alerts(alerts:list[tuple]) -> str:
     if not red: out += div("ok", "No failed gate, no leakage finding, no failed closure test.")
     return out + "".join(div("amber", _e(m)) for m in amber)
 
-# %% ../nbs/16c_report.ipynb 84
+# %% ../nbs/16c_report.ipynb 85
 def _section_headline(th:dict, hl:dict, calib:dict|None) -> str:
     "The operating point and the headline numbers, precision next to its caveat."
     rows = [("Detection threshold", f"p(lens) ≥ {th['value']:.4g} ({th['how']})"),
@@ -671,16 +679,16 @@ def _section_headline(th:dict, hl:dict, calib:dict|None) -> str:
     return (f"<table>{body}</table><p class=sub>Intervals: 95% percentile bootstrap ({_e(hl.get('n_bootstrap', 1000))} resamples) unless stated; "
             "for recall, k/n and the Wilson interval too (a bootstrap of a few 0/1 outcomes is degenerate).</p>")
 
-# %% ../nbs/16c_report.ipynb 85
+# %% ../nbs/16c_report.ipynb 86
 def _section_claims() -> str:
     "What the numbers do not support (spec §7.7)."
     return '<ul class="claims">' + "".join(f"<li><b>{_e(a)}</b> {_e(b)}</li>" for a, b in CLAIMS_TO_AVOID) + "</ul>"
 
-# %% ../nbs/16c_report.ipynb 86
+# %% ../nbs/16c_report.ipynb 87
 def _passfail(ok) -> str:
     return '<span class="pass">pass</span>' if ok is True else '<span class="fail">FAIL</span>' if ok is False else "n/a"
 
-# %% ../nbs/16c_report.ipynb 87
+# %% ../nbs/16c_report.ipynb 88
 def _section_leakage(leakage:dict|None) -> str:
     "Every leakage check of manifests/leakage.json with its count and examples."
     if not leakage: return "<p class=sub>No leakage report in this run.</p>"
@@ -691,7 +699,7 @@ def _section_leakage(leakage:dict|None) -> str:
     extra += ".</p>"
     return f"<table><tr><th>check</th><th>result</th><th>count</th><th>examples</th></tr>{rows}</table>" + extra
 
-# %% ../nbs/16c_report.ipynb 88
+# %% ../nbs/16c_report.ipynb 89
 def _section_gates(gates:dict|None, summary:dict|None) -> str:
     "Shortcut gates on raw and preprocessed pixels, cutout quality gates, per-feature shortcut AUCs."
     out = ""
@@ -702,16 +710,16 @@ def _section_gates(gates:dict|None, summary:dict|None) -> str:
         out += ("<h3>Shortcut gates (spec §4; cross-validated logistic probes)</h3><table><tr><th>pixels</th><th>preprocessing</th><th>core AUC</th>"
                 f"<th>gate</th><th>radial AUC</th><th>gate</th><th>n</th></tr>{rows}</table>")
     if summary:
-        q = "".join(f"<tr><td>{_e(g)}</td><td class=num>{r['value']:.4g}</td><td class=num>{r['threshold']:.4g}</td><td>{_passfail(r.get('passed'))}</td></tr>"
+        q = "".join(f"<tr><td>{_e(g)}</td><td class=num>{r['value']:.4g}</td><td>{_e(quality_gate_rule(g, r['threshold']))}</td><td>{_passfail(r.get('passed'))}</td></tr>"
                     for g, r in (summary.get("gates") or {}).items())
         out += (f"<h3>Cutout quality (spec §5)</h3><p>{summary.get('total_cutouts', 0):,} cutouts ({summary.get('positives', 0):,} positive, "
                 f"{summary.get('negatives', 0):,} negative); quality pass rate {summary.get('quality_pass_rate', float('nan')):.4f}.</p>"
-                f"<table><tr><th>gate</th><th>value</th><th>threshold</th><th>result</th></tr>{q}</table>")
+                f"<table><tr><th>gate</th><th>value</th><th>passes when</th><th>result</th></tr>{q}</table>")
         f = pd.DataFrame([{"feature": k, **{c: v.get(c) for c in ("auc", "ci_lower", "ci_upper", "flag")}} for k, v in (summary.get("shortcut_features") or {}).items()])
         if len(f): out += "<h3>Shortcut AUC by feature (max(AUC, 1 − AUC); bootstrap 95%)</h3>" + html_table(f)
     return out or "<p class=sub>No gate or validation results in this run.</p>"
 
-# %% ../nbs/16c_report.ipynb 89
+# %% ../nbs/16c_report.ipynb 90
 def _flat_items(d:Mapping, prefix:str="") -> list[tuple[str, Any]]:
     "(dotted key, leaf) pairs of a nested mapping."
     out = []
@@ -720,7 +728,7 @@ def _flat_items(d:Mapping, prefix:str="") -> list[tuple[str, Any]]:
         out += _flat_items(v, key) if isinstance(v, Mapping) else [(key, v)]
     return out
 
-# %% ../nbs/16c_report.ipynb 90
+# %% ../nbs/16c_report.ipynb 91
 def _closure_line(name:str, c:Mapping) -> str:
     "One closure test in words: predicted vs measured recall with intervals, the difference's p-value, the smallest detectable gap."
     if c.get("measured_recall") is None or c.get("predicted_recall") is None:
@@ -734,7 +742,7 @@ def _closure_line(name:str, c:Mapping) -> str:
     return (f"<p>Closure test, {_e(name)}{_e(n)}: recall predicted from the injections <b>{c['predicted_recall']:.3f}</b>{pred_ci}, measured "
             f"<b>{c['measured_recall']:.3f}</b>{meas_ci} — {verdict}{_e(extra)}.</p>")
 
-# %% ../nbs/16c_report.ipynb 91
+# %% ../nbs/16c_report.ipynb 92
 def _section_closure(closure:dict|None) -> str:
     "The closure tests and the feature probe (injection/closure.json), every field shown."
     if not closure: return "<p class=sub>No injection-recovery stage in this run: completeness is not measured.</p>"
@@ -749,7 +757,7 @@ def _section_closure(closure:dict|None) -> str:
     rows = "".join(f"<tr><td>{_e(k)}</td><td>{_e(T._fmt(v) if not isinstance(v, list) else ', '.join(T._fmt(x) for x in v))}</td></tr>" for k, v in _flat_items(closure))
     return lead + f"<details><summary>all fields of closure.json</summary><table>{rows}</table></details>"
 
-# %% ../nbs/16c_report.ipynb 92
+# %% ../nbs/16c_report.ipynb 93
 FIGURE_CAPTIONS: dict[str, str] = {
     "fig1_data_schematic": "Data flow and splits with this run's counts: known lenses give the positives (Tier A confident, Tier B probable); "
         "the sweep catalogues give the negative pool (N1 ordinary, N2 confuser proxies) away from known lenses; HEALPix pixels assign train/val/test.",
@@ -759,20 +767,20 @@ FIGURE_CAPTIONS: dict[str, str] = {
     "fig4_failure_gallery": "A seeded random sample of false negatives (top two rows) and false positives (bottom two rows) at the threshold, grz composites; "
         "titles: score and tier (on the mock sky also θE and arc S/N from its truth) or contaminant category; the row labels give the totals.",
     "fig5_tierA_recall": "Tier-A recall by stratum at the threshold, 95% bootstrap intervals; dotted line and band: all anchors; hollow: fewer than 10 anchors "
-        "(read the Wilson interval in table 3).",
+        "(their whiskers: Wilson 95%, as in table 3).",
     "fig6_reliability": "Reliability before and after temperature scaling (fitted on the threshold split); whiskers: Wilson 95%; lower panel: stamps per bin. "
         "Calibrated at the manifest's lens fraction, not the sky's.",
     "fig7_roc_pr": "ROC (log FPR) and precision–recall curves per z-band exposure-count bin on the evaluation split. Precision is at the manifest's lens "
         "fraction (dotted), not the sky's.",
     "fig8_contaminant_fpr": "False-positive rate by contaminant category at the threshold, Wilson 95% intervals; flagged/n on the right."}
 
-# %% ../nbs/16c_report.ipynb 93
+# %% ../nbs/16c_report.ipynb 94
 def _img(url:str, alt:str, dpi:int=200, zoom:float=1.35) -> str:
     "An <img> with the PNG at `url` embedded as a data URI, shown at `zoom` × its print size (CSS px = 1/96 in)."
     b = read_bytes(url); width_px = int.from_bytes(b[16:20], "big")          # PNG IHDR width
     return f'<img src="data:image/png;base64,{base64.b64encode(b).decode()}" alt="{_e(alt)}" style="width:{round(width_px / dpi * 96 * zoom)}px">'
 
-# %% ../nbs/16c_report.ipynb 94
+# %% ../nbs/16c_report.ipynb 95
 def _section_figures(figs:dict, out_dir:str, dpi:int=200) -> str:
     "Every figure embedded, with its caption and links to the files beside the page."
     out = ""
@@ -782,7 +790,7 @@ def _section_figures(figs:dict, out_dir:str, dpi:int=200) -> str:
                 f'{_e(FIGURE_CAPTIONS.get(name, ""))} <span class="files">{links}</span></figcaption></figure>')
     return out
 
-# %% ../nbs/16c_report.ipynb 95
+# %% ../nbs/16c_report.ipynb 96
 def _section_tables(tabs:dict, files:dict) -> str:
     "Every table as HTML (the long lookup folded), its caption and links to CSV and LaTeX."
     out = ""
@@ -793,7 +801,7 @@ def _section_tables(tabs:dict, files:dict) -> str:
         out += f'<h3 id="{name}">Table {name[5]}. {_e(TABLE_CAPTIONS.get(name, ""))}{cav}</h3><p class="files">{links}</p>{body}'
     return out
 
-# %% ../nbs/16c_report.ipynb 96
+# %% ../nbs/16c_report.ipynb 97
 def _section_strata(summ:pd.DataFrame|None) -> str:
     "Per nobs_z bin: counts, AUC, recall, FPR and manifest precision (with the caveat beside it)."
     if summ is None or summ.empty: return ""
@@ -804,7 +812,7 @@ def _section_strata(summ:pd.DataFrame|None) -> str:
     return ("<h3>By z-band exposure count (evaluation split)</h3>" + html_table(t)
             + f'<p><span class="caveat">precision_manifest: {_e(cal.PREVALENCE_CAVEAT)}</span></p>')
 
-# %% ../nbs/16c_report.ipynb 97
+# %% ../nbs/16c_report.ipynb 98
 def render_page(rep:dict, tabs:dict, strata:pd.DataFrame|None, inp:ReportInputs, out_dir:str,
                 sections:Sequence[tuple[str, str]]=()) -> str:
     "The whole HTML page from `report.json`'s content, the tables and the inputs; `sections` ((title, html) pairs) go before the figures."
@@ -821,7 +829,7 @@ def render_page(rep:dict, tabs:dict, strata:pd.DataFrame|None, inp:ReportInputs,
     return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width,initial-scale=1'>"
             f"<title>stronglens audit: {_e(rep['finder'])}</title><style>{PAGE_CSS}</style></head><body><main>{''.join(parts)}</main></body></html>")
 
-# %% ../nbs/16c_report.ipynb 99
+# %% ../nbs/16c_report.ipynb 100
 def _calibration_summary(rel:dict|None, cfg:ReportConfig) -> dict|None:
     "ECE and Brier before/after temperature scaling (with CIs) and the fitted temperature, JSON-ready."
     if not rel: return None
@@ -830,7 +838,7 @@ def _calibration_summary(rel:dict|None, cfg:ReportConfig) -> dict|None:
             "ece_before": float(m.loc["before", "ece"]), "ece_after": float(m.loc["after", "ece"]),
             "metrics": {k: {c: (float(v) if isinstance(v, (int, float, np.floating)) else v) for c, v in row.items()} for k, row in m.to_dict("index").items()}}
 
-# %% ../nbs/16c_report.ipynb 100
+# %% ../nbs/16c_report.ipynb 101
 def _missing(inp:ReportInputs) -> list[str]:
     "What the report could not produce, and why."
     out = []
@@ -838,7 +846,7 @@ def _missing(inp:ReportInputs) -> list[str]:
     if inp.checkpoint is None: out += ["Table 5: no checkpoint (an external finder, or model/checkpoints/best.pt missing)."]
     return out
 
-# %% ../nbs/16c_report.ipynb 101
+# %% ../nbs/16c_report.ipynb 102
 def _check_extras(alerts:Sequence, sections:Sequence) -> tuple[list[tuple], list[tuple]]:
     "`build_report`'s extra alerts ((level, message), level red|amber) and sections ((title, html)) as tuples; ValueError naming a bad one."
     al, se = [tuple(a) for a in alerts or ()], [tuple(s) for s in sections or ()]
@@ -849,7 +857,7 @@ def _check_extras(alerts:Sequence, sections:Sequence) -> tuple[list[tuple], list
     return al, se
 
 
-# %% ../nbs/16c_report.ipynb 102
+# %% ../nbs/16c_report.ipynb 103
 def build_report(inp:ReportInputs, out_dir:str, cfg:ReportConfig|None=None, provenance:dict|None=None, log=print,
                  extra_alerts:Sequence[tuple[str, str]]=(), # more (level, message) alerts, e.g. an audit's verdict
                  extra_sections:Sequence[tuple[str, str]]=() # (title, html) sections for the page, before the figures
@@ -877,7 +885,7 @@ def build_report(inp:ReportInputs, out_dir:str, cfg:ReportConfig|None=None, prov
     atomic_write_text(url_join(out_dir, "index.html"), render_page(rep, tabs, extra.get("nobs_z_table"), inp, out_dir, extra_sections))
     return rep
 
-# %% ../nbs/16c_report.ipynb 110
+# %% ../nbs/16c_report.ipynb 111
 def run_report_stage(cfg, run_dir:str, progress:bool=True) -> dict:
     "Pipeline stage `report`: figures, tables, report.json and index.html into `<run_dir>/report/`."
     from stronglens.runs import stage_run
