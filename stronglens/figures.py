@@ -194,7 +194,7 @@ def _heat_panel(ax, d:pd.DataFrame, xe, ye, cmap, annotate:bool):
         ax.text((xe[i] + xe[i + 1]) / 2, (ye[j] + ye[j + 1]) / 2, "\u00d7", ha="center", va="center", fontsize=6, color="0.35")
     if annotate:
         for (j, i) in zip(*np.nonzero(np.isfinite(C) & np.isfinite(W))):
-            ax.text((xe[i] + xe[i + 1]) / 2, (ye[j] + ye[j + 1]) / 2, f"{100 * W[j, i]:.0f}", ha="center", va="center",
+            ax.text((xe[i] + xe[i + 1]) / 2, (ye[j] + ye[j + 1]) / 2, f"±{100 * W[j, i]:.0f}", ha="center", va="center",
                     fontsize=5, color="white" if C[j, i] < 0.55 else "black")
     return mesh
 
@@ -216,7 +216,7 @@ def fig_selection_function(comp:pd.DataFrame, depths:Sequence[int]|None=None, an
         ax.set_xlabel("\u03b8$_E$ (arcsec)"); ax.set_xlim(xe[0], xe[-1]); ax.set_ylim(ye[0], ye[-1])
     axes[0].set_ylabel(psf_label)
     cb = fig.colorbar(mesh, ax=list(axes), shrink=0.9, pad=0.01)
-    cb.set_label("completeness C" + ("\n(cell text: 95% CI half-width, pp; ×: not injected)" if annotate else ""), fontsize=7)
+    cb.set_label("completeness C" + ("\n(±: 95% CI half-width, percentage points; ×: not injected)" if annotate else ""), fontsize=7)
     return fig
 
 # %% ../nbs/16_figures.ipynb 37

@@ -23,8 +23,8 @@ __all__ = ['SCORE_COLUMNS', 'STATUS_WORDS', 'TABLE_CAPTIONS', 'REFERENCE_CATEGOR
            'load_confuser_truth', 'check_scores', 'load_report_inputs', 'synthetic_config', 'synthetic_completeness',
            'synthetic_run', 'contaminant_categories', 'scored_table', 'inherited_rule', 'detection_threshold',
            'quality_gate_rule', 'report_alerts', 'schematic_counts', 'failure_examples', 'lens_notes', 'load_stamps',
-           'stratum_labels', 'report_tables', 'report_figures', 'headline_numbers', 'html_table', 'render_page',
-           'build_report', 'run_report_stage']
+           'stratum_labels', 'report_tables', 'recall_band', 'report_figures', 'headline_numbers', 'html_table',
+           'render_page', 'build_report', 'run_report_stage']
 
 # %% ../nbs/16c_report.ipynb 6
 @dataclass
@@ -551,6 +551,13 @@ def _reliability(sc:pd.DataFrame, cfg:ReportConfig) -> dict:
     return {"temperature": float(scaler.temperature_), "curves": curves, "ece": ece, "metrics": table}
 
 # %% ../nbs/16c_report.ipynb 69
+def recall_band(row:Mapping, min_n:int=10) -> tuple[float, float, float]:
+    "(recall, lower, upper) of a table-3 row: the bootstrap interval, or Wilson's below `min_n` anchors (as figure 5's points)."
+    lo, hi = ("wilson_lower", "wilson_upper") if row["n"] < min_n else ("ci_lower", "ci_upper")
+    return float(row["recall"]), float(row[lo]), float(row[hi])
+
+
+# %% ../nbs/16c_report.ipynb 71
 def report_figures(inp:ReportInputs, sc:pd.DataFrame, th:dict, tabs:dict, cfg:ReportConfig) -> tuple[dict, dict]:
     "Figures 1–8 (those whose inputs exist) as `Figure`s keyed by file name, and the numbers computed on the way."
     ev, t = sc[sc.split == cfg.eval_split], th["value"]
@@ -567,7 +574,7 @@ def report_figures(inp:ReportInputs, sc:pd.DataFrame, th:dict, tabs:dict, cfg:Re
     figs["fig4_failure_gallery"] = F.fig_failure_gallery(notes[notes.label == 1], notes[notes.label == 0], stamps,
         int(((ev.label == 1) & (ev.p_lens < t)).sum()), int((ev.label == 1).sum()), th["n_flagged"], th["n_negatives"], t, note="note")
     t3 = tabs["table3_tierA_recall"]; allr = t3[t3.stratum == "all"].iloc[0]
-    figs["fig5_tierA_recall"] = F.fig_recall_by_stratum(t3[t3.stratum != "all"], labels, (allr.recall, allr.ci_lower, allr.ci_upper))
+    figs["fig5_tierA_recall"] = F.fig_recall_by_stratum(t3[t3.stratum != "all"], labels, recall_band(allr))
     rel = _reliability(sc, cfg); extra["calibration"] = rel
     figs["fig6_reliability"] = F.fig_reliability(rel["curves"], rel["ece"], prevalence=float(ev.label.mean()))
     curves, summ = _curves_summary(ev, "nobs_z_bin", cfg, th); extra["nobs_z_table"] = summ
@@ -576,12 +583,12 @@ def report_figures(inp:ReportInputs, sc:pd.DataFrame, th:dict, tabs:dict, cfg:Re
                                                          reference=(*REFERENCE_CATEGORIES, "all negatives"))
     return figs, extra
 
-# %% ../nbs/16c_report.ipynb 75
+# %% ../nbs/16c_report.ipynb 77
 def _row_ci(d:Mapping, key:str) -> dict:
     "{value, ci} of `key` from a stratum_table row."
     return {"value": float(d[key]), "ci": [float(d[f"{key}_ci_lower"]), float(d[f"{key}_ci_upper"])]}
 
-# %% ../nbs/16c_report.ipynb 76
+# %% ../nbs/16c_report.ipynb 78
 def headline_numbers(sc:pd.DataFrame, th:dict, cfg:ReportConfig) -> dict:
     "Pooled AUC, recall, FPR (with CIs), manifest precision (with its caveat), Tier-A and Tier-B recall on the evaluation split."
     ev = sc[sc.split == cfg.eval_split].assign(_pooled="all")
@@ -599,7 +606,7 @@ def headline_numbers(sc:pd.DataFrame, th:dict, cfg:ReportConfig) -> dict:
                                      "wilson": [float(t.wilson_lower), float(t.wilson_upper)]} if t is not None else None
     return out
 
-# %% ../nbs/16c_report.ipynb 79
+# %% ../nbs/16c_report.ipynb 81
 CLAIMS_TO_AVOID: list[tuple[str, str]] = [
     ("No survey-wide precision or purity.", "The manifest's lens fraction is set by the negative sampling, not by the sky; "
      "precision here is precision at that fraction only."),
@@ -625,10 +632,10 @@ figure{margin:18px 0 28px} figure img{max-width:100%;height:auto;border:1px soli
 .claims li{margin:4px 0} details summary{cursor:pointer;color:#0b5394} .files a{margin-right:10px;font-size:.88em}
 """
 
-# %% ../nbs/16c_report.ipynb 80
+# %% ../nbs/16c_report.ipynb 82
 def _e(x) -> str: return html.escape(str(x))
 
-# %% ../nbs/16c_report.ipynb 81
+# %% ../nbs/16c_report.ipynb 83
 def _ci(d:Mapping|None, fmt:str="{:.3f}") -> str:
     "'v [lo, hi]' of a {value, ci} dict (plus 'k/n; Wilson [lo, hi]' when it has them), or 'n/a'."
     if not d or d.get("value") is None or not np.isfinite(d["value"]): return "n/a"
@@ -638,7 +645,7 @@ def _ci(d:Mapping|None, fmt:str="{:.3f}") -> str:
         out += f" ({d['k']}/{d['n']}; Wilson [{fmt.format(d['wilson'][0])}, {fmt.format(d['wilson'][1])}])"
     return out
 
-# %% ../nbs/16c_report.ipynb 82
+# %% ../nbs/16c_report.ipynb 84
 def html_table(df:pd.DataFrame, max_rows:int|None=None) -> str:
     "An HTML table of `df`, numbers formatted as in the LaTeX tables, numeric cells right-aligned."
     rows = df if max_rows is None else df.head(max_rows)
@@ -648,13 +655,13 @@ def html_table(df:pd.DataFrame, max_rows:int|None=None) -> str:
                    for r in rows.itertuples(index=False))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
-# %% ../nbs/16c_report.ipynb 83
+# %% ../nbs/16c_report.ipynb 85
 ALERT_STYLES: dict[str, str] = {   # inline too, so the colours survive where <style> is stripped (mail clients, notebooks)
     "alert": "border-left:6px solid #b00020;background:#fdecee;color:#7a0016;padding:10px 14px;margin:8px 0;font-weight:600",
     "amber": "border-left:6px solid #b26a00;background:#fff4e0;color:#6b4000;padding:8px 14px;margin:6px 0",
     "ok": "border-left:6px solid #1b7f3b;background:#e9f6ee;color:#0f5226;padding:10px 14px;margin:8px 0;font-weight:600"}
 
-# %% ../nbs/16c_report.ipynb 84
+# %% ../nbs/16c_report.ipynb 86
 def _section_alerts(alerts:list[tuple]) -> str:
     "Red alerts (or a green all-clear) and amber notes, at the top of the page."
     red = [m for l, m in alerts if l == "red"]; amber = [m for l, m in alerts if l != "red"]
@@ -663,7 +670,7 @@ def _section_alerts(alerts:list[tuple]) -> str:
     if not red: out += div("ok", "No failed gate, no leakage finding, no failed closure test.")
     return out + "".join(div("amber", _e(m)) for m in amber)
 
-# %% ../nbs/16c_report.ipynb 85
+# %% ../nbs/16c_report.ipynb 87
 def _section_headline(th:dict, hl:dict, calib:dict|None) -> str:
     "The operating point and the headline numbers, precision next to its caveat."
     rows = [("Detection threshold", f"p(lens) ≥ {th['value']:.4g} ({th['how']})"),
@@ -679,16 +686,16 @@ def _section_headline(th:dict, hl:dict, calib:dict|None) -> str:
     return (f"<table>{body}</table><p class=sub>Intervals: 95% percentile bootstrap ({_e(hl.get('n_bootstrap', 1000))} resamples) unless stated; "
             "for recall, k/n and the Wilson interval too (a bootstrap of a few 0/1 outcomes is degenerate).</p>")
 
-# %% ../nbs/16c_report.ipynb 86
+# %% ../nbs/16c_report.ipynb 88
 def _section_claims() -> str:
     "What the numbers do not support (spec §7.7)."
     return '<ul class="claims">' + "".join(f"<li><b>{_e(a)}</b> {_e(b)}</li>" for a, b in CLAIMS_TO_AVOID) + "</ul>"
 
-# %% ../nbs/16c_report.ipynb 87
+# %% ../nbs/16c_report.ipynb 89
 def _passfail(ok) -> str:
     return '<span class="pass">pass</span>' if ok is True else '<span class="fail">FAIL</span>' if ok is False else "n/a"
 
-# %% ../nbs/16c_report.ipynb 88
+# %% ../nbs/16c_report.ipynb 90
 def _section_leakage(leakage:dict|None) -> str:
     "Every leakage check of manifests/leakage.json with its count and examples."
     if not leakage: return "<p class=sub>No leakage report in this run.</p>"
@@ -699,7 +706,7 @@ def _section_leakage(leakage:dict|None) -> str:
     extra += ".</p>"
     return f"<table><tr><th>check</th><th>result</th><th>count</th><th>examples</th></tr>{rows}</table>" + extra
 
-# %% ../nbs/16c_report.ipynb 89
+# %% ../nbs/16c_report.ipynb 91
 def _section_gates(gates:dict|None, summary:dict|None) -> str:
     "Shortcut gates on raw and preprocessed pixels, cutout quality gates, per-feature shortcut AUCs."
     out = ""
@@ -719,7 +726,7 @@ def _section_gates(gates:dict|None, summary:dict|None) -> str:
         if len(f): out += "<h3>Shortcut AUC by feature (max(AUC, 1 − AUC); bootstrap 95%)</h3>" + html_table(f)
     return out or "<p class=sub>No gate or validation results in this run.</p>"
 
-# %% ../nbs/16c_report.ipynb 90
+# %% ../nbs/16c_report.ipynb 92
 def _flat_items(d:Mapping, prefix:str="") -> list[tuple[str, Any]]:
     "(dotted key, leaf) pairs of a nested mapping."
     out = []
@@ -728,7 +735,7 @@ def _flat_items(d:Mapping, prefix:str="") -> list[tuple[str, Any]]:
         out += _flat_items(v, key) if isinstance(v, Mapping) else [(key, v)]
     return out
 
-# %% ../nbs/16c_report.ipynb 91
+# %% ../nbs/16c_report.ipynb 93
 def _closure_line(name:str, c:Mapping) -> str:
     "One closure test in words: predicted vs measured recall with intervals, the difference's p-value, the smallest detectable gap."
     if c.get("measured_recall") is None or c.get("predicted_recall") is None:
@@ -742,7 +749,7 @@ def _closure_line(name:str, c:Mapping) -> str:
     return (f"<p>Closure test, {_e(name)}{_e(n)}: recall predicted from the injections <b>{c['predicted_recall']:.3f}</b>{pred_ci}, measured "
             f"<b>{c['measured_recall']:.3f}</b>{meas_ci} — {verdict}{_e(extra)}.</p>")
 
-# %% ../nbs/16c_report.ipynb 92
+# %% ../nbs/16c_report.ipynb 94
 def _section_closure(closure:dict|None) -> str:
     "The closure tests and the feature probe (injection/closure.json), every field shown."
     if not closure: return "<p class=sub>No injection-recovery stage in this run: completeness is not measured.</p>"
@@ -757,12 +764,12 @@ def _section_closure(closure:dict|None) -> str:
     rows = "".join(f"<tr><td>{_e(k)}</td><td>{_e(T._fmt(v) if not isinstance(v, list) else ', '.join(T._fmt(x) for x in v))}</td></tr>" for k, v in _flat_items(closure))
     return lead + f"<details><summary>all fields of closure.json</summary><table>{rows}</table></details>"
 
-# %% ../nbs/16c_report.ipynb 93
+# %% ../nbs/16c_report.ipynb 95
 FIGURE_CAPTIONS: dict[str, str] = {
     "fig1_data_schematic": "Data flow and splits with this run's counts: known lenses give the positives (Tier A confident, Tier B probable); "
         "the sweep catalogues give the negative pool (N1 ordinary, N2 confuser proxies) away from known lenses; HEALPix pixels assign train/val/test.",
     "fig2_score_distributions": "p(lens) of positives and negatives on the evaluation split, per stratum (unit area per class, log scale); dashed: the detection threshold.",
-    "fig3_selection_function": "Completeness C(θE, PSF) from injection–recovery at three depths; numbers: half-width of the 95% interval (percentage points); "
+    "fig3_selection_function": "Completeness C(θE, PSF) from injection–recovery at three depths (colour); ±: half-width of the 95% Wilson interval (percentage points); "
         "hatched ×: no injections (unmeasured).",
     "fig4_failure_gallery": "A seeded random sample of false negatives (top two rows) and false positives (bottom two rows) at the threshold, grz composites; "
         "titles: score and tier (on the mock sky also θE and arc S/N from its truth) or contaminant category; the row labels give the totals.",
@@ -774,13 +781,13 @@ FIGURE_CAPTIONS: dict[str, str] = {
         "fraction (dotted), not the sky's.",
     "fig8_contaminant_fpr": "False-positive rate by contaminant category at the threshold, Wilson 95% intervals; flagged/n on the right."}
 
-# %% ../nbs/16c_report.ipynb 94
+# %% ../nbs/16c_report.ipynb 96
 def _img(url:str, alt:str, dpi:int=200, zoom:float=1.35) -> str:
     "An <img> with the PNG at `url` embedded as a data URI, shown at `zoom` × its print size (CSS px = 1/96 in)."
     b = read_bytes(url); width_px = int.from_bytes(b[16:20], "big")          # PNG IHDR width
     return f'<img src="data:image/png;base64,{base64.b64encode(b).decode()}" alt="{_e(alt)}" style="width:{round(width_px / dpi * 96 * zoom)}px">'
 
-# %% ../nbs/16c_report.ipynb 95
+# %% ../nbs/16c_report.ipynb 97
 def _section_figures(figs:dict, out_dir:str, dpi:int=200) -> str:
     "Every figure embedded, with its caption and links to the files beside the page."
     out = ""
@@ -790,7 +797,7 @@ def _section_figures(figs:dict, out_dir:str, dpi:int=200) -> str:
                 f'{_e(FIGURE_CAPTIONS.get(name, ""))} <span class="files">{links}</span></figcaption></figure>')
     return out
 
-# %% ../nbs/16c_report.ipynb 96
+# %% ../nbs/16c_report.ipynb 98
 def _section_tables(tabs:dict, files:dict) -> str:
     "Every table as HTML (the long lookup folded), its caption and links to CSV and LaTeX."
     out = ""
@@ -801,7 +808,7 @@ def _section_tables(tabs:dict, files:dict) -> str:
         out += f'<h3 id="{name}">Table {name[5]}. {_e(TABLE_CAPTIONS.get(name, ""))}{cav}</h3><p class="files">{links}</p>{body}'
     return out
 
-# %% ../nbs/16c_report.ipynb 97
+# %% ../nbs/16c_report.ipynb 99
 def _section_strata(summ:pd.DataFrame|None) -> str:
     "Per nobs_z bin: counts, AUC, recall, FPR and manifest precision (with the caveat beside it)."
     if summ is None or summ.empty: return ""
@@ -812,7 +819,7 @@ def _section_strata(summ:pd.DataFrame|None) -> str:
     return ("<h3>By z-band exposure count (evaluation split)</h3>" + html_table(t)
             + f'<p><span class="caveat">precision_manifest: {_e(cal.PREVALENCE_CAVEAT)}</span></p>')
 
-# %% ../nbs/16c_report.ipynb 98
+# %% ../nbs/16c_report.ipynb 100
 def render_page(rep:dict, tabs:dict, strata:pd.DataFrame|None, inp:ReportInputs, out_dir:str,
                 sections:Sequence[tuple[str, str]]=()) -> str:
     "The whole HTML page from `report.json`'s content, the tables and the inputs; `sections` ((title, html) pairs) go before the figures."
@@ -829,7 +836,7 @@ def render_page(rep:dict, tabs:dict, strata:pd.DataFrame|None, inp:ReportInputs,
     return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width,initial-scale=1'>"
             f"<title>stronglens audit: {_e(rep['finder'])}</title><style>{PAGE_CSS}</style></head><body><main>{''.join(parts)}</main></body></html>")
 
-# %% ../nbs/16c_report.ipynb 100
+# %% ../nbs/16c_report.ipynb 102
 def _calibration_summary(rel:dict|None, cfg:ReportConfig) -> dict|None:
     "ECE and Brier before/after temperature scaling (with CIs) and the fitted temperature, JSON-ready."
     if not rel: return None
@@ -838,7 +845,7 @@ def _calibration_summary(rel:dict|None, cfg:ReportConfig) -> dict|None:
             "ece_before": float(m.loc["before", "ece"]), "ece_after": float(m.loc["after", "ece"]),
             "metrics": {k: {c: (float(v) if isinstance(v, (int, float, np.floating)) else v) for c, v in row.items()} for k, row in m.to_dict("index").items()}}
 
-# %% ../nbs/16c_report.ipynb 101
+# %% ../nbs/16c_report.ipynb 103
 def _missing(inp:ReportInputs) -> list[str]:
     "What the report could not produce, and why."
     out = []
@@ -846,7 +853,7 @@ def _missing(inp:ReportInputs) -> list[str]:
     if inp.checkpoint is None: out += ["Table 5: no checkpoint (an external finder, or model/checkpoints/best.pt missing)."]
     return out
 
-# %% ../nbs/16c_report.ipynb 102
+# %% ../nbs/16c_report.ipynb 104
 def _check_extras(alerts:Sequence, sections:Sequence) -> tuple[list[tuple], list[tuple]]:
     "`build_report`'s extra alerts ((level, message), level red|amber) and sections ((title, html)) as tuples; ValueError naming a bad one."
     al, se = [tuple(a) for a in alerts or ()], [tuple(s) for s in sections or ()]
@@ -857,7 +864,7 @@ def _check_extras(alerts:Sequence, sections:Sequence) -> tuple[list[tuple], list
     return al, se
 
 
-# %% ../nbs/16c_report.ipynb 103
+# %% ../nbs/16c_report.ipynb 105
 def build_report(inp:ReportInputs, out_dir:str, cfg:ReportConfig|None=None, provenance:dict|None=None, log=print,
                  extra_alerts:Sequence[tuple[str, str]]=(), # more (level, message) alerts, e.g. an audit's verdict
                  extra_sections:Sequence[tuple[str, str]]=() # (title, html) sections for the page, before the figures
@@ -885,7 +892,7 @@ def build_report(inp:ReportInputs, out_dir:str, cfg:ReportConfig|None=None, prov
     atomic_write_text(url_join(out_dir, "index.html"), render_page(rep, tabs, extra.get("nobs_z_table"), inp, out_dir, extra_sections))
     return rep
 
-# %% ../nbs/16c_report.ipynb 111
+# %% ../nbs/16c_report.ipynb 113
 def run_report_stage(cfg, run_dir:str, progress:bool=True) -> dict:
     "Pipeline stage `report`: figures, tables, report.json and index.html into `<run_dir>/report/`."
     from stronglens.runs import stage_run
