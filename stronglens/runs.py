@@ -4,7 +4,7 @@
 
 # %% ../nbs/00b_runs.ipynb 3
 from __future__ import annotations
-import dataclasses, datetime, hashlib, json, os, re, socket, time, uuid
+import dataclasses, datetime, fnmatch, hashlib, json, os, re, socket, time, uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -88,6 +88,8 @@ class StageSpec:
     when: tuple = ()                   # (upstream, `needed(cfg)`) pairs: an upstream read only under some configs
     inputs: Callable|None = None       # `inputs(cfg, run_dir)`: files/folders outside the run it reads
     outputs: Callable|None = None      # `outputs(cfg, run_dir)`: output folders outside its stage folder
+    reports: tuple = ()                # globs of its stage-folder files that describe the run (timings, provenance), not
+                                       # data: verified for its own skip, but not part of the fingerprint downstream stages see
     adopts: bool = False               # its runner vets files already under its output folders itself (kept, never cleared unmarked)
     runner: str = ""                   # `module:function` of its stage runner (documentation, `stronglens stages`)
 
@@ -103,6 +105,7 @@ STAGES: dict[str, StageSpec] = {s.name: s for s in [
               ("cutouts", "-cutouts.n_workers", "-cutouts.concurrency", "-cutouts.rate_limit_per_s", "-cutouts.timeout_s",
                "-cutouts.max_retries", "-cutouts.backoff_base_s", "-cutouts.backoff_max_s", "-cutouts.spark_partitions"),
               when=(("sky", _mock_pixels),), outputs=_nonempty("cutouts.out_prefix"), adopts=True,
+              reports=("cutouts_report.json", "failed_cutouts.parquet"),
               runner="stronglens.cutoutsource:run_cutouts_stage"),
     StageSpec("train", "model", "03_train.ipynb", ("catalogs", "cutouts"), ("training", "-training.train.num_workers"),
               inputs=_nonempty("training.dataset.manifest_path"), outputs=_nonempty("training.train.out_dir"),
@@ -729,7 +732,8 @@ def _finish(st:StageRun):
     atomic_write_parquet(t, st.path(FILES_TABLE))
     outputs = {"digest": table_digest(t), "n_files": int(len(t)), "bytes": int(t["size"].sum())}
     status = "done_with_failures" if (st._failures or {}).get("n_failed") else "done"
-    fp = hashlib.sha256(json.dumps([st.plan.config_hash, st.plan.inputs, outputs["digest"]], sort_keys=True).encode()).hexdigest()[:16]
+    data = t[(t["root"] != "") | ~t["path"].map(lambda p: any(fnmatch.fnmatch(p, g) for g in st.spec.reports))]
+    fp = hashlib.sha256(json.dumps([st.plan.config_hash, st.plan.inputs, table_digest(data)], sort_keys=True).encode()).hexdigest()[:16]
     st._marker.update(status=status, finished_utc=_now(), seconds=round(time.time() - st._t0, 1), outputs=outputs, fingerprint=fp,
                       failures=st._failures, result=_jsonable(st.result), error=None)
     atomic_write_json(st.marker_url, st._marker)

@@ -264,3 +264,23 @@ def test_audit_reruns_when_its_finder_file_is_replaced(tmp_path):
     scores.write_text("galaxy_id,p_lens\na,0.9\n")
     p = plan_stage(run, "audit:ext", c)
     assert p.action == "rerun" and "finder_scores.csv" in p.reasons[0], p
+
+
+def test_a_redone_output_with_the_same_bytes_does_not_rerun_downstream(tmp_path):
+    """One deleted NPZ, regenerated with the same bytes, retrained the model: the cutouts' report (timings, counts of this
+    run, commit) changed the stage's fingerprint. Report files are verified for the stage's own skip, not fed downstream."""
+    run, c = tmp_path / "run", cfg()
+    sky(c, run); catalogs(c, run)
+    def cut():
+        with stage_run(run, "cutouts", c, log=lambda *_: None) as st:
+            if st.skip: return
+            todo = [g for g in ("a", "b") if not Path(st.path(f"{g}.npz")).exists()]
+            for g in todo: Path(st.path(f"{g}.npz")).write_bytes(f"pixels of {g}".encode())
+            Path(st.path("cutouts_report.json")).write_text(json.dumps({"n_written": len(todo), "t": time.time()}))
+    cut(); fp = read_marker(run, STAGES["cutouts"])["fingerprint"]
+    (run / "cutouts" / "b.npz").unlink()
+    assert plan_stage(run, "cutouts", c).action == "resume"
+    cut()
+    assert read_marker(run, STAGES["cutouts"])["fingerprint"] == fp
+    (run / "cutouts" / "cutouts_report.json").unlink()                            # still an output of the stage itself
+    assert plan_stage(run, "cutouts", c).action == "resume"

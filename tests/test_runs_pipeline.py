@@ -21,7 +21,7 @@ STAMP = re.compile(r"\d{8}_\d{6}")
 # JSON/checkpoints the stage fingerprints a provenance record quotes (`inputs`; the sky's metadata holds its build
 # time), the training cache's key (file mtimes) and the global torch RNG state a checkpoint stores (weights do match)
 VOLATILE = re.compile(r"(^|_)(utc|seconds|timestamp|created|finished|started|git_commit|per_s|time|elapsed_s)($|_)")
-VOLATILE_KEYS = re.compile(VOLATILE.pattern + r"|^(inputs|key|rng_torch)$")
+VOLATILE_KEYS = re.compile(VOLATILE.pattern + r"|^(inputs|key|rng_torch|run_dir)$")   # run_dir: the folder itself
 
 
 def _stages(run: Path) -> list[str]:
@@ -51,9 +51,16 @@ def _strip(o):
     return o
 
 
-def same_content(a: Path, b: Path) -> bool:
-    "Equal bytes, or equal content once volatile fields (times, speeds, commit) are set aside."
+# in pages and tables: the run folder, ISO times and the git commit (a report's footer)
+TEXT_VOLATILE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?([+-]\d{2}:\d{2}|Z)?|commit [0-9a-f]{7,40}")
+
+
+def same_content(a: Path, b: Path, ra: Path | None = None, rb: Path | None = None) -> bool:
+    "Equal bytes, or equal content once volatile fields (times, speeds, commit, the run folders ra/rb) are set aside."
     if a.read_bytes() == b.read_bytes(): return True
+    if a.suffix in (".html", ".md", ".tex", ".txt") and ra and rb:
+        norm = lambda f, r: TEXT_VOLATILE.sub("<v>", f.read_text(errors="replace").replace(str(r), "<run>"))
+        return norm(a, ra) == norm(b, rb)
     if a.suffix in (".parquet", ".csv"):
         rd = pd.read_parquet if a.suffix == ".parquet" else pd.read_csv
         x, y = rd(a), rd(b)
@@ -75,7 +82,7 @@ def compare_runs(a: Path, b: Path) -> list[str]:
     "Outputs that differ between runs a and b: missing on either side, or other content (see `same_content`)."
     oa, ob = _outputs(a), _outputs(b)
     return sorted(k for k in set(oa) | set(ob)
-                  if k not in oa or k not in ob or (oa[k][1] != ob[k][1] or not oa[k][1]) and not same_content(oa[k][0], ob[k][0]))
+                  if k not in oa or k not in ob or (oa[k][1] != ob[k][1] or not oa[k][1]) and not same_content(oa[k][0], ob[k][0], a, b))
 
 
 def procs_with_token(token: str) -> list[int]:
@@ -136,18 +143,30 @@ def test_kill_in_every_stage_then_rerun_equals_an_uninterrupted_run(tiny_run, tm
     assert not list(run.rglob(".tmp-*")), "temp files left behind"
 
 
+def _n_newer(folder: Path, t0_ns: int) -> int:
+    "NPZ files in `folder` written after `t0_ns` (one stat each; a file cleared meanwhile is not counted)."
+    n = 0
+    for f in folder.glob("*.npz"):
+        try: n += f.stat().st_mtime_ns > t0_ns
+        except FileNotFoundError: pass
+    return n
+
+
 def test_cutouts_killed_under_another_seed_never_mix(tiny_run, tmp_path):
     run = copy_run(tiny_run, tmp_path / "run")
     seed0 = load_config(run / "config.yaml").cutouts.seed
     npz = lambda: {p.name: p.read_bytes() for p in (run / "cutouts").glob("*.npz")}
     ref = npz()
-    p = subprocess.Popen([STRONGLENS, "run", "cutouts", "--run-dir", str(run), "-p", "cutouts.seed", str(seed0 + 3)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert _wait(lambda: sum(1 for f in (run / "cutouts").glob("*.npz") if f.read_bytes() != ref.get(f.name)) >= 20, 900)
+    orig = tmp_path / "orig.yaml"; shutil.copy(run / "config.yaml", orig)   # the command saves what it ran with
+    t0 = time.time_ns()
+    # small batches: the seed-3 run writes a few files at a time, so it is killed part-way even on a loaded machine
+    p = subprocess.Popen([STRONGLENS, "run", "cutouts", "--run-dir", str(run), "-p", "cutouts.seed", str(seed0 + 3),
+                          "-p", "cutouts.batch_size", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert _wait(lambda: _n_newer(run / "cutouts", t0) >= 20 or p.poll() is not None, 900)
     p.send_signal(signal.SIGKILL); p.wait()
     half = {k: v for k, v in npz().items() if v != ref.get(k)}          # what the killed seed-3 run wrote
     assert 20 <= len(half) < len(ref)
-    r = cli("run", "cutouts", "--run-dir", run, "-p", "cutouts.seed", seed0)
+    r = cli("run", "cutouts", "--run-dir", run, "--config", orig)         # back to the run's own config
     assert r.returncode == 0, r.stderr
     assert f"cutouts.seed: {seed0 + 3} -> {seed0}" in r.stdout and "clear" in r.stdout, r.stdout
     final = npz()
