@@ -88,6 +88,7 @@ class InjectionConfig:
     # --- closure test and feature probe
     closure_k_neighbours: int = 20         # injections matched to each positive (nearest in θE, PSF, depth, log arc S/N)
     closure_max_distance: float = 2.0      # farthest match allowed, in grid steps (log10 arc S/N: 0.1 dex = one step)
+    planted_max: int = 0                   # mock only: planted test-split lenses rendered for the closure test (0: all; else a seeded random subset)
     probe_folds: int = 5                   # cross-validation folds of the feature probe
     n_bootstrap: int = 1000                # resamples for the probe's AUC interval
     # --- engine
@@ -112,6 +113,7 @@ class InjectionConfig:
         if self.threshold_split not in ("val", "test"): raise ValueError(f"injection.threshold_split: expected 'val' or 'test', got {self.threshold_split!r}")
         if not 0 < self.threshold_value < 1: raise ValueError(f"injection.threshold_value: expected in (0, 1), got {self.threshold_value}")
         if self.engine not in ("local", "spark"): raise ValueError(f"injection.engine: expected 'local' or 'spark', got {self.engine!r}")
+        if self.planted_max < 0: raise ValueError(f"injection.planted_max: expected >= 0 (0: every planted lens), got {self.planted_max}")
         if self.n_workers < 1 or self.proposals_per_round < 1 or self.closure_k_neighbours < 1: raise ValueError("injection: n_workers, proposals_per_round and closure_k_neighbours must be >= 1")
 
 # %% ../nbs/14_injection.ipynb 9
@@ -786,10 +788,10 @@ def plot_completeness(marginals:pd.DataFrame, vs_snr:pd.DataFrame|None=None, thr
 
 # %% ../nbs/14_injection.ipynb 120
 def plot_gallery(gallery:dict, n:int=12, n_cols:int=6):
-    "Injected stamps with their arcs alone below (grz composites, same stretch), ordered by θE: a `Figure`."
+    "Injected stamps with their arcs alone below (grz composites, same stretch), spread over arc S/N from faint to bright: a `Figure`."
     from stronglens.figures import new_figure, paper_style
     from stronglens.physics import grz_composite
-    i = np.argsort(gallery["theta_e"], kind="stable"); i = i[np.unique(np.linspace(0, len(i) - 1, min(n, len(i))).round().astype(int))]
+    i = np.argsort(gallery["arc_snr"], kind="stable"); i = i[np.unique(np.linspace(0, len(i) - 1, min(n, len(i))).round().astype(int))]
     n_rows = 2 * math.ceil(len(i) / n_cols)
     with paper_style():
         fig = new_figure(7.1, 1.3 * n_rows); axs = fig.subplots(n_rows, n_cols, squeeze=False)
@@ -939,13 +941,15 @@ def tier_a_targets(inp:dict, threshold:float, c:InjectionConfig, truth_path:str=
 
 # %% ../nbs/14_injection.ipynb 138
 def planted_targets(inp:dict, cfg, run_dir:str, scorer, threshold:float, c:InjectionConfig) -> pd.DataFrame:
-    "Every planted lens of the mock sky in the test split (listed or not), rendered like the cutout stage and scored."
+    "Every planted lens of the mock sky in the test split (listed or not; a seeded subset of `planted_max`), rendered like the cutout stage and scored."
     from stronglens.splits import healpix_split
     from stronglens.cutoutsource import source_from_config, CutoutsConfig
     from stronglens.negatives import NegativeSamplingConfig
     truth, meta = inp["truth"], inp["sky_meta"]; neg = getattr(cfg, "negatives", None) or NegativeSamplingConfig()
     _, split = healpix_split(truth.ra.to_numpy(), truth.dec.to_numpy(), neg.healpix.nside, neg.splits.allocations, neg.splits.seed, neg.healpix.nest)
     t = truth[np.asarray(split) == HOST_SPLIT].rename(columns={"theta_e_arcsec": "theta_e"}).reset_index(drop=True)
+    n_all = len(t)
+    if c.planted_max and n_all > c.planted_max: t = t.sample(n=c.planted_max, random_state=c.seed).sort_index().reset_index(drop=True)
     cols = [f"PSFSIZE_{b}" for b in "GRZ"] + [f"PSFDEPTH_{b}" for b in "GRZ"]
     t = _conditions(pd.concat([t.drop(columns=[k.lower() for k in cols], errors="ignore"),
                                sweep_lookup(t, [url_join(run_dir, "sky", f) for f in meta["files"]["sweeps"]], cols)], axis=1), c)
@@ -955,7 +959,7 @@ def planted_targets(inp:dict, cfg, run_dir:str, scorer, threshold:float, c:Injec
     t = t[ok].reset_index(drop=True)
     t["p_lens"] = 1 / (1 + np.exp(-np.asarray(scorer(X, t), np.float64))) if len(t) else np.zeros(0)
     t = t.assign(detected=t.p_lens >= threshold)
-    t.attrs.update(n_render_failed=int((~ok).sum()), render_failure=bad[0] if bad else "")
+    t.attrs.update(n_planted_test=int(n_all), n_render_failed=int((~ok).sum()), render_failure=bad[0] if bad else "")
     return t
 
 # %% ../nbs/14_injection.ipynb 139
@@ -1062,7 +1066,7 @@ def run_injection(st,                     # an open `stage_run` (any stage: `inj
     "The grid, lookup table, marginals, closure test, feature probe and figures of one finder; returns the result dict."
     t0 = time.time(); out = OutFolder(st, sub); inp = {**load_inputs(cfg, st.run_dir), "scores": scores}; c = inp["cfg"]
     cells = grid_cells(c); hosts = inp["hosts"][(inp["hosts"].i_psf >= 0) & (inp["hosts"].i_depth >= 0)].reset_index(drop=True)
-    ctx = CellContext(c, hosts, inp["colours"], scorer, gallery_cells(cells, hosts), psf=inp["psf"], gain_scale=inp["gain_scale"])
+    ctx = CellContext(c, hosts, inp["colours"], scorer, gallery_cells(cells, hosts), 4, psf=inp["psf"], gain_scale=inp["gain_scale"])
     done = _done_cells(out, retry_failed=st.retrying); todo = cells[~cells.cell_id.isin(done)]
     st.log(f"{len(todo)} of {len(cells)} cells to run ({len(done)} already done); {len(ctx.hosts)} hosts on the grid")
     run_injections(todo, ctx, engine or c.engine, c.n_workers, lambda r: _write_cell(out, r), progress, c.spark_master)
