@@ -231,7 +231,7 @@ def _stamp(ax, img, title, rgb):
     ax.set_xticks([]); ax.set_yticks([])
     for s in ax.spines.values(): s.set_visible(False)
     if img is None:
-        ax.text(0.5, 0.5, "—", ha="center", va="center", color="0.6", fontsize=8, transform=ax.transAxes); return
+        ax.text(0.5, 0.5, title or "—", ha="center", va="center", color="0.4" if title else "0.6", fontsize=7 if title else 8, transform=ax.transAxes); return
     ax.imshow(rgb(np.nan_to_num(np.asarray(img, float))), origin="lower", interpolation="nearest")
     ax.set_title(title, fontsize=6, pad=2)
 
@@ -248,7 +248,7 @@ def fig_failure_gallery(fn:pd.DataFrame, fp:pd.DataFrame, images:Mapping[str, np
         rows = list(df.head(per_class).itertuples(index=False))
         for i in range(per_class):
             r = rows[i] if i < len(rows) else None
-            ttl = "" if r is None else f"p={r.p_lens:.3f}" + (f" {getattr(r, note)}" if note and getattr(r, note, "") else "")
+            ttl = ("none at this\nthreshold" if not rows and i == 0 else "") if r is None else f"p={r.p_lens:.3f}" + (f" {getattr(r, note)}" if note and getattr(r, note, "") else "")
             _stamp(axes[off + i], None if r is None else images.get(r.galaxy_id), ttl, rgb)
     axes[0].set_ylabel(f"false negatives\n{n_fn:,} of {n_pos:,} lenses", fontsize=7)
     axes[8].set_ylabel(f"false positives\n{n_fp:,} of {n_neg:,} non-lenses", fontsize=7)
