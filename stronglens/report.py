@@ -24,7 +24,7 @@ __all__ = ['SCORE_COLUMNS', 'STATUS_WORDS', 'TABLE_CAPTIONS', 'REFERENCE_CATEGOR
            'synthetic_run', 'contaminant_categories', 'scored_table', 'inherited_rule', 'detection_threshold',
            'quality_gate_rule', 'report_alerts', 'schematic_counts', 'failure_examples', 'lens_notes', 'load_stamps',
            'stratum_labels', 'report_tables', 'recall_band', 'report_figures', 'headline_numbers', 'html_table',
-           'render_page', 'build_report', 'run_report_stage']
+           'render_page', 'operating_point_alerts', 'build_report', 'run_report_stage']
 
 # %% ../nbs/16c_report.ipynb 6
 @dataclass
@@ -679,7 +679,8 @@ def _section_headline(th:dict, hl:dict, calib:dict|None) -> str:
             ("Recall, Tier-A anchors" + (f" ({hl['tierA_recall']['n']})" if hl.get("tierA_recall") else ""), _ci(hl.get("tierA_recall"))),
             ("Recall, Tier-B" + (f" ({hl['tierB_recall']['n']})" if hl.get("tierB_recall") else ""), _ci(hl.get("tierB_recall")))]
     body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
-    body += (f"<tr><th>Precision at the manifest's lens fraction ({hl['prevalence_manifest']:.3f})</th><td>{hl['precision_manifest']:.3f} "
+    prec = f"{hl['precision_manifest']:.3f}" if np.isfinite(hl["precision_manifest"]) else "undefined (nothing flagged at the threshold)"
+    body += (f"<tr><th>Precision at the manifest's lens fraction ({hl['prevalence_manifest']:.3f})</th><td>{prec} "
              f'<span class="caveat">{_e(hl["prevalence_caveat"])}</span></td></tr>')
     if calib: body += (f"<tr><th>Calibration (ECE, {th['eval_split']})</th><td>before {calib['ece_before']:.4f}, after temperature scaling "
                        f"{calib['ece_after']:.4f} (T = {calib['temperature']:.3f}, fitted on {calib['fit_split']})</td></tr>")
@@ -846,6 +847,16 @@ def _calibration_summary(rel:dict|None, cfg:ReportConfig) -> dict|None:
             "metrics": {k: {c: (float(v) if isinstance(v, (int, float, np.floating)) else v) for c, v in row.items()} for k, row in m.to_dict("index").items()}}
 
 # %% ../nbs/16c_report.ipynb 103
+def operating_point_alerts(hl:dict) -> list[tuple]:
+    "Amber when the finder flags none of the evaluation positives at the threshold (every recall on the page is then 0)."
+    r = hl.get("recall") or {}
+    if r.get("n") and r.get("k") == 0:
+        return [("amber", f"Nothing detected at the operating point: 0 of {r['n']:,} {hl.get('split', 'evaluation')}-split positives score at or above "
+                          "the threshold; recall, completeness and precision there say so, not the ranking (see ROC AUC).")]
+    return []
+
+
+# %% ../nbs/16c_report.ipynb 105
 def _missing(inp:ReportInputs) -> list[str]:
     "What the report could not produce, and why."
     out = []
@@ -853,7 +864,7 @@ def _missing(inp:ReportInputs) -> list[str]:
     if inp.checkpoint is None: out += ["Table 5: no checkpoint (an external finder, or model/checkpoints/best.pt missing)."]
     return out
 
-# %% ../nbs/16c_report.ipynb 104
+# %% ../nbs/16c_report.ipynb 106
 def _check_extras(alerts:Sequence, sections:Sequence) -> tuple[list[tuple], list[tuple]]:
     "`build_report`'s extra alerts ((level, message), level red|amber) and sections ((title, html)) as tuples; ValueError naming a bad one."
     al, se = [tuple(a) for a in alerts or ()], [tuple(s) for s in sections or ()]
@@ -864,7 +875,7 @@ def _check_extras(alerts:Sequence, sections:Sequence) -> tuple[list[tuple], list
     return al, se
 
 
-# %% ../nbs/16c_report.ipynb 105
+# %% ../nbs/16c_report.ipynb 107
 def build_report(inp:ReportInputs, out_dir:str, cfg:ReportConfig|None=None, provenance:dict|None=None, log=print,
                  extra_alerts:Sequence[tuple[str, str]]=(), # more (level, message) alerts, e.g. an audit's verdict
                  extra_sections:Sequence[tuple[str, str]]=() # (title, html) sections for the page, before the figures
@@ -881,9 +892,10 @@ def build_report(inp:ReportInputs, out_dir:str, cfg:ReportConfig|None=None, prov
         ffiles[k] = {"files": {fmt: f"figures/{k}.{fmt}" for fmt in cfg.formats}, "n_panels": F.n_panels(f)}
         F.save_figure(f, url_join(out_dir, "figures"), k, cfg.formats, cfg.dpi)
     log(f"wrote {len(figs)} figures and {len(tabs)} tables")
+    hl = {**headline_numbers(sc, th, cfg), "n_bootstrap": cfg.n_bootstrap}
     rep = {"finder": inp.finder, "run_dir": inp.run_dir, "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "threshold": th, "headline": {**headline_numbers(sc, th, cfg), "n_bootstrap": cfg.n_bootstrap},
-           "calibration": _calibration_summary(extra.get("calibration"), cfg), "alerts": sorted(report_alerts(inp, cfg) + extra_alerts, key=lambda a: a[0] != "red"),
+           "threshold": th, "headline": hl,
+           "calibration": _calibration_summary(extra.get("calibration"), cfg), "alerts": sorted(report_alerts(inp, cfg) + operating_point_alerts(hl) + extra_alerts, key=lambda a: a[0] != "red"),
            "figures": ffiles, "tables": {k: {"csv": f"tables/{k}.csv", "tex": f"tables/{k}.tex"} for k in tfiles},
            "table_rows": {k: len(v) for k, v in tabs.items()}, "category_source": sc.attrs.get("category_source", ""),
            "missing": _missing(inp), "extra_sections": [t for t, _ in extra_sections], "claims_to_avoid": [a for a, _ in CLAIMS_TO_AVOID], "prevalence_caveat": cal.PREVALENCE_CAVEAT,
@@ -892,7 +904,7 @@ def build_report(inp:ReportInputs, out_dir:str, cfg:ReportConfig|None=None, prov
     atomic_write_text(url_join(out_dir, "index.html"), render_page(rep, tabs, extra.get("nobs_z_table"), inp, out_dir, extra_sections))
     return rep
 
-# %% ../nbs/16c_report.ipynb 113
+# %% ../nbs/16c_report.ipynb 115
 def run_report_stage(cfg, run_dir:str, progress:bool=True) -> dict:
     "Pipeline stage `report`: figures, tables, report.json and index.html into `<run_dir>/report/`."
     from stronglens.runs import stage_run
