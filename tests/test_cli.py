@@ -73,6 +73,24 @@ def toy(tmp_path, monkeypatch):
     return pd, cfg, env
 
 
+@pytest.fixture(scope="module")
+def toy_done(tmp_path_factory):
+    "A finished toy run, made once for the module (kernels are the slow part); tests work on a `cp -r` copy."
+    base = tmp_path_factory.mktemp("toydone")
+    pd = base / "pipeline"; pd.mkdir()
+    _nb(pd / "00_sky.ipynb", SKY); _nb(pd / "01_catalogs.ipynb", CATALOGS); _nb(pd / "02_cutouts.ipynb", LEGACY_CUTOUTS)
+    cfg = base / "toy.yaml"; cfg.write_text("run: {name: toy, seed: 1}\nsky: {seed: 7}\n")
+    env = {**os.environ, "STRONGLENS_PIPELINE_DIR": str(pd)}
+    r = _run(["demo", str(base / "run"), "--config", str(cfg)], env)
+    assert r.returncode == 0, r.stderr
+    return base / "run", env, r.stdout
+
+
+def _copy(toy_done, dst):
+    subprocess.run(["cp", "-r", str(toy_done[0]), str(dst)], check=True)
+    return dst, toy_done[1]
+
+
 def _run(args, env, timeout=300, **kw):
     return subprocess.run([EXE, *args], env=env, capture_output=True, text=True, timeout=timeout, **kw)
 
@@ -117,10 +135,8 @@ def test_demo_on_an_existing_run_uses_its_own_config(toy, tmp_path):
     assert (run / "sky" / "seed.txt").read_text() == "5"
 
 
-def test_dry_run_lists_what_would_rerun_and_writes_nothing(toy, tmp_path):
-    pd, cfg, env = toy
-    run = tmp_path / "run"
-    assert _run(["demo", str(run), "--config", str(cfg)], env).returncode == 0
+def test_dry_run_lists_what_would_rerun_and_writes_nothing(toy_done, tmp_path):
+    run, env = _copy(toy_done, tmp_path / "run")
     before = sorted((p, p.stat().st_mtime_ns) for p in run.rglob("*"))
     r = _run(["demo", str(run), "--dry-run", "-p", "sky.seed", "9"], env)
     assert r.returncode == 0, r.stderr
@@ -203,11 +219,9 @@ def test_sigkill_of_the_command_leaves_no_orphan(toy, tmp_path):
     assert plan_stage(run, "sky", load_config(run / "config.yaml")).action == "resume"
 
 
-def test_dry_run_after_a_deleted_output(toy, tmp_path):
+def test_dry_run_after_a_deleted_output(toy_done, tmp_path):
     "A resumed upstream regenerates the same bytes: the dry run says so instead of announcing reruns downstream."
-    pd, cfg, env = toy
-    run = tmp_path / "run"
-    assert _run(["demo", str(run), "--config", str(cfg)], env).returncode == 0
+    run, env = _copy(toy_done, tmp_path / "run")
     (run / "sky" / "seed.txt").unlink(); (run / "manifests" / "manifest.txt").unlink()
     r = _run(["demo", str(run), "--dry-run"], env)
     lines = {l.split()[0]: l for l in r.stdout.splitlines() if l.startswith("  ")}
@@ -218,13 +232,11 @@ def test_dry_run_after_a_deleted_output(toy, tmp_path):
     assert r.returncode == 0 and "[cutouts] up to date; skipping" in r.stdout, r.stdout
 
 
-def test_every_stage_prints_how_long_it_took(toy, tmp_path):
+def test_every_stage_prints_how_long_it_took(toy_done):
     "Lead's review: stages whose runner holds the protocol itself (in the kernel) ended without a 'done in N s' line."
-    pd, cfg, env = toy
-    r = _run(["demo", str(tmp_path / "run"), "--config", str(cfg)], env)
-    assert r.returncode == 0, r.stderr
+    out = toy_done[2]
     for stage in ("sky", "catalogs", "cutouts"):                                 # protocol in the kernel x2, legacy x1
-        assert re.search(rf"^\[{stage}\] done in \d+\.\d s \(\d+ files, [\d.]+ MiB\)$", r.stdout, re.M), (stage, r.stdout)
+        assert re.search(rf"^\[{stage}\] done in \d+\.\d s \(\d+ files, [\d.]+ MiB\)$", out, re.M), (stage, out)
 
 
 def test_audit_command_is_dispatched_to_the_audit_module():
