@@ -404,7 +404,7 @@ def fig_counterfactual(table:pd.DataFrame, examples:dict|None=None, verdict:dict
                     color=F.PALETTE["blue"], capsize=2, label="test positives")
         ax.axvline(table.mean_p_neg.iloc[0], color=F.PALETTE["orange"], ls="--", lw=1, label="test negatives")
         ax.set_yticks(y, [t.replace("_", " ") for t in table.test]); ax.set_xlim(0, 1); ax.set_xlabel("mean p(lens) of the test positives\n(bars: 95% CI of the drop)")
-        ax.legend(loc="lower right"); ax.set_title(f"verdict: {verdict['verdict']}" if verdict else "")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.32), ncol=2, frameon=False); ax.set_title(f"verdict: {verdict['verdict']}" if verdict else "")
         for i, (k, im) in enumerate(ex.items()):
             a = fig.add_subplot(gs[:, 2 + i]); a.imshow(grz_composite(im[25:76, 25:76]), origin="lower"); a.set_axis_off()
             a.set_title(k.replace("_", " "), fontsize=7)

@@ -154,6 +154,8 @@ def nav_html(pages, current: str, root: str) -> str:
 def finish_page(body: str, title: str, nav: str, root: str) -> str:
     "An nbconvert page with the sidebar, local MathJax, no remote require.js, and the site title."
     body = re.sub(r'<script src="https?://[^"]*require[^"]*"></script>', "", body)
+    # nbconvert's lab template imports mermaid from a CDN when a page has diagrams; ours have none: the loader goes
+    body = re.sub(r'<script type="module">(?:(?!</script>).)*?mermaid(?:(?!</script>).)*?</script>', "", body, flags=re.S)
     body = re.sub(r"<title>.*?</title>", f"<title>{SITE_TITLE} – {html.escape(title)}</title>", body, count=1, flags=re.S)
     body = body.replace("</head>", f"<style>{PAGE_CSS}</style></head>", 1)
     body = re.sub(r"<body([^>]*)>", lambda m: f"<body{m.group(1)}>{nav}<div id=\"sl-main\">", body, count=1)
