@@ -125,6 +125,9 @@ def _quarto_free(c):
         c.source = "\n".join(l for l in lines if not l.startswith("#|")).strip("\n")
         for o in c.get("outputs", []):
             d = o.get("data", {})
+            if isinstance(o.get("text"), list): o["text"] = "".join(o["text"])       # execnb keeps the file's line lists:
+            for k, v in d.items():                                                   # nbconvert would print their repr
+                if isinstance(v, list) and not k.endswith("json"): d[k] = "".join(v)
             if "text/markdown" in d:
                 t = d["text/markdown"]; t = "".join(t) if isinstance(t, list) else t
                 d["text/markdown"] = re.sub(r"\{(?:target|style|\.)[^}]*\}", "", t)
