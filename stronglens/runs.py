@@ -685,8 +685,8 @@ def _marker_base(st:StageRun, status:str, token:str|None) -> dict:
 def _adopt(st:StageRun, m:dict) -> StageRun:
     "Continue a stage the `stronglens` command already planned and marked as running (same process tree)."
     st.plan = Plan(st.name, m["plan"]["action"], m["plan"]["reasons"], m["config_hash"], m["config"], m["inputs"], m)
-    if st.plan.config_hash != stage_config_hash(st.cfg, st.spec):
-        raise StageError("the config the notebook loaded differs from the one the command planned with", st.name)
+    ch = config_changes(m["config"], stage_config(st.cfg, st.spec))      # a key added at its default is no change
+    if ch: raise StageError("the config the notebook loaded differs from the one the command planned with: " + "; ".join(ch), st.name)
     st._marker, st._token, st._t0 = {**m, "holders": m.get("holders", []) + [_me()]}, m.get("token"), time.time()
     atomic_write_json(st.marker_url, st._marker)
     st.log(f"{st.plan.action} (planned by the stronglens command)")

@@ -284,3 +284,18 @@ def test_a_redone_output_with_the_same_bytes_does_not_rerun_downstream(tmp_path)
     assert read_marker(run, STAGES["cutouts"])["fingerprint"] == fp
     (run / "cutouts" / "cutouts_report.json").unlink()                            # still an output of the stage itself
     assert plan_stage(run, "cutouts", c).action == "resume"
+
+
+def test_a_kernel_adopts_a_plan_made_before_a_config_field_was_added(tmp_path):
+    "The e2e demo failed 'config differs' when a section gained a field (at its default) between planning and the kernel."
+    import hashlib
+    from stronglens.runs import _default_of
+    run = tmp_path / "run"
+    with stage_run(run, "sky", cfg(), hold=True, log=lambda *_: None):
+        m = read_marker(run, STAGES["sky"])
+        k = next(k for k, v in m["config"].items() if _default_of(k) == v)       # a key at its default ...
+        m["config"].pop(k)                                                        # ... that the planner did not know yet
+        m["config_hash"] = hashlib.sha256(json.dumps(m["config"], sort_keys=True).encode()).hexdigest()[:16]
+        atomic_write_json(run / "sky" / "_stage.json", m)
+        assert sky(cfg(), run) == {"written": 20}                                # adopted, not refused
+    assert read_marker(run, STAGES["sky"])["status"] == "done"
