@@ -445,12 +445,14 @@ def _host() -> str: return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
 # %% ../nbs/09_data.ipynb 75
 def temp_path(final: str) -> str:
     "A new empty temporary file beside `final` (`.tmp-<name>.pid<pid>@<host>.XXXX<suffix>`), for an atomic rename."
+    from stronglens.config import current_umask
     d, name = os.path.split(final)
     fd, tmp = tempfile.mkstemp(prefix=f".tmp-{name}.pid{os.getpid()}@{_host()}.", suffix=Path(name).suffix, dir=d or ".")
+    os.fchmod(fd, 0o666 & ~current_umask())      # mkstemp makes 0600: the renamed output honours the umask like open()
     os.close(fd)
     return tmp
 
-# %% ../nbs/09_data.ipynb 76
+# %% ../nbs/09_data.ipynb 77
 def _pid_alive(pid: int) -> bool:
     "Is process `pid` running on this host (a zombie counts as gone)?"
     try: os.kill(pid, 0)
@@ -459,7 +461,7 @@ def _pid_alive(pid: int) -> bool:
     try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError): return True
 
-# %% ../nbs/09_data.ipynb 77
+# %% ../nbs/09_data.ipynb 78
 def remove_stale_temp(folder: str, max_age_s: float = 3600.0) -> list[str]:
     """Remove the `.tmp-*` files in local `folder` left by writers that are gone: tagged with this host and a
     process id that is no longer running, or (untagged, other hosts) not modified for `max_age_s`. Returns them."""
@@ -474,7 +476,7 @@ def remove_stale_temp(folder: str, max_age_s: float = 3600.0) -> list[str]:
             except FileNotFoundError: pass
     return gone
 
-# %% ../nbs/09_data.ipynb 79
+# %% ../nbs/09_data.ipynb 80
 @dataclass
 class PackedSplit:
     "One split of the packed cache: `X` (N, 3, H, W) memory map, `index` DataFrame (row i = X[i]), spec."
@@ -501,7 +503,7 @@ class PackedSplit:
         fails = pd.read_parquet(fpath) if os.path.exists(fpath) else pd.DataFrame(columns=FAILURE_COLUMNS)
         return cls(X, index, PreprocessSpec.from_dict(meta["preprocessing"]), meta["split"], stem, fails)
 
-# %% ../nbs/09_data.ipynb 82
+# %% ../nbs/09_data.ipynb 83
 def _fill_memmap(tmp: str, urls, spec: PreprocessSpec, dtype: str, n_jobs: int, batch_size: int, progress: bool):
     "Preprocess the cutouts `urls` into the `.npy` `tmp` (N rows) -> (row of each filled entry, n_nan, failures)."
     h, w, c = CUTOUT_SHAPE
@@ -519,7 +521,7 @@ def _fill_memmap(tmp: str, urls, spec: PreprocessSpec, dtype: str, n_jobs: int, 
     failures = pd.concat(fails, ignore_index=True) if fails else pd.DataFrame(columns=FAILURE_COLUMNS)
     return np.asarray(rows, np.int64), (np.concatenate(nnan) if nnan else np.zeros(0, np.int64)), failures
 
-# %% ../nbs/09_data.ipynb 83
+# %% ../nbs/09_data.ipynb 84
 def _truncate_npy(path: str, n: int):
     "Rewrite the `.npy` at `path` keeping its first `n` rows (through a temporary file)."
     src = np.load(path, mmap_mode="r")
@@ -528,7 +530,7 @@ def _truncate_npy(path: str, n: int):
     out[:] = src[:n]; out.flush(); del out, src
     os.replace(tmp2, path)
 
-# %% ../nbs/09_data.ipynb 85
+# %% ../nbs/09_data.ipynb 86
 _INDEX_COLUMNS = ("galaxy_id", "label", "split", "s3_path", "filename", "cutout_type", "ra", "dec")
 
 def _cache_index(part: pd.DataFrame, rows: np.ndarray, n_nan: np.ndarray) -> pd.DataFrame:
@@ -540,7 +542,7 @@ def _cache_index(part: pd.DataFrame, rows: np.ndarray, n_nan: np.ndarray) -> pd.
     index["n_nan"] = np.asarray(n_nan, np.int64)
     return index
 
-# %% ../nbs/09_data.ipynb 87
+# %% ../nbs/09_data.ipynb 88
 def _write_cache(stem: str, part: pd.DataFrame, urls, spec: PreprocessSpec, dtype: str, n_jobs: int,
                  batch_size: int, progress: bool, manifest: str = "") -> None:
     "Build and commit the cache `<stem>.*` of the manifest rows `part` (cutouts at `urls`)."
@@ -561,14 +563,14 @@ def _write_cache(stem: str, part: pd.DataFrame, urls, spec: PreprocessSpec, dtyp
         n_manifest=len(part), n_failed=int(len(failures)), n_nan_cutouts=int((index["n_nan"] > 0).sum()),
         build_seconds=round(time.time() - t0, 3), manifest=manifest))
 
-# %% ../nbs/09_data.ipynb 88
+# %% ../nbs/09_data.ipynb 89
 def _open_or_none(stem: str) -> PackedSplit | None:
     "The committed cache at `stem`, or None when there is none (a damaged one is rebuilt)."
     if not os.path.exists(stem + ".json"): return None
     try: return PackedSplit.open(stem)
     except Exception: return None
 
-# %% ../nbs/09_data.ipynb 89
+# %% ../nbs/09_data.ipynb 90
 def build_packed_split(
     manifest,                          # training manifest: path/URL or DataFrame (spec §2)
     split: str,                        # "train" | "val" | "test" (any value of the `split` column)
@@ -599,7 +601,7 @@ def build_packed_split(
     _write_cache(stem, part, urls, spec, dtype, n_jobs, batch_size, progress, manifest=man_path)
     return PackedSplit.open(stem)
 
-# %% ../nbs/09_data.ipynb 95
+# %% ../nbs/09_data.ipynb 96
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
                   subset: np.ndarray | None = None) -> list[np.ndarray]:
     "Row indices of each batch of one epoch (a permutation seeded by (seed, epoch) when `shuffle`)."
@@ -608,7 +610,7 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool 
         rows = rows[np.random.default_rng([int(seed), int(epoch)]).permutation(len(rows))]
     return [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
 
-# %% ../nbs/09_data.ipynb 97
+# %% ../nbs/09_data.ipynb 98
 class BatchDataset(torch.utils.data.Dataset):
     "Item b = (x float32 (B, C, H, W), y float32 (B,), rows int64 (B,)) of batch b, read from `X` (e.g. a memmap)."
     def __init__(self, X: np.ndarray, labels: np.ndarray, batches: list[np.ndarray]):
@@ -621,7 +623,7 @@ class BatchDataset(torch.utils.data.Dataset):
         x[order] = self.X[rows[order]]
         return torch.from_numpy(x), torch.from_numpy(self.labels[rows].astype(np.float32)), torch.from_numpy(rows.astype(np.int64))
 
-# %% ../nbs/09_data.ipynb 99
+# %% ../nbs/09_data.ipynb 100
 class NPZDataset(torch.utils.data.Dataset):
     "Per-sample NPZ reading + preprocessing (no cache): item i = (x (C, H, W), y, i)."
     def __init__(self, urls, labels, spec: PreprocessSpec | str = "raw_robust"):
