@@ -118,6 +118,32 @@ def test_shortcut_gates(demo_run):
     print("gates:", {k: (round(r["core_lr_auc"], 3), round(r["radial_profile_auc"], 3), r["passed"]) for k, r in g["results"].items()})
 
 
+def test_injection_and_report(demo_run):
+    """Issues 15-16 done-when: the demo writes the completeness table, the closure test and the probe AUC, and report/
+    holds all 8 figures (PNG and PDF), all 6 tables (CSV and LaTeX) and the page, with no broken image link."""
+    run, _, _ = demo_run
+    inj = run / "injection"
+    table = pd.read_parquet(inj / "completeness.parquet")
+    assert len(table) == 385 and (inj / "completeness.csv").exists()
+    assert ((table.completeness.isna()) | table.completeness.between(0, 1)).all()
+    closure = json.loads((inj / "closure.json").read_text())
+    assert {"threshold", "feature_probe"} <= set(closure), sorted(closure)
+    assert 0 < closure["threshold"]["value"] <= 1
+    rep = run / "report"
+    for k, stem in enumerate(["data_schematic", "score_distributions", "selection_function", "failure_gallery",
+                              "tierA_recall", "reliability", "roc_pr", "contaminant_fpr"], start=1):
+        for ext in ("png", "pdf"):
+            f = rep / "figures" / f"fig{k}_{stem}.{ext}"
+            assert f.exists() and f.stat().st_size > 1000, f
+    for k in range(1, 7):
+        assert len(list((rep / "tables").glob(f"table{k}_*.csv"))) == 1 and len(list((rep / "tables").glob(f"table{k}_*.tex"))) == 1, k
+    html = (rep / "index.html").read_text()
+    import re
+    for src in re.findall(r'<img[^>]+src="([^"]+)"', html):
+        assert src.startswith("data:") or (rep / src).exists(), src
+    assert json.loads((rep / "report.json").read_text())
+
+
 def test_rerun_skips_every_stage(demo_run):
     run, _, _ = demo_run
     from stronglens.cli import run_pipeline
