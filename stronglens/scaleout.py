@@ -117,15 +117,21 @@ def main(argv=None) -> int:
     return 0
 
 # %% ../nbs/20_scaleout.ipynb 20
-if __name__ == "__main__" and not IN_NOTEBOOK: sys.exit(main())
+def _in_ipython() -> bool:
+    "Is an IPython shell running this code (a notebook, nbdev_test's execnb)? The script entry point must not fire there."
+    ip = sys.modules.get("IPython")
+    return ip is not None and ip.get_ipython() is not None
 
-# %% ../nbs/20_scaleout.ipynb 23
+# %% ../nbs/20_scaleout.ipynb 22
+if __name__ == "__main__" and not IN_NOTEBOOK and not _in_ipython(): sys.exit(main())
+
+# %% ../nbs/20_scaleout.ipynb 25
 def cluster_hours(n_items:int, seconds_per_item_core:float, n_cores:int, efficiency:float=1.0) -> float:
     "Wall-clock hours for `n_items` at `seconds_per_item_core` (one core), spread over `n_cores` at parallel `efficiency`."
     if n_cores < 1 or not 0 < efficiency <= 1: raise ValueError("need n_cores >= 1 and 0 < efficiency <= 1")
     return n_items * seconds_per_item_core / (n_cores * efficiency) / 3600.0
 
-# %% ../nbs/20_scaleout.ipynb 25
+# %% ../nbs/20_scaleout.ipynb 27
 SPEC_CUTOUTS, SPEC_INJECTIONS = 421_189, 77_000      # spec: the full run's cutouts; 385 cells x 200 injections
 
 def scaling_table(per_item_s:dict, speedup_1_to_2:dict, cores=(64, 256, 1024)) -> "pd.DataFrame":
