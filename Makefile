@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-install
 RUN ?= runs/demo
 NBDEV_TEST_ARGS ?= --flags slow --n_workers 2 --timing
+# pytest on 2 workers (pytest-xdist): one group per test file, the demo run's tests together (tests/conftest.py)
+PYTEST_WORKERS ?= 2
 # Notebooks that check against the real Legacy Surveys files in ../shared/data (present beside the checkout in CI);
 # on a machine without them those notebooks are skipped with a message (pytest skips its real-data tests itself).
 REALDATA_NBS := 03b_physics|04_lensing|05_mocksky|06_legacysurvey|06b_cutoutsource|07_negatives|17b_spark_cutouts
@@ -35,7 +37,7 @@ demo: install
 test: install sync
 	@[ -d ../shared/data ] || echo "NOTE: ../shared/data not found: skipping the real-data notebooks ($(REALDATA_NBS))"
 	$(BIN)/nbdev_test $(NBDEV_TEST_ARGS) $(NB_SKIP)
-	$(BIN)/python -m pytest -q --durations=15 tests
+	$(BIN)/python -m pytest -q --durations=15 -n $(PYTEST_WORKERS) --dist loadgroup tests
 
 ## quicker local loop: skip cells and tests flagged slow
 test-fast: install

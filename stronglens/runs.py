@@ -732,7 +732,8 @@ def _finish(st:StageRun):
     atomic_write_parquet(t, st.path(FILES_TABLE))
     outputs = {"digest": table_digest(t), "n_files": int(len(t)), "bytes": int(t["size"].sum())}
     status = "done_with_failures" if (st._failures or {}).get("n_failed") else "done"
-    data = t[(t["root"] != "") | ~t["path"].map(lambda p: any(fnmatch.fnmatch(p, g) for g in st.spec.reports))]
+    keep = [r != "" or not any(fnmatch.fnmatch(p, g) for g in st.spec.reports) for r, p in zip(t["root"], t["path"])]
+    data = t[pd.Series(keep, index=t.index, dtype=bool)]            # reports (times, speeds) are not data
     fp = hashlib.sha256(json.dumps([st.plan.config_hash, st.plan.inputs, table_digest(data)], sort_keys=True).encode()).hexdigest()[:16]
     st._marker.update(status=status, finished_utc=_now(), seconds=round(time.time() - st._t0, 1), outputs=outputs, fingerprint=fp,
                       failures=st._failures, result=_jsonable(st.result), error=None)

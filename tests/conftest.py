@@ -1,5 +1,7 @@
-"""Shared pytest fixtures: real third-party data in ../shared/data, a local S3 (moto) server on 127.0.0.1."""
-import os, socket, subprocess, sys, time
+"""Shared pytest fixtures: real third-party data in ../shared/data, a local S3 (moto) server on 127.0.0.1, and the two
+reference runs (`tiny_run`, `demo_run`), each made once per session, also under pytest-xdist (one worker builds it under
+a file lock, the others wait and reuse it)."""
+import json, os, shutil, socket, subprocess, sys, time
 from pathlib import Path
 import pytest
 
@@ -83,18 +85,58 @@ def s3_bucket(s3_endpoint):
 STRONGLENS = str(Path(sys.executable).with_name("stronglens"))
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder `build(folder)` fills once per test session: per process without xdist, else shared by the workers
+    (the first builds it under a lock; a failed build leaves no `.built` stamp, so the next worker retries)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.mktemp(name); build(folder); return folder
+    from filelock import FileLock
+    folder = tmp_path_factory.getbasetemp().parent / f"shared-{name}"
+    with FileLock(f"{folder}.lock"):
+        if not (folder / ".built").exists():
+            shutil.rmtree(folder, ignore_errors=True); folder.mkdir(parents=True)
+            build(folder); (folder / ".built").write_text("ok")
+    return folder
+
+
+def _run_tiny(folder: Path):
+    r = subprocess.run([STRONGLENS, "demo", str(folder / "run"), "--config", "tiny"], capture_output=True, text=True, timeout=3000)
+    if r.returncode != 0:
+        pytest.fail(f"the tiny reference run failed (exit {r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """One uninterrupted `stronglens demo RUN --config tiny` (configs/tiny.yaml: a small sky, 2 epochs), made once per
     session through the command line. Tests copy it (`copy_run`) and never change it."""
-    run = tmp_path_factory.mktemp("tiny") / "run"
-    r = subprocess.run([STRONGLENS, "demo", str(run), "--config", "tiny"], capture_output=True, text=True, timeout=3000)
-    if r.returncode != 0:
-        pytest.fail(f"the tiny reference run failed (exit {r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
-    return run
+    return built_once(tmp_path_factory, "tiny", _run_tiny) / "run"
+
+
+def _run_demo(folder: Path):
+    from stronglens.cli import run_pipeline
+    log = []
+    res = run_pipeline(str(folder / "run"), str(ROOT / "configs" / "demo.yaml"), log=log.append)
+    (folder / "result.json").write_text(json.dumps({"res": res, "log": log}, default=str))
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The whole demo (configs/demo.yaml) through the stage runner, once per session: (run folder, the runner's
+    per-stage results, its log lines). Tests read it and never change it (copy it first)."""
+    folder = built_once(tmp_path_factory, "e2e", _run_demo)
+    r = json.loads((folder / "result.json").read_text())
+    return folder / "run", r["res"], r["log"]
 
 
 def copy_run(src: Path, dst: Path) -> Path:
     "`cp -r src dst`, as a user copies a run folder (new mtimes everywhere)."
     subprocess.run(["cp", "-r", str(src), str(dst)], check=True)
     return dst
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`--dist loadgroup`): one group per test file (its module fixtures are built once), except
+    that every test of the session's demo run goes to one group, scheduled first (it is the longest)."""
+    for it in items:
+        it.add_marker(pytest.mark.xdist_group("demo_run" if "demo_run" in it.fixturenames else it.path.name))
+    items.sort(key=lambda it: "demo_run" not in it.fixturenames)     # stable: file order kept otherwise

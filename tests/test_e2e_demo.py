@@ -1,6 +1,6 @@
 """End-to-end: the demo pipeline on the mock sky, through the `stronglens` runner (papermill stage notebooks).
 
-One module-scoped run (slow; CI runs it) feeds every check, including the lens finder's test AUC (issue 8, re-set for mock sky v2)."""
+One run per session (`demo_run`, conftest; slow, CI runs it) feeds every check, including the lens finder's test AUC (issue 8, re-set for mock sky v2)."""
 import json, subprocess, sys
 from pathlib import Path
 import numpy as np
@@ -9,15 +9,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    from stronglens.cli import run_pipeline
-    run = tmp_path_factory.mktemp("e2e") / "run"
-    log = []
-    res = run_pipeline(str(run), str(ROOT / "configs" / "demo.yaml"), log=log.append)
-    return run, res, log
 
 
 def test_every_stage_ran(demo_run):
