@@ -885,14 +885,14 @@ class OutFolder:
 def _cell_files(st, cell_id:int) -> tuple[str, str]: return st.path("cells", f"cell_{cell_id:04d}.parquet"), st.path("cells", f"cell_{cell_id:04d}.json")
 
 # %% ../nbs/14_injection.ipynb 132
-def _write_cell(st, r:CellResult):
-    "Write one finished cell: its rows, then its bookkeeping JSON (the JSON marks the cell done)."
+def _write_cell(st, r:CellResult, provenance:dict|None=None):
+    "Write one finished cell: its rows, then its bookkeeping JSON (the JSON marks the cell done; with the stage's `provenance`)."
     pq, js = _cell_files(st, r.cell_id)
     if len(r.injections): atomic_write_parquet(r.injections.reset_index(drop=True), pq)
     if r.stamps is not None:
         import io; buf = io.BytesIO(); np.savez_compressed(buf, stamps=r.stamps, arcs=r.arcs); atomic_write_bytes(st.path("cells", f"cell_{r.cell_id:04d}.npz"), buf.getvalue())
     atomic_write_json(js, {"cell_id": r.cell_id, "reason": r.reason, "n_hosts": r.n_hosts, "n_hosts_available": r.n_hosts_available,
-                           "n_injected": int(len(r.injections)), "failures": r.failures.to_dict("records")})
+                           "n_injected": int(len(r.injections)), "failures": r.failures.to_dict("records"), **({"provenance": provenance} if provenance else {})})
 
 # %% ../nbs/14_injection.ipynb 133
 def _done_cells(st, retry_failed:bool) -> set:
@@ -1069,12 +1069,13 @@ def run_injection(st,                     # an open `stage_run` (any stage: `inj
     ctx = CellContext(c, hosts, inp["colours"], scorer, gallery_cells(cells, hosts), 4, psf=inp["psf"], gain_scale=inp["gain_scale"])
     done = _done_cells(out, retry_failed=st.retrying); todo = cells[~cells.cell_id.isin(done)]
     st.log(f"{len(todo)} of {len(cells)} cells to run ({len(done)} already done); {len(ctx.hosts)} hosts on the grid")
-    run_injections(todo, ctx, engine or c.engine, c.n_workers, lambda r: _write_cell(out, r), progress, c.spark_master)
+    prov = st.provenance()                 # pipeline_version, git_commit, config hash, seeds, input fingerprints (issue 17.3)
+    run_injections(todo, ctx, engine or c.engine, c.n_workers, lambda r: _write_cell(out, r, prov), progress, c.spark_master)
     t_grid = time.time() - t0; raw, info, fails = _assemble(out, cells)
     thr = detection_threshold(scores, c.threshold_kind, c.threshold_value, c.threshold_split)
     if thr["split"] != thr["split_requested"]: st.log(f"no {thr['split_requested']}-split negatives in the scores: threshold set on the {thr['split']} split")
     inj = _finish_injections(raw, thr["value"]); table = _write_tables(out, inj, cells, info, fails, c)
-    doc = closure_document(inp, inj, thr, cfg, st.run_dir, ctx, make_scorer(scorer), c)
+    doc = {**closure_document(inp, inj, thr, cfg, st.run_dir, ctx, make_scorer(scorer), c), "provenance": prov}
     atomic_write_json(out.path("closure.json"), doc); write_gallery(out, inj, ctx.gallery); write_figures(out)
     st.failures(len(fails), max(int(len(set(inj.galaxy_id)) + len(fails)), 1), what="host cutouts", table=out.path("failed_hosts.parquet"))
     return _summary(inj, table, thr, doc, len(todo), t_grid, time.time() - t0)

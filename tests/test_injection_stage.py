@@ -53,9 +53,23 @@ def test_stage_writes_the_plan_schemas(tmp_path):
     assert thr["value"] > val.max() and thr["value"] < 0.5 + 1e-9                   # FPR 1 % of 20 rows: above every val negative
     assert (inj.detected == (inj.p_lens >= thr["value"])).all() and (inj.detected == (inj.arc_snr > 6.0)).all()   # the oracle
     assert doc["tier_a"]["n_targets"] == 0 and doc["feature_probe"]["status"].startswith("the scorer has no features")
+    _check_provenance(run, out, doc)
     assert read_marker(run, get_stage("inject"))["status"] == "done"
     again = run_inject_stage(cfg, run, progress=False, scorer=ORACLE)                 # second call: skipped, same result
     assert json.dumps(again, sort_keys=True) == json.dumps(res, sort_keys=True)
+
+
+def _check_provenance(run, out, doc):
+    "closure.json and every cell's JSON carry the stage's provenance record (issue 17.3); the audit's check finds it."
+    from stronglens.audit import provenance_check, PROVENANCE_KEYS
+    marker = read_marker(run, get_stage("inject"))
+    pr = doc["provenance"]
+    assert set(PROVENANCE_KEYS) <= set(pr) and pr["stage"] == "inject" and pr["config_hash"] == marker["config_hash"], pr
+    assert pr["inputs"] == marker["inputs"] and pr["seed"] == 0 and pr["seeds"], pr          # run.seed of the synthetic config
+    cells = [json.loads(p.read_text()) for p in sorted((out / "cells").glob("cell_*.json"))]
+    assert len(cells) == 385 and all(c["provenance"]["config_hash"] == pr["config_hash"] for c in cells)
+    row = provenance_check(run).set_index("stage").loc["inject"]
+    assert row.record and list(row.missing) == [] and row.json_with_provenance == row.json_outputs == 386, row
 
 
 _CHILD = """
