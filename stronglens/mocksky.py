@@ -4,9 +4,10 @@
 
 # %% auto 0
 __all__ = ['BRICK_SIZE_DEG', 'SWEEP_BOX_DEG', 'RELEASE_DR10_SOUTH', 'SHORTCUTS', 'CONFUSER_CATEGORIES', 'SOURCE_MODELS',
-           'PSF_MODELS', 'REJECT_BITS', 'SWEEP_DTYPE', 'KIND_SERSIC', 'KIND_RING', 'KIND_SPIRAL', 'KIND_LENSED',
-           'KIND_NAMES', 'COMP_PARAMS', 'FINE_BLOCK_PX', 'FINE_SUPERSAMPLE', 'GRID_MODE_MIN_STAMP', 'GRID_PAD_PX',
-           'GRID_SIZE', 'SkyConfig', 'brick_name', 'sweep_name', 'sweep_box', 'psf_model', 'psf_ft_on_grid',
+           'PSF_MODELS', 'REJECT_BITS', 'SWEEP_DTYPE', 'PSF_TAPER_PX', 'WING_SB_FRAC', 'WING_MAX_ARCSEC', 'KIND_SERSIC',
+           'KIND_RING', 'KIND_SPIRAL', 'KIND_LENSED', 'KIND_NAMES', 'COMP_PARAMS', 'FINE_BLOCK_PX', 'FINE_SUPERSAMPLE',
+           'GRID_MODE_MIN_STAMP', 'GRID_PAD_PX', 'GRID_SIZE', 'SkyConfig', 'brick_name', 'sweep_name', 'sweep_box',
+           'psf_model', 'kernel_taper', 'psf_ft_on_grid', 'psf_wing_scale', 'psf_wing_radius_px', 'psf_wing_images',
            'torch_threads', 'truncation_radius', 'component_extent_arcsec', 'render_stamps', 'sersic_norm',
            'paint_components', 'point_source_ft', 'convolve_and_crop', 'render_scene', 'make_bricks', 'make_sources',
            'make_confusers', 'Distances', 'sis_theta_e_arcsec', 'sample_vdf', 'draw_deflectors', 'adopt_rows',
@@ -236,17 +237,72 @@ def psf_model(cfg:SkyConfig) -> PSFModel:
     "The PSF shape a sky config asks for: `physics.PSF_DR10`, a single Moffat of `moffat_beta`, or a Gaussian."
     return {"dr10": PSF_DR10, "moffat": PSFModel.single_moffat(cfg.moffat_beta), "gaussian": PSFModel.gaussian()}[cfg.psf_model]
 
-# %% ../nbs/05_mocksky.ipynb 22
-def psf_ft_on_grid(psfsize_arcsec, psf:PSFModel, G:int) -> torch.Tensor:
-    "rFFTs (…, G, G//2+1) complex64 of `physics.psf_kernels(psfsize, psf)` wrapped around the origin of a G×G grid."
+# %% ../nbs/05_mocksky.ipynb 23
+PSF_TAPER_PX = (23.0, 31.0)    # the FFT kernels fade from 1 to 0 between these radii (px); the PSF beyond is drawn analytically
+WING_SB_FRAC = 0.05            # PSF wings are drawn out to where they fall below this fraction of the sky's smallest pixel σ ...
+WING_MAX_ARCSEC = 60.0         # ... and no further than this (a z = 8 star's wing is 0.07 σ there)
+
+def kernel_taper(r_px, taper_px=PSF_TAPER_PX) -> torch.Tensor:
+    "Weight of the FFT kernel at radius r_px: 1 inside taper_px[0], a cosine fade to 0 at taper_px[1] (the wing takes 1 − it)."
+    t = torch.clamp((torch.as_tensor(r_px, dtype=torch.float64) - taper_px[0]) / (taper_px[1] - taper_px[0]), 0, 1)
+    return 0.5 + 0.5 * torch.cos(math.pi * t)
+
+# %% ../nbs/05_mocksky.ipynb 24
+def _kernel_radius_px(K:int) -> torch.Tensor:
+    "Distance (px) of each pixel of a K×K kernel from its centre pixel."
+    o = (torch.arange(K) - K // 2).double()
+    return torch.hypot(o[None, :], o[:, None])
+
+# %% ../nbs/05_mocksky.ipynb 25
+def psf_ft_on_grid(psfsize_arcsec, psf:PSFModel, G:int, taper_px=PSF_TAPER_PX) -> torch.Tensor:
+    """rFFTs (…, G, G//2+1) complex64 of `physics.psf_kernels(psfsize, psf)` wrapped around the origin of a G×G grid,
+    faded to 0 between `taper_px` radii (the wing beyond is `psf_wing_images`; None: the whole 63 px square kernel)."""
     k = psf_kernels(psfsize_arcsec, psf, dtype=torch.float64)
     K = k.shape[-1]; c = K // 2
+    if taper_px is not None: k = k * kernel_taper(_kernel_radius_px(K), taper_px)
     grid = torch.zeros(k.shape[:-2] + (G, G), dtype=torch.float64)
     idx = (torch.arange(K) - c) % G
     grid[..., idx[:, None], idx[None, :]] = k
     return torch.fft.rfft2(grid).to(torch.complex64)      # float64 FFT, then rounded: the same numbers in any batch
 
-# %% ../nbs/05_mocksky.ipynb 24
+# %% ../nbs/05_mocksky.ipynb 27
+def psf_wing_scale(psfsize_arcsec, psf:PSFModel, taper_px=PSF_TAPER_PX) -> np.ndarray:
+    """c (…) with c × `psf.profile` × pixel area = the unit-sum `psf_kernels` kernel in its fade zone (least squares), so that
+    the faded kernel plus the analytic wing is the kernel inside the 63 px square and the same PSF beyond it."""
+    k = psf_kernels(psfsize_arcsec, psf, dtype=torch.float64); r = _kernel_radius_px(k.shape[-1])
+    zone = ((r >= taper_px[0]) & (r <= taper_px[1])).double()
+    fw = torch.as_tensor(core_fwhm_from_psfsize(psfsize_arcsec, psf), dtype=torch.float64)[..., None, None]
+    prof = psf.profile((r * PIXSCALE_ARCSEC) ** 2, fw) * PIXSCALE_ARCSEC ** 2
+    c = ((k * prof * zone).sum((-2, -1)) / (prof * prof * zone).sum((-2, -1))).numpy()
+    return np.where(np.isfinite(c), c, 1.0)                                  # a Gaussian has no wing: any c will do
+
+# %% ../nbs/05_mocksky.ipynb 29
+def psf_wing_radius_px(flux_nmgy, sigma_pix, psfsize_arcsec, psf:PSFModel, sb_frac:float=WING_SB_FRAC,
+                       max_arcsec:float=WING_MAX_ARCSEC, step_px:float=0.5) -> np.ndarray:
+    """Radius (px, N) out to which sources of flux (N, 3) nmgy are drawn: where flux × the PSF per pixel falls below
+    sb_frac × sigma_pix (3,) in every band, for PSFSIZE psfsize (3,); capped at max_arcsec."""
+    ps = np.asarray(psfsize_arcsec, float); r = np.arange(0, max_arcsec / PIXSCALE_ARCSEC + step_px, step_px)
+    fw = torch.as_tensor(core_fwhm_from_psfsize(ps, psf), dtype=torch.float64)[:, None]
+    prof = psf.profile(torch.as_tensor((r * PIXSCALE_ARCSEC) ** 2)[None, :], fw).numpy() * PIXSCALE_ARCSEC ** 2 * psf_wing_scale(ps, psf)[:, None]
+    lp = -np.log(np.maximum(prof, 1e-300))                                                          # (3, R), increasing with r
+    need = -np.log(sb_frac * np.asarray(sigma_pix, float)[None, :] / np.maximum(np.asarray(flux_nmgy, float), 1e-30))
+    return np.stack([np.interp(need[:, b], lp[b], r) for b in range(len(ps))], 1).max(1)
+
+# %% ../nbs/05_mocksky.ipynb 30
+def psf_wing_images(x_px, y_px, flux, radius_px, core_fwhm_arcsec, scale, psf:PSFModel, r_soft_arcsec=None,
+                    taper_px=PSF_TAPER_PX, npix:int=NPIX) -> torch.Tensor:
+    """The PSF light beyond the faded FFT kernel, (P, npix, npix, 3) float64, of P sources at (x_px, y_px) (field pixels)
+    with flux (P, 3): flux × scale × PSF × (1 − taper), faded to 0 over the last 20 % of radius_px (P,). core_fwhm and
+    scale (P, 3): each source's cutout's; r_soft_arcsec (P,): a galaxy's size, which spreads its wing (0: a star)."""
+    pix = torch.arange(npix, dtype=torch.float64); t = lambda a: torch.as_tensor(np.asarray(a, float))
+    r = torch.hypot(pix[None, None, :] - t(x_px)[:, None, None], pix[None, :, None] - t(y_px)[:, None, None])
+    R = t(radius_px)[:, None, None]
+    w = (1 - kernel_taper(r, taper_px)) * (0.5 + 0.5 * torch.cos(math.pi * torch.clamp((r - 0.8 * R) / (0.2 * R), 0, 1)))
+    soft = t(np.zeros(len(R)) if r_soft_arcsec is None else r_soft_arcsec)[:, None, None]
+    prof = psf.profile(((r * PIXSCALE_ARCSEC) ** 2 + soft ** 2)[..., None], t(core_fwhm_arcsec)[:, None, None, :])
+    return prof * (t(scale) * t(flux))[:, None, None, :] * PIXSCALE_ARCSEC ** 2 * w[..., None]
+
+# %% ../nbs/05_mocksky.ipynb 32
 @contextlib.contextmanager
 def torch_threads(n:int|None):
     "Run a block with `n` torch intra-op threads and restore the previous setting (None or 0: leave it alone)."
@@ -256,7 +312,7 @@ def torch_threads(n:int|None):
     finally:
         if n and n != old: torch.set_num_threads(old)
 
-# %% ../nbs/05_mocksky.ipynb 27
+# %% ../nbs/05_mocksky.ipynb 35
 KIND_SERSIC, KIND_RING, KIND_SPIRAL, KIND_LENSED = 0, 1, 2, 3
 KIND_NAMES = {"sersic": KIND_SERSIC, "ring": KIND_RING, "spiral": KIND_SPIRAL, "lensed": KIND_LENSED}
 _STAMP_SIZES = np.array([17, 25, 33, 41, 49, 65, 97, 129, 257, 513])
@@ -264,19 +320,19 @@ _STAMP_SIZES = np.array([17, 25, 33, 41, 49, 65, 97, 129, 257, 513])
 COMP_PARAMS = ["r_e", "n", "e1", "e2", "R0", "width", "m", "amp", "phase", "phi0", "dphi", "pitch", "n_arms",
                "theta_e", "lens_e1", "lens_e2", "gamma1", "gamma2", "src_x", "src_y", "src_r_e", "src_n", "src_e1", "src_e2"]
 
-# %% ../nbs/05_mocksky.ipynb 28
+# %% ../nbs/05_mocksky.ipynb 36
 def _ell_coords(X, Y, e1, e2):
     "Rotate into the ellipse frame. e = (1-q)/(1+q), angle phi = atan2(e2, e1)/2 from +x (DR10_FACTS §1)."
     e = torch.clamp(torch.hypot(e1, e2), max=0.95); q = (1 - e) / (1 + e); phi = 0.5 * torch.atan2(e2, e1)
     c, s = torch.cos(phi), torch.sin(phi)
     return c * X + s * Y, -s * X + c * Y, q
 
-# %% ../nbs/05_mocksky.ipynb 29
+# %% ../nbs/05_mocksky.ipynb 37
 def truncation_radius(n):
     "Outer truncation radius in units of r_e: 4 r_e for n <= 1 (exp), 8 r_e for n >= 4 (dev), as the SDSS/Tractor profiles."
     return np.interp(np.asarray(n, float), [1.0, 4.0], [4.0, 8.0])
 
-# %% ../nbs/05_mocksky.ipynb 30
+# %% ../nbs/05_mocksky.ipynb 38
 def _tractor_sersic(X, Y, p):
     "Truncated (Tractor-like) Sérsic surface brightness, unnormalised; r_e is the semi-major half-light radius."
     xp, yp, q = _ell_coords(X, Y, p["e1"], p["e2"])
@@ -286,7 +342,7 @@ def _tractor_sersic(X, Y, p):
     taper = torch.clamp((tout - t) / 1.0, 0, 1); taper = 0.5 - 0.5 * torch.cos(np.pi * taper)   # smooth to 0 over the last r_e
     return I * taper
 
-# %% ../nbs/05_mocksky.ipynb 31
+# %% ../nbs/05_mocksky.ipynb 39
 def _ring(X, Y, p):
     "Ring / arc segment: Gaussian ring of radius R0 and width `width` (arcsec), azimuthal clumps (1+amp cos(m θ+phase)), angular window dphi around phi0."
     xp, yp, q = _ell_coords(X, Y, p["e1"], p["e2"])
@@ -296,7 +352,7 @@ def _ring(X, Y, p):
     win = torch.where(p["dphi"] >= 2 * np.pi, torch.ones_like(d), torch.exp(torch.clamp(-0.5 * (d / (0.5 * p["dphi"])) ** 8, min=-80)))
     return I * win
 
-# %% ../nbs/05_mocksky.ipynb 32
+# %% ../nbs/05_mocksky.ipynb 40
 def _spiral(X, Y, p):
     "Logarithmic spiral arms (n_arms, pitch angle) on an exponential disc of scale R0, hole in the centre, cut at 3 R0."
     xp, yp, q = _ell_coords(X, Y, p["e1"], p["e2"])
@@ -305,7 +361,7 @@ def _spiral(X, Y, p):
     I = torch.exp(torch.clamp(-R / R0, min=-80)) * arm ** 4 * (1 - torch.exp(torch.clamp(-(R / (0.5 * R0)) ** 2, min=-80)))
     return I * (R < 3 * R0)
 
-# %% ../nbs/05_mocksky.ipynb 33
+# %% ../nbs/05_mocksky.ipynb 41
 def _lensed_stamps(P:dict, dx, dy, S:int) -> torch.Tensor:
     """Unit-source-flux lensed images (M, S, S) float32 (each sums to μ), lens at the stamp centre + (dx, dy) pixels, by
     `lensing.render_lensed` without PSF. The shear deflects about the stamp origin, so the source moves by −Γ·c with the
@@ -318,7 +374,7 @@ def _lensed_stamps(P:dict, dx, dy, S:int) -> torch.Tensor:
                center_y=cy + np.asarray(P["src_y"]) - (g2 * cx - g1 * cy))
     return torch.as_tensor(render_lensed(lens, src, None, psf=None, npix=int(S), supersample=8, refine_c=0.5).images[..., 1])
 
-# %% ../nbs/05_mocksky.ipynb 36
+# %% ../nbs/05_mocksky.ipynb 44
 def component_extent_arcsec(kind, P:dict) -> np.ndarray:
     "Radius (arcsec) around the component centre that holds all of its light."
     kind = np.asarray(kind); g = lambda k: np.asarray(P[k], float)
@@ -327,7 +383,7 @@ def component_extent_arcsec(kind, P:dict) -> np.ndarray:
     ext = np.where(kind == KIND_SPIRAL, 3 * g("R0"), ext)
     return np.where(kind == KIND_LENSED, 1.7 * g("theta_e") + np.hypot(g("src_x"), g("src_y")) + 6 * g("src_r_e") + 0.3, ext)
 
-# %% ../nbs/05_mocksky.ipynb 38
+# %% ../nbs/05_mocksky.ipynb 46
 def _eval_kind(kind, X, Y, p):
     "Surface brightness of one (non-lensed) component kind at (X, Y) arcsec."
     if kind == KIND_SERSIC: return _tractor_sersic(X, Y, p)
@@ -335,14 +391,14 @@ def _eval_kind(kind, X, Y, p):
     if kind == KIND_SPIRAL: return _spiral(X, Y, p)
     raise ValueError(f"unknown component kind {kind}")
 
-# %% ../nbs/05_mocksky.ipynb 39
+# %% ../nbs/05_mocksky.ipynb 47
 def _sub_grid(M, npx, s, first_px, dx, dy, dtype):
     "Subpixel centre coordinates (arcsec) of an npx-pixel-wide block starting `first_px` pixels from the stamp centre."
     u = (torch.arange(npx * s, dtype=dtype) + 0.5) / s - 0.5 + first_px
     X = (u[None, None, :] - dx) * PIXSCALE_ARCSEC; Y = (u[None, :, None] - dy) * PIXSCALE_ARCSEC
     return X, Y
 
-# %% ../nbs/05_mocksky.ipynb 40
+# %% ../nbs/05_mocksky.ipynb 48
 FINE_BLOCK_PX, FINE_SUPERSAMPLE = 9, 5
 
 def render_stamps(kind:int, P:dict, dx, dy, S:int, dtype=torch.float32):
@@ -362,13 +418,13 @@ def render_stamps(kind:int, P:dict, dx, dy, S:int, dtype=torch.float32):
         I[:, f0:f0 + F, f0:f0 + F] = _eval_kind(kind, X, Y, p).reshape(M, F, sf, F, sf).mean((2, 4))
     return I / torch.clamp(I.sum((1, 2), keepdim=True), min=1e-30)
 
-# %% ../nbs/05_mocksky.ipynb 41
+# %% ../nbs/05_mocksky.ipynb 49
 def _stamp_size(ext_arcsec):
     "Smallest stamp side (from `_STAMP_SIZES`) holding a component of the given extent."
     need = 2 * np.ceil(np.asarray(ext_arcsec) / PIXSCALE_ARCSEC + 1.5) + 1
     return _STAMP_SIZES[np.minimum(np.searchsorted(_STAMP_SIZES, need), len(_STAMP_SIZES) - 1)]
 
-# %% ../nbs/05_mocksky.ipynb 46
+# %% ../nbs/05_mocksky.ipynb 54
 def sersic_norm(P:dict, n_t:int=1024) -> np.ndarray:
     "Total of the truncated Tractor-like Sérsic surface brightness (arcsec² units): 2π q r_e² ∫ I(t) t dt, t = R/r_e."
     n = np.asarray(P["n"], float); re = np.asarray(P["r_e"], float); e = np.clip(np.hypot(P["e1"], P["e2"]), 0, 0.95); q = (1 - e) / (1 + e)
@@ -377,7 +433,7 @@ def sersic_norm(P:dict, n_t:int=1024) -> np.ndarray:
     I = np.exp(-b * (t ** (1 / n[:, None]) - 1)) * (0.5 - 0.5 * np.cos(np.pi * np.clip(tout[:, None] - t, 0, 1)))
     return 2 * np.pi * q * re ** 2 * np.trapezoid(I * t * t, u, axis=1)
 
-# %% ../nbs/05_mocksky.ipynb 47
+# %% ../nbs/05_mocksky.ipynb 55
 def _fine_core(p, x_px, y_px, M, dtype):
     "5×5-subsampled minus 1-sample values of Tractor profiles on their central 9×9 pixels, and those pixels' rows/cols."
     F, sf = FINE_BLOCK_PX, FINE_SUPERSAMPLE
@@ -390,7 +446,7 @@ def _fine_core(p, x_px, y_px, M, dtype):
     rows = torch.as_tensor(iy)[:, None, None] + off[None, :, None]; cols = torch.as_tensor(ix)[:, None, None] + off[None, None, :]
     return fine, torch.broadcast_to(rows, fine.shape), torch.broadcast_to(cols, fine.shape)
 
-# %% ../nbs/05_mocksky.ipynb 48
+# %% ../nbs/05_mocksky.ipynb 56
 def _paint_sersic_grid(buf, cut_idx, x_px, y_px, P:dict, flux, chunk=48):
     "Large Tractor profiles, evaluated on the whole GxG grid (1 sample/pixel, 5×5 in the central 9×9 pixels), normalised analytically."
     G, dtype, area, norm = buf.shape[1], buf.dtype, PIXSCALE_ARCSEC ** 2, sersic_norm(P)
@@ -408,7 +464,7 @@ def _paint_sersic_grid(buf, cut_idx, x_px, y_px, P:dict, flux, chunk=48):
         buf.index_add_(0, torch.as_tensor(np.asarray(cut_idx)[sl]), img[..., None] * torch.as_tensor(np.asarray(flux)[sl], dtype=dtype)[:, None, None, :])
     return buf
 
-# %% ../nbs/05_mocksky.ipynb 49
+# %% ../nbs/05_mocksky.ipynb 57
 def _add_stamps(buf, cut_idx, ix, iy, st, flux):
     "Add stamps (M, S, S) × flux (M, 3) into grids buf (N, G, G, 3) at integer centres (ix, iy), clipping at the edges."
     G, S = buf.shape[1], st.shape[-1]
@@ -421,7 +477,7 @@ def _add_stamps(buf, cut_idx, ix, iy, st, flux):
     vals = st[..., None] * torch.as_tensor(np.asarray(flux), dtype=st.dtype)[:, None, None, :]
     buf.view(-1, 3).index_add_(0, lin[ok], vals[ok])
 
-# %% ../nbs/05_mocksky.ipynb 50
+# %% ../nbs/05_mocksky.ipynb 58
 GRID_MODE_MIN_STAMP = 129
 
 def paint_components(buf, cut_idx, x_px, y_px, kind, P:dict, flux, max_elems=4_000_000):
@@ -444,7 +500,7 @@ def paint_components(buf, cut_idx, x_px, y_px, kind, P:dict, flux, max_elems=4_0
                 _add_stamps(buf, cut_idx[ii], ix[ii], iy[ii], st, flux[ii])
     return buf
 
-# %% ../nbs/05_mocksky.ipynb 52
+# %% ../nbs/05_mocksky.ipynb 60
 def point_source_ft(N, G, cut_idx, x_px, y_px, flux, chunk=256):
     "Fourier transform (N, 3, G, G//2+1) of point sources (deltas at sub-pixel positions) on the GxG grids."
     Gh = G // 2 + 1; out = torch.zeros((N, 3, G, Gh), dtype=torch.complex64)
@@ -459,7 +515,7 @@ def point_source_ft(N, G, cut_idx, x_px, y_px, flux, chunk=256):
         out.index_add_(0, torch.as_tensor(np.asarray(cut_idx)[sl]), vals)
     return out
 
-# %% ../nbs/05_mocksky.ipynb 53
+# %% ../nbs/05_mocksky.ipynb 61
 GRID_PAD_PX = 39                       # padding before the 101 px field (10.2"); 40 px after it
 GRID_SIZE = 180                        # FFT grid (2²·3²·5): > 101 + 2 × 31, so the 63 px PSF never wraps onto the field
 
@@ -470,7 +526,7 @@ def convolve_and_crop(buf, pts_ft, kern_ft, npix=NPIX):
     img = torch.fft.irfft2(F * kern_ft, s=(G, G))
     return img[:, :, pad:pad + npix, pad:pad + npix].permute(0, 2, 3, 1).contiguous()
 
-# %% ../nbs/05_mocksky.ipynb 57
+# %% ../nbs/05_mocksky.ipynb 65
 def render_scene(n:int, comps:dict|None, points:dict|None, kern_ft, G:int=GRID_SIZE, batch:int=96) -> torch.Tensor:
     """Noise-free cutouts (n, 101, 101, 3) nmgy. `comps`: dict with cut (M,), x, y (grid px), kind (M,), flux (M,3) and
     the COMP_PARAMS columns; `points`: dict with cut, x, y, flux (M,3); `kern_ft`: (n, 3, G, G//2+1) PSF transforms."""
@@ -489,7 +545,7 @@ def render_scene(n:int, comps:dict|None, points:dict|None, kern_ft, G:int=GRID_S
         out[a:b] = convolve_and_crop(buf, pft, kern_ft[a:b])
     return out
 
-# %% ../nbs/05_mocksky.ipynb 59
+# %% ../nbs/05_mocksky.ipynb 67
 def _brick_grid(cfg:SkyConfig) -> pd.DataFrame:
     "The 0.25° brick grid of the footprint: names, centres, edges and DR10-style BRICKIDs."
     nra = int(round((cfg.ra_max_deg - cfg.ra_min_deg) / BRICK_SIZE_DEG)); ndec = int(round((cfg.dec_max_deg - cfg.dec_min_deg) / BRICK_SIZE_DEG))
@@ -501,7 +557,7 @@ def _brick_grid(cfg:SkyConfig) -> pd.DataFrame:
     b["brickid"] = (np.floor((dec1 + 90) / BRICK_SIZE_DEG).astype(np.int64) * 1440 + np.floor(ra1 / BRICK_SIZE_DEG).astype(np.int64) + 1).astype(np.int32)
     return b
 
-# %% ../nbs/05_mocksky.ipynb 60
+# %% ../nbs/05_mocksky.ipynb 68
 def make_bricks(cfg:SkyConfig) -> pd.DataFrame:
     """Brick grid over the footprint with per-brick seeing, exposure counts, depths and E(B-V), each a smooth random
     field (correlation length `cfg.field_scale_deg`) mapped to the DR10 distributions of DR10_FACTS §2."""
@@ -525,7 +581,7 @@ def make_bricks(cfg:SkyConfig) -> pd.DataFrame:
     b["psf_model"] = cfg.psf_model
     return b
 
-# %% ../nbs/05_mocksky.ipynb 63
+# %% ../nbs/05_mocksky.ipynb 71
 _TYPE_ANCHORS = {"mag": [17.0, 22.0], "DEV": [0.35, 0.06], "SER": [0.28, 0.03], "EXP": [0.20, 0.15], "REX": [0.17, 0.76]}
 _P_RED = {"DEV": 0.9, "SER": 0.6, "EXP": 0.15, "REX": 0.35}
 
@@ -538,7 +594,7 @@ def _galaxy_colours(t, rng):
     zw1 = np.where(red, rng.normal(0.5, 0.25, n), rng.normal(-0.1, 0.3, n))
     return gr, rz, zw1, red
 
-# %% ../nbs/05_mocksky.ipynb 64
+# %% ../nbs/05_mocksky.ipynb 72
 def _galaxy_properties(mag_z, rng):
     "Types, colours, Sérsic indices, sizes and shapes of galaxies given their z mags (DR10_FACTS §1-2, see prose)."
     n = len(mag_z); types = np.array(["DEV", "SER", "EXP", "REX"])
@@ -555,7 +611,7 @@ def _galaxy_properties(mag_z, rng):
     e1, e2 = np.where(t == "REX", 0, e * np.cos(2 * ang)), np.where(t == "REX", 0, e * np.sin(2 * ang))
     return dict(type=t, g_minus_r=gr, r_minus_z=rz, z_minus_w1=zw1, sersic=sersic, shape_r=shape_r, e1=e1, e2=e2)
 
-# %% ../nbs/05_mocksky.ipynb 65
+# %% ../nbs/05_mocksky.ipynb 73
 def make_sources(cfg:SkyConfig, bricks:pd.DataFrame) -> pd.DataFrame:
     "Galaxies and stars with Tractor-like properties (internal lower-case columns; `write_sweeps` gives DR10 names)."
     rng = np.random.default_rng([cfg.seed, 2])
@@ -580,7 +636,7 @@ def make_sources(cfg:SkyConfig, bricks:pd.DataFrame) -> pd.DataFrame:
     s["role"] = ""; s["maskbits"] = np.zeros(len(s), np.int16)
     return s
 
-# %% ../nbs/05_mocksky.ipynb 68
+# %% ../nbs/05_mocksky.ipynb 76
 def _finish_photometry(cfg:SkyConfig, s:pd.DataFrame, bricks:pd.DataFrame) -> pd.DataFrame:
     "Fluxes from mags/colours, per-source exposure counts, depths, inverse variances, extinction (DR10 units, §1)."
     rng = np.random.default_rng([cfg.seed, 3]); n = len(s); bi = s.brick_idx.to_numpy()
@@ -602,7 +658,7 @@ def _finish_photometry(cfg:SkyConfig, s:pd.DataFrame, bricks:pd.DataFrame) -> pd
     s["flux_ivar_w1"] = np.clip(rng.normal(4.0, 1.0, n), 0.5, None)
     return s
 
-# %% ../nbs/05_mocksky.ipynb 70
+# %% ../nbs/05_mocksky.ipynb 78
 def _mask_stars(cfg:SkyConfig, rng) -> pd.DataFrame:
     "Bright (bit 1, z 8-12) and medium (bit 11, z 12-15) stars, uniform in area, with their mask radii."
     area = (cfg.ra_max_deg - cfg.ra_min_deg) * (np.sin(np.deg2rad(cfg.dec_max_deg)) - np.sin(np.deg2rad(cfg.dec_min_deg))) * 180 / np.pi
@@ -622,7 +678,7 @@ def _mask_stars(cfg:SkyConfig, rng) -> pd.DataFrame:
                           + np.floor((stars.ra - cfg.ra_min_deg) / BRICK_SIZE_DEG).astype(int))
     return stars
 
-# %% ../nbs/05_mocksky.ipynb 71
+# %% ../nbs/05_mocksky.ipynb 79
 def _mark_within(tree, mb, ra, dec, radius_arcsec, bits):
     "OR `bits` into maskbits `mb` of every source (KD-tree on unit vectors) within radius of each (ra, dec)."
     if len(ra) == 0: return
@@ -630,7 +686,7 @@ def _mark_within(tree, mb, ra, dec, radius_arcsec, bits):
     idx = np.concatenate([np.asarray(h, dtype=np.int64) for h in hits]) if len(hits) else np.array([], np.int64)
     np.bitwise_or.at(mb, idx, bits)
 
-# %% ../nbs/05_mocksky.ipynb 72
+# %% ../nbs/05_mocksky.ipynb 80
 def _apply_masks(cfg:SkyConfig, s:pd.DataFrame, bricks:pd.DataFrame) -> pd.DataFrame:
     "Bright (bit 1) / medium (bit 11) star masks with their stars in the catalog, WISE (8), SGA large galaxies (12), ALLMASK (5-7)."
     rng = np.random.default_rng([cfg.seed, 4]); stars = _mask_stars(cfg, rng)
@@ -648,7 +704,7 @@ def _apply_masks(cfg:SkyConfig, s:pd.DataFrame, bricks:pd.DataFrame) -> pd.DataF
     s["maskbits"] = mb.astype(np.int16)
     return s
 
-# %% ../nbs/05_mocksky.ipynb 75
+# %% ../nbs/05_mocksky.ipynb 83
 def _comp_rows(kind, ra, dec, flux_g, flux_r, flux_z, host, category, **params):
     "A component table (kind, ra, dec, fluxes, host row, category, every COMP_PARAMS column; unused ones 0)."
     n = len(ra); d = {"kind": np.full(n, kind), "ra": np.asarray(ra, float), "dec": np.asarray(dec, float),
@@ -656,13 +712,13 @@ def _comp_rows(kind, ra, dec, flux_g, flux_r, flux_z, host, category, **params):
     for k in COMP_PARAMS: d[k] = np.broadcast_to(np.asarray(params.get(k, 0.0), float), (n,)).copy()
     return pd.DataFrame(d)
 
-# %% ../nbs/05_mocksky.ipynb 76
+# %% ../nbs/05_mocksky.ipynb 84
 def _colour_split(flux_r, g_minus_r, r_minus_z):
     "(flux_g, flux_r, flux_z) nmgy of a component of r flux `flux_r` and the given colours (`physics.colour_fluxes`)."
     f = colour_fluxes(nmgy_to_mag(flux_r), g_minus_r, r_minus_z)
     return f[..., 0], f[..., 1], f[..., 2]
 
-# %% ../nbs/05_mocksky.ipynb 77
+# %% ../nbs/05_mocksky.ipynb 85
 def _ring_confuser(s, h, fr, rng):
     "Collisional / resonance ring: red DEV/SER n>=4 host, blue clumpy full or partial ring of radius 1.2-4″ -> components."
     k = len(h); ra, dec = s.loc[h, "ra"].to_numpy(), s.loc[h, "dec"].to_numpy(); red = rng.uniform(size=k) < 0.7
@@ -676,7 +732,7 @@ def _ring_confuser(s, h, fr, rng):
                        e2=e * np.sin(2 * ang), m=rng.integers(1, 4, k), amp=rng.uniform(0.3, 1.0, k), phase=rng.uniform(0, 2 * np.pi, k),
                        phi0=rng.uniform(-np.pi, np.pi, k), dphi=dphi)], []
 
-# %% ../nbs/05_mocksky.ipynb 78
+# %% ../nbs/05_mocksky.ipynb 86
 def _as_disc_host(s, h, rng, n_range, r_min_range, e_range):
     "Make rows h SER discs: n ~ U(n_range), SHAPE_R at least U(r_min_range), ellipticity ~ U(e_range), random angle; returns (e, angle)."
     k = len(h); s.loc[h, "type"] = "SER"; s.loc[h, "sersic"] = rng.uniform(*n_range, k)
@@ -685,7 +741,7 @@ def _as_disc_host(s, h, rng, n_range, r_min_range, e_range):
     s.loc[h, "e1"], s.loc[h, "e2"] = e * np.cos(2 * ang), e * np.sin(2 * ang)
     return e, ang
 
-# %% ../nbs/05_mocksky.ipynb 79
+# %% ../nbs/05_mocksky.ipynb 87
 def _spiral_confuser(s, h, fr, rng):
     "Face-on-ish SER n=0.8-2 disc with two or three blue logarithmic arms -> components."
     k = len(h); ra, dec = s.loc[h, "ra"].to_numpy(), s.loc[h, "dec"].to_numpy()
@@ -695,7 +751,7 @@ def _spiral_confuser(s, h, fr, rng):
                        pitch=np.deg2rad(rng.uniform(12, 30, k)), n_arms=np.where(rng.uniform(size=k) < 0.8, 2, 3),
                        phase=rng.uniform(0, 2 * np.pi, k), e1=e * np.cos(2 * ang), e2=e * np.sin(2 * ang))], []
 
-# %% ../nbs/05_mocksky.ipynb 80
+# %% ../nbs/05_mocksky.ipynb 88
 def _merger_confuser(s, h, fr, rng):
     "A companion galaxy (a new catalog row 1.5-4.5″ away) and one or two tidal arcs around the host -> (components, new rows)."
     k = len(h); ra, dec = s.loc[h, "ra"].to_numpy(), s.loc[h, "dec"].to_numpy()
@@ -718,7 +774,7 @@ def _merger_confuser(s, h, fr, rng):
                                 phi0=pa[m] + np.pi * ntail + rng.normal(0, 0.5, kk), dphi=rng.uniform(0.6 * np.pi, 1.2 * np.pi, kk)))
     return comps, [new]
 
-# %% ../nbs/05_mocksky.ipynb 81
+# %% ../nbs/05_mocksky.ipynb 89
 def _edge_on_confuser(s, h, fr, rng):
     "A thin SER n≈1 disc (the catalog row, e = 0.6-0.8) with a red bulge component."
     k = len(h); ra, dec = s.loc[h, "ra"].to_numpy(), s.loc[h, "dec"].to_numpy()
@@ -727,7 +783,7 @@ def _edge_on_confuser(s, h, fr, rng):
     return [_comp_rows(KIND_SERSIC, ra, dec, fg, frr, fz, h, "edge_on", r_e=np.maximum(0.2, 0.15 * s.loc[h, "shape_r"].to_numpy()), n=3.0,
                        e1=0.2 * np.cos(2 * ang), e2=0.2 * np.sin(2 * ang))], []
 
-# %% ../nbs/05_mocksky.ipynb 82
+# %% ../nbs/05_mocksky.ipynb 90
 _CONFUSER_MAKERS = {"ring": _ring_confuser, "spiral": _spiral_confuser, "merger": _merger_confuser, "edge_on": _edge_on_confuser}
 
 def make_confusers(cfg:SkyConfig, s:pd.DataFrame):
@@ -750,7 +806,7 @@ def make_confusers(cfg:SkyConfig, s:pd.DataFrame):
     conf = pd.concat(conf, ignore_index=True) if conf else pd.DataFrame({"row": [], "category": []})
     return s, comps, conf
 
-# %% ../nbs/05_mocksky.ipynb 85
+# %% ../nbs/05_mocksky.ipynb 93
 @dataclass(frozen=True)
 class Distances:
     "Flat ΛCDM distance table (astropy `FlatLambdaCDM`): comoving distance D_C(z) in Mpc, interpolated."
@@ -769,13 +825,13 @@ class Distances:
         if z2 is None: return self.comoving(z1) / (1 + np.asarray(z1))
         return (self.comoving(z2) - self.comoving(z1)) / (1 + np.asarray(z2))
 
-# %% ../nbs/05_mocksky.ipynb 87
+# %% ../nbs/05_mocksky.ipynb 95
 def sis_theta_e_arcsec(sigma_kms, z_l, z_s, dist:Distances):
     "Einstein radius of a singular isothermal sphere, θE = 4π (σ/c)² D_ls/D_s, in arcsec (0 where z_s <= z_l)."
     ratio = np.where(np.asarray(z_s) > np.asarray(z_l), dist.angular(z_l, z_s) / dist.angular(z_s), 0.0)
     return 4 * np.pi * (np.asarray(sigma_kms) / 299792.458) ** 2 * ratio * 206264.806
 
-# %% ../nbs/05_mocksky.ipynb 90
+# %% ../nbs/05_mocksky.ipynb 98
 def sample_vdf(rng, n:int, sigma_star_kms:float=161.0, alpha:float=2.32, beta:float=2.67, lo_kms:float=60.0, hi_kms:float=500.0):
     "n velocity dispersions (km/s) from the Choi et al. (2007) early-type VDF, dn/dσ ∝ (σ/σ*)^α exp(−(σ/σ*)^β)/σ (inverse CDF)."
     s = np.linspace(lo_kms, hi_kms, 4000); x = s / sigma_star_kms
@@ -783,7 +839,7 @@ def sample_vdf(rng, n:int, sigma_star_kms:float=161.0, alpha:float=2.32, beta:fl
     cdf = np.concatenate([[0], np.cumsum(0.5 * (pdf[1:] + pdf[:-1]) * np.diff(s))]); cdf /= cdf[-1]
     return np.interp(rng.uniform(size=n), cdf, s)
 
-# %% ../nbs/05_mocksky.ipynb 92
+# %% ../nbs/05_mocksky.ipynb 100
 def _propose_lens_systems(cfg:SkyConfig, m:int, rng, dist:Distances) -> pd.DataFrame:
     "m proposed (z_l, z_s, σ, θE): z_l ∝ dV/dz, z_s log-normal, σ from the VDF; kept with probability ∝ θE² within the θE range."
     zg = np.linspace(0.05, cfg.zl_max, 400); dc = dist.comoving(zg)
@@ -795,7 +851,7 @@ def _propose_lens_systems(cfg:SkyConfig, m:int, rng, dist:Distances) -> pd.DataF
     keep = (z_s > z_l + 0.1) & (te >= cfg.theta_e_min_arcsec) & (te <= cfg.theta_e_max_arcsec) & (rng.uniform(size=m) < (te / cfg.theta_e_max_arcsec) ** 2)
     return pd.DataFrame({"z_l": z_l, "z_s": z_s, "sigma_kms": sig, "theta_e_arcsec": te})[keep].reset_index(drop=True)
 
-# %% ../nbs/05_mocksky.ipynb 93
+# %% ../nbs/05_mocksky.ipynb 101
 def _deflector_light(cfg:SkyConfig, d:pd.DataFrame, rng, dist:Distances) -> pd.DataFrame:
     "Photometry, colours, Tractor type, size and shape of deflectors (d: z_l, sigma_kms) — see the prose above."
     n, z = len(d), d.z_l.to_numpy()
@@ -813,7 +869,7 @@ def _deflector_light(cfg:SkyConfig, d:pd.DataFrame, rng, dist:Distances) -> pd.D
                     shape_r=np.clip(re_kpc / (dist.angular(z) * 1e3) * 206264.806, 0.15, 12.0), q_light=q, pa_light=pa,
                     e1=e * np.cos(2 * pa), e2=e * np.sin(2 * pa))
 
-# %% ../nbs/05_mocksky.ipynb 94
+# %% ../nbs/05_mocksky.ipynb 102
 def draw_deflectors(cfg:SkyConfig, n:int, rng, dist:Distances|None=None, max_rounds:int=200) -> pd.DataFrame:
     "n lens systems with deflector light (`_propose_lens_systems`, `_deflector_light`), redrawn until within the catalog's z limit."
     dist = dist or Distances.flat_lcdm(cfg.hubble_h0, cfg.omega_m); parts, have = [], 0
@@ -824,7 +880,7 @@ def draw_deflectors(cfg:SkyConfig, n:int, rng, dist:Distances|None=None, max_rou
     if have < n: raise ValueError(f"draw_deflectors: only {have} of {n} deflectors after {max_rounds} rounds (check sky.theta_e_* and sky.zl_max)")
     return pd.concat(parts, ignore_index=True).iloc[:n].reset_index(drop=True) if parts else _deflector_light(cfg, _propose_lens_systems(cfg, 0, rng, dist), rng, dist)
 
-# %% ../nbs/05_mocksky.ipynb 97
+# %% ../nbs/05_mocksky.ipynb 105
 def adopt_rows(target_mag, cand_mag, rng, width:int=3, max_rounds:int=40) -> np.ndarray:
     """Indices into `cand_mag` (one per target, all distinct) of candidates whose magnitude is close to each target's:
     a random pick among the `width` nearest in magnitude, widening the window for targets whose pick was taken; the
@@ -843,7 +899,7 @@ def adopt_rows(target_mag, cand_mag, rng, width:int=3, max_rounds:int=40) -> np.
         f = np.flatnonzero(~taken); j = f[np.argmin(np.abs(cm[f] - target_mag[t]))]; out[t] = j; taken[j] = True
     return order[out]
 
-# %% ../nbs/05_mocksky.ipynb 99
+# %% ../nbs/05_mocksky.ipynb 107
 _ADOPTED = ["mag_z", "g_minus_r", "r_minus_z", "z_minus_w1", "type", "sersic", "shape_r", "e1", "e2"]
 
 def plant_deflectors(cfg:SkyConfig, s:pd.DataFrame, bricks:pd.DataFrame, n:int, rng) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -860,7 +916,7 @@ def plant_deflectors(cfg:SkyConfig, s:pd.DataFrame, bricks:pd.DataFrame, n:int, 
     s.loc[rows, "role"] = "lens"
     return s, d.assign(row=rows)
 
-# %% ../nbs/05_mocksky.ipynb 102
+# %% ../nbs/05_mocksky.ipynb 110
 def lens_mass_model(cfg:SkyConfig, d:pd.DataFrame, rng) -> dict:
     "SIE + shear (lensing.LENS_KEYS, (n,) arrays) of deflectors d: the light's axis ratio and angle with scatter (mass follows light)."
     n = len(d)
@@ -871,7 +927,7 @@ def lens_mass_model(cfg:SkyConfig, d:pd.DataFrame, rng) -> dict:
     return dict(theta_E=d.theta_e_arcsec.to_numpy(), e1=e * np.cos(2 * pa), e2=e * np.sin(2 * pa), center_x=np.zeros(n),
                 center_y=np.zeros(n), gamma1=g[0], gamma2=g[1])
 
-# %% ../nbs/05_mocksky.ipynb 103
+# %% ../nbs/05_mocksky.ipynb 111
 def draw_sources(cfg:SkyConfig, lens:dict, seed:int) -> dict:
     "Sérsic sources behind each lens: `lensing.sample_sources` with the sky config's priors (see the prose)."
     n, rng = len(lens["theta_E"]), np.random.default_rng(seed)
@@ -882,13 +938,13 @@ def draw_sources(cfg:SkyConfig, lens:dict, seed:int) -> dict:
                           mu_range=None if cfg.mu_min == 0 and cfg.mu_max == 0 else (cfg.mu_min, cfg.mu_max), R_sersic_range=(cfg.source_r_e_min_arcsec, cfg.source_r_e_max_arcsec),
                           proposals_per_round=1, max_rounds=400) if n else {k: np.zeros(0) for k in SOURCE_KEYS + ("magnification",)}
 
-# %% ../nbs/05_mocksky.ipynb 105
+# %% ../nbs/05_mocksky.ipynb 113
 def source_components(cfg:SkyConfig, src:dict, seed:int) -> tuple[dict, np.ndarray]:
     "Source components and their system index: the Sérsic sources themselves, or (source_model 'clumpy') smooth part + clumps."
     if cfg.source_model == "clumpy": return clumpy_components({k: src[k] for k in SOURCE_KEYS}, seed)
     return {k: np.asarray(src[k]) for k in SOURCE_KEYS}, np.arange(len(src["mag_r"]))
 
-# %% ../nbs/05_mocksky.ipynb 106
+# %% ../nbs/05_mocksky.ipynb 114
 def lensed_component_rows(s:pd.DataFrame, d:pd.DataFrame, lens:dict, comps:dict, owner) -> pd.DataFrame:
     "`components.parquet` rows (kind 'lensed') of source components behind deflector rows d.row (fluxes from their magnitudes)."
     own = np.asarray(owner); rows = d.row.to_numpy()[own]
@@ -898,13 +954,13 @@ def lensed_component_rows(s:pd.DataFrame, d:pd.DataFrame, lens:dict, comps:dict,
                       gamma2=lens["gamma2"][own], src_x=comps["center_x"], src_y=comps["center_y"], src_r_e=comps["R_sersic"],
                       src_n=comps["n_sersic"], src_e1=comps["e1"], src_e2=comps["e2"])
 
-# %% ../nbs/05_mocksky.ipynb 107
+# %% ../nbs/05_mocksky.ipynb 115
 def render_arcs(cfg:SkyConfig, s:pd.DataFrame, d:pd.DataFrame, lens:dict, comps:dict, owner):
     "Noiseless arcs (lensing.LensedRender, (n, 101, 101, 3) nmgy) of each lens through its deflector row's PSF (PSFSIZE g, r, z)."
     ps = s[["psfsize_g", "psfsize_r", "psfsize_z"]].to_numpy()[d.row.to_numpy()]
     return render_lensed(lens, comps, ps, psf=psf_model(cfg), owner=None if cfg.source_model == "sersic" else np.asarray(owner), supersample=8, refine_c=0.5)
 
-# %% ../nbs/05_mocksky.ipynb 109
+# %% ../nbs/05_mocksky.ipynb 117
 def listing_probability(cfg:SkyConfig, arc_snr_r, resolution):
     "P(listed) = logistic in ln(arc S/N) × logistic in θE / FWHM_r (the two discovery parameters of the config)."
     with np.errstate(divide="ignore"):
@@ -912,7 +968,7 @@ def listing_probability(cfg:SkyConfig, arc_snr_r, resolution):
     b = (np.asarray(resolution, float) - cfg.discovery_resolution50) / cfg.discovery_resolution_width
     return 1 / (1 + np.exp(-a)) / (1 + np.exp(-b))
 
-# %% ../nbs/05_mocksky.ipynb 112
+# %% ../nbs/05_mocksky.ipynb 120
 def deflector_annulus_fraction(shape_r_arcsec, sersic_n, fwhm_arcsec, r_in_px:float=4.0, r_out_px:float=16.0):
     "Share of a round Sérsic galaxy's light between r_in and r_out pixels, PSF approximated by R_eff² = R_e² + (0.6 FWHM)² [EST]."
     from scipy.special import gammainc
@@ -921,10 +977,10 @@ def deflector_annulus_fraction(shape_r_arcsec, sersic_n, fwhm_arcsec, r_in_px:fl
     L = lambda r_px: gammainc(2 * n, b * (r_px * PIXSCALE_ARCSEC / reff) ** (1 / n))
     return L(r_out_px) - L(r_in_px)
 
-# %% ../nbs/05_mocksky.ipynb 114
+# %% ../nbs/05_mocksky.ipynb 122
 def _lens_name(ra, dec): return [f"DESI-{r:08.4f}{'+' if d >= 0 else '-'}{abs(d):07.4f}" for r, d in zip(ra, dec)]
 
-# %% ../nbs/05_mocksky.ipynb 115
+# %% ../nbs/05_mocksky.ipynb 123
 def lens_truth_table(cfg:SkyConfig, s:pd.DataFrame, d:pd.DataFrame, lens:dict, src:dict, arcs, n_comp, rng) -> pd.DataFrame:
     "`lens_truth.parquet`: every planted lens with its deflector, mass, source, arcs, S/N, resolution and listing."
     rows = d.row.to_numpy(); S = s.iloc[rows]; n = len(d)
@@ -948,13 +1004,13 @@ def lens_truth_table(cfg:SkyConfig, s:pd.DataFrame, d:pd.DataFrame, lens:dict, s
                          "arc_flux_r": arc_r, "arc_mag_r": nmgy_to_mag(arc_r), "arc_snr": snr, "psfsize_r": S.psfsize_r.to_numpy(),
                          "resolution": res, "arc_contrast": contrast, "p_listed": p, "listed": listed, "grading": np.where(tier_a, "confident", np.where(listed, "probable", ""))})
 
-# %% ../nbs/05_mocksky.ipynb 116
+# %% ../nbs/05_mocksky.ipynb 124
 def _pool_like(cfg:SkyConfig, s:pd.DataFrame) -> np.ndarray:
     "Rows that pass the negative pool's cuts (SER/DEV/REX, >= 3 exposures per band, z < 20, no rejected MASKBITS)."
     return (s.type.isin(["SER", "DEV", "REX"]) & (s.mag_z < 20) & (s.nobs_g >= 3) & (s.nobs_r >= 3) & (s.nobs_z >= 3)
             & ((s.maskbits.astype(np.int32) & REJECT_BITS) == 0)).to_numpy()
 
-# %% ../nbs/05_mocksky.ipynb 117
+# %% ../nbs/05_mocksky.ipynb 125
 def _tier_b_contaminants(cfg:SkyConfig, s:pd.DataFrame, lt:pd.DataFrame, conf:pd.DataFrame, rng) -> np.ndarray:
     "Rows of the non-lenses padded into Tier-B (fraction tier_b_contamination of it): half confusers, half red pool galaxies."
     nb = int((lt.grading == "probable").sum()); f = cfg.tier_b_contamination
@@ -965,7 +1021,7 @@ def _tier_b_contaminants(cfg:SkyConfig, s:pd.DataFrame, lt:pd.DataFrame, conf:pd
     c2 = rng.choice(crow_gal, min(nc - nc1, len(crow_gal)), replace=False) if nc - nc1 > 0 else np.zeros(0, int)
     return np.concatenate([c1, c2]).astype(int)
 
-# %% ../nbs/05_mocksky.ipynb 118
+# %% ../nbs/05_mocksky.ipynb 126
 def known_lens_catalog(cfg:SkyConfig, s:pd.DataFrame, lt:pd.DataFrame, conf:pd.DataFrame, rng) -> pd.DataFrame:
     "The published catalog (`known_lenses.csv`, lenscat's columns + truth): listed lenses and the Tier-B non-lenses."
     cont = s.iloc[_tier_b_contaminants(cfg, s, lt, conf, rng)]; catmap = dict(zip(conf.row, conf.category))
@@ -981,7 +1037,7 @@ def known_lens_catalog(cfg:SkyConfig, s:pd.DataFrame, lt:pd.DataFrame, conf:pd.D
                          "brickname": kl.brickname, "objid": kl.objid.astype(int), "theta_e_arcsec": kl.theta_e_arcsec, "arc_snr": kl.arc_snr,
                          "magnification": kl.magnification, "src_mag_r": kl.src_mag_r, "confuser_category": kl.confuser_category})
 
-# %% ../nbs/05_mocksky.ipynb 120
+# %% ../nbs/05_mocksky.ipynb 128
 @dataclass
 class SkyTables:
     "A mock sky in memory (`make_sky`): the catalog and its side tables, as `write_sky` writes them."
@@ -993,14 +1049,14 @@ class SkyTables:
     confusers: pd.DataFrame
     meta: dict                   # sky_meta.json (without the file list, added by write_sky)
 
-# %% ../nbs/05_mocksky.ipynb 121
+# %% ../nbs/05_mocksky.ipynb 129
 def _n_lenses(cfg:SkyConfig) -> int:
     "Planted lenses: `n_lenses`, or round(lens_density_per_deg2 × lens_density_scale × footprint area)."
     if cfg.n_lenses is not None: return int(cfg.n_lenses)
     area = (cfg.ra_max_deg - cfg.ra_min_deg) * (np.sin(np.deg2rad(cfg.dec_max_deg)) - np.sin(np.deg2rad(cfg.dec_min_deg))) * 180 / np.pi
     return int(round(cfg.lens_density_per_deg2 * cfg.lens_density_scale * area))
 
-# %% ../nbs/05_mocksky.ipynb 123
+# %% ../nbs/05_mocksky.ipynb 131
 def _catalog(cfg:SkyConfig, bricks:pd.DataFrame, rng) -> tuple:
     "Sources, masks, confusers and planted deflectors on the brick grid, photometry, OBJIDs: (s, confuser components, conf, deflectors)."
     s = _apply_masks(cfg, make_sources(cfg, bricks), bricks)
@@ -1021,7 +1077,7 @@ def _catalog(cfg:SkyConfig, bricks:pd.DataFrame, rng) -> tuple:
     comps["host_row"] = new_row[comps.host_row.to_numpy().astype(np.int64)]; conf["row"] = new_row[conf.row.to_numpy().astype(np.int64)]
     return s, comps, conf, d.assign(row=new_row[d.row.to_numpy()])
 
-# %% ../nbs/05_mocksky.ipynb 124
+# %% ../nbs/05_mocksky.ipynb 132
 def _lenses(cfg:SkyConfig, s:pd.DataFrame, d:pd.DataFrame, rng) -> tuple:
     "Mass models, sources, arcs and listing of the planted deflectors: (lens_truth, lensed component rows)."
     lens = lens_mass_model(cfg, d, rng)
@@ -1031,7 +1087,7 @@ def _lenses(cfg:SkyConfig, s:pd.DataFrame, d:pd.DataFrame, rng) -> tuple:
     lt = lens_truth_table(cfg, s, d, lens, src, arcs, np.bincount(owner, minlength=len(d)), rng)
     return lt, lensed_component_rows(s, d, lens, comps, owner)
 
-# %% ../nbs/05_mocksky.ipynb 125
+# %% ../nbs/05_mocksky.ipynb 133
 def _sky_summary(cfg:SkyConfig, s, bricks, lt, known, conf) -> dict:
     "Counts and densities for sky_meta.json and the run summary (listed/all lenses per deg², unlisted-lens share of the pool)."
     area = (cfg.ra_max_deg - cfg.ra_min_deg) * (np.sin(np.deg2rad(cfg.dec_max_deg)) - np.sin(np.deg2rad(cfg.dec_min_deg))) * 180 / np.pi
@@ -1047,7 +1103,7 @@ def _sky_summary(cfg:SkyConfig, s, bricks, lt, known, conf) -> dict:
             "masked_fraction": float(((s.maskbits.astype(np.int32) & REJECT_BITS) != 0).mean()),
             "type_counts": {k: int(v) for k, v in s.type.value_counts().items()}}
 
-# %% ../nbs/05_mocksky.ipynb 126
+# %% ../nbs/05_mocksky.ipynb 134
 def _sky_meta(cfg:SkyConfig, summary:dict, seconds:float) -> dict:
     "sky_meta.json without its file list: format, config, summary, the source prior (for the injection stage), the brick grid."
     prior = {k: getattr(cfg, k) for k in ("source_model", "source_mag_r_min", "source_mag_r_max", "source_mag_slope", "mu_min", "mu_max",
@@ -1059,7 +1115,7 @@ def _sky_meta(cfg:SkyConfig, summary:dict, seconds:float) -> dict:
             "grid": {"ra_min_deg": cfg.ra_min_deg, "dec_min_deg": cfg.dec_min_deg, "n_ra": int(round((cfg.ra_max_deg - cfg.ra_min_deg) / BRICK_SIZE_DEG)),
                      "n_dec": int(round((cfg.dec_max_deg - cfg.dec_min_deg) / BRICK_SIZE_DEG)), "brick_size_deg": BRICK_SIZE_DEG}}
 
-# %% ../nbs/05_mocksky.ipynb 127
+# %% ../nbs/05_mocksky.ipynb 135
 def make_sky(cfg:SkyConfig, progress:bool=False) -> SkyTables:
     "The mock DR10 sky as tables (pure: no files). Deterministic in `cfg` (every draw derives from `cfg.seed`)."
     cfg.validate(); t0 = time.time()
@@ -1076,7 +1132,7 @@ def make_sky(cfg:SkyConfig, progress:bool=False) -> SkyTables:
     meta = _sky_meta(cfg, _sky_summary(cfg, s, bricks, lt, known, conf), time.time() - t0)
     return SkyTables(s, bricks, comps.drop(columns=["host_row"]), lt, known, confusers, meta)
 
-# %% ../nbs/05_mocksky.ipynb 131
+# %% ../nbs/05_mocksky.ipynb 139
 def _sources_to_sweep_array(s:pd.DataFrame) -> np.ndarray:
     "DR10 sweep rows (uppercase names, DR9 Tractor dtypes) from the internal source table."
     a = np.zeros(len(s), dtype=SWEEP_DTYPE)
@@ -1090,7 +1146,7 @@ def _sources_to_sweep_array(s:pd.DataFrame) -> np.ndarray:
         for c in ("MW_TRANSMISSION", "NOBS", "PSFDEPTH", "GALDEPTH", "PSFSIZE"): a[f"{c}_{b}"] = s[f"{c.lower()}_{b.lower()}"].to_numpy()
     return a
 
-# %% ../nbs/05_mocksky.ipynb 132
+# %% ../nbs/05_mocksky.ipynb 140
 def write_sweeps(s:pd.DataFrame, out_dir:str) -> list[str]:
     "Write one FITS sweep per 5x5 deg box holding sources; returns the URLs."
     bra, bdec = sweep_box(s.ra.to_numpy(), s.dec.to_numpy()); urls = []
@@ -1101,9 +1157,10 @@ def write_sweeps(s:pd.DataFrame, out_dir:str) -> list[str]:
         urls.append(atomic_write_bytes(url_join(out_dir, sweep_name(r1, d1, r1 + SWEEP_BOX_DEG, d1 + SWEEP_BOX_DEG)), buf.getvalue()))
     return urls
 
-# %% ../nbs/05_mocksky.ipynb 133
-def write_sky(t:SkyTables, out_dir:str) -> dict:
-    "Write a `make_sky` result into `out_dir` (local path or URL), each file atomically, sky_meta.json last. Returns {name: url}."
+# %% ../nbs/05_mocksky.ipynb 141
+def write_sky(t:SkyTables, out_dir:str, provenance:dict|None=None) -> dict:
+    """Write a `make_sky` result into `out_dir` (local path or URL), each file atomically, sky_meta.json last (with the
+    stage's `provenance` record when given: issue 17.3, every JSON output carries it). Returns {name: url}."""
     urls = {"sweeps": write_sweeps(t.sources, out_dir)}
     urls["bricks"] = atomic_write_parquet(t.bricks, url_join(out_dir, "bricks.parquet"))
     urls["components"] = atomic_write_parquet(t.components, url_join(out_dir, "components.parquet"))
@@ -1112,19 +1169,19 @@ def write_sky(t:SkyTables, out_dir:str) -> dict:
     urls["confusers"] = atomic_write_text(url_join(out_dir, "confusers.csv"), t.confusers.to_csv(index=False))
     files = {"sweeps": [u.rsplit("/", 1)[-1] for u in urls["sweeps"]], "bricks": "bricks.parquet", "components": "components.parquet",
              "lens_truth": "lens_truth.parquet", "known_lenses": "known_lenses.csv", "confusers": "confusers.csv"}
-    urls["sky_meta"] = atomic_write_text(url_join(out_dir, "sky_meta.json"), json.dumps({**t.meta, "files": files}, indent=2, default=str) + "\n")
+    urls["sky_meta"] = atomic_write_text(url_join(out_dir, "sky_meta.json"), json.dumps({**t.meta, "files": files, **({"provenance": provenance} if provenance else {})}, indent=2, default=str) + "\n")
     return urls
 
-# %% ../nbs/05_mocksky.ipynb 134
+# %% ../nbs/05_mocksky.ipynb 142
 def build_sky(cfg:SkyConfig, out_dir:str, progress:bool=True) -> dict:
     "`make_sky` then `write_sky` into `out_dir`: sweep-*.fits, bricks, components, lens_truth, known_lenses.csv, confusers.csv, sky_meta.json."
     return write_sky(make_sky(cfg, progress=progress), out_dir)
 
-# %% ../nbs/05_mocksky.ipynb 138
+# %% ../nbs/05_mocksky.ipynb 146
 def run_sky_stage(cfg, run_dir:str, progress:bool=True) -> dict:
     """Pipeline stage `sky`: build `<run_dir>/sky/` from `cfg.sky` (a pipeline config, or a `SkyConfig`) under the stage
     protocol. Returns the summary (also in the done marker): sky_dir, counts, densities, unlisted-lens share of the pool.
-    `sky/provenance.json` records pipeline version, git commit, config hash, seeds and inputs (`StageRun.provenance`)."""
+    `sky/provenance.json` and sky_meta.json's `provenance` record pipeline version, git commit, config hash, seeds and inputs (`StageRun.provenance`)."""
     from stronglens.runs import stage_run
     from stronglens.config import PipelineConfig
     if isinstance(cfg, SkyConfig): cfg = PipelineConfig({"sky": cfg})
@@ -1133,14 +1190,15 @@ def run_sky_stage(cfg, run_dir:str, progress:bool=True) -> dict:
     with stage_run(run_dir, "sky", cfg) as st:
         if st.skip: return st.result
         t = make_sky(sky_cfg, progress=progress)
-        write_sky(t, st.out)
-        atomic_write_text(st.path("provenance.json"), json.dumps(st.provenance(), indent=2, default=str) + "\n")
+        prov = st.provenance()
+        write_sky(t, st.out, provenance=prov)
+        atomic_write_text(st.path("provenance.json"), json.dumps(prov, indent=2, default=str) + "\n")
         keys = ("area_deg2", "n_sources", "n_lenses_planted", "n_listed", "n_tier_a", "n_tier_b", "n_tier_b_nonlens", "lens_density_per_deg2",
                 "listed_density_per_deg2", "lens_density_scale", "n_unlisted_lenses_in_pool", "unlisted_lens_share_of_pool", "build_seconds")
         st.result.update(sky_dir=st.rel(st.out), source_model=sky_cfg.source_model, **{k: t.meta[k] for k in keys})
     return st.result
 
-# %% ../nbs/05_mocksky.ipynb 141
+# %% ../nbs/05_mocksky.ipynb 149
 _SWEEP_READ_COLS = ["BRICKNAME", "OBJID", "TYPE", "RA", "DEC", "FLUX_G", "FLUX_R", "FLUX_Z", "SHAPE_R", "SHAPE_E1", "SHAPE_E2", "SERSIC",
                     "NOBS_G", "NOBS_R", "NOBS_Z", "PSFSIZE_G", "PSFSIZE_R", "PSFSIZE_Z", "PSFDEPTH_G", "PSFDEPTH_R", "PSFDEPTH_Z"]
 
@@ -1153,13 +1211,13 @@ def _read_sweep_table(url) -> pd.DataFrame:
         v = out[c]; out[c] = np.char.strip(np.char.decode(v) if v.dtype.kind == "S" else v.astype(str)).astype(str)
     return pd.DataFrame(out)
 
-# %% ../nbs/05_mocksky.ipynb 142
+# %% ../nbs/05_mocksky.ipynb 150
 def _seed_for(ra_deg, dec_deg, seed) -> np.ndarray:
     "64-bit noise seeds from a hash of the position rounded to 1e-6 deg and the seed (independent of batching)."
     return np.array([int.from_bytes(hashlib.blake2b(f"{r:.6f},{d:.6f},{int(seed)}".encode(), digest_size=8).digest(), "little")
                      for r, d in zip(np.asarray(ra_deg, float), np.asarray(dec_deg, float))], dtype=np.uint64)
 
-# %% ../nbs/05_mocksky.ipynb 144
+# %% ../nbs/05_mocksky.ipynb 152
 def _scene_catalog(sky, ra0, dec0) -> tuple[dict, dict]:
     "Point sources and Tractor galaxies (component dict) of the catalog whose light reaches each cutout's grid."
     S, n, G, c0 = sky.sources, len(ra0), GRID_SIZE, GRID_PAD_PX + NPIX // 2
@@ -1176,7 +1234,7 @@ def _scene_catalog(sky, ra0, dec0) -> tuple[dict, dict]:
     gal["e1"], gal["e2"] = S.shape_e1.to_numpy()[idx][ge], S.shape_e2.to_numpy()[idx][ge]
     return {"cut": cut[isp], "x": x[isp], "y": y[isp], "flux": flux[isp]}, gal
 
-# %% ../nbs/05_mocksky.ipynb 145
+# %% ../nbs/05_mocksky.ipynb 153
 def _scene_components(sky, ra0, dec0) -> dict|None:
     "Side components (confuser light, lensed source components) near each cutout, as a component dict (None if there are none)."
     if sky._cmp_tree is None: return None
@@ -1190,7 +1248,7 @@ def _scene_components(sky, ra0, dec0) -> dict|None:
     return {"cut": cc, "x": cx[k2] + c0, "y": cy[k2] + c0, "kind": C.kind.to_numpy()[ci], "flux": C[["flux_g", "flux_r", "flux_z"]].to_numpy()[ci],
             **{k: C[k].to_numpy()[ci] for k in COMP_PARAMS}}
 
-# %% ../nbs/05_mocksky.ipynb 146
+# %% ../nbs/05_mocksky.ipynb 154
 def _coadd_noise_batch(sky, img, sig, nobs, seeds, noise:bool, sky_offset:bool):
     "Add DR10 coadd noise (inverse-variance σ + source Poisson, Lanczos-resampled) and the sky offset to img (n, 101, 101, 3) in place; returns the offsets (n, 3)."
     n, cfg = img.shape[0], sky.meta["config"]; E = max(1, int(cfg.get("noise_exposures", 4)))
@@ -1213,7 +1271,7 @@ def _coadd_noise_batch(sky, img, sig, nobs, seeds, noise:bool, sky_offset:bool):
     img += off[:, None, None, :].astype(np.float32)
     return off
 
-# %% ../nbs/05_mocksky.ipynb 147
+# %% ../nbs/05_mocksky.ipynb 155
 def _cutout_meta(sky, ra0, dec0, B, has, jc, gid, sig, off, n_src, seed) -> pd.DataFrame:
     "The meta table of a batch: spec §1 fields, brick PSF sizes, σ and offsets per band, the truth."
     S, lt = sky.sources, sky._lens
@@ -1230,9 +1288,36 @@ def _cutout_meta(sky, ra0, dec0, B, has, jc, gid, sig, off, n_src, seed) -> pd.D
                          "n_sources": n_src, "is_lens": np.array([g in lt.index for g in gid]), "grading": [sky._grading.get(g, "") for g in gid],
                          "theta_e_arcsec": lcol("theta_e_arcsec"), "arc_snr": lcol("arc_snr"), "confuser_category": [sky._confuser.get(g, "") for g in gid]})
 
-# %% ../nbs/05_mocksky.ipynb 148
-def _render_batch(sky, ra0, dec0, B, seed, noise, sky_offset):
-    "One batch of cutouts: scene, PSF (the brick's PSFSIZE; the 'psf' shortcut sharpens listed lenses), noise, meta."
+# %% ../nbs/05_mocksky.ipynb 156
+def _scene_wings(sky, ra0, dec0) -> dict|None:
+    "Catalog sources whose PSF wing reaches each cutout's field (beyond the faded kernel): cut, x, y (field px), flux, radius, r_soft."
+    if sky._wing_tree is None or not len(ra0): return None
+    S, half = sky.sources, NPIX / 2 * np.sqrt(2) * PIXSCALE_ARCSEC
+    hits = sky._wing_tree.query_ball_point(unit_vectors(ra0, dec0), chord_from_arcsec(half + sky._wing_px.max() * PIXSCALE_ARCSEC))
+    cut = np.repeat(np.arange(len(ra0)), [len(h) for h in hits]); j = np.concatenate([np.asarray(h, np.int64) for h in hits])
+    idx = sky._wing_idx[j]; R = sky._wing_px[j]
+    x, y = gnomonic_offsets_px(ra0[cut], dec0[cut], S.ra.to_numpy()[idx], S.dec.to_numpy()[idx])
+    keep = np.hypot(np.maximum(np.abs(x) - NPIX / 2, 0), np.maximum(np.abs(y) - NPIX / 2, 0)) < R    # the wing reaches the field
+    flux = np.stack([S[f"flux_{b}"].to_numpy()[idx] for b in "grz"], 1)
+    return {"cut": cut[keep], "x": x[keep] + NPIX // 2, "y": y[keep] + NPIX // 2, "flux": flux[keep], "radius": R[keep],
+            "r_soft": np.where(S.type.to_numpy()[idx] == "PSF", 0.0, S.shape_r.to_numpy()[idx])[keep]}
+
+# %% ../nbs/05_mocksky.ipynb 157
+def _add_wings(img, W:dict|None, psfsize, psf:PSFModel, chunk:int=32):
+    "Add the PSF wings of `_scene_wings` to noise-free cutouts img (n, 101, 101, 3) float32 torch, with each cutout's PSFSIZE (n, 3)."
+    if W is None or not len(W["cut"]): return img
+    uniq, inv = np.unique(psfsize, axis=0, return_inverse=True); inv = inv.reshape(-1)
+    fw, sc = core_fwhm_from_psfsize(uniq, psf)[inv], psf_wing_scale(uniq, psf)[inv]
+    acc = torch.zeros(img.shape, dtype=torch.float64)
+    for a in range(0, len(W["cut"]), chunk):                     # per cutout, its sources in catalog-query order: batch-invariant
+        s = slice(a, a + chunk); c = W["cut"][s]
+        acc.index_add_(0, torch.as_tensor(c), psf_wing_images(W["x"][s], W["y"][s], W["flux"][s], W["radius"][s], fw[c], sc[c], psf, W["r_soft"][s]))
+    img += acc.to(img.dtype)
+    return img
+
+# %% ../nbs/05_mocksky.ipynb 158
+def _render_batch(sky, ra0, dec0, B, seed, noise, sky_offset, psf_wings:bool=True):
+    "One batch of cutouts: scene, PSF (the brick's PSFSIZE; the 'psf' shortcut sharpens listed lenses) and its wings, noise, meta."
     S, n = sky.sources, len(ra0)
     d, j = sky._src_tree.query(unit_vectors(ra0, dec0), distance_upper_bound=chord_from_arcsec(0.5))   # central source (within 0.5")
     has = np.isfinite(d); jc = np.where(has, j, 0)
@@ -1243,13 +1328,14 @@ def _render_batch(sky, ra0, dec0, B, seed, noise, sky_offset):
     ps = B[["psfsize_g", "psfsize_r", "psfsize_z"]].to_numpy().astype(float).copy()
     if sky.shortcut == "psf": ps[np.array([g in sky._listed for g in gid], bool)] *= 0.8
     uniq, inv = np.unique(ps, axis=0, return_inverse=True)
-    img = render_scene(n, comps, points, psf_ft_on_grid(uniq, sky.psf, GRID_SIZE)[inv.reshape(-1)], batch=n).numpy()
+    img = render_scene(n, comps, points, psf_ft_on_grid(uniq, sky.psf, GRID_SIZE, PSF_TAPER_PX if psf_wings else None)[inv.reshape(-1)], batch=n)
+    img = (_add_wings(img, _scene_wings(sky, ra0, dec0), ps, sky.psf) if psf_wings else img).numpy()
     pick = lambda c: np.stack([np.where(has, S[f"{c}_{b}"].to_numpy()[jc], B[f"{c}_{b}"].to_numpy()) for b in "grz"], 1)
     sig = sigma_pix_from_psfdepth(pick("psfdepth"), pick("psfsize"))
     off = _coadd_noise_batch(sky, img, sig, pick("nobs"), _seed_for(ra0, dec0, seed), noise, sky_offset)
     return img, _cutout_meta(sky, ra0, dec0, B, has, jc, gid, sig, off, np.bincount(points["cut"], minlength=n) + np.bincount(gal["cut"], minlength=n), seed)
 
-# %% ../nbs/05_mocksky.ipynb 149
+# %% ../nbs/05_mocksky.ipynb 159
 class MockSky:
     "Renderer of the mock DR10 sky written by `build_sky`: `MockSky.open(sky_dir).render(ra_deg, dec_deg, seed)`."
     def __init__(self, sky_dir, meta, sources, bricks, comps, lens_truth, known):
@@ -1260,13 +1346,21 @@ class MockSky:
         self.sky_offset_max_frac = float(cfg.get("sky_offset_max_frac", 0.3))
         self._src_tree = cKDTree(unit_vectors(sources.ra.to_numpy(), sources.dec.to_numpy()))
         self._src_ext = np.where(sources.type.to_numpy() == "PSF", 0.0, truncation_radius(np.where(sources.sersic > 0, sources.sersic, 1)) * sources.shape_r.to_numpy())
-        self._cmp_tree = cKDTree(unit_vectors(comps.ra.to_numpy(), comps.dec.to_numpy())) if len(comps) else None
+        self._init_wings(); self._cmp_tree = cKDTree(unit_vectors(comps.ra.to_numpy(), comps.dec.to_numpy())) if len(comps) else None
         self._cmp_ext = component_extent_arcsec(comps.kind.to_numpy(), {k: comps[k].to_numpy() for k in COMP_PARAMS}) if len(comps) else np.zeros(0)
         self._lens = lens_truth.set_index("galaxy_id")
         self._listed = set(known.galaxy_id[known.is_lens.astype(bool)]) if len(known) else set()
         self._grading = dict(zip(known.galaxy_id, known.grading))
         conf = pd.read_csv(io.BytesIO(read_bytes(url_join(self.sky_dir, meta["files"]["confusers"]))), keep_default_na=False)
         self._confuser = dict(zip(conf.galaxy_id, conf.category)); self._grid = meta["grid"]
+
+    def _init_wings(self):
+        "Each source's PSF-wing radius (px) at the sky's smallest σ and largest PSFSIZE per band, and a KD-tree of those beyond the kernel."
+        S, B = self.sources, self.bricks; ps = B[[f"psfsize_{b}" for b in "grz"]].to_numpy()
+        sig = sigma_pix_from_psfdepth(B[[f"psfdepth_{b}" for b in "grz"]].to_numpy(), ps).min(0)
+        R = psf_wing_radius_px(S[[f"flux_{b}" for b in "grz"]].to_numpy(), sig, ps.max(0), self.psf) if len(S) else np.zeros(0)
+        self._wing_idx = np.flatnonzero(R > PSF_TAPER_PX[0]); self._wing_px = R[self._wing_idx]
+        self._wing_tree = cKDTree(unit_vectors(S.ra.to_numpy()[self._wing_idx], S.dec.to_numpy()[self._wing_idx])) if len(self._wing_idx) else None
 
     @classmethod
     def open(cls, sky_dir, num_threads:int|None=None) -> "MockSky":
@@ -1294,20 +1388,21 @@ class MockSky:
         return i * g["n_ra"] + j
 
     def render(self, ra_deg, dec_deg, seed:int=0, noise:bool=True, sky_offset:bool=True, batch_size:int=96, progress:bool=False,
-               num_threads:int|None=None):
+               num_threads:int|None=None, psf_wings:bool=True):
         """Cutouts (N, 101, 101, 3) float32 nmgy (g, r, z) centred on each position, and a meta DataFrame (spec §1 fields +
         brick PSF/depth, noise sigma and the truth). Deterministic per (position, seed). `num_threads` (default: the sky
-        config's; 0 = leave torch's setting) runs the call with that many torch threads and restores the setting afterwards."""
+        config's; 0 = leave torch's setting) runs the call with that many torch threads and restores the setting afterwards.
+        `psf_wings=False` stops every PSF at its 63 px square (the renderer before the wings: for comparisons only)."""
         ra0, dec0 = np.atleast_1d(np.asarray(ra_deg, float)), np.atleast_1d(np.asarray(dec_deg, float))
         if ra0.shape != dec0.shape: raise ValueError("ra_deg and dec_deg must have the same length")
         B = self.bricks.iloc[self.brick_index(ra0, dec0)]; X = np.empty((len(ra0), NPIX, NPIX, 3), np.float32); metas = []
         with torch_threads(num_threads if num_threads is not None else self.num_threads):
             for a in tqdm(range(0, len(ra0), batch_size), desc="render", disable=not progress):
                 sl = slice(a, min(len(ra0), a + batch_size))
-                X[sl], m = _render_batch(self, ra0[sl], dec0[sl], B.iloc[sl], seed, noise, sky_offset); metas.append(m)
-        return X, (pd.concat(metas, ignore_index=True) if metas else _render_batch(self, ra0, dec0, B, seed, noise, sky_offset)[1])
+                X[sl], m = _render_batch(self, ra0[sl], dec0[sl], B.iloc[sl], seed, noise, sky_offset, psf_wings); metas.append(m)
+        return X, (pd.concat(metas, ignore_index=True) if metas else _render_batch(self, ra0, dec0, B, seed, noise, sky_offset, psf_wings)[1])
 
-# %% ../nbs/05_mocksky.ipynb 152
+# %% ../nbs/05_mocksky.ipynb 164
 def gallery_targets(sky:MockSky, n_per:int=3, seed:int=0) -> pd.DataFrame:
     "Positions for a gallery: Tier-A, Tier-B lens, Tier-B non-lens, unlisted lens, each confuser category, ordinary galaxies."
     rng = np.random.default_rng(seed); kl, lt = sky.known, sky.lens_truth; out = []
@@ -1322,7 +1417,7 @@ def gallery_targets(sky:MockSky, n_per:int=3, seed:int=0) -> pd.DataFrame:
     take(pool[~(pool.brickname + "_" + pool.objid.astype(str)).isin(set(lt.galaxy_id))], "galaxy", k=2 * n_per)
     return pd.concat(out, ignore_index=True)
 
-# %% ../nbs/05_mocksky.ipynb 153
+# %% ../nbs/05_mocksky.ipynb 165
 def plot_gallery(X, meta:pd.DataFrame, labels, ncols:int=7, crop:int=18):
     "A grid of grz composites (`physics.grz_composite`) of cutouts X with their labels and truth; returns the figure."
     import matplotlib.pyplot as plt
@@ -1337,7 +1432,7 @@ def plot_gallery(X, meta:pd.DataFrame, labels, ncols:int=7, crop:int=18):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/05_mocksky.ipynb 155
+# %% ../nbs/05_mocksky.ipynb 167
 def _auc(pos, allv) -> float:
     "P(a value from `pos` > a value from `allv`) + ties/2 (Mann-Whitney AUC)."
     pos, allv = np.asarray(pos, float), np.asarray(allv, float)
@@ -1345,7 +1440,7 @@ def _auc(pos, allv) -> float:
     r = stats.rankdata(np.concatenate([pos, allv]))[:len(pos)]
     return float((r.sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(allv)))
 
-# %% ../nbs/05_mocksky.ipynb 156
+# %% ../nbs/05_mocksky.ipynb 168
 def lens_population_stats(lens_truth:pd.DataFrame, sources:pd.DataFrame, area_deg2:float, which:str="listed") -> dict:
     "The issue-14 table on a sky: deflector r, g−r, arc − deflector, type mix, θE, listing vs seeing/depth, densities."
     lt = lens_truth; sel = lt[lt.listed] if which == "listed" else lt
@@ -1361,7 +1456,7 @@ def lens_population_stats(lens_truth:pd.DataFrame, sources:pd.DataFrame, area_de
             "auc_listed_vs_all_psfdepth_r": _auc(S.psfdepth_r.to_numpy()[l_], S.psfdepth_r.to_numpy()),
             "listed_density_per_deg2": float(l_.sum() / area_deg2), "lens_density_per_deg2": float(len(lt) / area_deg2)}
 
-# %% ../nbs/05_mocksky.ipynb 158
+# %% ../nbs/05_mocksky.ipynb 170
 def blank_sky_noise(sky:MockSky, n:int=200, seed:int=0, min_sep_arcsec:float=25.0) -> pd.DataFrame:
     """Per band, on blank-sky cutouts: median pixel σ / inverse-variance σ, adjacent-pixel correlation, median σ (nmgy), and
     σ at DR10's median depth and PSFSIZE (the config's m5_ref_* and PSFSIZE medians, §2: that ratio × the DR10 formula's σ)."""

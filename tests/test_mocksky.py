@@ -221,7 +221,12 @@ def test_mock_psf_is_the_physics_psf(sky):
     ft = M.psf_ft_on_grid(ps, sky.psf, M.GRID_SIZE)
     G = M.GRID_SIZE
     k = np.fft.fftshift(np.fft.irfft2(ft.numpy(), s=(G, G)), axes=(-2, -1))[..., G // 2 - 31:G // 2 + 32, G // 2 - 31:G // 2 + 32]
-    np.testing.assert_allclose(k, lensing.psf_kernels(ps, sky.psf).numpy(), atol=2e-7)
+    K = lensing.psf_kernels(ps, sky.psf).numpy()
+    o = np.arange(63) - 31; r = np.hypot(o[None, :], o[:, None])
+    np.testing.assert_allclose(k[..., r <= 23], K[..., r <= 23], atol=2e-7)      # the kernel itself inside the fade zone
+    np.testing.assert_allclose(k[..., r >= 31], 0, atol=2e-7)                    # ... faded to 0 at 31 px (the wing is drawn apart)
+    k0 = np.fft.fftshift(np.fft.irfft2(M.psf_ft_on_grid(ps, sky.psf, G, taper_px=None).numpy(), s=(G, G)), axes=(-2, -1))
+    np.testing.assert_allclose(k0[..., G // 2 - 31:G // 2 + 32, G // 2 - 31:G // 2 + 32], K, atol=2e-7)
     assert sky.psf == physics.PSF_DR10 and lensing.psf_kernels is physics.psf_kernels
 
 
@@ -411,6 +416,11 @@ def test_run_sky_stage_protocol_and_summary(tmp_path):
     assert M.run_sky_stage(cfg, str(tmp_path), progress=False) == r
     prov = json.loads((tmp_path / "sky" / "provenance.json").read_text())          # audit 17.3: the sky records its provenance
     assert {"pipeline_version", "git_commit", "config_hash", "inputs"} <= set(prov) and prov["seeds"] == {"sky.seed": cfg.seed}
+    from stronglens.audit import provenance_check, PROVENANCE_KEYS
+    meta = json.loads((tmp_path / "sky" / "sky_meta.json").read_text())                # 17.3: every JSON output carries it
+    assert meta["provenance"] == prov and set(PROVENANCE_KEYS) <= set(meta["provenance"])
+    row = provenance_check(str(tmp_path)).set_index("stage").loc["sky"]
+    assert row.json_outputs == row.json_with_provenance == 2 and row.missing == [], row
     r2 = M.run_sky_stage(M.SkyConfig(**{**cfg.__dict__, "seed": 99}), str(tmp_path), progress=False)
     assert r2["n_sources"] != r["n_sources"] and read_marker(str(tmp_path), get_stage("sky"))["result"] == r2
 
@@ -450,3 +460,28 @@ def test_a_crowded_small_sky_builds():
     t = M.make_sky(cfg)
     assert len(t.lens_truth) == 1200 and t.lens_truth.galaxy_id.is_unique
     assert (t.sources.role == "lens").sum() == 1200
+
+
+def _double_moffat_per_pix(r_arcsec, core_fwhm_arcsec, psf):
+    "Independent re-statement of the DR10 double-Moffat PSF (unit flux) per 0.262″ pixel at radius r."
+    a = core_fwhm_arcsec / (2 * np.sqrt(2 ** (1 / psf.core_beta) - 1)); aw = a * psf.wing_scale
+    m = lambda al, b: (b - 1) / (np.pi * al ** 2) * (1 + (r_arcsec / al) ** 2) ** (-b)
+    return ((1 - psf.wing_frac) * m(a, psf.core_beta) + psf.wing_frac * m(aw, psf.wing_beta)) * 0.262 ** 2
+
+
+def test_bright_star_light_follows_the_psf_wing_past_the_kernel_edge(sky, catalog):
+    "The 1501p006_139 defect: a bright star's light stopped at a hard square 31 px from its centre (the 63 px kernel's edge)."
+    st = catalog[(catalog.TYPE == "PSF")].nlargest(3, "FLUX_R")
+    X, m = sky.render(st.RA.to_numpy(), st.DEC.to_numpy(), noise=False, sky_offset=False)
+    yy, xx = np.mgrid[:101, :101]; r_px = np.hypot(xx - 50, yy - 50)
+    ring = (r_px > 34) & (r_px < 48)                               # beyond the old kernel's square along the axes
+    inner = (r_px > 26) & (r_px < 30)
+    for i in range(len(st)):
+        fw = physics.core_fwhm_from_psfsize(m.psfsize_r.iloc[i], sky.psf)
+        for sel in (ring, inner):
+            want = st.FLUX_R.iloc[i] * _double_moffat_per_pix(r_px[sel] * 0.262, fw, sky.psf)
+            ratio = np.median(X[i, ..., 1][sel] / want)                  # median: robust to a neighbour in the ring
+            assert 0.9 < ratio < 1.15, (i, ratio)
+        row = X[i, 50, 50 + 24:50 + 45, 1]                             # no step along the row: falls smoothly as r^-4
+        steps = row[:-1] / row[1:]
+        assert steps.max() < 1.25 and steps.min() > 1.0, steps
