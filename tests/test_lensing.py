@@ -357,3 +357,30 @@ def test_render_is_batch_invariant():
                 np.testing.assert_array_equal(a[i], b)
             else:                                   # the FFT length follows the chunk's largest box: equal to float32 rounding
                 np.testing.assert_allclose(a[i], b, rtol=0, atol=1e-6 * float(np.abs(b).max()))
+
+
+def test_screened_mu_sampler_draws_exactly_what_the_exact_sampler_draws():
+    """`sample_sources` screens each proposal's μ with a cheap box (the (1 − 0.1) isophote) and recomputes it exactly only
+    near the bounds and for the accepted: the same seed must give the same sources as the exact sampler (every proposal's
+    μ exact, the previous code) — so the spec §6 priors are unchanged — and every accepted μ is exact."""
+    rng = np.random.default_rng(5); n = 60
+    lens = L.sample_lenses(n, 11, theta_E=np.repeat([0.5, 1.25, 2.75], 20))
+    kw = dict(colour_table={"g_minus_r": [0.2, 0.6], "r_minus_z": [0.3, 0.5]}, proposals_per_round=4)
+    exact = L.sample_sources(n, 3, lens, mu_screen_eps_flux=0.0, **kw)
+    fast = L.sample_sources(n, 3, lens, **kw)
+    for k in ("mag_r", "g_minus_r", "r_minus_z", "R_sersic", "n_sersic", "e1", "e2", "center_x", "center_y", "n_draws"):
+        np.testing.assert_array_equal(fast[k], exact[k], err_msg=k)
+    np.testing.assert_allclose(fast["magnification"], exact["magnification"], rtol=1e-5)
+    mu = L.lensed_magnification(lens, {k: fast[k] for k in ("R_sersic", "n_sersic", "e1", "e2", "center_x", "center_y")})
+    np.testing.assert_allclose(fast["magnification"], mu, rtol=1e-5)
+    assert ((mu >= 5) & (mu <= 30)).all() and fast["n_draws"].mean() > 2          # the cut did reject proposals
+
+
+def test_screen_magnification_is_a_close_lower_bound():
+    "The screen's μ (box at the 90 % isophote) never exceeds the exact μ and stays within 1 % of it (measured max 0.7 %: the 2 % band re-evaluates every proposal it could misjudge)."
+    rng = np.random.default_rng(0); n = 300
+    lens = L.sample_lenses(n, 1, theta_E=rng.uniform(0.4, 3.1, n), q_range=(0.4, 1.0), gamma_max=0.12)
+    prop = L._propose_shapes(rng, np.arange(n), lens, lens["theta_E"], (0.1, 0.5), (0.5, 2.0), (0.4, 1.0))
+    exact, cheap = L.lensed_magnification(lens, prop), L.lensed_magnification(lens, prop, eps_flux=0.1)
+    rel = cheap / exact - 1
+    assert (rel <= 1e-6).all() and np.abs(rel).max() < 0.01, np.abs(rel).max()
