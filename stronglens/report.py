@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .config import (atomic_write_json, atomic_write_text, exists, get_fs, read_bytes, read_parquet, resolve_path,
+from .config import (atomic_write_json, atomic_write_text, exists, get_fs, read_bytes, read_parquet, relative_path, resolve_path,
                                url_join)
 from . import calibration as cal
 from . import figures as F
@@ -24,7 +24,7 @@ __all__ = ['SCORE_COLUMNS', 'STATUS_WORDS', 'TABLE_CAPTIONS', 'REFERENCE_CATEGOR
            'synthetic_run', 'contaminant_categories', 'scored_table', 'inherited_rule', 'detection_threshold',
            'quality_gate_rule', 'report_alerts', 'schematic_counts', 'failure_examples', 'lens_notes', 'load_stamps',
            'stratum_labels', 'report_tables', 'recall_band', 'report_figures', 'headline_numbers', 'html_table',
-           'render_page', 'operating_point_alerts', 'build_report', 'run_report_stage']
+           'render_page', 'operating_point_alerts', 'run_folder_from', 'build_report', 'run_report_stage']
 
 # %% ../nbs/16c_report.ipynb 6
 @dataclass
@@ -825,7 +825,7 @@ def render_page(rep:dict, tabs:dict, strata:pd.DataFrame|None, inp:ReportInputs,
                 sections:Sequence[tuple[str, str]]=()) -> str:
     "The whole HTML page from `report.json`'s content, the tables and the inputs; `sections` ((title, html) pairs) go before the figures."
     prov = rep.get("provenance") or {}
-    head = (f"<h1>Lens-finder audit: {_e(rep['finder'])}</h1><p class=sub>run {_e(rep['run_dir'])} · created {_e(rep['created_utc'])} · "
+    head = (f"<h1>Lens-finder audit: {_e(rep['finder'])}</h1><p class=sub>run folder {_e(rep['run_dir'])}{' (relative to this page)' if str(rep['run_dir']).startswith('.') else ''} · created {_e(rep['created_utc'])} · "
             f"pipeline {_e(prov.get('pipeline_version', '?'))} · commit {_e(str(prov.get('git_commit', '?'))[:12])} · config {_e(prov.get('config_hash', '?'))}</p>")
     parts = [head, _section_alerts(rep["alerts"]), "<h2>Operating point and headline numbers</h2>",
              _section_headline(rep["threshold"], rep["headline"], rep.get("calibration")), _section_strata(strata),
@@ -875,7 +875,14 @@ def _check_extras(alerts:Sequence, sections:Sequence) -> tuple[list[tuple], list
     return al, se
 
 
-# %% ../nbs/16c_report.ipynb 107
+# %% ../nbs/16c_report.ipynb 108
+def run_folder_from(out_dir:str, run_dir:str) -> str:
+    "The run folder as seen from the report folder `out_dir` ('..' for RUN/report) when it lies inside the run, else `run_dir`."
+    rel = relative_path(run_dir, out_dir)
+    if rel == str(out_dir) and str(out_dir).rstrip("/") != str(run_dir).rstrip("/"): return str(run_dir)
+    return "." if rel in ("", ".") else "/".join([".."] * len(rel.strip("/").split("/")))
+
+# %% ../nbs/16c_report.ipynb 110
 def build_report(inp:ReportInputs, out_dir:str, cfg:ReportConfig|None=None, provenance:dict|None=None, log=print,
                  extra_alerts:Sequence[tuple[str, str]]=(), # more (level, message) alerts, e.g. an audit's verdict
                  extra_sections:Sequence[tuple[str, str]]=() # (title, html) sections for the page, before the figures
@@ -893,7 +900,7 @@ def build_report(inp:ReportInputs, out_dir:str, cfg:ReportConfig|None=None, prov
         F.save_figure(f, url_join(out_dir, "figures"), k, cfg.formats, cfg.dpi)
     log(f"wrote {len(figs)} figures and {len(tabs)} tables")
     hl = {**headline_numbers(sc, th, cfg), "n_bootstrap": cfg.n_bootstrap}
-    rep = {"finder": inp.finder, "run_dir": inp.run_dir, "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    rep = {"finder": inp.finder, "run_dir": run_folder_from(out_dir, inp.run_dir), "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "threshold": th, "headline": hl,
            "calibration": _calibration_summary(extra.get("calibration"), cfg), "alerts": sorted(report_alerts(inp, cfg) + operating_point_alerts(hl) + extra_alerts, key=lambda a: a[0] != "red"),
            "figures": ffiles, "tables": {k: {"csv": f"tables/{k}.csv", "tex": f"tables/{k}.tex"} for k in tfiles},
@@ -904,7 +911,7 @@ def build_report(inp:ReportInputs, out_dir:str, cfg:ReportConfig|None=None, prov
     atomic_write_text(url_join(out_dir, "index.html"), render_page(rep, tabs, extra.get("nobs_z_table"), inp, out_dir, extra_sections))
     return rep
 
-# %% ../nbs/16c_report.ipynb 115
+# %% ../nbs/16c_report.ipynb 118
 def run_report_stage(cfg, run_dir:str, progress:bool=True) -> dict:
     "Pipeline stage `report`: figures, tables, report.json and index.html into `<run_dir>/report/`."
     from stronglens.runs import stage_run

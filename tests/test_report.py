@@ -260,3 +260,16 @@ def test_pipeline_notebook(run, report, tmp_path):
                         progress_bar=False, cwd=str(nb.parent))
     text = (tmp_path / "out.ipynb").read_text()
     assert "fig8_contaminant_fpr" in text and "table6_selection_function" in text
+
+
+def test_copied_run_report_does_not_name_the_original_folder(run, report, tmp_path):
+    "report.json and the page name the run relative to the report folder: a `cp -r` of the run points at the copy."
+    import subprocess
+    d, _ = run
+    copy = tmp_path / "copied-run"
+    subprocess.run(["cp", "-r", d, str(copy)], check=True)
+    text = (copy / "report" / "report.json").read_text()
+    assert str(Path(d).resolve()) not in text and d not in text
+    rep = json.loads(text)
+    assert (copy / "report" / rep["run_dir"]).resolve() == copy.resolve()
+    assert d not in (copy / "report" / "index.html").read_text()
