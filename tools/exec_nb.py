@@ -3,8 +3,9 @@
 
   .venv/bin/python tools/exec_nb.py nbs/04_lensing.ipynb [more.ipynb ...]   # or: make outputs NB=nbs/04_lensing.ipynb
 
-Cells run with the notebook's folder as working directory (as `nbdev_test` does), slow cells included. A notebook that
-raises is left unchanged and reported (exit 1). `nbdev_clean` then strips volatile metadata and keeps the outputs.
+Cells run with the notebook's folder as working directory (as `nbdev_test` does), slow cells included, with tqdm's
+progress bars off (TQDM_DISABLE=1) and tqdm.auto's 'IProgress not found' warning silenced: committed outputs show
+results, not progress lines. A notebook that raises is left unchanged and reported (exit 1). `nbdev_clean` then strips volatile metadata and keeps the outputs.
 """
 import os, subprocess, sys, time
 from pathlib import Path
@@ -27,6 +28,8 @@ def run(path: Path, timeout: int = 1800) -> str | None:
 
 if __name__ == "__main__":
     os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    os.environ["TQDM_DISABLE"] = "1"        # no progress bars in committed outputs (tqdm reads TQDM_* as its defaults)
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), "ignore:IProgress not found"]))   # tqdm.auto without ipywidgets
     bad = [(p, e) for p in map(Path, sys.argv[1:]) if (e := run(p))]
     for p, e in bad: print(f"{p}: FAILED, left unchanged: {e}", file=sys.stderr)
     sys.exit(1 if bad else 0)
