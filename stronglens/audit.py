@@ -26,8 +26,8 @@ __all__ = ['MODEL_FORMATS', 'INPUT_PREPROCESSING', 'COUNTERFACTUAL_TESTS', 'ARC_
            'counterfactual_table', 'fig_counterfactual', 'held_out_positives', 'run_counterfactuals', 'audit_threshold',
            'finder_fingerprint', 'with_provenance', 'Finder', 'prepare_finder', 'counterfactual_html',
            'audit_injection_config', 'injection_skip_reason', 'run_model_injection', 'with_section', 'skip_reasons',
-           'run_audit_stage', 'read_audit', 'provenance_check', 'default_name', 'build_parser', 'audit_from_args',
-           'main']
+           'run_audit_stage', 'read_audit', 'provenance_check', 'export_run_model', 'default_name', 'build_parser',
+           'audit_from_args', 'main']
 
 # %% ../nbs/19_audit.ipynb 6
 MODEL_FORMATS = ("auto", "torchscript", "onnx", "checkpoint")
@@ -694,13 +694,21 @@ def provenance_check(run_dir:str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["stage", "status", "record", "missing", "json_outputs", "json_with_provenance"])
 
 # %% ../nbs/19_audit.ipynb 101
+def export_run_model(run_dir:str, path:str) -> str:
+    "Write the run's CNN (model/checkpoints/best.pt) to `path`: ONNX for a '.onnx' name, else TorchScript; returns `path`."
+    from stronglens.train import export_onnx, export_torchscript
+    ck = url_join(run_dir, "model", "checkpoints", "best.pt")
+    if not exists(ck): raise FileNotFoundError(f"{ck}: this run has no trained model (run `stronglens run train --run-dir {run_dir}`)")
+    return (export_onnx if str(path).lower().endswith(".onnx") else export_torchscript)(ck, str(path))
+
+# %% ../nbs/19_audit.ipynb 104
 def default_name(path:str) -> str:
     "A finder name from a file name: its stem with anything but letters, digits, '_', '.', '-' replaced by '_'."
     import re
     stem = Path(str(path).rstrip("/").rsplit("/", 1)[-1]).stem or "external"
     return (re.sub(r"[^A-Za-z0-9_.-]", "_", stem).strip("._-") or "external")[:64]
 
-# %% ../nbs/19_audit.ipynb 103
+# %% ../nbs/19_audit.ipynb 106
 def build_parser() -> argparse.ArgumentParser:
     "The `stronglens audit` argument parser."
     ap = argparse.ArgumentParser(prog="stronglens audit", description="Audit an external lens finder on a run folder: scores or a model.")
@@ -708,6 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--scores", help="CSV/Parquet with galaxy_id, p_lens (+ optional logit) for every manifest galaxy")
     src.add_argument("--model", help="TorchScript or ONNX model, or a stronglens checkpoint")
+    src.add_argument("--export-model", metavar="FILE", help="write the run's own CNN to FILE (TorchScript; ONNX for .onnx) and exit")
     ap.add_argument("--name", help="finder name: the audit goes to RUN/audits/NAME/ (default: the file's stem)")
     ap.add_argument("--config", help="config YAML (default: RUN/config.yaml)")
     ap.add_argument("--format", dest="model_format", choices=MODEL_FORMATS, help="model format (default: auto, from the content)")
@@ -718,9 +727,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--injection-n-per-cell", type=int, help="injections per grid cell for this audit (default: the run's)")
     ap.add_argument("--force", action="store_true", help="rerun even when the audit is up to date")
     ap.add_argument("--dry-run", action="store_true", help="say whether the audit would run, and why; write nothing")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bars or stage log lines")
     return ap
 
-# %% ../nbs/19_audit.ipynb 104
+# %% ../nbs/19_audit.ipynb 107
 def audit_from_args(args, overrides=None, log=print):
     "(pipeline config with this audit's section, finder name) from parsed `stronglens audit` arguments."
     from stronglens.cli import load_run_config
@@ -734,7 +744,16 @@ def audit_from_args(args, overrides=None, log=print):
     else: kw["scores"] = ""
     return with_audit(cfg, **kw), name
 
-# %% ../nbs/19_audit.ipynb 105
+# %% ../nbs/19_audit.ipynb 108
+def _export_cli(run_dir:str, path:str) -> int:
+    "`stronglens audit RUN --export-model FILE`: write the run's CNN, say how to audit it; 0."
+    out = export_run_model(run_dir, str(resolve_path(os.getcwd(), path)))
+    kind = "ONNX" if out.lower().endswith(".onnx") else "TorchScript"
+    print(f"wrote {run_dir}'s CNN (model/checkpoints/best.pt, preprocessing inside) as {kind} to {path}\n"
+          f"audit it like an external model: stronglens audit {run_dir} --model {path} --name <finder name>")
+    return 0
+
+# %% ../nbs/19_audit.ipynb 109
 def main(argv=None) -> int:
     "`stronglens audit ...`: 0 done, 1 the stage failed or cannot start, 2 bad finder file or usage (nothing written)."
     from stronglens.cli import split_overrides
@@ -743,13 +762,14 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, ov = split_overrides(argv); args = build_parser().parse_args(rest)
     try:
+        if args.export_model: return _export_cli(args.run_dir, args.export_model)
         cfg, name = audit_from_args(args, ov)
         if args.dry_run:
             print(f"dry run: nothing is written\n  {plan_stage(args.run_dir, 'audit', cfg, force=args.force, instance=name)}"); return 0
         finder = prepare_finder(cfg, args.run_dir)
     except (ScoresError, ConfigError, FileNotFoundError, ValueError, ImportError) as e: print(f"audit: {e}", file=sys.stderr); return 2
     except StageError as e: print(str(e), file=sys.stderr); return 1
-    try: res = run_audit_stage(cfg, args.run_dir, finder=finder, force=args.force)
+    try: res = run_audit_stage(cfg, args.run_dir, progress=not args.no_progress, finder=finder, force=args.force)
     except StageError as e: print(str(e), file=sys.stderr); return 1
     print(f"audit {name}: {res.get('kind')} finder, AUC {res.get('auc', float('nan')):.3f}, verdict {res.get('verdict')}; report: {res.get('page')}")
     return 0
