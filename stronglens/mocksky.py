@@ -8,13 +8,13 @@ __all__ = ['BRICK_SIZE_DEG', 'SWEEP_BOX_DEG', 'RELEASE_DR10_SOUTH', 'SHORTCUTS',
            'KIND_RING', 'KIND_SPIRAL', 'KIND_LENSED', 'KIND_NAMES', 'COMP_PARAMS', 'FINE_BLOCK_PX', 'FINE_SUPERSAMPLE',
            'GRID_MODE_MIN_STAMP', 'GRID_PAD_PX', 'GRID_SIZE', 'SkyConfig', 'brick_name', 'sweep_name', 'sweep_box',
            'psf_model', 'kernel_taper', 'psf_ft_on_grid', 'psf_wing_scale', 'psf_wing_radius_px', 'psf_wing_images',
-           'torch_threads', 'truncation_radius', 'component_extent_arcsec', 'render_stamps', 'sersic_norm',
-           'paint_components', 'point_source_ft', 'convolve_and_crop', 'render_scene', 'make_bricks', 'make_sources',
-           'make_confusers', 'Distances', 'sis_theta_e_arcsec', 'sample_vdf', 'draw_deflectors', 'adopt_rows',
-           'plant_deflectors', 'lens_mass_model', 'draw_sources', 'source_components', 'lensed_component_rows',
-           'render_arcs', 'listing_probability', 'deflector_annulus_fraction', 'lens_truth_table', 'known_lens_catalog',
-           'SkyTables', 'make_sky', 'write_sweeps', 'write_sky', 'build_sky', 'run_sky_stage', 'MockSky',
-           'gallery_targets', 'plot_gallery', 'lens_population_stats', 'blank_sky_noise']
+           'torch_threads', 'truncation_radius', 'sersic_outer_radius_re', 'component_extent_arcsec', 'render_stamps',
+           'sersic_norm', 'paint_components', 'point_source_ft', 'convolve_and_crop', 'render_scene', 'make_bricks',
+           'make_sources', 'make_confusers', 'Distances', 'sis_theta_e_arcsec', 'sample_vdf', 'draw_deflectors',
+           'adopt_rows', 'plant_deflectors', 'lens_mass_model', 'draw_sources', 'source_components',
+           'lensed_component_rows', 'render_arcs', 'listing_probability', 'deflector_annulus_fraction',
+           'lens_truth_table', 'known_lens_catalog', 'SkyTables', 'make_sky', 'write_sweeps', 'write_sky', 'build_sky',
+           'run_sky_stage', 'MockSky', 'gallery_targets', 'plot_gallery', 'lens_population_stats', 'blank_sky_noise']
 
 # %% ../nbs/05_mocksky.ipynb 2
 import contextlib, hashlib, io, json, math, time
@@ -25,7 +25,7 @@ import numpy as np, pandas as pd, torch
 from astropy.io import fits
 from scipy.spatial import cKDTree
 from scipy import stats
-from scipy.special import ndtr as _norm_cdf, ndtri
+from scipy.special import ndtr as _norm_cdf, ndtri, gamma as gamma_fn
 from tqdm.auto import tqdm
 
 from .physics import (PIXSCALE_ARCSEC, NPIX, EXTINCTION_R, GAIN_E_PER_NMGY, PSF_DR10, PSFModel, mag_to_nmgy,
@@ -318,7 +318,8 @@ KIND_NAMES = {"sersic": KIND_SERSIC, "ring": KIND_RING, "spiral": KIND_SPIRAL, "
 _STAMP_SIZES = np.array([17, 25, 33, 41, 49, 65, 97, 129, 257, 513])
 # parameter columns of a component table (unused ones are 0); lensed sources use lensing's conventions
 COMP_PARAMS = ["r_e", "n", "e1", "e2", "R0", "width", "m", "amp", "phase", "phi0", "dphi", "pitch", "n_arms",
-               "theta_e", "lens_e1", "lens_e2", "gamma1", "gamma2", "src_x", "src_y", "src_r_e", "src_n", "src_e1", "src_e2"]
+               "theta_e", "lens_e1", "lens_e2", "gamma1", "gamma2", "src_x", "src_y", "src_r_e", "src_n", "src_e1", "src_e2",
+               "t_out"]   # t_out: a Sérsic's outer radius in r_e (0: Tractor's, `truncation_radius`; the renderer sizes it by flux)
 
 # %% ../nbs/05_mocksky.ipynb 36
 def _ell_coords(X, Y, e1, e2):
@@ -332,17 +333,35 @@ def truncation_radius(n):
     "Outer truncation radius in units of r_e: 4 r_e for n <= 1 (exp), 8 r_e for n >= 4 (dev), as the SDSS/Tractor profiles."
     return np.interp(np.asarray(n, float), [1.0, 4.0], [4.0, 8.0])
 
+def _t_out(n, t_out=None):
+    "Outer radius (r_e units) of each Sérsic: its `t_out` where set (> 0), else Tractor's `truncation_radius(n)`."
+    tc = truncation_radius(np.where(np.asarray(n, float) > 0, n, 1.0))
+    return tc if t_out is None else np.where(np.asarray(t_out, float) > 0, t_out, tc)
+
 # %% ../nbs/05_mocksky.ipynb 38
+def sersic_outer_radius_re(flux_nmgy, n, r_e_arcsec, e1, e2, sigma_pix, sb_frac:float=WING_SB_FRAC,
+                           max_arcsec:float=WING_MAX_ARCSEC) -> np.ndarray:
+    """Where to end each Sérsic (r_e units, N): Tractor's `truncation_radius(n)`, or, for a bright one, one r_e past where
+    its surface brightness per pixel falls below sb_frac × sigma_pix (3,) in every band (flux (N, 3) nmgy); ≤ max_arcsec."""
+    n = np.where(np.asarray(n, float) > 0, n, 1.0); re = np.maximum(np.asarray(r_e_arcsec, float), 0.02)
+    e = np.clip(np.hypot(e1, e2), 0, 0.95); q = (1 - e) / (1 + e); b = sersic_bn(n)
+    total = 2 * np.pi * q * re ** 2 * n * np.exp(b) * b ** (-2 * n) * gamma_fn(2 * n)        # untruncated total / I_e (arcsec²)
+    lvl = (np.asarray(flux_nmgy, float) / np.asarray(sigma_pix, float)[None, :]).max(1) * PIXSCALE_ARCSEC ** 2 / (total * sb_frac)
+    t_sb = (1 + np.log(np.maximum(lvl, 1.0)) / b) ** n                                          # I(t) = I_e exp(−b (t^(1/n) − 1))
+    return np.maximum(truncation_radius(n), np.minimum(t_sb + 1.0, max_arcsec / re))
+
+# %% ../nbs/05_mocksky.ipynb 39
 def _tractor_sersic(X, Y, p):
-    "Truncated (Tractor-like) Sérsic surface brightness, unnormalised; r_e is the semi-major half-light radius."
+    "Truncated Sérsic surface brightness (Tractor-like, or out to p['t_out'] r_e), unnormalised; r_e is the semi-major half-light radius."
     xp, yp, q = _ell_coords(X, Y, p["e1"], p["e2"])
     R = torch.sqrt(xp ** 2 + (yp / q) ** 2 + 1e-12); t = R / p["r_e"]; n = p["n"]
     I = torch.exp(torch.clamp(-sersic_bn(n) * (torch.exp(torch.log(t) / n) - 1), min=-80))   # clamp: no denormals (slow)
     tout = torch.as_tensor(truncation_radius(n.flatten().cpu().numpy()), dtype=X.dtype).reshape(n.shape)
+    if "t_out" in p: tout = torch.where(p["t_out"] > 0, p["t_out"], tout)                  # sized by the renderer (bright ones)
     taper = torch.clamp((tout - t) / 1.0, 0, 1); taper = 0.5 - 0.5 * torch.cos(np.pi * taper)   # smooth to 0 over the last r_e
     return I * taper
 
-# %% ../nbs/05_mocksky.ipynb 39
+# %% ../nbs/05_mocksky.ipynb 40
 def _ring(X, Y, p):
     "Ring / arc segment: Gaussian ring of radius R0 and width `width` (arcsec), azimuthal clumps (1+amp cos(m θ+phase)), angular window dphi around phi0."
     xp, yp, q = _ell_coords(X, Y, p["e1"], p["e2"])
@@ -352,16 +371,16 @@ def _ring(X, Y, p):
     win = torch.where(p["dphi"] >= 2 * np.pi, torch.ones_like(d), torch.exp(torch.clamp(-0.5 * (d / (0.5 * p["dphi"])) ** 8, min=-80)))
     return I * win
 
-# %% ../nbs/05_mocksky.ipynb 40
+# %% ../nbs/05_mocksky.ipynb 41
 def _spiral(X, Y, p):
-    "Logarithmic spiral arms (n_arms, pitch angle) on an exponential disc of scale R0, hole in the centre, cut at 3 R0."
+    "Logarithmic spiral arms (n_arms, pitch angle) on an exponential disc of scale R0, hole in the centre, faded out by 3 R0."
     xp, yp, q = _ell_coords(X, Y, p["e1"], p["e2"])
     R = torch.sqrt(xp ** 2 + (yp / q) ** 2 + 1e-12); th = torch.atan2(yp / q, xp); R0 = p["R0"]
     arm = 0.5 * (1 + torch.cos(p["n_arms"] * (th - torch.log(R / R0) / torch.tan(p["pitch"])) - p["phase"]))
     I = torch.exp(torch.clamp(-R / R0, min=-80)) * arm ** 4 * (1 - torch.exp(torch.clamp(-(R / (0.5 * R0)) ** 2, min=-80)))
-    return I * (R < 3 * R0)
+    return I * (0.5 - 0.5 * torch.cos(np.pi * torch.clamp((3 * R0 - R) / (0.5 * R0), 0, 1)))      # fades out between 2.5 and 3 R0
 
-# %% ../nbs/05_mocksky.ipynb 41
+# %% ../nbs/05_mocksky.ipynb 42
 def _lensed_stamps(P:dict, dx, dy, S:int) -> torch.Tensor:
     """Unit-source-flux lensed images (M, S, S) float32 (each sums to μ), lens at the stamp centre + (dx, dy) pixels, by
     `lensing.render_lensed` without PSF. The shear deflects about the stamp origin, so the source moves by −Γ·c with the
@@ -374,16 +393,16 @@ def _lensed_stamps(P:dict, dx, dy, S:int) -> torch.Tensor:
                center_y=cy + np.asarray(P["src_y"]) - (g2 * cx - g1 * cy))
     return torch.as_tensor(render_lensed(lens, src, None, psf=None, npix=int(S), supersample=8, refine_c=0.5).images[..., 1])
 
-# %% ../nbs/05_mocksky.ipynb 44
+# %% ../nbs/05_mocksky.ipynb 45
 def component_extent_arcsec(kind, P:dict) -> np.ndarray:
     "Radius (arcsec) around the component centre that holds all of its light."
     kind = np.asarray(kind); g = lambda k: np.asarray(P[k], float)
-    ext = np.where(kind == KIND_SERSIC, truncation_radius(np.where(g("n") > 0, g("n"), 1)) * g("r_e"), 0.0)
+    ext = np.where(kind == KIND_SERSIC, _t_out(g("n"), P.get("t_out")) * g("r_e"), 0.0)
     ext = np.where(kind == KIND_RING, g("R0") + 4 * g("width"), ext)
     ext = np.where(kind == KIND_SPIRAL, 3 * g("R0"), ext)
     return np.where(kind == KIND_LENSED, 1.7 * g("theta_e") + np.hypot(g("src_x"), g("src_y")) + 6 * g("src_r_e") + 0.3, ext)
 
-# %% ../nbs/05_mocksky.ipynb 46
+# %% ../nbs/05_mocksky.ipynb 47
 def _eval_kind(kind, X, Y, p):
     "Surface brightness of one (non-lensed) component kind at (X, Y) arcsec."
     if kind == KIND_SERSIC: return _tractor_sersic(X, Y, p)
@@ -391,14 +410,14 @@ def _eval_kind(kind, X, Y, p):
     if kind == KIND_SPIRAL: return _spiral(X, Y, p)
     raise ValueError(f"unknown component kind {kind}")
 
-# %% ../nbs/05_mocksky.ipynb 47
+# %% ../nbs/05_mocksky.ipynb 48
 def _sub_grid(M, npx, s, first_px, dx, dy, dtype):
     "Subpixel centre coordinates (arcsec) of an npx-pixel-wide block starting `first_px` pixels from the stamp centre."
     u = (torch.arange(npx * s, dtype=dtype) + 0.5) / s - 0.5 + first_px
     X = (u[None, None, :] - dx) * PIXSCALE_ARCSEC; Y = (u[None, :, None] - dy) * PIXSCALE_ARCSEC
     return X, Y
 
-# %% ../nbs/05_mocksky.ipynb 48
+# %% ../nbs/05_mocksky.ipynb 49
 FINE_BLOCK_PX, FINE_SUPERSAMPLE = 9, 5
 
 def render_stamps(kind:int, P:dict, dx, dy, S:int, dtype=torch.float32):
@@ -418,22 +437,22 @@ def render_stamps(kind:int, P:dict, dx, dy, S:int, dtype=torch.float32):
         I[:, f0:f0 + F, f0:f0 + F] = _eval_kind(kind, X, Y, p).reshape(M, F, sf, F, sf).mean((2, 4))
     return I / torch.clamp(I.sum((1, 2), keepdim=True), min=1e-30)
 
-# %% ../nbs/05_mocksky.ipynb 49
+# %% ../nbs/05_mocksky.ipynb 50
 def _stamp_size(ext_arcsec):
     "Smallest stamp side (from `_STAMP_SIZES`) holding a component of the given extent."
     need = 2 * np.ceil(np.asarray(ext_arcsec) / PIXSCALE_ARCSEC + 1.5) + 1
     return _STAMP_SIZES[np.minimum(np.searchsorted(_STAMP_SIZES, need), len(_STAMP_SIZES) - 1)]
 
-# %% ../nbs/05_mocksky.ipynb 54
+# %% ../nbs/05_mocksky.ipynb 55
 def sersic_norm(P:dict, n_t:int=1024) -> np.ndarray:
-    "Total of the truncated Tractor-like Sérsic surface brightness (arcsec² units): 2π q r_e² ∫ I(t) t dt, t = R/r_e."
+    "Total of the truncated Sérsic surface brightness (arcsec² units): 2π q r_e² ∫ I(t) t dt, t = R/r_e."
     n = np.asarray(P["n"], float); re = np.asarray(P["r_e"], float); e = np.clip(np.hypot(P["e1"], P["e2"]), 0, 0.95); q = (1 - e) / (1 + e)
-    tout = truncation_radius(n); u = np.linspace(np.log(1e-5), 0, n_t)[None, :] + np.log(tout)[:, None]; t = np.exp(u)
+    tout = _t_out(n, P.get("t_out")); u = np.linspace(np.log(1e-5), 0, n_t)[None, :] + np.log(tout)[:, None]; t = np.exp(u)
     b = sersic_bn(n)[:, None]
     I = np.exp(-b * (t ** (1 / n[:, None]) - 1)) * (0.5 - 0.5 * np.cos(np.pi * np.clip(tout[:, None] - t, 0, 1)))
     return 2 * np.pi * q * re ** 2 * np.trapezoid(I * t * t, u, axis=1)
 
-# %% ../nbs/05_mocksky.ipynb 55
+# %% ../nbs/05_mocksky.ipynb 57
 def _fine_core(p, x_px, y_px, M, dtype):
     "5×5-subsampled minus 1-sample values of Tractor profiles on their central 9×9 pixels, and those pixels' rows/cols."
     F, sf = FINE_BLOCK_PX, FINE_SUPERSAMPLE
@@ -446,7 +465,7 @@ def _fine_core(p, x_px, y_px, M, dtype):
     rows = torch.as_tensor(iy)[:, None, None] + off[None, :, None]; cols = torch.as_tensor(ix)[:, None, None] + off[None, None, :]
     return fine, torch.broadcast_to(rows, fine.shape), torch.broadcast_to(cols, fine.shape)
 
-# %% ../nbs/05_mocksky.ipynb 56
+# %% ../nbs/05_mocksky.ipynb 58
 def _paint_sersic_grid(buf, cut_idx, x_px, y_px, P:dict, flux, chunk=48):
     "Large Tractor profiles, evaluated on the whole GxG grid (1 sample/pixel, 5×5 in the central 9×9 pixels), normalised analytically."
     G, dtype, area, norm = buf.shape[1], buf.dtype, PIXSCALE_ARCSEC ** 2, sersic_norm(P)
@@ -464,7 +483,7 @@ def _paint_sersic_grid(buf, cut_idx, x_px, y_px, P:dict, flux, chunk=48):
         buf.index_add_(0, torch.as_tensor(np.asarray(cut_idx)[sl]), img[..., None] * torch.as_tensor(np.asarray(flux)[sl], dtype=dtype)[:, None, None, :])
     return buf
 
-# %% ../nbs/05_mocksky.ipynb 57
+# %% ../nbs/05_mocksky.ipynb 59
 def _add_stamps(buf, cut_idx, ix, iy, st, flux):
     "Add stamps (M, S, S) × flux (M, 3) into grids buf (N, G, G, 3) at integer centres (ix, iy), clipping at the edges."
     G, S = buf.shape[1], st.shape[-1]
@@ -477,7 +496,7 @@ def _add_stamps(buf, cut_idx, ix, iy, st, flux):
     vals = st[..., None] * torch.as_tensor(np.asarray(flux), dtype=st.dtype)[:, None, None, :]
     buf.view(-1, 3).index_add_(0, lin[ok], vals[ok])
 
-# %% ../nbs/05_mocksky.ipynb 58
+# %% ../nbs/05_mocksky.ipynb 60
 GRID_MODE_MIN_STAMP = 129
 
 def paint_components(buf, cut_idx, x_px, y_px, kind, P:dict, flux, max_elems=4_000_000):
@@ -500,7 +519,7 @@ def paint_components(buf, cut_idx, x_px, y_px, kind, P:dict, flux, max_elems=4_0
                 _add_stamps(buf, cut_idx[ii], ix[ii], iy[ii], st, flux[ii])
     return buf
 
-# %% ../nbs/05_mocksky.ipynb 60
+# %% ../nbs/05_mocksky.ipynb 62
 def point_source_ft(N, G, cut_idx, x_px, y_px, flux, chunk=256):
     "Fourier transform (N, 3, G, G//2+1) of point sources (deltas at sub-pixel positions) on the GxG grids."
     Gh = G // 2 + 1; out = torch.zeros((N, 3, G, Gh), dtype=torch.complex64)
@@ -515,7 +534,7 @@ def point_source_ft(N, G, cut_idx, x_px, y_px, flux, chunk=256):
         out.index_add_(0, torch.as_tensor(np.asarray(cut_idx)[sl]), vals)
     return out
 
-# %% ../nbs/05_mocksky.ipynb 61
+# %% ../nbs/05_mocksky.ipynb 63
 GRID_PAD_PX = 39                       # padding before the 101 px field (10.2"); 40 px after it
 GRID_SIZE = 180                        # FFT grid (2²·3²·5): > 101 + 2 × 31, so the 63 px PSF never wraps onto the field
 
@@ -526,7 +545,7 @@ def convolve_and_crop(buf, pts_ft, kern_ft, npix=NPIX):
     img = torch.fft.irfft2(F * kern_ft, s=(G, G))
     return img[:, :, pad:pad + npix, pad:pad + npix].permute(0, 2, 3, 1).contiguous()
 
-# %% ../nbs/05_mocksky.ipynb 65
+# %% ../nbs/05_mocksky.ipynb 67
 def render_scene(n:int, comps:dict|None, points:dict|None, kern_ft, G:int=GRID_SIZE, batch:int=96) -> torch.Tensor:
     """Noise-free cutouts (n, 101, 101, 3) nmgy. `comps`: dict with cut (M,), x, y (grid px), kind (M,), flux (M,3) and
     the COMP_PARAMS columns; `points`: dict with cut, x, y, flux (M,3); `kern_ft`: (n, 3, G, G//2+1) PSF transforms."""
@@ -545,7 +564,7 @@ def render_scene(n:int, comps:dict|None, points:dict|None, kern_ft, G:int=GRID_S
         out[a:b] = convolve_and_crop(buf, pft, kern_ft[a:b])
     return out
 
-# %% ../nbs/05_mocksky.ipynb 67
+# %% ../nbs/05_mocksky.ipynb 69
 def _brick_grid(cfg:SkyConfig) -> pd.DataFrame:
     "The 0.25° brick grid of the footprint: names, centres, edges and DR10-style BRICKIDs."
     nra = int(round((cfg.ra_max_deg - cfg.ra_min_deg) / BRICK_SIZE_DEG)); ndec = int(round((cfg.dec_max_deg - cfg.dec_min_deg) / BRICK_SIZE_DEG))
@@ -557,7 +576,7 @@ def _brick_grid(cfg:SkyConfig) -> pd.DataFrame:
     b["brickid"] = (np.floor((dec1 + 90) / BRICK_SIZE_DEG).astype(np.int64) * 1440 + np.floor(ra1 / BRICK_SIZE_DEG).astype(np.int64) + 1).astype(np.int32)
     return b
 
-# %% ../nbs/05_mocksky.ipynb 68
+# %% ../nbs/05_mocksky.ipynb 70
 def make_bricks(cfg:SkyConfig) -> pd.DataFrame:
     """Brick grid over the footprint with per-brick seeing, exposure counts, depths and E(B-V), each a smooth random
     field (correlation length `cfg.field_scale_deg`) mapped to the DR10 distributions of DR10_FACTS §2."""
@@ -581,7 +600,7 @@ def make_bricks(cfg:SkyConfig) -> pd.DataFrame:
     b["psf_model"] = cfg.psf_model
     return b
 
-# %% ../nbs/05_mocksky.ipynb 71
+# %% ../nbs/05_mocksky.ipynb 73
 _TYPE_ANCHORS = {"mag": [17.0, 22.0], "DEV": [0.35, 0.06], "SER": [0.28, 0.03], "EXP": [0.20, 0.15], "REX": [0.17, 0.76]}
 _P_RED = {"DEV": 0.9, "SER": 0.6, "EXP": 0.15, "REX": 0.35}
 
@@ -594,7 +613,7 @@ def _galaxy_colours(t, rng):
     zw1 = np.where(red, rng.normal(0.5, 0.25, n), rng.normal(-0.1, 0.3, n))
     return gr, rz, zw1, red
 
-# %% ../nbs/05_mocksky.ipynb 72
+# %% ../nbs/05_mocksky.ipynb 74
 def _galaxy_properties(mag_z, rng):
     "Types, colours, Sérsic indices, sizes and shapes of galaxies given their z mags (DR10_FACTS §1-2, see prose)."
     n = len(mag_z); types = np.array(["DEV", "SER", "EXP", "REX"])
@@ -611,7 +630,7 @@ def _galaxy_properties(mag_z, rng):
     e1, e2 = np.where(t == "REX", 0, e * np.cos(2 * ang)), np.where(t == "REX", 0, e * np.sin(2 * ang))
     return dict(type=t, g_minus_r=gr, r_minus_z=rz, z_minus_w1=zw1, sersic=sersic, shape_r=shape_r, e1=e1, e2=e2)
 
-# %% ../nbs/05_mocksky.ipynb 73
+# %% ../nbs/05_mocksky.ipynb 75
 def make_sources(cfg:SkyConfig, bricks:pd.DataFrame) -> pd.DataFrame:
     "Galaxies and stars with Tractor-like properties (internal lower-case columns; `write_sweeps` gives DR10 names)."
     rng = np.random.default_rng([cfg.seed, 2])
@@ -636,7 +655,7 @@ def make_sources(cfg:SkyConfig, bricks:pd.DataFrame) -> pd.DataFrame:
     s["role"] = ""; s["maskbits"] = np.zeros(len(s), np.int16)
     return s
 
-# %% ../nbs/05_mocksky.ipynb 76
+# %% ../nbs/05_mocksky.ipynb 78
 def _finish_photometry(cfg:SkyConfig, s:pd.DataFrame, bricks:pd.DataFrame) -> pd.DataFrame:
     "Fluxes from mags/colours, per-source exposure counts, depths, inverse variances, extinction (DR10 units, §1)."
     rng = np.random.default_rng([cfg.seed, 3]); n = len(s); bi = s.brick_idx.to_numpy()
@@ -658,7 +677,7 @@ def _finish_photometry(cfg:SkyConfig, s:pd.DataFrame, bricks:pd.DataFrame) -> pd
     s["flux_ivar_w1"] = np.clip(rng.normal(4.0, 1.0, n), 0.5, None)
     return s
 
-# %% ../nbs/05_mocksky.ipynb 78
+# %% ../nbs/05_mocksky.ipynb 80
 def _mask_stars(cfg:SkyConfig, rng) -> pd.DataFrame:
     "Bright (bit 1, z 8-12) and medium (bit 11, z 12-15) stars, uniform in area, with their mask radii."
     area = (cfg.ra_max_deg - cfg.ra_min_deg) * (np.sin(np.deg2rad(cfg.dec_max_deg)) - np.sin(np.deg2rad(cfg.dec_min_deg))) * 180 / np.pi
@@ -678,7 +697,7 @@ def _mask_stars(cfg:SkyConfig, rng) -> pd.DataFrame:
                           + np.floor((stars.ra - cfg.ra_min_deg) / BRICK_SIZE_DEG).astype(int))
     return stars
 
-# %% ../nbs/05_mocksky.ipynb 79
+# %% ../nbs/05_mocksky.ipynb 81
 def _mark_within(tree, mb, ra, dec, radius_arcsec, bits):
     "OR `bits` into maskbits `mb` of every source (KD-tree on unit vectors) within radius of each (ra, dec)."
     if len(ra) == 0: return
@@ -686,7 +705,7 @@ def _mark_within(tree, mb, ra, dec, radius_arcsec, bits):
     idx = np.concatenate([np.asarray(h, dtype=np.int64) for h in hits]) if len(hits) else np.array([], np.int64)
     np.bitwise_or.at(mb, idx, bits)
 
-# %% ../nbs/05_mocksky.ipynb 80
+# %% ../nbs/05_mocksky.ipynb 82
 def _apply_masks(cfg:SkyConfig, s:pd.DataFrame, bricks:pd.DataFrame) -> pd.DataFrame:
     "Bright (bit 1) / medium (bit 11) star masks with their stars in the catalog, WISE (8), SGA large galaxies (12), ALLMASK (5-7)."
     rng = np.random.default_rng([cfg.seed, 4]); stars = _mask_stars(cfg, rng)
@@ -704,7 +723,7 @@ def _apply_masks(cfg:SkyConfig, s:pd.DataFrame, bricks:pd.DataFrame) -> pd.DataF
     s["maskbits"] = mb.astype(np.int16)
     return s
 
-# %% ../nbs/05_mocksky.ipynb 83
+# %% ../nbs/05_mocksky.ipynb 85
 def _comp_rows(kind, ra, dec, flux_g, flux_r, flux_z, host, category, **params):
     "A component table (kind, ra, dec, fluxes, host row, category, every COMP_PARAMS column; unused ones 0)."
     n = len(ra); d = {"kind": np.full(n, kind), "ra": np.asarray(ra, float), "dec": np.asarray(dec, float),
@@ -712,13 +731,13 @@ def _comp_rows(kind, ra, dec, flux_g, flux_r, flux_z, host, category, **params):
     for k in COMP_PARAMS: d[k] = np.broadcast_to(np.asarray(params.get(k, 0.0), float), (n,)).copy()
     return pd.DataFrame(d)
 
-# %% ../nbs/05_mocksky.ipynb 84
+# %% ../nbs/05_mocksky.ipynb 86
 def _colour_split(flux_r, g_minus_r, r_minus_z):
     "(flux_g, flux_r, flux_z) nmgy of a component of r flux `flux_r` and the given colours (`physics.colour_fluxes`)."
     f = colour_fluxes(nmgy_to_mag(flux_r), g_minus_r, r_minus_z)
     return f[..., 0], f[..., 1], f[..., 2]
 
-# %% ../nbs/05_mocksky.ipynb 85
+# %% ../nbs/05_mocksky.ipynb 87
 def _ring_confuser(s, h, fr, rng):
     "Collisional / resonance ring: red DEV/SER n>=4 host, blue clumpy full or partial ring of radius 1.2-4″ -> components."
     k = len(h); ra, dec = s.loc[h, "ra"].to_numpy(), s.loc[h, "dec"].to_numpy(); red = rng.uniform(size=k) < 0.7
@@ -732,7 +751,7 @@ def _ring_confuser(s, h, fr, rng):
                        e2=e * np.sin(2 * ang), m=rng.integers(1, 4, k), amp=rng.uniform(0.3, 1.0, k), phase=rng.uniform(0, 2 * np.pi, k),
                        phi0=rng.uniform(-np.pi, np.pi, k), dphi=dphi)], []
 
-# %% ../nbs/05_mocksky.ipynb 86
+# %% ../nbs/05_mocksky.ipynb 88
 def _as_disc_host(s, h, rng, n_range, r_min_range, e_range):
     "Make rows h SER discs: n ~ U(n_range), SHAPE_R at least U(r_min_range), ellipticity ~ U(e_range), random angle; returns (e, angle)."
     k = len(h); s.loc[h, "type"] = "SER"; s.loc[h, "sersic"] = rng.uniform(*n_range, k)
@@ -741,7 +760,7 @@ def _as_disc_host(s, h, rng, n_range, r_min_range, e_range):
     s.loc[h, "e1"], s.loc[h, "e2"] = e * np.cos(2 * ang), e * np.sin(2 * ang)
     return e, ang
 
-# %% ../nbs/05_mocksky.ipynb 87
+# %% ../nbs/05_mocksky.ipynb 89
 def _spiral_confuser(s, h, fr, rng):
     "Face-on-ish SER n=0.8-2 disc with two or three blue logarithmic arms -> components."
     k = len(h); ra, dec = s.loc[h, "ra"].to_numpy(), s.loc[h, "dec"].to_numpy()
@@ -751,7 +770,7 @@ def _spiral_confuser(s, h, fr, rng):
                        pitch=np.deg2rad(rng.uniform(12, 30, k)), n_arms=np.where(rng.uniform(size=k) < 0.8, 2, 3),
                        phase=rng.uniform(0, 2 * np.pi, k), e1=e * np.cos(2 * ang), e2=e * np.sin(2 * ang))], []
 
-# %% ../nbs/05_mocksky.ipynb 88
+# %% ../nbs/05_mocksky.ipynb 90
 def _merger_confuser(s, h, fr, rng):
     "A companion galaxy (a new catalog row 1.5-4.5″ away) and one or two tidal arcs around the host -> (components, new rows)."
     k = len(h); ra, dec = s.loc[h, "ra"].to_numpy(), s.loc[h, "dec"].to_numpy()
@@ -774,7 +793,7 @@ def _merger_confuser(s, h, fr, rng):
                                 phi0=pa[m] + np.pi * ntail + rng.normal(0, 0.5, kk), dphi=rng.uniform(0.6 * np.pi, 1.2 * np.pi, kk)))
     return comps, [new]
 
-# %% ../nbs/05_mocksky.ipynb 89
+# %% ../nbs/05_mocksky.ipynb 91
 def _edge_on_confuser(s, h, fr, rng):
     "A thin SER n≈1 disc (the catalog row, e = 0.6-0.8) with a red bulge component."
     k = len(h); ra, dec = s.loc[h, "ra"].to_numpy(), s.loc[h, "dec"].to_numpy()
@@ -783,7 +802,7 @@ def _edge_on_confuser(s, h, fr, rng):
     return [_comp_rows(KIND_SERSIC, ra, dec, fg, frr, fz, h, "edge_on", r_e=np.maximum(0.2, 0.15 * s.loc[h, "shape_r"].to_numpy()), n=3.0,
                        e1=0.2 * np.cos(2 * ang), e2=0.2 * np.sin(2 * ang))], []
 
-# %% ../nbs/05_mocksky.ipynb 90
+# %% ../nbs/05_mocksky.ipynb 92
 _CONFUSER_MAKERS = {"ring": _ring_confuser, "spiral": _spiral_confuser, "merger": _merger_confuser, "edge_on": _edge_on_confuser}
 
 def make_confusers(cfg:SkyConfig, s:pd.DataFrame):
@@ -806,7 +825,7 @@ def make_confusers(cfg:SkyConfig, s:pd.DataFrame):
     conf = pd.concat(conf, ignore_index=True) if conf else pd.DataFrame({"row": [], "category": []})
     return s, comps, conf
 
-# %% ../nbs/05_mocksky.ipynb 93
+# %% ../nbs/05_mocksky.ipynb 95
 @dataclass(frozen=True)
 class Distances:
     "Flat ΛCDM distance table (astropy `FlatLambdaCDM`): comoving distance D_C(z) in Mpc, interpolated."
@@ -825,13 +844,13 @@ class Distances:
         if z2 is None: return self.comoving(z1) / (1 + np.asarray(z1))
         return (self.comoving(z2) - self.comoving(z1)) / (1 + np.asarray(z2))
 
-# %% ../nbs/05_mocksky.ipynb 95
+# %% ../nbs/05_mocksky.ipynb 97
 def sis_theta_e_arcsec(sigma_kms, z_l, z_s, dist:Distances):
     "Einstein radius of a singular isothermal sphere, θE = 4π (σ/c)² D_ls/D_s, in arcsec (0 where z_s <= z_l)."
     ratio = np.where(np.asarray(z_s) > np.asarray(z_l), dist.angular(z_l, z_s) / dist.angular(z_s), 0.0)
     return 4 * np.pi * (np.asarray(sigma_kms) / 299792.458) ** 2 * ratio * 206264.806
 
-# %% ../nbs/05_mocksky.ipynb 98
+# %% ../nbs/05_mocksky.ipynb 100
 def sample_vdf(rng, n:int, sigma_star_kms:float=161.0, alpha:float=2.32, beta:float=2.67, lo_kms:float=60.0, hi_kms:float=500.0):
     "n velocity dispersions (km/s) from the Choi et al. (2007) early-type VDF, dn/dσ ∝ (σ/σ*)^α exp(−(σ/σ*)^β)/σ (inverse CDF)."
     s = np.linspace(lo_kms, hi_kms, 4000); x = s / sigma_star_kms
@@ -839,7 +858,7 @@ def sample_vdf(rng, n:int, sigma_star_kms:float=161.0, alpha:float=2.32, beta:fl
     cdf = np.concatenate([[0], np.cumsum(0.5 * (pdf[1:] + pdf[:-1]) * np.diff(s))]); cdf /= cdf[-1]
     return np.interp(rng.uniform(size=n), cdf, s)
 
-# %% ../nbs/05_mocksky.ipynb 100
+# %% ../nbs/05_mocksky.ipynb 102
 def _propose_lens_systems(cfg:SkyConfig, m:int, rng, dist:Distances) -> pd.DataFrame:
     "m proposed (z_l, z_s, σ, θE): z_l ∝ dV/dz, z_s log-normal, σ from the VDF; kept with probability ∝ θE² within the θE range."
     zg = np.linspace(0.05, cfg.zl_max, 400); dc = dist.comoving(zg)
@@ -851,7 +870,7 @@ def _propose_lens_systems(cfg:SkyConfig, m:int, rng, dist:Distances) -> pd.DataF
     keep = (z_s > z_l + 0.1) & (te >= cfg.theta_e_min_arcsec) & (te <= cfg.theta_e_max_arcsec) & (rng.uniform(size=m) < (te / cfg.theta_e_max_arcsec) ** 2)
     return pd.DataFrame({"z_l": z_l, "z_s": z_s, "sigma_kms": sig, "theta_e_arcsec": te})[keep].reset_index(drop=True)
 
-# %% ../nbs/05_mocksky.ipynb 101
+# %% ../nbs/05_mocksky.ipynb 103
 def _deflector_light(cfg:SkyConfig, d:pd.DataFrame, rng, dist:Distances) -> pd.DataFrame:
     "Photometry, colours, Tractor type, size and shape of deflectors (d: z_l, sigma_kms) — see the prose above."
     n, z = len(d), d.z_l.to_numpy()
@@ -869,7 +888,7 @@ def _deflector_light(cfg:SkyConfig, d:pd.DataFrame, rng, dist:Distances) -> pd.D
                     shape_r=np.clip(re_kpc / (dist.angular(z) * 1e3) * 206264.806, 0.15, 12.0), q_light=q, pa_light=pa,
                     e1=e * np.cos(2 * pa), e2=e * np.sin(2 * pa))
 
-# %% ../nbs/05_mocksky.ipynb 102
+# %% ../nbs/05_mocksky.ipynb 104
 def draw_deflectors(cfg:SkyConfig, n:int, rng, dist:Distances|None=None, max_rounds:int=200) -> pd.DataFrame:
     "n lens systems with deflector light (`_propose_lens_systems`, `_deflector_light`), redrawn until within the catalog's z limit."
     dist = dist or Distances.flat_lcdm(cfg.hubble_h0, cfg.omega_m); parts, have = [], 0
@@ -880,7 +899,7 @@ def draw_deflectors(cfg:SkyConfig, n:int, rng, dist:Distances|None=None, max_rou
     if have < n: raise ValueError(f"draw_deflectors: only {have} of {n} deflectors after {max_rounds} rounds (check sky.theta_e_* and sky.zl_max)")
     return pd.concat(parts, ignore_index=True).iloc[:n].reset_index(drop=True) if parts else _deflector_light(cfg, _propose_lens_systems(cfg, 0, rng, dist), rng, dist)
 
-# %% ../nbs/05_mocksky.ipynb 105
+# %% ../nbs/05_mocksky.ipynb 107
 def adopt_rows(target_mag, cand_mag, rng, width:int=3, max_rounds:int=40) -> np.ndarray:
     """Indices into `cand_mag` (one per target, all distinct) of candidates whose magnitude is close to each target's:
     a random pick among the `width` nearest in magnitude, widening the window for targets whose pick was taken; the
@@ -899,7 +918,7 @@ def adopt_rows(target_mag, cand_mag, rng, width:int=3, max_rounds:int=40) -> np.
         f = np.flatnonzero(~taken); j = f[np.argmin(np.abs(cm[f] - target_mag[t]))]; out[t] = j; taken[j] = True
     return order[out]
 
-# %% ../nbs/05_mocksky.ipynb 107
+# %% ../nbs/05_mocksky.ipynb 109
 _ADOPTED = ["mag_z", "g_minus_r", "r_minus_z", "z_minus_w1", "type", "sersic", "shape_r", "e1", "e2"]
 
 def plant_deflectors(cfg:SkyConfig, s:pd.DataFrame, bricks:pd.DataFrame, n:int, rng) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -916,7 +935,7 @@ def plant_deflectors(cfg:SkyConfig, s:pd.DataFrame, bricks:pd.DataFrame, n:int, 
     s.loc[rows, "role"] = "lens"
     return s, d.assign(row=rows)
 
-# %% ../nbs/05_mocksky.ipynb 110
+# %% ../nbs/05_mocksky.ipynb 112
 def lens_mass_model(cfg:SkyConfig, d:pd.DataFrame, rng) -> dict:
     "SIE + shear (lensing.LENS_KEYS, (n,) arrays) of deflectors d: the light's axis ratio and angle with scatter (mass follows light)."
     n = len(d)
@@ -927,7 +946,7 @@ def lens_mass_model(cfg:SkyConfig, d:pd.DataFrame, rng) -> dict:
     return dict(theta_E=d.theta_e_arcsec.to_numpy(), e1=e * np.cos(2 * pa), e2=e * np.sin(2 * pa), center_x=np.zeros(n),
                 center_y=np.zeros(n), gamma1=g[0], gamma2=g[1])
 
-# %% ../nbs/05_mocksky.ipynb 111
+# %% ../nbs/05_mocksky.ipynb 113
 def draw_sources(cfg:SkyConfig, lens:dict, seed:int) -> dict:
     "Sérsic sources behind each lens: `lensing.sample_sources` with the sky config's priors (see the prose)."
     n, rng = len(lens["theta_E"]), np.random.default_rng(seed)
@@ -938,13 +957,13 @@ def draw_sources(cfg:SkyConfig, lens:dict, seed:int) -> dict:
                           mu_range=None if cfg.mu_min == 0 and cfg.mu_max == 0 else (cfg.mu_min, cfg.mu_max), R_sersic_range=(cfg.source_r_e_min_arcsec, cfg.source_r_e_max_arcsec),
                           proposals_per_round=1, max_rounds=400) if n else {k: np.zeros(0) for k in SOURCE_KEYS + ("magnification",)}
 
-# %% ../nbs/05_mocksky.ipynb 113
+# %% ../nbs/05_mocksky.ipynb 115
 def source_components(cfg:SkyConfig, src:dict, seed:int) -> tuple[dict, np.ndarray]:
     "Source components and their system index: the Sérsic sources themselves, or (source_model 'clumpy') smooth part + clumps."
     if cfg.source_model == "clumpy": return clumpy_components({k: src[k] for k in SOURCE_KEYS}, seed)
     return {k: np.asarray(src[k]) for k in SOURCE_KEYS}, np.arange(len(src["mag_r"]))
 
-# %% ../nbs/05_mocksky.ipynb 114
+# %% ../nbs/05_mocksky.ipynb 116
 def lensed_component_rows(s:pd.DataFrame, d:pd.DataFrame, lens:dict, comps:dict, owner) -> pd.DataFrame:
     "`components.parquet` rows (kind 'lensed') of source components behind deflector rows d.row (fluxes from their magnitudes)."
     own = np.asarray(owner); rows = d.row.to_numpy()[own]
@@ -954,13 +973,13 @@ def lensed_component_rows(s:pd.DataFrame, d:pd.DataFrame, lens:dict, comps:dict,
                       gamma2=lens["gamma2"][own], src_x=comps["center_x"], src_y=comps["center_y"], src_r_e=comps["R_sersic"],
                       src_n=comps["n_sersic"], src_e1=comps["e1"], src_e2=comps["e2"])
 
-# %% ../nbs/05_mocksky.ipynb 115
+# %% ../nbs/05_mocksky.ipynb 117
 def render_arcs(cfg:SkyConfig, s:pd.DataFrame, d:pd.DataFrame, lens:dict, comps:dict, owner):
     "Noiseless arcs (lensing.LensedRender, (n, 101, 101, 3) nmgy) of each lens through its deflector row's PSF (PSFSIZE g, r, z)."
     ps = s[["psfsize_g", "psfsize_r", "psfsize_z"]].to_numpy()[d.row.to_numpy()]
     return render_lensed(lens, comps, ps, psf=psf_model(cfg), owner=None if cfg.source_model == "sersic" else np.asarray(owner), supersample=8, refine_c=0.5)
 
-# %% ../nbs/05_mocksky.ipynb 117
+# %% ../nbs/05_mocksky.ipynb 119
 def listing_probability(cfg:SkyConfig, arc_snr_r, resolution):
     "P(listed) = logistic in ln(arc S/N) × logistic in θE / FWHM_r (the two discovery parameters of the config)."
     with np.errstate(divide="ignore"):
@@ -968,7 +987,7 @@ def listing_probability(cfg:SkyConfig, arc_snr_r, resolution):
     b = (np.asarray(resolution, float) - cfg.discovery_resolution50) / cfg.discovery_resolution_width
     return 1 / (1 + np.exp(-a)) / (1 + np.exp(-b))
 
-# %% ../nbs/05_mocksky.ipynb 120
+# %% ../nbs/05_mocksky.ipynb 122
 def deflector_annulus_fraction(shape_r_arcsec, sersic_n, fwhm_arcsec, r_in_px:float=4.0, r_out_px:float=16.0):
     "Share of a round Sérsic galaxy's light between r_in and r_out pixels, PSF approximated by R_eff² = R_e² + (0.6 FWHM)² [EST]."
     from scipy.special import gammainc
@@ -977,10 +996,10 @@ def deflector_annulus_fraction(shape_r_arcsec, sersic_n, fwhm_arcsec, r_in_px:fl
     L = lambda r_px: gammainc(2 * n, b * (r_px * PIXSCALE_ARCSEC / reff) ** (1 / n))
     return L(r_out_px) - L(r_in_px)
 
-# %% ../nbs/05_mocksky.ipynb 122
+# %% ../nbs/05_mocksky.ipynb 124
 def _lens_name(ra, dec): return [f"DESI-{r:08.4f}{'+' if d >= 0 else '-'}{abs(d):07.4f}" for r, d in zip(ra, dec)]
 
-# %% ../nbs/05_mocksky.ipynb 123
+# %% ../nbs/05_mocksky.ipynb 125
 def lens_truth_table(cfg:SkyConfig, s:pd.DataFrame, d:pd.DataFrame, lens:dict, src:dict, arcs, n_comp, rng) -> pd.DataFrame:
     "`lens_truth.parquet`: every planted lens with its deflector, mass, source, arcs, S/N, resolution and listing."
     rows = d.row.to_numpy(); S = s.iloc[rows]; n = len(d)
@@ -1004,13 +1023,13 @@ def lens_truth_table(cfg:SkyConfig, s:pd.DataFrame, d:pd.DataFrame, lens:dict, s
                          "arc_flux_r": arc_r, "arc_mag_r": nmgy_to_mag(arc_r), "arc_snr": snr, "psfsize_r": S.psfsize_r.to_numpy(),
                          "resolution": res, "arc_contrast": contrast, "p_listed": p, "listed": listed, "grading": np.where(tier_a, "confident", np.where(listed, "probable", ""))})
 
-# %% ../nbs/05_mocksky.ipynb 124
+# %% ../nbs/05_mocksky.ipynb 126
 def _pool_like(cfg:SkyConfig, s:pd.DataFrame) -> np.ndarray:
     "Rows that pass the negative pool's cuts (SER/DEV/REX, >= 3 exposures per band, z < 20, no rejected MASKBITS)."
     return (s.type.isin(["SER", "DEV", "REX"]) & (s.mag_z < 20) & (s.nobs_g >= 3) & (s.nobs_r >= 3) & (s.nobs_z >= 3)
             & ((s.maskbits.astype(np.int32) & REJECT_BITS) == 0)).to_numpy()
 
-# %% ../nbs/05_mocksky.ipynb 125
+# %% ../nbs/05_mocksky.ipynb 127
 def _tier_b_contaminants(cfg:SkyConfig, s:pd.DataFrame, lt:pd.DataFrame, conf:pd.DataFrame, rng) -> np.ndarray:
     "Rows of the non-lenses padded into Tier-B (fraction tier_b_contamination of it): half confusers, half red pool galaxies."
     nb = int((lt.grading == "probable").sum()); f = cfg.tier_b_contamination
@@ -1021,7 +1040,7 @@ def _tier_b_contaminants(cfg:SkyConfig, s:pd.DataFrame, lt:pd.DataFrame, conf:pd
     c2 = rng.choice(crow_gal, min(nc - nc1, len(crow_gal)), replace=False) if nc - nc1 > 0 else np.zeros(0, int)
     return np.concatenate([c1, c2]).astype(int)
 
-# %% ../nbs/05_mocksky.ipynb 126
+# %% ../nbs/05_mocksky.ipynb 128
 def known_lens_catalog(cfg:SkyConfig, s:pd.DataFrame, lt:pd.DataFrame, conf:pd.DataFrame, rng) -> pd.DataFrame:
     "The published catalog (`known_lenses.csv`, lenscat's columns + truth): listed lenses and the Tier-B non-lenses."
     cont = s.iloc[_tier_b_contaminants(cfg, s, lt, conf, rng)]; catmap = dict(zip(conf.row, conf.category))
@@ -1037,7 +1056,7 @@ def known_lens_catalog(cfg:SkyConfig, s:pd.DataFrame, lt:pd.DataFrame, conf:pd.D
                          "brickname": kl.brickname, "objid": kl.objid.astype(int), "theta_e_arcsec": kl.theta_e_arcsec, "arc_snr": kl.arc_snr,
                          "magnification": kl.magnification, "src_mag_r": kl.src_mag_r, "confuser_category": kl.confuser_category})
 
-# %% ../nbs/05_mocksky.ipynb 128
+# %% ../nbs/05_mocksky.ipynb 130
 @dataclass
 class SkyTables:
     "A mock sky in memory (`make_sky`): the catalog and its side tables, as `write_sky` writes them."
@@ -1049,14 +1068,14 @@ class SkyTables:
     confusers: pd.DataFrame
     meta: dict                   # sky_meta.json (without the file list, added by write_sky)
 
-# %% ../nbs/05_mocksky.ipynb 129
+# %% ../nbs/05_mocksky.ipynb 131
 def _n_lenses(cfg:SkyConfig) -> int:
     "Planted lenses: `n_lenses`, or round(lens_density_per_deg2 × lens_density_scale × footprint area)."
     if cfg.n_lenses is not None: return int(cfg.n_lenses)
     area = (cfg.ra_max_deg - cfg.ra_min_deg) * (np.sin(np.deg2rad(cfg.dec_max_deg)) - np.sin(np.deg2rad(cfg.dec_min_deg))) * 180 / np.pi
     return int(round(cfg.lens_density_per_deg2 * cfg.lens_density_scale * area))
 
-# %% ../nbs/05_mocksky.ipynb 131
+# %% ../nbs/05_mocksky.ipynb 133
 def _catalog(cfg:SkyConfig, bricks:pd.DataFrame, rng) -> tuple:
     "Sources, masks, confusers and planted deflectors on the brick grid, photometry, OBJIDs: (s, confuser components, conf, deflectors)."
     s = _apply_masks(cfg, make_sources(cfg, bricks), bricks)
@@ -1077,7 +1096,7 @@ def _catalog(cfg:SkyConfig, bricks:pd.DataFrame, rng) -> tuple:
     comps["host_row"] = new_row[comps.host_row.to_numpy().astype(np.int64)]; conf["row"] = new_row[conf.row.to_numpy().astype(np.int64)]
     return s, comps, conf, d.assign(row=new_row[d.row.to_numpy()])
 
-# %% ../nbs/05_mocksky.ipynb 132
+# %% ../nbs/05_mocksky.ipynb 134
 def _lenses(cfg:SkyConfig, s:pd.DataFrame, d:pd.DataFrame, rng) -> tuple:
     "Mass models, sources, arcs and listing of the planted deflectors: (lens_truth, lensed component rows)."
     lens = lens_mass_model(cfg, d, rng)
@@ -1087,7 +1106,7 @@ def _lenses(cfg:SkyConfig, s:pd.DataFrame, d:pd.DataFrame, rng) -> tuple:
     lt = lens_truth_table(cfg, s, d, lens, src, arcs, np.bincount(owner, minlength=len(d)), rng)
     return lt, lensed_component_rows(s, d, lens, comps, owner)
 
-# %% ../nbs/05_mocksky.ipynb 133
+# %% ../nbs/05_mocksky.ipynb 135
 def _sky_summary(cfg:SkyConfig, s, bricks, lt, known, conf) -> dict:
     "Counts and densities for sky_meta.json and the run summary (listed/all lenses per deg², unlisted-lens share of the pool)."
     area = (cfg.ra_max_deg - cfg.ra_min_deg) * (np.sin(np.deg2rad(cfg.dec_max_deg)) - np.sin(np.deg2rad(cfg.dec_min_deg))) * 180 / np.pi
@@ -1103,7 +1122,7 @@ def _sky_summary(cfg:SkyConfig, s, bricks, lt, known, conf) -> dict:
             "masked_fraction": float(((s.maskbits.astype(np.int32) & REJECT_BITS) != 0).mean()),
             "type_counts": {k: int(v) for k, v in s.type.value_counts().items()}}
 
-# %% ../nbs/05_mocksky.ipynb 134
+# %% ../nbs/05_mocksky.ipynb 136
 def _sky_meta(cfg:SkyConfig, summary:dict, seconds:float) -> dict:
     "sky_meta.json without its file list: format, config, summary, the source prior (for the injection stage), the brick grid."
     prior = {k: getattr(cfg, k) for k in ("source_model", "source_mag_r_min", "source_mag_r_max", "source_mag_slope", "mu_min", "mu_max",
@@ -1115,7 +1134,7 @@ def _sky_meta(cfg:SkyConfig, summary:dict, seconds:float) -> dict:
             "grid": {"ra_min_deg": cfg.ra_min_deg, "dec_min_deg": cfg.dec_min_deg, "n_ra": int(round((cfg.ra_max_deg - cfg.ra_min_deg) / BRICK_SIZE_DEG)),
                      "n_dec": int(round((cfg.dec_max_deg - cfg.dec_min_deg) / BRICK_SIZE_DEG)), "brick_size_deg": BRICK_SIZE_DEG}}
 
-# %% ../nbs/05_mocksky.ipynb 135
+# %% ../nbs/05_mocksky.ipynb 137
 def make_sky(cfg:SkyConfig, progress:bool=False) -> SkyTables:
     "The mock DR10 sky as tables (pure: no files). Deterministic in `cfg` (every draw derives from `cfg.seed`)."
     cfg.validate(); t0 = time.time()
@@ -1132,7 +1151,7 @@ def make_sky(cfg:SkyConfig, progress:bool=False) -> SkyTables:
     meta = _sky_meta(cfg, _sky_summary(cfg, s, bricks, lt, known, conf), time.time() - t0)
     return SkyTables(s, bricks, comps.drop(columns=["host_row"]), lt, known, confusers, meta)
 
-# %% ../nbs/05_mocksky.ipynb 139
+# %% ../nbs/05_mocksky.ipynb 141
 def _sources_to_sweep_array(s:pd.DataFrame) -> np.ndarray:
     "DR10 sweep rows (uppercase names, DR9 Tractor dtypes) from the internal source table."
     a = np.zeros(len(s), dtype=SWEEP_DTYPE)
@@ -1146,7 +1165,7 @@ def _sources_to_sweep_array(s:pd.DataFrame) -> np.ndarray:
         for c in ("MW_TRANSMISSION", "NOBS", "PSFDEPTH", "GALDEPTH", "PSFSIZE"): a[f"{c}_{b}"] = s[f"{c.lower()}_{b.lower()}"].to_numpy()
     return a
 
-# %% ../nbs/05_mocksky.ipynb 140
+# %% ../nbs/05_mocksky.ipynb 142
 def write_sweeps(s:pd.DataFrame, out_dir:str) -> list[str]:
     "Write one FITS sweep per 5x5 deg box holding sources; returns the URLs."
     bra, bdec = sweep_box(s.ra.to_numpy(), s.dec.to_numpy()); urls = []
@@ -1157,7 +1176,7 @@ def write_sweeps(s:pd.DataFrame, out_dir:str) -> list[str]:
         urls.append(atomic_write_bytes(url_join(out_dir, sweep_name(r1, d1, r1 + SWEEP_BOX_DEG, d1 + SWEEP_BOX_DEG)), buf.getvalue()))
     return urls
 
-# %% ../nbs/05_mocksky.ipynb 141
+# %% ../nbs/05_mocksky.ipynb 143
 def write_sky(t:SkyTables, out_dir:str, provenance:dict|None=None) -> dict:
     """Write a `make_sky` result into `out_dir` (local path or URL), each file atomically, sky_meta.json last (with the
     stage's `provenance` record when given: issue 17.3, every JSON output carries it). Returns {name: url}."""
@@ -1172,12 +1191,12 @@ def write_sky(t:SkyTables, out_dir:str, provenance:dict|None=None) -> dict:
     urls["sky_meta"] = atomic_write_text(url_join(out_dir, "sky_meta.json"), json.dumps({**t.meta, "files": files, **({"provenance": provenance} if provenance else {})}, indent=2, default=str) + "\n")
     return urls
 
-# %% ../nbs/05_mocksky.ipynb 142
+# %% ../nbs/05_mocksky.ipynb 144
 def build_sky(cfg:SkyConfig, out_dir:str, progress:bool=True) -> dict:
     "`make_sky` then `write_sky` into `out_dir`: sweep-*.fits, bricks, components, lens_truth, known_lenses.csv, confusers.csv, sky_meta.json."
     return write_sky(make_sky(cfg, progress=progress), out_dir)
 
-# %% ../nbs/05_mocksky.ipynb 146
+# %% ../nbs/05_mocksky.ipynb 148
 def run_sky_stage(cfg, run_dir:str, progress:bool=True) -> dict:
     """Pipeline stage `sky`: build `<run_dir>/sky/` from `cfg.sky` (a pipeline config, or a `SkyConfig`) under the stage
     protocol. Returns the summary (also in the done marker): sky_dir, counts, densities, unlisted-lens share of the pool.
@@ -1198,7 +1217,7 @@ def run_sky_stage(cfg, run_dir:str, progress:bool=True) -> dict:
         st.result.update(sky_dir=st.rel(st.out), source_model=sky_cfg.source_model, **{k: t.meta[k] for k in keys})
     return st.result
 
-# %% ../nbs/05_mocksky.ipynb 149
+# %% ../nbs/05_mocksky.ipynb 151
 _SWEEP_READ_COLS = ["BRICKNAME", "OBJID", "TYPE", "RA", "DEC", "FLUX_G", "FLUX_R", "FLUX_Z", "SHAPE_R", "SHAPE_E1", "SHAPE_E2", "SERSIC",
                     "NOBS_G", "NOBS_R", "NOBS_Z", "PSFSIZE_G", "PSFSIZE_R", "PSFSIZE_Z", "PSFDEPTH_G", "PSFDEPTH_R", "PSFDEPTH_Z"]
 
@@ -1211,13 +1230,13 @@ def _read_sweep_table(url) -> pd.DataFrame:
         v = out[c]; out[c] = np.char.strip(np.char.decode(v) if v.dtype.kind == "S" else v.astype(str)).astype(str)
     return pd.DataFrame(out)
 
-# %% ../nbs/05_mocksky.ipynb 150
+# %% ../nbs/05_mocksky.ipynb 152
 def _seed_for(ra_deg, dec_deg, seed) -> np.ndarray:
     "64-bit noise seeds from a hash of the position rounded to 1e-6 deg and the seed (independent of batching)."
     return np.array([int.from_bytes(hashlib.blake2b(f"{r:.6f},{d:.6f},{int(seed)}".encode(), digest_size=8).digest(), "little")
                      for r, d in zip(np.asarray(ra_deg, float), np.asarray(dec_deg, float))], dtype=np.uint64)
 
-# %% ../nbs/05_mocksky.ipynb 152
+# %% ../nbs/05_mocksky.ipynb 154
 def _scene_catalog(sky, ra0, dec0) -> tuple[dict, dict]:
     "Point sources and Tractor galaxies (component dict) of the catalog whose light reaches each cutout's grid."
     S, n, G, c0 = sky.sources, len(ra0), GRID_SIZE, GRID_PAD_PX + NPIX // 2
@@ -1231,10 +1250,10 @@ def _scene_catalog(sky, ra0, dec0) -> tuple[dict, dict]:
     isp = S.type.to_numpy()[idx] == "PSF"; ge = ~isp; ng = int(ge.sum())
     gal = {"cut": cut[ge], "x": x[ge], "y": y[ge], "kind": np.full(ng, KIND_SERSIC), "flux": flux[ge], **{k: np.zeros(ng) for k in COMP_PARAMS}}
     gal["r_e"] = np.maximum(S.shape_r.to_numpy()[idx][ge], 0.02); sn = S.sersic.to_numpy()[idx][ge]; gal["n"] = np.where(sn > 0, sn, 1.0)
-    gal["e1"], gal["e2"] = S.shape_e1.to_numpy()[idx][ge], S.shape_e2.to_numpy()[idx][ge]
+    gal["e1"], gal["e2"] = S.shape_e1.to_numpy()[idx][ge], S.shape_e2.to_numpy()[idx][ge]; gal["t_out"] = sky._src_tout[idx][ge]
     return {"cut": cut[isp], "x": x[isp], "y": y[isp], "flux": flux[isp]}, gal
 
-# %% ../nbs/05_mocksky.ipynb 153
+# %% ../nbs/05_mocksky.ipynb 155
 def _scene_components(sky, ra0, dec0) -> dict|None:
     "Side components (confuser light, lensed source components) near each cutout, as a component dict (None if there are none)."
     if sky._cmp_tree is None: return None
@@ -1248,7 +1267,7 @@ def _scene_components(sky, ra0, dec0) -> dict|None:
     return {"cut": cc, "x": cx[k2] + c0, "y": cy[k2] + c0, "kind": C.kind.to_numpy()[ci], "flux": C[["flux_g", "flux_r", "flux_z"]].to_numpy()[ci],
             **{k: C[k].to_numpy()[ci] for k in COMP_PARAMS}}
 
-# %% ../nbs/05_mocksky.ipynb 154
+# %% ../nbs/05_mocksky.ipynb 156
 def _coadd_noise_batch(sky, img, sig, nobs, seeds, noise:bool, sky_offset:bool):
     "Add DR10 coadd noise (inverse-variance σ + source Poisson, Lanczos-resampled) and the sky offset to img (n, 101, 101, 3) in place; returns the offsets (n, 3)."
     n, cfg = img.shape[0], sky.meta["config"]; E = max(1, int(cfg.get("noise_exposures", 4)))
@@ -1271,7 +1290,7 @@ def _coadd_noise_batch(sky, img, sig, nobs, seeds, noise:bool, sky_offset:bool):
     img += off[:, None, None, :].astype(np.float32)
     return off
 
-# %% ../nbs/05_mocksky.ipynb 155
+# %% ../nbs/05_mocksky.ipynb 157
 def _cutout_meta(sky, ra0, dec0, B, has, jc, gid, sig, off, n_src, seed) -> pd.DataFrame:
     "The meta table of a batch: spec §1 fields, brick PSF sizes, σ and offsets per band, the truth."
     S, lt = sky.sources, sky._lens
@@ -1288,7 +1307,7 @@ def _cutout_meta(sky, ra0, dec0, B, has, jc, gid, sig, off, n_src, seed) -> pd.D
                          "n_sources": n_src, "is_lens": np.array([g in lt.index for g in gid]), "grading": [sky._grading.get(g, "") for g in gid],
                          "theta_e_arcsec": lcol("theta_e_arcsec"), "arc_snr": lcol("arc_snr"), "confuser_category": [sky._confuser.get(g, "") for g in gid]})
 
-# %% ../nbs/05_mocksky.ipynb 156
+# %% ../nbs/05_mocksky.ipynb 158
 def _scene_wings(sky, ra0, dec0) -> dict|None:
     "Catalog sources whose PSF wing reaches each cutout's field (beyond the faded kernel): cut, x, y (field px), flux, radius, r_soft."
     if sky._wing_tree is None or not len(ra0): return None
@@ -1302,7 +1321,7 @@ def _scene_wings(sky, ra0, dec0) -> dict|None:
     return {"cut": cut[keep], "x": x[keep] + NPIX // 2, "y": y[keep] + NPIX // 2, "flux": flux[keep], "radius": R[keep],
             "r_soft": np.where(S.type.to_numpy()[idx] == "PSF", 0.0, S.shape_r.to_numpy()[idx])[keep]}
 
-# %% ../nbs/05_mocksky.ipynb 157
+# %% ../nbs/05_mocksky.ipynb 159
 def _add_wings(img, W:dict|None, psfsize, psf:PSFModel, chunk:int=32):
     "Add the PSF wings of `_scene_wings` to noise-free cutouts img (n, 101, 101, 3) float32 torch, with each cutout's PSFSIZE (n, 3)."
     if W is None or not len(W["cut"]): return img
@@ -1315,8 +1334,8 @@ def _add_wings(img, W:dict|None, psfsize, psf:PSFModel, chunk:int=32):
     img += acc.to(img.dtype)
     return img
 
-# %% ../nbs/05_mocksky.ipynb 158
-def _render_batch(sky, ra0, dec0, B, seed, noise, sky_offset, psf_wings:bool=True):
+# %% ../nbs/05_mocksky.ipynb 160
+def _render_batch(sky, ra0, dec0, B, seed, noise, sky_offset, outer_light:bool=True):
     "One batch of cutouts: scene, PSF (the brick's PSFSIZE; the 'psf' shortcut sharpens listed lenses) and its wings, noise, meta."
     S, n = sky.sources, len(ra0)
     d, j = sky._src_tree.query(unit_vectors(ra0, dec0), distance_upper_bound=chord_from_arcsec(0.5))   # central source (within 0.5")
@@ -1324,18 +1343,19 @@ def _render_batch(sky, ra0, dec0, B, seed, noise, sky_offset, psf_wings:bool=Tru
     points, gal = _scene_catalog(sky, ra0, dec0)
     side = _scene_components(sky, ra0, dec0)
     comps = gal if side is None else {k: np.concatenate([np.asarray(gal[k]), np.asarray(side[k])]) for k in gal}
+    if not outer_light: comps["t_out"] = np.zeros(len(comps["cut"]))                   # Tractor's truncation for every Sérsic
     gid = np.where(has, S.brickname.to_numpy()[jc] + "_" + S.objid.to_numpy()[jc].astype(str), "")
     ps = B[["psfsize_g", "psfsize_r", "psfsize_z"]].to_numpy().astype(float).copy()
     if sky.shortcut == "psf": ps[np.array([g in sky._listed for g in gid], bool)] *= 0.8
     uniq, inv = np.unique(ps, axis=0, return_inverse=True)
-    img = render_scene(n, comps, points, psf_ft_on_grid(uniq, sky.psf, GRID_SIZE, PSF_TAPER_PX if psf_wings else None)[inv.reshape(-1)], batch=n)
-    img = (_add_wings(img, _scene_wings(sky, ra0, dec0), ps, sky.psf) if psf_wings else img).numpy()
+    img = render_scene(n, comps, points, psf_ft_on_grid(uniq, sky.psf, GRID_SIZE, PSF_TAPER_PX if outer_light else None)[inv.reshape(-1)], batch=n)
+    img = (_add_wings(img, _scene_wings(sky, ra0, dec0), ps, sky.psf) if outer_light else img).numpy()
     pick = lambda c: np.stack([np.where(has, S[f"{c}_{b}"].to_numpy()[jc], B[f"{c}_{b}"].to_numpy()) for b in "grz"], 1)
     sig = sigma_pix_from_psfdepth(pick("psfdepth"), pick("psfsize"))
     off = _coadd_noise_batch(sky, img, sig, pick("nobs"), _seed_for(ra0, dec0, seed), noise, sky_offset)
     return img, _cutout_meta(sky, ra0, dec0, B, has, jc, gid, sig, off, np.bincount(points["cut"], minlength=n) + np.bincount(gal["cut"], minlength=n), seed)
 
-# %% ../nbs/05_mocksky.ipynb 159
+# %% ../nbs/05_mocksky.ipynb 161
 class MockSky:
     "Renderer of the mock DR10 sky written by `build_sky`: `MockSky.open(sky_dir).render(ra_deg, dec_deg, seed)`."
     def __init__(self, sky_dir, meta, sources, bricks, comps, lens_truth, known):
@@ -1345,20 +1365,25 @@ class MockSky:
         self.psf = psf_model(SkyConfig(psf_model=cfg.get("psf_model", "dr10"), moffat_beta=float(cfg.get("moffat_beta", 3.0))))
         self.sky_offset_max_frac = float(cfg.get("sky_offset_max_frac", 0.3))
         self._src_tree = cKDTree(unit_vectors(sources.ra.to_numpy(), sources.dec.to_numpy()))
-        self._src_ext = np.where(sources.type.to_numpy() == "PSF", 0.0, truncation_radius(np.where(sources.sersic > 0, sources.sersic, 1)) * sources.shape_r.to_numpy())
-        self._init_wings(); self._cmp_tree = cKDTree(unit_vectors(comps.ra.to_numpy(), comps.dec.to_numpy())) if len(comps) else None
-        self._cmp_ext = component_extent_arcsec(comps.kind.to_numpy(), {k: comps[k].to_numpy() for k in COMP_PARAMS}) if len(comps) else np.zeros(0)
+        self._init_outer(); self._cmp_tree = cKDTree(unit_vectors(comps.ra.to_numpy(), comps.dec.to_numpy())) if len(comps) else None
+        self._cmp_ext = component_extent_arcsec(comps.kind.to_numpy(), {k: self.comps[k].to_numpy() for k in COMP_PARAMS}) if len(comps) else np.zeros(0)
         self._lens = lens_truth.set_index("galaxy_id")
         self._listed = set(known.galaxy_id[known.is_lens.astype(bool)]) if len(known) else set()
         self._grading = dict(zip(known.galaxy_id, known.grading))
         conf = pd.read_csv(io.BytesIO(read_bytes(url_join(self.sky_dir, meta["files"]["confusers"]))), keep_default_na=False)
         self._confuser = dict(zip(conf.galaxy_id, conf.category)); self._grid = meta["grid"]
 
-    def _init_wings(self):
-        "Each source's PSF-wing radius (px) at the sky's smallest σ and largest PSFSIZE per band, and a KD-tree of those beyond the kernel."
+    def _init_outer(self):
+        """How far out each source is drawn, at the sky's smallest σ (and largest PSFSIZE) per band: its Sérsic's outer radius
+        (`sersic_outer_radius_re`, also for Sérsic side components) and PSF-wing radius (px; a KD-tree of those past the kernel)."""
         S, B = self.sources, self.bricks; ps = B[[f"psfsize_{b}" for b in "grz"]].to_numpy()
-        sig = sigma_pix_from_psfdepth(B[[f"psfdepth_{b}" for b in "grz"]].to_numpy(), ps).min(0)
-        R = psf_wing_radius_px(S[[f"flux_{b}" for b in "grz"]].to_numpy(), sig, ps.max(0), self.psf) if len(S) else np.zeros(0)
+        sig = sigma_pix_from_psfdepth(B[[f"psfdepth_{b}" for b in "grz"]].to_numpy(), ps).min(0); F = S[[f"flux_{b}" for b in "grz"]].to_numpy()
+        self._src_tout = np.where(S.type.to_numpy() == "PSF", 0.0, sersic_outer_radius_re(F, S.sersic.to_numpy(), S.shape_r.to_numpy(), S.shape_e1.to_numpy(), S.shape_e2.to_numpy(), sig))
+        self._src_ext = self._src_tout * np.maximum(S.shape_r.to_numpy(), 0.02)
+        C = self.comps = self.comps.assign(t_out=self.comps.get("t_out", 0.0))         # a sky written before t_out: Tractor's
+        ser = C.kind.to_numpy() == KIND_SERSIC
+        C.loc[ser, "t_out"] = sersic_outer_radius_re(C.loc[ser, ["flux_g", "flux_r", "flux_z"]].to_numpy(), C.n[ser], C.r_e[ser], C.e1[ser], C.e2[ser], sig)
+        R = psf_wing_radius_px(F, sig, ps.max(0), self.psf) if len(S) else np.zeros(0)
         self._wing_idx = np.flatnonzero(R > PSF_TAPER_PX[0]); self._wing_px = R[self._wing_idx]
         self._wing_tree = cKDTree(unit_vectors(S.ra.to_numpy()[self._wing_idx], S.dec.to_numpy()[self._wing_idx])) if len(self._wing_idx) else None
 
@@ -1388,21 +1413,22 @@ class MockSky:
         return i * g["n_ra"] + j
 
     def render(self, ra_deg, dec_deg, seed:int=0, noise:bool=True, sky_offset:bool=True, batch_size:int=96, progress:bool=False,
-               num_threads:int|None=None, psf_wings:bool=True):
+               num_threads:int|None=None, outer_light:bool=True):
         """Cutouts (N, 101, 101, 3) float32 nmgy (g, r, z) centred on each position, and a meta DataFrame (spec §1 fields +
         brick PSF/depth, noise sigma and the truth). Deterministic per (position, seed). `num_threads` (default: the sky
         config's; 0 = leave torch's setting) runs the call with that many torch threads and restores the setting afterwards.
-        `psf_wings=False` stops every PSF at its 63 px square (the renderer before the wings: for comparisons only)."""
+        `outer_light=False` ends every profile where the renderer before 30 Nov 2026 did (PSF at its 63 px square, Sérsics at
+        Tractor's 4–8 r_e): for comparisons only."""
         ra0, dec0 = np.atleast_1d(np.asarray(ra_deg, float)), np.atleast_1d(np.asarray(dec_deg, float))
         if ra0.shape != dec0.shape: raise ValueError("ra_deg and dec_deg must have the same length")
         B = self.bricks.iloc[self.brick_index(ra0, dec0)]; X = np.empty((len(ra0), NPIX, NPIX, 3), np.float32); metas = []
         with torch_threads(num_threads if num_threads is not None else self.num_threads):
             for a in tqdm(range(0, len(ra0), batch_size), desc="render", disable=not progress):
                 sl = slice(a, min(len(ra0), a + batch_size))
-                X[sl], m = _render_batch(self, ra0[sl], dec0[sl], B.iloc[sl], seed, noise, sky_offset, psf_wings); metas.append(m)
-        return X, (pd.concat(metas, ignore_index=True) if metas else _render_batch(self, ra0, dec0, B, seed, noise, sky_offset, psf_wings)[1])
+                X[sl], m = _render_batch(self, ra0[sl], dec0[sl], B.iloc[sl], seed, noise, sky_offset, outer_light); metas.append(m)
+        return X, (pd.concat(metas, ignore_index=True) if metas else _render_batch(self, ra0, dec0, B, seed, noise, sky_offset, outer_light)[1])
 
-# %% ../nbs/05_mocksky.ipynb 164
+# %% ../nbs/05_mocksky.ipynb 168
 def gallery_targets(sky:MockSky, n_per:int=3, seed:int=0) -> pd.DataFrame:
     "Positions for a gallery: Tier-A, Tier-B lens, Tier-B non-lens, unlisted lens, each confuser category, ordinary galaxies."
     rng = np.random.default_rng(seed); kl, lt = sky.known, sky.lens_truth; out = []
@@ -1417,7 +1443,7 @@ def gallery_targets(sky:MockSky, n_per:int=3, seed:int=0) -> pd.DataFrame:
     take(pool[~(pool.brickname + "_" + pool.objid.astype(str)).isin(set(lt.galaxy_id))], "galaxy", k=2 * n_per)
     return pd.concat(out, ignore_index=True)
 
-# %% ../nbs/05_mocksky.ipynb 165
+# %% ../nbs/05_mocksky.ipynb 169
 def plot_gallery(X, meta:pd.DataFrame, labels, ncols:int=7, crop:int=18):
     "A grid of grz composites (`physics.grz_composite`) of cutouts X with their labels and truth; returns the figure."
     import matplotlib.pyplot as plt
@@ -1432,7 +1458,7 @@ def plot_gallery(X, meta:pd.DataFrame, labels, ncols:int=7, crop:int=18):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/05_mocksky.ipynb 167
+# %% ../nbs/05_mocksky.ipynb 171
 def _auc(pos, allv) -> float:
     "P(a value from `pos` > a value from `allv`) + ties/2 (Mann-Whitney AUC)."
     pos, allv = np.asarray(pos, float), np.asarray(allv, float)
@@ -1440,7 +1466,7 @@ def _auc(pos, allv) -> float:
     r = stats.rankdata(np.concatenate([pos, allv]))[:len(pos)]
     return float((r.sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(allv)))
 
-# %% ../nbs/05_mocksky.ipynb 168
+# %% ../nbs/05_mocksky.ipynb 172
 def lens_population_stats(lens_truth:pd.DataFrame, sources:pd.DataFrame, area_deg2:float, which:str="listed") -> dict:
     "The issue-14 table on a sky: deflector r, g−r, arc − deflector, type mix, θE, listing vs seeing/depth, densities."
     lt = lens_truth; sel = lt[lt.listed] if which == "listed" else lt
@@ -1456,7 +1482,7 @@ def lens_population_stats(lens_truth:pd.DataFrame, sources:pd.DataFrame, area_de
             "auc_listed_vs_all_psfdepth_r": _auc(S.psfdepth_r.to_numpy()[l_], S.psfdepth_r.to_numpy()),
             "listed_density_per_deg2": float(l_.sum() / area_deg2), "lens_density_per_deg2": float(len(lt) / area_deg2)}
 
-# %% ../nbs/05_mocksky.ipynb 170
+# %% ../nbs/05_mocksky.ipynb 174
 def blank_sky_noise(sky:MockSky, n:int=200, seed:int=0, min_sep_arcsec:float=25.0) -> pd.DataFrame:
     """Per band, on blank-sky cutouts: median pixel σ / inverse-variance σ, adjacent-pixel correlation, median σ (nmgy), and
     σ at DR10's median depth and PSFSIZE (the config's m5_ref_* and PSFSIZE medians, §2: that ratio × the DR10 formula's σ)."""

@@ -485,3 +485,21 @@ def test_bright_star_light_follows_the_psf_wing_past_the_kernel_edge(sky, catalo
         row = X[i, 50, 50 + 24:50 + 45, 1]                             # no step along the row: falls smoothly as r^-4
         steps = row[:-1] / row[1:]
         assert steps.max() < 1.25 and steps.min() > 1.0, steps
+
+
+def test_bright_disc_light_continues_past_tractors_4_re(sky, catalog):
+    "A bright exponential galaxy was cut by a cosine taper at 3-4 r_e (Tractor's truncation) while still several σ above the sky."
+    from astropy.modeling.models import Sersic2D
+    from scipy.signal import fftconvolve
+    rex = catalog[_isolated(catalog, sky) & (catalog.TYPE == "REX") & (catalog.SHAPE_R.between(1.0, 3.0)) & (catalog.MASKBITS == 0)]
+    rex = rex.nlargest(3, "FLUX_R")
+    assert len(rex) >= 2
+    X, m = sky.render(rex.RA.to_numpy(), rex.DEC.to_numpy(), noise=False, sky_offset=False)
+    yy, xx = np.mgrid[:101, :101]; r_arcsec = np.hypot(xx - 50, yy - 50) * 0.262
+    for i in range(len(rex)):
+        re = rex.SHAPE_R.iloc[i]
+        ref = Sersic2D(amplitude=1.0, r_eff=re / 0.262, n=1.0, x_0=50, y_0=50)(xx, yy)       # astropy: the untruncated profile
+        ref = fftconvolve(ref, lensing.psf_kernels(m.psfsize_r.iloc[i], sky.psf, size_px=101).numpy(), mode="same")
+        inner, outer = (r_arcsec > 1.0 * re) & (r_arcsec < 2.0 * re), (r_arcsec > 3.5 * re) & (r_arcsec < 4.8 * re) & (r_arcsec < 13)
+        got = np.median(X[i, ..., 1][outer]) / np.median(X[i, ..., 1][inner]); want = np.median(ref[outer]) / np.median(ref[inner])
+        assert abs(got / want - 1) < 0.15, (i, re, got, want)
