@@ -163,22 +163,65 @@ def _tree_digest(folder: Path) -> dict:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_section(title: str) -> tuple[str, str]:
+    "(prose, the bash block) of README.md's section `## title`."
+    text = (ROOT / "README.md").read_text()
+    sec = text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+    return sec, sec.split("```bash\n", 1)[1].split("```", 1)[0]
+
+
 @pytest.mark.slow
-def test_model_audit_on_the_tiny_mock_run_injects_on_the_in_house_grid_and_renders_without_arcs(tiny_run, tmp_path):
-    "`stronglens audit RUN --model F` on a real (tiny) mock run: injection on the in-house grid, test (d), in-house outputs untouched."
+def test_readme_audit_walkthrough_runs_as_written_on_the_tiny_run(tiny_run, tmp_path):
+    """README 'Audit your own lens finder', command by command, in a folder laid out like a checkout after `make demo`
+    (.venv, runs/demo = a copy of the tiny run): a scores file and the exported TorchScript CNN are audited, the pages the
+    prose says to open exist, the model's injection runs on the in-house grid, test (d) re-renders without arcs, the
+    in-house outputs are untouched and --no-progress prints no bar."""
+    import re, subprocess, sys
     from conftest import copy_run
-    run = copy_run(tiny_run, tmp_path / "run")
-    ts = export_torchscript(str(run / "model/checkpoints/best.pt"), str(tmp_path / "cnn.pt"))
+    venv = Path(sys.executable).parent.parent
+    if not (venv / "bin" / "stronglens").exists(): pytest.skip(f"no stronglens command beside {sys.executable}")
+    work = tmp_path / "checkout"; (work / "runs").mkdir(parents=True); (work / ".venv").symlink_to(venv)
+    run = copy_run(tiny_run, work / "runs" / "demo")
     inhouse = {d: _tree_digest(run / d) for d in ("injection", "model", "report") if (run / d).is_dir()}
     assert "injection" in inhouse, "the tiny demo has no injection stage"
-    assert main([str(run), "--model", ts, "--name", "cnn-ts", "--injection-n-per-cell", "2"]) == 0
-    a = read_audit(str(run), "cnn-ts"); s = a["summary"]
-    assert s["skipped"] == {} and s["injection"]["n_cells"] == 385
-    assert len(pd.read_parquet(run / "audits/cnn-ts/injection/completeness.parquet")) == 385
-    inj = pd.read_parquet(run / "audits/cnn-ts/injection/injections.parquet")
-    assert inj.groupby(["i_theta_e", "i_psf", "i_depth"]).size().max() <= 2            # the audit's n_per_cell, not the run's
-    assert json.loads((run / "audits/cnn-ts/injection/closure.json").read_text())["threshold"]["value"] == s["threshold"]
-    assert "fig3_selection_function" in json.loads((run / "audits/cnn-ts/report/report.json").read_text())["figures"]
+    prose, block = readme_section("Audit your own lens finder")
+    r = subprocess.run(["bash", "-e", "-c", block], cwd=work, capture_output=True, text=True, timeout=3000)
+    assert r.returncode == 0, f"{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
+    assert "%|" not in r.stderr and "it/s" not in r.stderr, r.stderr[-2000:]                 # --no-progress
+    pages = re.findall(r"`(runs/demo/[^`]+?\.html)`", prose)
+    assert len(pages) >= 3 and all((work / p).is_file() for p in pages), pages
+    assert "audit:their-cnn" in r.stdout and "audit:demo-cnn" in r.stdout                     # `stronglens status`
+    ours, theirs = (json.loads((run / f).read_text()) for f in ("report/report.json", "audits/their-cnn/report/report.json"))
+    assert theirs["threshold"]["value"] == ours["threshold"]["value"]                           # the demo's own scores: its numbers
+    for k in ("auc", "recall", "fpr"): assert theirs["headline"][k]["value"] == ours["headline"][k]["value"], k
+    a = read_audit(str(run), "demo-cnn"); s = a["summary"]
+    assert s["kind"] == "model" and s["skipped"] == {} and s["injection"]["n_cells"] == 385
+    assert len(pd.read_parquet(run / "audits/demo-cnn/injection/completeness.parquet")) == 385
+    assert json.loads((run / "audits/demo-cnn/injection/closure.json").read_text())["threshold"]["value"] == s["threshold"]
+    assert "fig3_selection_function" in json.loads((run / "audits/demo-cnn/report/report.json").read_text())["figures"]
     t = a["counterfactual"].set_index("test")
-    assert t.loc["no_arcs_mock", "n"] > 0 and set(ARC_TESTS) <= set(t.index)           # (d) ran on the mock sky
-    assert {d: _tree_digest(run / d) for d in inhouse} == inhouse                          # the in-house outputs are untouched
+    assert t.loc["no_arcs_mock", "n"] > 0 and set(ARC_TESTS) <= set(t.index)                 # (d) ran on the mock sky
+    sc = pd.read_parquet(run / "audits/demo-cnn/scores.parquet").merge(pd.read_parquet(run / "model/scores_all.parquet"), on="galaxy_id", suffixes=("", "_ck"))
+    assert np.abs(sc.p_lens - sc.p_lens_ck).max() < 1e-5                                        # the exported CNN is the CNN
+    assert {d: _tree_digest(run / d) for d in inhouse} == inhouse                              # the in-house outputs are untouched
+
+
+@pytest.mark.slow
+def test_every_stage_of_a_full_run_carries_provenance(tiny_run, tmp_path):
+    """Issue 17.3 on a whole (tiny) pipeline run plus an audit: `provenance_check` finds a complete in-file provenance
+    record (pipeline_version, git_commit, config_hash, seed, inputs) in a JSON output of every stage, and every JSON the
+    report and audit stages write carries one."""
+    from conftest import copy_run
+    from stronglens.audit import provenance_check
+    run = copy_run(tiny_run, tmp_path / "run")
+    pd.read_parquet(run / "model/scores_all.parquet")[["galaxy_id", "p_lens"]].to_csv(tmp_path / "s.csv", index=False)
+    assert main([str(run), "--scores", str(tmp_path / "s.csv"), "--name", "prov", "--no-progress"]) == 0
+    pc = provenance_check(str(run)).set_index("stage")
+    assert {"sky", "catalogs", "cutouts", "train", "validate", "inject", "report", "audit:prov"} <= set(pc.index), pc
+    lacking = {s: m for s, m in pc["missing"].items() if m}
+    assert not lacking, f"stages without an in-file provenance record: {lacking}\n{pc.to_string()}"
+    for s in ("report", "audit:prov"):
+        assert pc.loc[s, "json_with_provenance"] == pc.loc[s, "json_outputs"] > 0, pc.loc[s]
