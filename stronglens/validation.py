@@ -573,6 +573,7 @@ def plot_feature_distributions(metrics:pd.DataFrame, shortcut:pd.DataFrame):
             a.hist(vv[np.isfinite(vv)], bins=np.linspace(lo, hi, 40) if hi > lo else 10, density=True, histtype="step", lw=1.5, color=c, label=t)
         if f in feats.index:
             r = feats.loc[f]; a.set_title(f"{f}\nAUC {r.auc:.3f} [{r.ci_lower:.3f}, {r.ci_upper:.3f}] {r.flag}", fontsize=9)
-        a.legend(fontsize=8)
+        a.set_xlabel(f, fontsize=9); a.legend(fontsize=8)
+        if a in axs[:, 0]: a.set_ylabel("probability density")
     fig.tight_layout()
     return fig
