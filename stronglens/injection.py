@@ -28,8 +28,9 @@ __all__ = ['AXES', 'HOST_SPLIT', 'SWEEP_COLUMNS', 'LENSPOP_SOURCE_COLOURS', 'MIN
            'completeness_table', 'marginal_completeness', 'completeness_vs_snr', 'completeness', 'closure_test',
            'feature_probe', 'matched_injections', 'cell_tasks', 'run_cells', 'run_cells_local', 'read_injection',
            'plot_completeness', 'plot_gallery', 'write_figures', 'injection_config', 'load_inputs', 'model_scores',
-           'OutFolder', 'tier_a_targets', 'planted_targets', 'probe_real_positives', 'closure_document',
-           'gallery_cells', 'write_gallery', 'run_injections', 'run_injection', 'run_inject_stage']
+           'OutFolder', 'tier_a_targets', 'planted_cutouts', 'planted_targets', 'probe_real_positives',
+           'closure_document', 'gallery_cells', 'write_gallery', 'run_injections', 'run_injection', 'run_inject_stage',
+           'source_model_twin']
 
 # %% ../nbs/14_injection.ipynb 6
 @dataclass
@@ -940,8 +941,8 @@ def tier_a_targets(inp:dict, threshold:float, c:InjectionConfig, truth_path:str=
     return t.assign(detected=t.p_lens >= threshold).reset_index(drop=True)
 
 # %% ../nbs/14_injection.ipynb 138
-def planted_targets(inp:dict, cfg, run_dir:str, scorer, threshold:float, c:InjectionConfig) -> pd.DataFrame:
-    "Every planted lens of the mock sky in the test split (listed or not; a seeded subset of `planted_max`), rendered like the cutout stage and scored."
+def planted_cutouts(inp:dict, cfg, run_dir:str, c:InjectionConfig) -> tuple[pd.DataFrame, np.ndarray]:
+    "Every planted lens of the mock sky in the test split (listed or not; a seeded subset of `planted_max`) with PSF and depth, and its cutout rendered like the cutout stage."
     from stronglens.splits import healpix_split
     from stronglens.cutoutsource import source_from_config, CutoutsConfig
     from stronglens.negatives import NegativeSamplingConfig
@@ -957,12 +958,20 @@ def planted_targets(inp:dict, cfg, run_dir:str, scorer, threshold:float, c:Injec
     ok = np.array([r.cutout is not None and r.reason is None for r in res], bool); bad = [r.reason for r in res if r.reason]
     X = np.stack([r.cutout for r, o in zip(res, ok) if o]) if ok.any() else np.zeros((0, NPIX, NPIX, 3), np.float32)
     t = t[ok].reset_index(drop=True)
-    t["p_lens"] = 1 / (1 + np.exp(-np.asarray(scorer(X, t), np.float64))) if len(t) else np.zeros(0)
-    t = t.assign(detected=t.p_lens >= threshold)
     t.attrs.update(n_planted_test=int(n_all), n_render_failed=int((~ok).sum()), render_failure=bad[0] if bad else "")
-    return t
+    return t, X
+
 
 # %% ../nbs/14_injection.ipynb 139
+def planted_targets(inp:dict, cfg, run_dir:str, scorer, threshold:float, c:InjectionConfig) -> pd.DataFrame:
+    "`planted_cutouts` scored: the closure test's targets on the mock (p_lens, detected at `threshold`)."
+    t, X = planted_cutouts(inp, cfg, run_dir, c); attrs = dict(t.attrs)
+    t["p_lens"] = 1 / (1 + np.exp(-np.asarray(scorer(X, t), np.float64))) if len(t) else np.zeros(0)
+    t = t.assign(detected=t.p_lens >= threshold); t.attrs.update(attrs)
+    return t
+
+
+# %% ../nbs/14_injection.ipynb 140
 def probe_real_positives(inp:dict, c:InjectionConfig, truth_path:str="") -> pd.DataFrame:
     "Test-split positives that are true lenses (truth), with θE, arc S/N, PSF, depth and resolved cutout path."
     m, pos = inp["manifest"], inp["positives"]; truth = _read_table(truth_path) if truth_path else inp["truth"]
@@ -971,7 +980,7 @@ def probe_real_positives(inp:dict, c:InjectionConfig, truth_path:str="") -> pd.D
     t = m[(m.split == HOST_SPLIT) & (m.label == 1)][["galaxy_id", "s3_path"]].merge(pos.drop(columns=["split"], errors="ignore"), on="galaxy_id").merge(tr, on="galaxy_id")
     return _conditions(t, c).assign(path=lambda d: d.s3_path).reset_index(drop=True)
 
-# %% ../nbs/14_injection.ipynb 140
+# %% ../nbs/14_injection.ipynb 141
 def closure_document(inp:dict, inj:pd.DataFrame, thr:dict, cfg, run_dir:str, ctx:CellContext, scorer, c:InjectionConfig) -> dict:
     "closure.json: threshold, closure test on the Tier-A positives and (mock) on every planted test lens, the feature probe."
     skyc = (inp["sky_meta"] or {}).get("config", {})
@@ -992,7 +1001,7 @@ def closure_document(inp:dict, inj:pd.DataFrame, thr:dict, cfg, run_dir:str, ctx
     doc["feature_probe"] = _probe(inp, ctx, scorer, c, run_dir)
     return doc
 
-# %% ../nbs/14_injection.ipynb 141
+# %% ../nbs/14_injection.ipynb 142
 def _probe(inp:dict, ctx:CellContext, scorer, c:InjectionConfig, run_dir:str) -> dict:
     "The feature probe: test-split true-lens positives vs one matched injection each, on the scorer's penultimate features."
     if not hasattr(scorer, "features"): return {"status": "the scorer has no features (not a trained checkpoint)", "auc": float("nan")}
@@ -1006,7 +1015,7 @@ def _probe(inp:dict, ctx:CellContext, scorer, c:InjectionConfig, run_dir:str) ->
     return {**out, "ci_lower": out.get("auc_ci", [np.nan])[0], "ci_upper": out.get("auc_ci", [np.nan, np.nan])[1], "matched_on": "theta_e (exact), nearest-host PSF and depth, arc_snr (exact, by scaling the arc)",
             "median_abs_dpsf": float(np.median(np.abs(rows.psf_fwhm - real.psf_fwhm))), "median_abs_ddepth": float(np.median(np.abs(rows.depth - real.depth)))}
 
-# %% ../nbs/14_injection.ipynb 142
+# %% ../nbs/14_injection.ipynb 143
 def gallery_cells(cells:pd.DataFrame, hosts:pd.DataFrame, max_cells:int=12) -> tuple:
     "Cells whose first stamps are kept for figures: 4 θE values × 3 PSF values at the depth with the most hosts."
     h = hosts[(hosts.i_psf >= 0) & (hosts.i_depth >= 0)]
@@ -1017,7 +1026,7 @@ def gallery_cells(cells:pd.DataFrame, hosts:pd.DataFrame, max_cells:int=12) -> t
     sel = cells[(cells.i_depth == d) & cells.i_psf.isin(pi) & cells.i_theta_e.isin(ti)]
     return tuple(int(x) for x in sel.cell_id[:max_cells])
 
-# %% ../nbs/14_injection.ipynb 143
+# %% ../nbs/14_injection.ipynb 144
 def write_gallery(st, inj:pd.DataFrame, ids) -> str:
     "gallery.npz: the kept stamps and arcs of the gallery cells (`cells/cell_NNNN.npz`) with their rows."
     parts, rows = [], []
@@ -1033,7 +1042,7 @@ def write_gallery(st, inj:pd.DataFrame, ids) -> str:
                         ("theta_e", "psf_fwhm", "depth", "arc_snr", "p_lens", "cell_id", "i_inj", "source_mag_r", "magnification")})
     return atomic_write_bytes(st.path("gallery.npz"), buf.getvalue())
 
-# %% ../nbs/14_injection.ipynb 144
+# %% ../nbs/14_injection.ipynb 145
 def run_injections(todo:pd.DataFrame, ctx:CellContext, engine:str="local", n_workers:int=1, on_result=None, progress:bool=True,
                    spark_master:str="local[2]") -> list[CellResult]:
     "Run the `todo` cells on the chosen engine ('local' or 'spark'); `on_result` is called as each cell finishes."
@@ -1045,7 +1054,7 @@ def run_injections(todo:pd.DataFrame, ctx:CellContext, engine:str="local", n_wor
         return out
     return run_cells_local(todo, ctx, n_workers, on_result, progress)
 
-# %% ../nbs/14_injection.ipynb 145
+# %% ../nbs/14_injection.ipynb 146
 def _write_tables(st, inj:pd.DataFrame, cells:pd.DataFrame, info:pd.DataFrame, fails:pd.DataFrame, c:InjectionConfig) -> pd.DataFrame:
     "injections.parquet, completeness.{parquet,csv}, marginals, S/N curve and failed_hosts.parquet; returns the table."
     atomic_write_parquet(inj, st.path("injections.parquet"))
@@ -1056,7 +1065,7 @@ def _write_tables(st, inj:pd.DataFrame, cells:pd.DataFrame, info:pd.DataFrame, f
     atomic_write_parquet(fails, st.path("failed_hosts.parquet"))
     return table
 
-# %% ../nbs/14_injection.ipynb 146
+# %% ../nbs/14_injection.ipynb 147
 def run_injection(st,                     # an open `stage_run` (any stage: `inject`, or the audit's `audits/<name>`)
                   cfg,                    # pipeline config (its `injection` section; defaults when absent)
                   scorer:dict,            # `make_scorer` spec of the finder under test
@@ -1080,7 +1089,7 @@ def run_injection(st,                     # an open `stage_run` (any stage: `inj
     st.failures(len(fails), max(int(len(set(inj.galaxy_id)) + len(fails)), 1), what="host cutouts", table=out.path("failed_hosts.parquet"))
     return _summary(inj, table, thr, doc, len(todo), t_grid, time.time() - t0)
 
-# %% ../nbs/14_injection.ipynb 147
+# %% ../nbs/14_injection.ipynb 148
 def run_inject_stage(cfg, run_dir:str, progress:bool=True, engine:str|None=None, scorer:dict|None=None) -> dict:
     "The `inject` stage: `run_injection` of the trained checkpoint into `injection/` (`scorer` overrides the model, for tests)."
     from stronglens.runs import stage_run
@@ -1091,7 +1100,7 @@ def run_inject_stage(cfg, run_dir:str, progress:bool=True, engine:str|None=None,
         st.result.update(run_injection(st, cfg, spec, model_scores(st.run_dir), sub="", progress=progress, engine=engine))
     return st.result
 
-# %% ../nbs/14_injection.ipynb 148
+# %% ../nbs/14_injection.ipynb 149
 def _summary(inj:pd.DataFrame, table:pd.DataFrame, thr:dict, doc:dict, n_run:int, t_grid:float, t_all:float) -> dict:
     "The stage result (merged into the done marker, shown by the pipeline notebook)."
     v = _valid(inj); ta, pr = doc.get("tier_a", {}), doc.get("feature_probe", {})
@@ -1103,3 +1112,37 @@ def _summary(inj:pd.DataFrame, table:pd.DataFrame, thr:dict, doc:dict, n_run:int
             "closure_planted_p_value": doc.get("planted", {}).get("p_value"), "probe_auc": pr.get("auc"),
             "seconds_grid": round(t_grid, 1), "seconds": round(t_all, 1),
             "injections_per_second": round(len(v) / t_grid, 1) if n_run and t_grid > 0 else None}
+
+# %% ../nbs/14_injection.ipynb 155
+def _twin_probe(rows:pd.DataFrame, X:np.ndarray, ctx:CellContext, scorer, c:InjectionConfig) -> dict:
+    "Feature probe of planted lenses (rows with θE, PSF, depth, arc S/N; cutouts X) against one matched injection each."
+    ok = (np.isfinite(rows[["theta_e", "psf_fwhm", "depth", "arc_snr"]]).all(axis=1) & (rows.arc_snr > 0)).to_numpy()
+    if ok.sum() < 2 * c.probe_folds: return {"status": f"too few planted lenses with truth ({int(ok.sum())})", "auc": float("nan")}
+    Xi, _ = matched_injections(rows[ok].reset_index(drop=True), ctx, seed=c.seed)
+    return feature_probe(scorer.features(X[ok]), scorer.features(Xi), c.probe_folds, c.seed, c.n_bootstrap)
+
+
+# %% ../nbs/14_injection.ipynb 156
+def source_model_twin(run_dir:str,               # a finished run on the mock sky (sky, catalogs, train, inject)
+                      twin_dir:str,              # new folder: the twin sky goes to <twin_dir>/sky, the result to closure_twin.json
+                      source_model:str="clumpy", # the twin's source model
+                      progress:bool=False) -> dict:
+    "Closure test and feature probe of the run's model and injections on its own planted test lenses (control) and on a twin sky with `source_model` sources."
+    from stronglens.config import load_config
+    from stronglens.mocksky import run_sky_stage, torch_threads
+    cfg = load_config(url_join(run_dir, "config.yaml")); inp = load_inputs(cfg, run_dir); c = inp["cfg"]
+    if inp["sky_meta"] is None or inp["truth"] is None: raise ValueError(f"{run_dir}: source_model_twin needs a run on the mock sky (sky/sky_meta.json and its lens truth)")
+    run_sky_stage(load_config(url_join(run_dir, "config.yaml"), [f"sky.source_model={source_model}"]), twin_dir, progress=progress)
+    thr = json.loads(read_bytes(url_join(run_dir, "injection", "closure.json")))["threshold"]
+    inj = read_parquet(url_join(run_dir, "injection", "injections.parquet")); spec = {"kind": "checkpoint", "path": _checkpoint(cfg, run_dir)}
+    ctx = CellContext(c, inp["hosts"][(inp["hosts"].i_psf >= 0) & (inp["hosts"].i_depth >= 0)].reset_index(drop=True), inp["colours"], spec, psf=inp["psf"], gain_scale=inp["gain_scale"])
+    out, scorer, (tmeta, ttruth) = {"threshold": thr, "run_dir": str(run_dir)}, make_scorer(spec), _sky_truth(twin_dir)
+    with torch_threads(1):
+        for name, meta, truth, folder in (("control", inp["sky_meta"], inp["truth"], run_dir), ("twin", tmeta, ttruth, twin_dir)):
+            t, X = planted_cutouts({"truth": truth, "sky_meta": meta}, cfg, folder, c)
+            t["p_lens"] = 1 / (1 + np.exp(-np.asarray(scorer(X, t), np.float64))); t["detected"] = t.p_lens >= thr["value"]
+            out[name] = {"source_model": meta["config"]["source_model"], "closure": closure_test(inj, t, c), "probe": _twin_probe(t, X, ctx, scorer, c),
+                         "median_arc_snr": float(np.median(t.arc_snr)), **t.attrs}
+    atomic_write_json(url_join(twin_dir, "closure_twin.json"), out)
+    return out
+
