@@ -73,29 +73,12 @@ def test_completeness_falls_with_psf_fwhm(demo_run):
     assert z < 0 and p < 0.01, (z, p, ps[["centre", "n_injected", "n_detected"]])
 
 
-def _training_theta_e(run) -> np.ndarray:
-    "θE (truth) of the training split's positives that are true lenses: the arcs the demo model learnt from."
-    t = pd.read_parquet(run / "sky" / "lens_truth.parquet"); m = pd.read_parquet(run / "manifests" / "training_manifest.parquet")
-    return t[t.galaxy_id.isin(m[(m.split == "train") & (m.label == 1)].galaxy_id)].theta_e_arcsec.to_numpy()
-
-
 @pytest.mark.slow
-def test_completeness_rises_with_theta_e_where_the_model_saw_lenses(demo_run):
-    """Pooled counts along θE from the grid's start (0.5″: arcs inside the PSF core) to the 95th percentile of the training
-    lenses' θE (~2″; the model has seen almost no larger arcs): a rising trend (Cochran–Armitage z > 0) at p < 0.01."""
-    run, _, _ = demo_run
-    hi = float(np.quantile(_training_theta_e(run), 0.95))
-    te = _marginal(run, "theta_e"); d = te[te.centre <= hi]
-    assert len(te) == 11 and len(d) >= 5, (hi, te.centre.tolist())
-    z, p = cochran_armitage(d.n_detected, d.n_injected, d.centre)
-    assert z > 0 and p < 0.01, (z, p, hi, d[["centre", "n_injected", "n_detected"]])
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="over the whole grid (0.5-3″) the demo model's completeness is a hump, not monotone: it "
-                   "rises while arcs leave the PSF core and falls beyond ~2″, where the training set has almost no lenses (95th "
-                   "percentile of the training lenses' θE ~2″) and the mock's own source prior (no μ cut) gives fainter arcs "
-                   "(median arc S/N 2.4 at 1.75″, 0.8 at 3″); see /work/notes/injection.md")
+@pytest.mark.xfail(strict=True, reason="the demo model has no θE trend to find: its completeness is ~3 % at every θE >= 0.75\" "
+                   "(0 % at 0.5\", inside the PSF core), because the injections under the mock's own source prior (no μ cut) "
+                   "are mostly invisible (median arc S/N ~1.4: see injection/gallery.png) and even bright arcs (S/N > 10) "
+                   "are found at only 10-20 % at the 1 %-FPR threshold (p >= 0.65); Cochran-Armitage z = -0.1 ... +0.9 on four "
+                   "demo runs (6-12 per cell). See /work/notes/injection.md")
 def test_completeness_rises_with_theta_e_over_the_whole_grid(demo_run):
     "Pooled counts along the θE axis of the demo run: a rising trend (Cochran–Armitage z > 0) significant at p < 0.01."
     run, _, _ = demo_run
