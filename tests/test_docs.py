@@ -125,10 +125,11 @@ def test_executed_notebooks_keep_no_progress_bars(tmp_path):
     "tools/exec_nb.py (how module notebooks get their committed outputs) runs them without tqdm bars or the IProgress warning."
     import json, nbformat
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("from tqdm.auto import tqdm\nfor i in tqdm(range(3), desc='working'): pass\nprint('result', i)")]
+    nb.cells = [nbformat.v4.new_code_cell("from tqdm.auto import tqdm\nfor i in tqdm(range(3), desc='working'): pass\n"
+                                        "for j in tqdm(range(2), desc='explicit', disable=False): pass\nprint('result', i, j)")]
     nbformat.write(nb, tmp_path / "t.ipynb")
     env = {k: v for k, v in os.environ.items() if k not in ("TQDM_DISABLE", "PYTHONWARNINGS")}
     subprocess.run([sys.executable, str(ROOT / "tools" / "exec_nb.py"), str(tmp_path / "t.ipynb")], check=True, env=env, timeout=300)
     out = json.dumps(json.loads((tmp_path / "t.ipynb").read_text())["cells"][0]["outputs"])
-    assert "result 2" in out
-    assert "working" not in out and "it/s" not in out and "IProgress" not in out, out
+    assert "result 2 1" in out
+    assert "working" not in out and "explicit" not in out and "it/s" not in out and "IProgress" not in out, out
