@@ -6,16 +6,15 @@
 __all__ = ['BRICK_SIZE_DEG', 'SWEEP_BOX_DEG', 'RELEASE_DR10_SOUTH', 'SHORTCUTS', 'CONFUSER_CATEGORIES', 'SOURCE_MODELS',
            'PSF_MODELS', 'REJECT_BITS', 'SWEEP_DTYPE', 'PSF_TAPER_PX', 'WING_SB_FRAC', 'WING_MAX_ARCSEC', 'KIND_SERSIC',
            'KIND_RING', 'KIND_SPIRAL', 'KIND_LENSED', 'KIND_NAMES', 'COMP_PARAMS', 'FINE_BLOCK_PX', 'FINE_SUPERSAMPLE',
-           'GRID_MODE_MIN_STAMP', 'GRID_PAD_PX', 'GRID_SIZE', 'MEDIUM_STAR_MAX_MAG_Z', 'SkyConfig', 'brick_name',
-           'sweep_name', 'sweep_box', 'psf_model', 'kernel_taper', 'psf_ft_on_grid', 'psf_wing_scale',
-           'psf_wing_radius_px', 'psf_wing_images', 'torch_threads', 'truncation_radius', 'sersic_outer_radius_re',
-           'component_extent_arcsec', 'render_stamps', 'sersic_norm', 'paint_components', 'point_source_ft',
-           'convolve_and_crop', 'render_scene', 'make_bricks', 'make_sources', 'make_confusers', 'Distances',
-           'sis_theta_e_arcsec', 'sample_vdf', 'draw_deflectors', 'adopt_rows', 'plant_deflectors', 'lens_mass_model',
-           'draw_sources', 'source_components', 'lensed_component_rows', 'render_arcs', 'listing_probability',
-           'deflector_annulus_fraction', 'lens_truth_table', 'known_lens_catalog', 'SkyTables', 'make_sky',
-           'write_sweeps', 'write_sky', 'build_sky', 'run_sky_stage', 'MockSky', 'gallery_targets', 'plot_gallery',
-           'lens_population_stats', 'blank_sky_noise']
+           'GRID_MODE_MIN_STAMP', 'GRID_PAD_PX', 'GRID_SIZE', 'SkyConfig', 'brick_name', 'sweep_name', 'sweep_box',
+           'psf_model', 'kernel_taper', 'psf_ft_on_grid', 'psf_wing_scale', 'psf_wing_radius_px', 'psf_wing_images',
+           'torch_threads', 'truncation_radius', 'sersic_outer_radius_re', 'component_extent_arcsec', 'render_stamps',
+           'sersic_norm', 'paint_components', 'point_source_ft', 'convolve_and_crop', 'render_scene', 'make_bricks',
+           'make_sources', 'make_confusers', 'Distances', 'sis_theta_e_arcsec', 'sample_vdf', 'draw_deflectors',
+           'adopt_rows', 'plant_deflectors', 'lens_mass_model', 'draw_sources', 'source_components',
+           'lensed_component_rows', 'render_arcs', 'listing_probability', 'deflector_annulus_fraction',
+           'lens_truth_table', 'known_lens_catalog', 'SkyTables', 'make_sky', 'write_sweeps', 'write_sky', 'build_sky',
+           'run_sky_stage', 'MockSky', 'gallery_targets', 'plot_gallery', 'lens_population_stats', 'blank_sky_noise']
 
 # %% ../nbs/05_mocksky.ipynb 2
 import contextlib, hashlib, io, json, math, time
@@ -707,10 +706,8 @@ def _mark_within(tree, mb, ra, dec, radius_arcsec, bits):
     np.bitwise_or.at(mb, idx, bits)
 
 # %% ../nbs/05_mocksky.ipynb 82
-MEDIUM_STAR_MAX_MAG_Z = 15.5     # DR10 MEDIUM (bit 11): Gaia stars with G < 16, i.e. z ≲ 15.5 for stars (G − z ≈ 0.5)
-
 def _apply_masks(cfg:SkyConfig, s:pd.DataFrame, bricks:pd.DataFrame) -> pd.DataFrame:
-    "Bright (bit 1) / medium (bit 11: also every catalog star with z < 15.5) star masks with their stars in the catalog, WISE (8), SGA large galaxies (12), ALLMASK (5-7)."
+    "Bright (bit 1) / medium (bit 11) star masks with their stars in the catalog, WISE (8), SGA large galaxies (12), ALLMASK (5-7)."
     rng = np.random.default_rng([cfg.seed, 4]); stars = _mask_stars(cfg, rng)
     s = pd.concat([s, stars.drop(columns=["mask_bit", "mask_radius_arcsec"])], ignore_index=True)
     tree = cKDTree(unit_vectors(s.ra.to_numpy(), s.dec.to_numpy())); mb = s.maskbits.to_numpy().astype(np.int32)
@@ -718,8 +715,6 @@ def _apply_masks(cfg:SkyConfig, s:pd.DataFrame, bricks:pd.DataFrame) -> pd.DataF
         st = stars[stars.mask_bit == bit]
         _mark_within(tree, mb, st.ra.to_numpy(), st.dec.to_numpy(), st.mask_radius_arcsec.to_numpy(), 1 << bit)
         w = st[st.mag_z < 13]; _mark_within(tree, mb, w.ra.to_numpy(), w.dec.to_numpy(), np.full(len(w), 40.0), 1 << 8)   # WISE W1
-    cs = s[((s.type == "PSF") & (s.role != "maskstar") & (s.mag_z < MEDIUM_STAR_MAX_MAG_Z)).to_numpy()]   # catalog stars with G < 16 too
-    _mark_within(tree, mb, cs.ra.to_numpy(), cs.dec.to_numpy(), cfg.medium_mask_radius_arcsec * 10 ** (-0.2 * (cs.mag_z.to_numpy() - 13)), 1 << 11)
     mb[((s.role == "maskstar") & (s.mag_z < 13.5)).to_numpy()] |= (1 << 2) | (1 << 3) | (1 << 4)
     big = ((s.type != "PSF") & (s.mag_z < 15.5)).to_numpy()
     _mark_within(tree, mb, s.ra.to_numpy()[big], s.dec.to_numpy()[big], 3 * s.shape_r.to_numpy()[big] + 5.0, 1 << 12)   # SGA

@@ -504,15 +504,3 @@ def test_bright_disc_light_continues_past_tractors_4_re(sky, catalog):
         got = np.median(X[i, ..., 1][outer]) / np.median(X[i, ..., 1][inner]); want = np.median(ref[outer]) / np.median(ref[inner])
         assert abs(got / want - 1) < 0.15, (i, re, got, want)
 
-
-def test_galaxies_beside_bright_catalog_stars_carry_medium(catalog):
-    "DR10's MEDIUM bit (11) masks around every Gaia star with G < 16; the mock masked only around its separate mask stars."
-    z = 22.5 - 2.5 * np.log10(catalog.FLUX_Z.clip(1e-9))
-    st = catalog[(catalog.TYPE == "PSF") & (z > 12.0) & (z < 15.3)]                   # (brighter ones are BRIGHT mask stars, bit 1)
-    radius_arcsec = 0.9 * M.SkyConfig().medium_mask_radius_arcsec * 10 ** (-0.2 * (z[st.index] - 13))    # the mock's medium-star law
-    xyz = physics.unit_vectors(catalog.RA.to_numpy(), catalog.DEC.to_numpy())
-    hits = cKDTree(xyz).query_ball_point(physics.unit_vectors(st.RA.to_numpy(), st.DEC.to_numpy()), physics.chord_from_arcsec(radius_arcsec.to_numpy()))
-    j = np.unique(np.concatenate([np.asarray(h, np.int64) for h in hits]))
-    gal = catalog.iloc[j]; gal = gal[gal.TYPE != "PSF"]
-    assert len(gal) >= 3, len(gal)
-    assert np.all(gal.MASKBITS.astype(int) & (1 << 11)), gal[["BRICKNAME", "OBJID", "MASKBITS"]]
