@@ -1066,6 +1066,12 @@ def _write_tables(st, inj:pd.DataFrame, cells:pd.DataFrame, info:pd.DataFrame, f
     return table
 
 # %% ../nbs/14_injection.ipynb 147
+def _stable_provenance(prov:dict) -> dict:
+    "The part of a provenance record that two runs of one config share (closure.json, shown in the report), pointing to the full record."
+    return {**{k: prov[k] for k in ("stage", "pipeline_version", "config_hash", "seed", "seeds") if k in prov}, "record": "provenance.json"}
+
+
+# %% ../nbs/14_injection.ipynb 148
 def run_injection(st,                     # an open `stage_run` (any stage: `inject`, or the audit's `audits/<name>`)
                   cfg,                    # pipeline config (its `injection` section; defaults when absent)
                   scorer:dict,            # `make_scorer` spec of the finder under test
@@ -1084,12 +1090,12 @@ def run_injection(st,                     # an open `stage_run` (any stage: `inj
     thr = detection_threshold(scores, c.threshold_kind, c.threshold_value, c.threshold_split)
     if thr["split"] != thr["split_requested"]: st.log(f"no {thr['split_requested']}-split negatives in the scores: threshold set on the {thr['split']} split")
     inj = _finish_injections(raw, thr["value"]); table = _write_tables(out, inj, cells, info, fails, c)
-    doc = {**closure_document(inp, inj, thr, cfg, st.run_dir, ctx, make_scorer(scorer), c), "provenance": prov}
-    atomic_write_json(out.path("closure.json"), doc); write_gallery(out, inj, ctx.gallery); write_figures(out)
+    doc = {**closure_document(inp, inj, thr, cfg, st.run_dir, ctx, make_scorer(scorer), c), "provenance": _stable_provenance(prov)}
+    atomic_write_json(out.path("provenance.json"), prov); atomic_write_json(out.path("closure.json"), doc); write_gallery(out, inj, ctx.gallery); write_figures(out)
     st.failures(len(fails), max(int(len(set(inj.galaxy_id)) + len(fails)), 1), what="host cutouts", table=out.path("failed_hosts.parquet"))
     return _summary(inj, table, thr, doc, len(todo), t_grid, time.time() - t0)
 
-# %% ../nbs/14_injection.ipynb 148
+# %% ../nbs/14_injection.ipynb 149
 def run_inject_stage(cfg, run_dir:str, progress:bool=True, engine:str|None=None, scorer:dict|None=None) -> dict:
     "The `inject` stage: `run_injection` of the trained checkpoint into `injection/` (`scorer` overrides the model, for tests)."
     from stronglens.runs import stage_run
@@ -1100,7 +1106,7 @@ def run_inject_stage(cfg, run_dir:str, progress:bool=True, engine:str|None=None,
         st.result.update(run_injection(st, cfg, spec, model_scores(st.run_dir), sub="", progress=progress, engine=engine))
     return st.result
 
-# %% ../nbs/14_injection.ipynb 149
+# %% ../nbs/14_injection.ipynb 150
 def _summary(inj:pd.DataFrame, table:pd.DataFrame, thr:dict, doc:dict, n_run:int, t_grid:float, t_all:float) -> dict:
     "The stage result (merged into the done marker, shown by the pipeline notebook)."
     v = _valid(inj); ta, pr = doc.get("tier_a", {}), doc.get("feature_probe", {})
@@ -1113,7 +1119,7 @@ def _summary(inj:pd.DataFrame, table:pd.DataFrame, thr:dict, doc:dict, n_run:int
             "seconds_grid": round(t_grid, 1), "seconds": round(t_all, 1),
             "injections_per_second": round(len(v) / t_grid, 1) if n_run and t_grid > 0 else None}
 
-# %% ../nbs/14_injection.ipynb 155
+# %% ../nbs/14_injection.ipynb 156
 def _twin_probe(rows:pd.DataFrame, X:np.ndarray, ctx:CellContext, scorer, c:InjectionConfig) -> dict:
     "Feature probe of planted lenses (rows with θE, PSF, depth, arc S/N; cutouts X) against one matched injection each."
     ok = (np.isfinite(rows[["theta_e", "psf_fwhm", "depth", "arc_snr"]]).all(axis=1) & (rows.arc_snr > 0)).to_numpy()
@@ -1122,7 +1128,7 @@ def _twin_probe(rows:pd.DataFrame, X:np.ndarray, ctx:CellContext, scorer, c:Inje
     return feature_probe(scorer.features(X[ok]), scorer.features(Xi), c.probe_folds, c.seed, c.n_bootstrap)
 
 
-# %% ../nbs/14_injection.ipynb 156
+# %% ../nbs/14_injection.ipynb 157
 def source_model_twin(run_dir:str,               # a finished run on the mock sky (sky, catalogs, train, inject)
                       twin_dir:str,              # new folder: the twin sky goes to <twin_dir>/sky, the result to closure_twin.json
                       source_model:str="clumpy", # the twin's source model

@@ -23,7 +23,7 @@ PLAN_INJ = ["galaxy_id", "ra", "dec", "theta_e", "source_mag_r", "magnification"
 PLAN_TAB = ["i_theta_e", "i_psf", "i_depth", "theta_e", "theta_e_lo", "theta_e_hi", "psf_fwhm", "psf_lo", "psf_hi", "depth",
             "depth_lo", "depth_hi", "n_injected", "n_detected", "completeness", "ci_lower", "ci_upper", "n_hosts", "empty_reason"]
 OUTPUTS = ["injections.parquet", "completeness.parquet", "completeness.csv", "completeness_marginals.csv",
-           "completeness_vs_snr.csv", "closure.json", "failed_hosts.parquet", "gallery.npz", "completeness.png",
+           "completeness_vs_snr.csv", "closure.json", "provenance.json", "failed_hosts.parquet", "gallery.npz", "completeness.png",
            "completeness_map.png", "gallery.png"]
 
 
@@ -60,16 +60,18 @@ def test_stage_writes_the_plan_schemas(tmp_path):
 
 
 def _check_provenance(run, out, doc):
-    "closure.json and every cell's JSON carry the stage's provenance record (issue 17.3); the audit's check finds it."
+    """provenance.json and every cell's JSON carry the stage's provenance record (issue 17.3) and the audit's check finds
+    it; closure.json (shown in the report page) holds only the part two runs of one config share, no commit or time."""
     from stronglens.audit import provenance_check, PROVENANCE_KEYS
     marker = read_marker(run, get_stage("inject"))
-    pr = doc["provenance"]
+    pr = json.loads((out / "provenance.json").read_text())
     assert set(PROVENANCE_KEYS) <= set(pr) and pr["stage"] == "inject" and pr["config_hash"] == marker["config_hash"], pr
     assert pr["inputs"] == marker["inputs"] and pr["seed"] == 0 and pr["seeds"], pr          # run.seed of the synthetic config
+    assert doc["provenance"] == {**{k: pr[k] for k in ("stage", "pipeline_version", "config_hash", "seed", "seeds")}, "record": "provenance.json"}
     cells = [json.loads(p.read_text()) for p in sorted((out / "cells").glob("cell_*.json"))]
     assert len(cells) == 385 and all(c["provenance"]["config_hash"] == pr["config_hash"] for c in cells)
     row = provenance_check(run).set_index("stage").loc["inject"]
-    assert row.record and list(row.missing) == [] and row.json_with_provenance == row.json_outputs == 386, row
+    assert row.record and list(row.missing) == [] and row.json_outputs == 387 and row.json_with_provenance == 387, row
 
 
 _CHILD = """
