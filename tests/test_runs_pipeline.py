@@ -21,7 +21,9 @@ STAMP = re.compile(r"\d{8}_\d{6}")
 # JSON/checkpoints the stage fingerprints a provenance record quotes (`inputs`; the sky's metadata holds its build
 # time), the training cache's key (file mtimes) and the global torch RNG state a checkpoint stores (weights do match)
 VOLATILE = re.compile(r"(^|_)(utc|seconds|timestamp|created|finished|started|git_commit|per_s|time|elapsed_s)($|_)")
-VOLATILE_KEYS = re.compile(VOLATILE.pattern + r"|^(inputs|key|rng_torch|run_dir)$")   # run_dir: the folder itself
+# and a stage report's counts of what this particular invocation did (a resumed cutouts stage skips the stamps written
+# before the kill: n_skipped_existing 90, n_attempted 270 where the uninterrupted run says 0 and 360; the stamps match)
+VOLATILE_KEYS = re.compile(VOLATILE.pattern + r"|^(inputs|key|rng_torch|run_dir)$|^n_(skipped_existing|attempted|written)$")
 
 
 def _stages(run: Path) -> list[str]:
