@@ -46,7 +46,8 @@ def test_mock_source_equals_render(tmp_path, sky):
     S.generate_cutouts(t, src, str(tmp_path / "b"), batch_size=100, progress=False)
     a, b = _npz(tmp_path / "a"), _npz(tmp_path / "b")
     assert len(a) == len(t) and a == b                                   # batching changes nothing
-    X, meta = sk.render(t.ra.to_numpy(), t.dec.to_numpy(), seed=4)       # the renderer, called directly
+    one = [sk.render(t.ra.to_numpy()[i:i + 1], t.dec.to_numpy()[i:i + 1], seed=4) for i in range(len(t))]   # the renderer,
+    X, meta = np.concatenate([x for x, _ in one]), pd.concat([m for _, m in one], ignore_index=True)       # one cutout per call
     for i, g in enumerate(t.galaxy_id):
         arr, m = C.read_cutout(tmp_path / "a" / C.cutout_filename(g))
         np.testing.assert_array_equal(arr, X[i])

@@ -78,7 +78,7 @@ def test_completeness_falls_with_psf_fwhm(demo_run):
                    "(0 % at 0.5\", inside the PSF core), because the injections under the mock's own source prior (no μ cut) "
                    "are mostly invisible (median arc S/N ~1.4: see injection/gallery.png) and even bright arcs (S/N > 10) "
                    "are found at only 10-20 % at the 1 %-FPR threshold (p >= 0.65); Cochran-Armitage z = -0.1 ... +0.9 on four "
-                   "demo runs (6-12 per cell). See /work/notes/injection.md")
+                   "demo runs (6-12 per cell)")
 def test_completeness_rises_with_theta_e_over_the_whole_grid(demo_run):
     "Pooled counts along the θE axis of the demo run: a rising trend (Cochran–Armitage z > 0) significant at p < 0.01."
     run, _, _ = demo_run
@@ -124,8 +124,7 @@ def test_clumpy_twin_control_agrees_and_the_gap_is_measured(clumpy_twin):
 @pytest.mark.xfail(strict=True, reason="the demo model responds to arc S/N, not to source morphology: on the same planted lenses "
                    "its recall with clumpy sources equals the Sérsic one (2.8 % vs 2.8 %; closure difference +0.6 % +- 2.6 %, "
                    "p 0.64, smallest detectable gap 3.7 %) and the feature probe cannot tell them apart (AUC 0.691 vs 0.692); "
-                   "a gap needs a model that learnt clumpy lenses (a clumpy-sky pipeline: not CI-affordable). See "
-                   "/work/notes/injection.md")
+                   "a gap needs a model that learnt clumpy lenses (a clumpy-sky pipeline: not CI-affordable)")
 def test_closure_and_probe_flag_the_clumpy_twin(clumpy_twin):
     "Issue 15: the closure test flags the gap on the clumpy mock (size and significance), the probe AUC clearly higher there."
     co, tw = clumpy_twin["control"], clumpy_twin["twin"]
