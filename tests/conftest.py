@@ -140,3 +140,11 @@ def pytest_collection_modifyitems(config, items):
     for it in items:
         it.add_marker(pytest.mark.xdist_group("demo_run" if "demo_run" in it.fixturenames else it.path.name))
     items.sort(key=lambda it: "demo_run" not in it.fixturenames)     # stable: file order kept otherwise
+
+
+def pytest_assertrepr_compare(config, op, left, right):
+    """Two long byte strings (file contents) that differ: say where, in a few lines (pytest's own diff of large bytes
+    objects runs difflib over them for many minutes)."""
+    if op == "==" and isinstance(left, (bytes, bytearray)) and isinstance(right, (bytes, bytearray)) and max(len(left), len(right)) > 256:
+        first = next((i for i, (a, b) in enumerate(zip(left, right)) if a != b), min(len(left), len(right)))
+        return [f"byte strings differ: lengths {len(left)} and {len(right)}, first difference at offset {first}"]
