@@ -4,7 +4,7 @@
 
 # %% ../nbs/17_spark.ipynb 2
 from __future__ import annotations
-import os, sys, json
+import os, sys, json, warnings
 import pandas as pd
 from .config import url_join, atomic_write_parquet
 from .legacysurvey import SweepReadError, SweepProblem
@@ -24,6 +24,9 @@ def spark_session(master: str = "local[2]", app_name: str = "stronglens",
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ["PYSPARK_PYTHON"] = sys.executable
     os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    # pyspark 4 warns at every pandas conversion under pandas >= 3; our Spark paths are tested equal to the local ones
+    # on pandas 3 (tests/test_spark_*.py), so that one message is silenced, nothing else
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
     from pyspark.sql import SparkSession
     b = (SparkSession.builder.master(master).appName(app_name)
          .config("spark.driver.host", "127.0.0.1")

@@ -133,3 +133,16 @@ def test_executed_notebooks_keep_no_progress_bars(tmp_path):
     out = json.dumps(json.loads((tmp_path / "t.ipynb").read_text())["cells"][0]["outputs"])
     assert "result 2 1" in out
     assert "working" not in out and "explicit" not in out and "it/s" not in out and "IProgress" not in out, out
+
+
+def test_committed_notebooks_carry_no_build_machine_noise():
+    "No committed notebook output shows tqdm's IProgress warning or a path into the build machine's virtualenv (the docs would show them)."
+    import json
+    bad = []
+    for f in sorted((ROOT / "nbs").rglob("*.ipynb")):
+        if ".ipynb_checkpoints" in f.parts: continue
+        for i, c in enumerate(json.loads(f.read_text())["cells"]):
+            text = json.dumps(c.get("outputs", []))
+            if "TqdmWarning" in text or "IProgress not found" in text or "/.venv/lib/" in text:
+                bad.append(f"{f.relative_to(ROOT)} cell {i}")
+    assert not bad, "re-execute with tools/exec_nb.py (or drop the warning output): " + ", ".join(bad)
