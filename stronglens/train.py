@@ -32,12 +32,12 @@ from .data import (ANNULUS_R_IN_PX, ANNULUS_R_OUT_PX, DEFAULT_CLIP, AugmentSpec,
 from .model import ARCHS, architecture_text, count_parameters, model_config, model_from_config
 
 # %% auto 0
-__all__ = ['CHECKPOINT_FORMAT', 'resolve_device', 'amp_dtype_for', 'masked_bce', 'binary_metrics', 'make_loader', 'train',
-           'evaluate', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'load_model', 'DatasetSection',
-           'TrainSection', 'TrainingConfig', 'LoopState', 'TrainRun', 'make_run', 'new_model', 'checkpoint_state',
-           'save_checkpoints', 'restore_checkpoint', 'training_rows', 'score_test_split', 'TrainResult', 'fit',
-           'LensScorer', 'score', 'export_torchscript', 'load_torchscript', 'export_onnx', 'train_from_config',
-           'train_stage_paths', 'run_train_stage']
+__all__ = ['CHECKPOINT_FORMAT', 'LR_SCHEDULES', 'resolve_device', 'amp_dtype_for', 'masked_bce', 'binary_metrics', 'make_loader',
+           'train', 'evaluate', 'CheckpointError', 'save_checkpoint', 'load_checkpoint', 'load_model', 'DatasetSection',
+           'TrainSection', 'scheduled_lr', 'TrainingConfig', 'LoopState', 'TrainRun', 'make_run', 'new_model',
+           'checkpoint_state', 'save_checkpoints', 'restore_checkpoint', 'training_rows', 'score_test_split',
+           'TrainResult', 'fit', 'LensScorer', 'score', 'export_torchscript', 'load_torchscript', 'export_onnx',
+           'train_from_config', 'train_stage_paths', 'run_train_stage']
 
 # %% ../nbs/11_train.ipynb 5
 def resolve_device(requested: str | torch.device = "cuda") -> torch.device:
@@ -59,13 +59,14 @@ def amp_dtype_for(device: torch.device, mixed_precision: bool) -> torch.dtype | 
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 # %% ../nbs/11_train.ipynb 10
-def masked_bce(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
-    "Mean BCE-with-logits over finite logits; returns (loss, number of samples used)."
+def masked_bce(logits: torch.Tensor, y: torch.Tensor, pos_weight: float = 1.0) -> tuple[torch.Tensor, int]:
+    "Mean BCE-with-logits over finite logits, positives weighted by `pos_weight`; returns (loss, number of samples used)."
     logits = logits.float()
     ok = torch.isfinite(logits) & torch.isfinite(y)
     n = int(ok.sum())
     if n == 0: return logits.sum() * 0.0, 0
-    return F.binary_cross_entropy_with_logits(logits[ok], y[ok].float()), n
+    pw = None if pos_weight == 1.0 else torch.tensor(float(pos_weight), device=logits.device)
+    return F.binary_cross_entropy_with_logits(logits[ok], y[ok].float(), pos_weight=pw), n
 
 # %% ../nbs/11_train.ipynb 12
 def binary_metrics(logits: np.ndarray, labels: np.ndarray) -> dict:
@@ -93,17 +94,20 @@ def _autocast(device: torch.device, amp_dtype: torch.dtype | None):
 
 # %% ../nbs/11_train.ipynb 18
 def train(model, device, loader, optimizer, epoch: int, augmenter: Augmenter | None = None, scaler=None,
-          amp_dtype: torch.dtype | None = None, channels_last: bool = False, progress: bool = True) -> dict:
-    "One training epoch; returns loss/auc/acc over the epoch's (augmented) samples, counts and timing."
+          amp_dtype: torch.dtype | None = None, channels_last: bool = False, progress: bool = True,
+          lr_at=None, pos_weight: float = 1.0) -> dict:
+    "One training epoch (`lr_at(i)`: the lr of batch i, None: leave it); loss/auc/acc over the epoch's samples, counts, timing."
     model.train()
     t0, logits_all, y_all, n_seen, n_used = time.time(), [], [], 0, 0
     bar = tqdm(loader, desc=f"epoch {epoch} train", leave=False, disable=not progress, unit="batch")
-    for x, y, rows in bar:
+    for i, (x, y, rows) in enumerate(bar):
+        if lr_at is not None:
+            for g in optimizer.param_groups: g["lr"] = lr_at(i)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if augmenter is not None: x = augmenter(x, rows.numpy(), epoch)
         if channels_last: x = x.contiguous(memory_format=torch.channels_last)
         with _autocast(device, amp_dtype): logits = model(x)
-        loss, n = masked_bce(logits, y)
+        loss, n = masked_bce(logits, y, pos_weight)
         optimizer.zero_grad(set_to_none=True)
         if n and scaler is not None: scaler.scale(loss).backward(); scaler.step(optimizer); scaler.update()
         elif n: loss.backward(); optimizer.step()
@@ -186,6 +190,8 @@ class DatasetSection:
         except ValueError as e: raise ValueError(f"dataset: {e}") from None
 
 # %% ../nbs/11_train.ipynb 34
+LR_SCHEDULES = ("constant", "cosine")
+
 @dataclass
 class TrainSection:
     "Config `training.train` (spec §4 keys first) and the hyperparameters `fit` takes."
@@ -204,6 +210,10 @@ class TrainSection:
     drop_nan_train: bool = True       # leave training stamps that held NaNs out of the loss
     num_threads: int = 0              # torch CPU threads while `train_from_config` runs (0: torch's default, one per core);
                                       # 1 is several times faster on a busy shared machine (contending intra-op threads)
+    lr_schedule: str = "constant"     # "constant" | "cosine": per batch, cosine decay from `lr` to lr*min_lr_fraction at `epochs`
+    warmup_epochs: float = 0.0        # linear warm-up of the lr over this many epochs (either schedule), from lr/steps
+    min_lr_fraction: float = 0.0      # the cosine schedule's final lr, as a fraction of `lr`
+    pos_weight: float = 1.0           # weight of the positives' loss terms (1: plain BCE; ~n_neg/n_pos balances the classes)
 
     def validate(self):
         for k in ("epochs", "batch_size", "early_stopping_patience"):
@@ -214,6 +224,10 @@ class TrainSection:
             if getattr(self, k) < 0: raise ValueError(f"train.{k}: expected an integer >= 0, got {getattr(self, k)}")
         if self.device not in ("cuda", "cpu", "auto", "mps"): raise ValueError(f"train.device: expected cuda, cpu, mps or auto; got {self.device!r}")
         if self.arch not in ARCHS: raise ValueError(f"train.arch: expected one of {sorted(ARCHS)}, got {self.arch!r}")
+        if self.lr_schedule not in LR_SCHEDULES: raise ValueError(f"train.lr_schedule: expected one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not (0 <= self.warmup_epochs < self.epochs): raise ValueError(f"train.warmup_epochs: expected 0 <= warmup_epochs < epochs ({self.epochs}), got {self.warmup_epochs}")
+        if not (0 <= self.min_lr_fraction <= 1): raise ValueError(f"train.min_lr_fraction: expected a number in [0, 1], got {self.min_lr_fraction}")
+        if not (math.isfinite(self.pos_weight) and self.pos_weight > 0): raise ValueError(f"train.pos_weight: expected a finite number > 0, got {self.pos_weight}")
 
     @classmethod
     def from_defaults(cls, **overrides) -> "TrainSection":
@@ -223,7 +237,17 @@ class TrainSection:
         out = cls(**{**spec, **overrides}); out.validate()
         return out
 
-# %% ../nbs/11_train.ipynb 36
+# %% ../nbs/11_train.ipynb 37
+def scheduled_lr(settings: TrainSection, step: int, steps_per_epoch: int) -> float:
+    "The lr of optimiser step `step` (0-based, over all epochs) under `settings`' schedule and warm-up."
+    st, spe = settings, max(int(steps_per_epoch), 1)
+    n_warm, n_all = int(round(st.warmup_epochs * spe)), st.epochs * spe
+    if step < n_warm: return st.lr * (step + 1) / n_warm
+    if st.lr_schedule == "constant": return st.lr
+    lr_min, frac = st.lr * st.min_lr_fraction, (step - n_warm) / max(n_all - n_warm, 1)
+    return lr_min + (st.lr - lr_min) * 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
+
+# %% ../nbs/11_train.ipynb 39
 @dataclass
 class TrainingConfig:
     "The spec §4 training config (`configs/unpaired_matched_raw.yaml`; section `training` of a pipeline config)."
@@ -231,7 +255,7 @@ class TrainingConfig:
     augment: AugmentSpec
     train: TrainSection
 
-# %% ../nbs/11_train.ipynb 39
+# %% ../nbs/11_train.ipynb 42
 @dataclass
 class LoopState:
     "Where a training run stands after `epoch` epochs (saved in every checkpoint, restored on resume)."
@@ -252,7 +276,7 @@ class LoopState:
         self.finished, self.epoch = self.stopped_early or epoch >= max_epochs, epoch
         return improved
 
-# %% ../nbs/11_train.ipynb 41
+# %% ../nbs/11_train.ipynb 44
 @dataclass
 class TrainRun:
     "The fixed description of one training run: where it writes, its settings, device and data (what a checkpoint must match)."
@@ -265,7 +289,8 @@ class TrainRun:
     channels_last: bool
     spec: PreprocessSpec
     data: dict                              # cache keys and sizes of the train/val/test splits
-    RESUME_KEYS = ("arch", "batch_size", "lr", "weight_decay", "seed", "aug_seed", "max_train_samples", "drop_nan_train")
+    RESUME_KEYS = ("arch", "batch_size", "lr", "weight_decay", "seed", "aug_seed", "max_train_samples", "drop_nan_train",
+                   "lr_schedule", "warmup_epochs", "min_lr_fraction", "pos_weight")
 
     def url(self, name: str) -> str: return url_join(self.out_dir, "checkpoints", name)
     @property
@@ -275,7 +300,7 @@ class TrainRun:
         d = {k: v for k, v in asdict(self.settings).items() if k != "out_dir"}
         return {**d, "aug_seed": int(self.aug_seed), "device": str(self.device), "amp_dtype": self.amp_name}
 
-# %% ../nbs/11_train.ipynb 42
+# %% ../nbs/11_train.ipynb 45
 def _data_info(d: PackedSplit | None) -> dict:
     "Cache key and sizes of a split (a hash of ids and labels for an in-memory split)."
     if d is None: return {}
@@ -286,7 +311,7 @@ def _data_info(d: PackedSplit | None) -> dict:
         key = "mem-" + hashlib.sha256(h).hexdigest()[:16]
     return dict(key=key, n=int(len(d)), n_pos=int(d.labels.sum()), n_nan_cutouts=int((d.index.get("n_nan", pd.Series([0])) > 0).sum()))
 
-# %% ../nbs/11_train.ipynb 44
+# %% ../nbs/11_train.ipynb 47
 def make_run(train_data: PackedSplit, val_data: PackedSplit, test_data: PackedSplit | None, out_dir: str,
              settings: TrainSection, augment: AugmentSpec, aug_seed: int, channels_last: bool | None) -> TrainRun:
     "The `TrainRun` of `fit`'s arguments (the device resolved, the splits' preprocessing checked)."
@@ -298,7 +323,7 @@ def make_run(train_data: PackedSplit, val_data: PackedSplit, test_data: PackedSp
     return TrainRun(str(out_dir), settings, augment, int(aug_seed), dev, amp_dtype_for(dev, settings.mixed_precision),
                     cl, train_data.spec, data)
 
-# %% ../nbs/11_train.ipynb 45
+# %% ../nbs/11_train.ipynb 48
 def new_model(run: TrainRun):
     "(model, AdamW optimizer, GradScaler or None) of a fresh run; weights seeded by `settings.seed`."
     st = run.settings
@@ -310,7 +335,7 @@ def new_model(run: TrainRun):
     opt = torch.optim.AdamW(model.parameters(), lr=st.lr, weight_decay=st.weight_decay)
     return model, opt, (torch.amp.GradScaler("cuda") if run.amp == torch.float16 else None)
 
-# %% ../nbs/11_train.ipynb 46
+# %% ../nbs/11_train.ipynb 49
 def checkpoint_state(run: TrainRun, model, opt, scaler, loop: LoopState) -> dict:
     "The plain-data checkpoint dict after `loop.epoch` epochs."
     return dict(format=CHECKPOINT_FORMAT, model=model.state_dict(), optimizer=opt.state_dict(),
@@ -319,21 +344,22 @@ def checkpoint_state(run: TrainRun, model, opt, scaler, loop: LoopState) -> dict
                 **asdict(loop), rng_torch=torch.get_rng_state(), data=run.data, n_parameters=count_parameters(model),
                 pipeline_version=PIPELINE_VERSION, created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
-# %% ../nbs/11_train.ipynb 47
+# %% ../nbs/11_train.ipynb 50
 def save_checkpoints(run: TrainRun, state: dict, improved: bool, keep_epoch_checkpoints: bool = False):
     "Write `best.pt` (when `improved`), `epoch_NNN.pt` (when kept), then `last.pt`, the resume point, last."
     if improved: save_checkpoint(state, run.url("best.pt"))
     if keep_epoch_checkpoints: save_checkpoint(state, run.url(f"epoch_{state['epoch']:03d}.pt"))
     save_checkpoint(state, run.url("last.pt"))
 
-# %% ../nbs/11_train.ipynb 48
+# %% ../nbs/11_train.ipynb 51
 def restore_checkpoint(run: TrainRun, model, opt, scaler) -> LoopState | None:
     "Continue from `last.pt` when there is one: model, optimizer, scaler, RNG restored -> its `LoopState` (None: fresh)."
     url = run.url("last.pt")
     if not exists(url): return None
     ck = load_checkpoint(url, map_location=run.device)
-    keys = TrainRun.RESUME_KEYS
-    mine, theirs = {k: run.settings_dict()[k] for k in keys}, {k: ck["settings"].get(k) for k in keys}
+    keys = TrainRun.RESUME_KEYS + (("epochs",) if run.settings.lr_schedule != "constant" else ())   # a cosine spans `epochs`
+    legacy = {k: getattr(TrainSection.from_defaults(), k) for k in ("lr_schedule", "warmup_epochs", "min_lr_fraction", "pos_weight")}
+    mine, theirs = {k: run.settings_dict()[k] for k in keys}, {k: ck["settings"].get(k, legacy.get(k)) for k in keys}
     same_data = all(ck["data"].get(s, {}).get("key") == run.data[s].get("key") for s in ("train", "val"))
     if mine != theirs or ck["preprocessing"] != run.spec.to_dict() or ck["augment"] != asdict(run.augment) or not same_data:
         raise CheckpointError(f"{url} belongs to a different run (settings, preprocessing, augmentation or data differ): "
@@ -343,13 +369,13 @@ def restore_checkpoint(run: TrainRun, model, opt, scaler) -> LoopState | None:
     torch.set_rng_state(ck["rng_torch"].cpu())
     return LoopState(**{k: ck[k] for k in LoopState.__dataclass_fields__})
 
-# %% ../nbs/11_train.ipynb 49
+# %% ../nbs/11_train.ipynb 52
 def _write_metrics(out_dir: str, history: list[dict]):
     "metrics.csv and metrics.json (one row per epoch)."
     atomic_write_text(url_join(out_dir, "metrics.csv"), pd.DataFrame(history).to_csv(index=False))
     atomic_write_json(url_join(out_dir, "metrics.json"), history)
 
-# %% ../nbs/11_train.ipynb 50
+# %% ../nbs/11_train.ipynb 53
 def _epoch_row(epoch: int, tr: dict, va: dict, lr: float, loop: LoopState, improved: bool) -> dict:
     "The metrics row of one epoch (metrics.csv)."
     return dict(epoch=epoch, train_loss=tr["loss"], train_auc=tr["auc"], train_acc=tr["acc"], val_loss=va["loss"],
@@ -357,7 +383,7 @@ def _epoch_row(epoch: int, tr: dict, va: dict, lr: float, loop: LoopState, impro
                 lr=float(lr), train_seconds=round(tr["seconds"], 3), train_images_per_s=round(tr["images_per_s"], 1),
                 best_val_auc=loop.best_val_auc, is_best=improved)
 
-# %% ../nbs/11_train.ipynb 51
+# %% ../nbs/11_train.ipynb 54
 def _print_epoch(row: dict, loop: LoopState):
     "One progress line per epoch (and the early-stopping notice)."
     print(f"epoch {row['epoch']:3d}  train loss {row['train_loss']:.4f} auc {row['train_auc']:.4f}  val loss {row['val_loss']:.4f} "
@@ -365,7 +391,7 @@ def _print_epoch(row: dict, loop: LoopState):
     if loop.stopped_early:
         print(f"early stopping: no val AUC improvement in {loop.epochs_without_improvement} epochs (best epoch {loop.best_epoch})")
 
-# %% ../nbs/11_train.ipynb 52
+# %% ../nbs/11_train.ipynb 55
 def training_rows(train_data: PackedSplit, settings: TrainSection) -> np.ndarray:
     "Rows of the training split used for training: NaN stamps out (`drop_nan_train`), optional seeded subsample."
     rows = np.arange(len(train_data))
@@ -375,7 +401,7 @@ def training_rows(train_data: PackedSplit, settings: TrainSection) -> np.ndarray
         rows = np.sort(np.random.default_rng([settings.seed, 7]).choice(rows, settings.max_train_samples, replace=False))
     return rows
 
-# %% ../nbs/11_train.ipynb 54
+# %% ../nbs/11_train.ipynb 57
 def _scores_frame(index: pd.DataFrame, logits: np.ndarray) -> pd.DataFrame:
     "The scores table: galaxy_id, split, label, logit, p_lens (+ n_nan) of `index` rows and their logits."
     z = np.asarray(logits, np.float64)
@@ -386,7 +412,7 @@ def _scores_frame(index: pd.DataFrame, logits: np.ndarray) -> pd.DataFrame:
     if "n_nan" in index: df["n_nan"] = index["n_nan"].to_numpy(np.int64)
     return df
 
-# %% ../nbs/11_train.ipynb 56
+# %% ../nbs/11_train.ipynb 59
 def score_test_split(run: TrainRun, test_data: PackedSplit | None, progress: bool = True) -> tuple[dict, str]:
     "Score the test split once with `best.pt` -> (metrics, path of `scores.parquet`); ({}, '') without one."
     if test_data is None or not exists(run.url("best.pt")): return {}, ""
@@ -398,7 +424,7 @@ def score_test_split(run: TrainRun, test_data: PackedSplit | None, progress: boo
     scores = _scores_frame(test_data.index.iloc[ev["rows"]], ev["logits"])
     return {k: ev[k] for k in ("loss", "auc", "acc", "n")}, atomic_write_parquet(scores, url_join(run.out_dir, "scores.parquet"))
 
-# %% ../nbs/11_train.ipynb 57
+# %% ../nbs/11_train.ipynb 60
 @dataclass
 class TrainResult:
     "What `fit`/`train_from_config` produced."
@@ -414,7 +440,7 @@ class TrainResult:
     summary: dict = field(default_factory=dict)
     failures: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=FAILURE_COLUMNS + ["split"]))   # unreadable cutouts
 
-# %% ../nbs/11_train.ipynb 58
+# %% ../nbs/11_train.ipynb 61
 def _finish_run(run: TrainRun, model, loop: LoopState, n_train_used: int, test_data, progress: bool) -> TrainResult:
     "Score the test split, write `train_summary.json` -> the `TrainResult`."
     test_metrics, scores_path = score_test_split(run, test_data, progress)
@@ -428,7 +454,7 @@ def _finish_run(run: TrainRun, model, loop: LoopState, n_train_used: int, test_d
     return TrainResult(run.out_dir, run.url("best.pt"), run.url("last.pt"), pd.DataFrame(loop.history), loop.best_epoch,
                        best, test_metrics, scores_path, loop.stopped_early, summary)
 
-# %% ../nbs/11_train.ipynb 59
+# %% ../nbs/11_train.ipynb 62
 def fit(
     train_data: PackedSplit,            # training split (`data.build_packed_split`, or any in-memory `PackedSplit`)
     val_data: PackedSplit,              # validation split: early stopping and the best checkpoint
@@ -456,7 +482,9 @@ def fit(
     for epoch in range(loop.epoch + 1, st.epochs + 1):
         if loop.finished: break
         loader = make_loader(train_data, st.batch_size, st.seed, epoch, True, rows, st.num_workers, pin)
-        tr = train(model, run.device, loader, opt, epoch, augmenter, scaler, run.amp, run.channels_last, progress)
+        lr_at = lambda b, e0=(epoch - 1) * len(loader), n=len(loader): scheduled_lr(st, e0 + b, n)
+        tr = train(model, run.device, loader, opt, epoch, augmenter, scaler, run.amp, run.channels_last, progress,
+                   lr_at, st.pos_weight)
         va = evaluate(model, run.device, val_loader, run.amp, run.channels_last)
         improved = loop.update(epoch, va["auc"], st.early_stopping_patience, st.epochs)
         loop.history.append(row := _epoch_row(epoch, tr, va, opt.param_groups[0]["lr"], loop, improved))
@@ -467,7 +495,7 @@ def fit(
     if loop.history: _write_metrics(out_dir, loop.history)
     return _finish_run(run, model, loop, len(rows), test_data, progress)
 
-# %% ../nbs/11_train.ipynb 64
+# %% ../nbs/11_train.ipynb 67
 class LensScorer:
     "A trained model + its preprocessing: raw (N, 101, 101, 3) cutouts in; logits, probabilities or features out."
     def __init__(self, model, spec: PreprocessSpec, device: str | torch.device = "cpu", batch_size: int = 256,
@@ -525,14 +553,14 @@ class LensScorer:
         "Penultimate-layer features (N, D) float32 of raw cutouts (N, 101, 101, 3): the input of the logit's linear head."
         return self._raw(X, self.features_from_input)
 
-# %% ../nbs/11_train.ipynb 67
+# %% ../nbs/11_train.ipynb 70
 def _score_packed(sc: LensScorer, data: PackedSplit, progress: bool = False) -> pd.DataFrame:
     "Scores of a `PackedSplit` (built with the checkpoint's preprocessing)."
     if data.spec != sc.spec:
         raise PreprocessingMismatchError(f"data were preprocessed with {data.spec.to_dict()}, the checkpoint expects {sc.spec.to_dict()}")
     return _scores_frame(data.index, sc.logits_from_input(data.X, progress, f"score {data.split}"))
 
-# %% ../nbs/11_train.ipynb 68
+# %% ../nbs/11_train.ipynb 71
 def _score_arrays(sc: LensScorer, data) -> pd.DataFrame:
     "Scores of raw cutouts, or of `(cutouts, meta)` with meta's galaxy_id (+ split, label) columns."
     X, meta = (data if isinstance(data, tuple) else (data, None))
@@ -542,7 +570,7 @@ def _score_arrays(sc: LensScorer, data) -> pd.DataFrame:
     idx = meta.assign(n_nan=np.isnan(X).reshape(len(X), -1).sum(1) if len(X) else np.zeros(0, np.int64))
     return _scores_frame(idx, sc.predict(X))
 
-# %% ../nbs/11_train.ipynb 69
+# %% ../nbs/11_train.ipynb 72
 def _score_manifest(sc: LensScorer, manifest, splits, cache_dir, n_jobs: int, progress: bool, root) -> pd.DataFrame:
     "Scores of a manifest's `splits` through the packed cache; `attrs['n_failed']`: cutouts that could not be read."
     man = load_manifest(manifest)
@@ -556,7 +584,7 @@ def _score_manifest(sc: LensScorer, manifest, splits, cache_dir, n_jobs: int, pr
     df.attrs["n_failed"] = int(n_failed)
     return df
 
-# %% ../nbs/11_train.ipynb 70
+# %% ../nbs/11_train.ipynb 73
 def score(
     checkpoint,                         # a stronglens checkpoint: path/URL or its dict
     data,                               # manifest path/DataFrame, `PackedSplit`, raw cutouts (N, 101, 101, 3) or (cutouts, meta)
@@ -583,7 +611,7 @@ def score(
     if out: atomic_write_parquet(df, out)
     return df
 
-# %% ../nbs/11_train.ipynb 73
+# %% ../nbs/11_train.ipynb 76
 def export_torchscript(checkpoint, path: str) -> str:
     "Write the checkpoint's network as a TorchScript archive (preprocessed input -> logits; `.features` too) at `path`."
     model, ck = load_model(checkpoint, "cpu")
@@ -595,7 +623,7 @@ def export_torchscript(checkpoint, path: str) -> str:
         torch.jit.save(torch.jit.script(model), buf, _extra_files=extra)
     return atomic_write_bytes(path, buf.getvalue())
 
-# %% ../nbs/11_train.ipynb 74
+# %% ../nbs/11_train.ipynb 77
 def load_torchscript(path: str, map_location="cpu"):
     "(TorchScript module, its `PreprocessSpec`) of an archive written by `export_torchscript`."
     extra = {"preprocessing.json": ""}
@@ -605,7 +633,7 @@ def load_torchscript(path: str, map_location="cpu"):
     if not extra["preprocessing.json"]: raise CheckpointError(f"{path}: no preprocessing.json inside (not written by export_torchscript)")
     return module, PreprocessSpec.from_dict(json.loads(extra["preprocessing.json"]))
 
-# %% ../nbs/11_train.ipynb 76
+# %% ../nbs/11_train.ipynb 79
 def export_onnx(checkpoint, path: str, opset: int = 18) -> str:
     "Write the checkpoint's network as ONNX (input `x` (N, 3, H, W) preprocessed -> `logit` (N,)) at `path`."
     import onnx
@@ -624,7 +652,7 @@ def export_onnx(checkpoint, path: str, opset: int = 18) -> str:
                                         "stronglens.model_config": json.dumps(ck["model_config"])})
     return atomic_write_bytes(path, proto.SerializeToString())
 
-# %% ../nbs/11_train.ipynb 80
+# %% ../nbs/11_train.ipynb 83
 def _training_manifest(manifest_path: str, nside: int) -> pd.DataFrame:
     "The manifest, refused if it leaks or lacks a train or val split."
     man = load_manifest(manifest_path)
@@ -634,7 +662,7 @@ def _training_manifest(manifest_path: str, nside: int) -> pd.DataFrame:
         if s not in have: raise ValueError(f"{manifest_path}: no rows in split {s!r} (found {sorted(have)})")
     return man
 
-# %% ../nbs/11_train.ipynb 81
+# %% ../nbs/11_train.ipynb 84
 def train_from_config(
     cfg,                                # `TrainingConfig`, or a pipeline config with a `training` section
     manifest_path: str | None = None,   # overrides `dataset.manifest_path`
@@ -668,7 +696,7 @@ def train_from_config(
     if fails: res.failures = pd.concat(fails, ignore_index=True)
     return res
 
-# %% ../nbs/11_train.ipynb 87
+# %% ../nbs/11_train.ipynb 90
 def train_stage_paths(cfg, run_dir: str) -> dict:
     "Manifest, output folder and cache folder of the `train` stage of `run_dir` (config values honoured, relative to the run)."
     tcfg = cfg.training
@@ -677,13 +705,13 @@ def train_stage_paths(cfg, run_dir: str) -> dict:
     cache = tcfg.dataset.cache_dir or (url_join(run_dir, "cache") if is_local(run_dir) else default_cache_dir(None))
     return dict(manifest=resolve_path(run_dir, man), out_dir=resolve_path(run_dir, out), cache_dir=resolve_path(run_dir, cache))
 
-# %% ../nbs/11_train.ipynb 88
+# %% ../nbs/11_train.ipynb 91
 def _leakage_nside(cfg) -> int:
     "HEALPix nside of the run's splits (config `negatives.healpix.nside`, default 128)."
     hp = getattr(getattr(cfg, "negatives", None), "healpix", None)
     return int(getattr(hp, "nside", 128) or 128)
 
-# %% ../nbs/11_train.ipynb 89
+# %% ../nbs/11_train.ipynb 92
 def _stage_train(cfg, run_dir: str, paths: dict, resume: bool, log, device, progress) -> TrainResult:
     "`train_from_config` for the stage; a checkpoint of another run is replaced (after saying so) when resuming."
     kw = dict(manifest_path=paths["manifest"], out_dir=paths["out_dir"], cache_dir=paths["cache_dir"], root=run_dir,
@@ -695,7 +723,7 @@ def _stage_train(cfg, run_dir: str, paths: dict, resume: bool, log, device, prog
         log(f"{e}; training from scratch")
         return train_from_config(cfg.training, resume=False, **kw)
 
-# %% ../nbs/11_train.ipynb 90
+# %% ../nbs/11_train.ipynb 93
 def run_train_stage(cfg, run_dir: str, progress: bool = True, device: str | None = None) -> dict:
     "Stage `train`: train on the run's manifest, score every split -> the stage result (also in `model/_stage.json`)."
     from stronglens.runs import stage_run

@@ -352,3 +352,58 @@ def test_amp_and_channels_last_code_paths_on_cpu(tmp_path):
     assert np.isfinite(out["loss"]) and out["n"] == 32
     ev = evaluate(m, torch.device("cpu"), make_loader(d, 16), amp_dtype=torch.bfloat16, channels_last=True)
     assert np.isfinite(ev["logits"]).all() and ev["logits"].dtype == np.float32
+
+
+def _torch_lrs(make_scheduler, n_steps, lr):
+    "The lr torch's own scheduler gives each of `n_steps` optimiser steps."
+    opt = torch.optim.AdamW(torch.nn.Linear(2, 1).parameters(), lr=lr)
+    sch, out = make_scheduler(opt), []
+    for _ in range(n_steps):
+        out.append(opt.param_groups[0]["lr"]); opt.step(); sch.step()
+    return np.array(out)
+
+
+def test_scheduled_lr_follows_torchs_cosine_and_linear_warmup():
+    "`scheduled_lr` equals torch's CosineAnnealingLR (after a LinearLR warm-up) step by step; constant stays constant."
+    cos = TrainSettings(epochs=5, lr=3e-3, lr_schedule="cosine", min_lr_fraction=0.02)
+    ours = [T.scheduled_lr(cos, k, 7) for k in range(35)]
+    np.testing.assert_allclose(ours, _torch_lrs(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=35, eta_min=6e-5), 35, 3e-3), rtol=1e-12)
+    warm = replace(cos, warmup_epochs=1.0)
+    ref = _torch_lrs(lambda o: torch.optim.lr_scheduler.SequentialLR(o, [
+        torch.optim.lr_scheduler.LinearLR(o, start_factor=1 / 7, total_iters=6),
+        torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=28, eta_min=6e-5)], milestones=[7]), 35, 3e-3)
+    np.testing.assert_allclose([T.scheduled_lr(warm, k, 7) for k in range(35)], ref, rtol=1e-12)
+    assert {T.scheduled_lr(TrainSettings(lr=3e-3), k, 7) for k in range(35)} == {3e-3}
+    with pytest.raises(ValueError, match="train.lr_schedule"):
+        TrainSettings(lr_schedule="step")
+
+
+def test_fit_applies_the_schedule_per_batch_and_resumes_on_it(data, tmp_path):
+    "metrics.csv's lr of each epoch = the schedule's lr at that epoch's last batch; a killed cosine run resumes bitwise."
+    tr, va = _split(64, 5, "train"), _split(32, 6, "val")
+    st = TrainSettings(arch="small", epochs=3, batch_size=16, lr=4e-3, seed=7, early_stopping_patience=10,
+                       lr_schedule="cosine", warmup_epochs=1.0, min_lr_fraction=0.1, pos_weight=3.0)
+    a = fit(tr, va, str(tmp_path / "a"), st, AugmentSpec(), progress=False)
+    np.testing.assert_allclose(a.history.lr, [T.scheduled_lr(st, 4 * e - 1, 4) for e in (1, 2, 3)], rtol=1e-12)
+    assert a.history.lr.iloc[2] < a.history.lr.iloc[1] < a.history.lr.iloc[0] == st.lr    # warm-up ends at lr, then decays
+
+    def kill(epoch, row):
+        if epoch == 1: raise _Kill()
+    with pytest.raises(_Kill):
+        fit(tr, va, str(tmp_path / "b"), st, AugmentSpec(), progress=False, callbacks=[kill])
+    b = fit(tr, va, str(tmp_path / "b"), st, AugmentSpec(), progress=False)
+    ca, cb = load_checkpoint(a.last_checkpoint), load_checkpoint(b.last_checkpoint)
+    for k in ca["model"]: assert torch.equal(ca["model"][k], cb["model"][k]), k
+    # the schedule and the loss weight are part of a run's identity; a cosine run's `epochs` too
+    for other in (replace(st, lr_schedule="constant"), replace(st, pos_weight=1.0), replace(st, epochs=4)):
+        with pytest.raises(CheckpointError, match="different run"):
+            fit(tr, va, str(tmp_path / "b"), other, AugmentSpec(), progress=False)
+
+
+def test_pos_weight_weights_the_positive_terms():
+    z, y = torch.tensor([0.3, -1.2, 2.0, float("nan")]), torch.tensor([1.0, 0.0, 1.0, 1.0])
+    loss, n = masked_bce(z, y, pos_weight=5.0)
+    sp = torch.nn.functional.softplus
+    ref = torch.stack([5.0 * sp(-z[0]), sp(z[1]), 5.0 * sp(-z[2])]).mean()
+    assert n == 3
+    torch.testing.assert_close(loss, ref)
