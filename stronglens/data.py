@@ -5,6 +5,7 @@
 # %% ../nbs/09_data.ipynb 2
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -104,19 +105,29 @@ def _annulus_mask(shape, r_in_px: float, r_out_px: float) -> np.ndarray:
     return (r >= r_in_px) & (r <= r_out_px)
 
 # %% ../nbs/09_data.ipynb 16
+def _median_sorted(S: np.ndarray, n) -> np.ndarray:
+    """Median of rows sorted along the last axis whose first `n` entries (scalar or per row of the second-last axis)
+    are the data: np.median's arithmetic (the middle value, or the float32 mean of the two middle ones)."""
+    n = np.asarray(n); at = lambda k: np.take_along_axis(S, np.broadcast_to(k[..., None], S.shape[:-1] + (1,)), -1)[..., 0]
+    lo, hi = at((n - 1) // 2), at(n // 2)
+    return np.where(n % 2 == 1, lo, (lo + hi) / S.dtype.type(2))
+
+# %% ../nbs/09_data.ipynb 18
 def robust_stats(X: np.ndarray, r_in_px: float = ANNULUS_R_IN_PX, r_out_px: float = ANNULUS_R_OUT_PX
                  ) -> tuple[np.ndarray, np.ndarray]:
     "Median and MAD (not rescaled) of the annulus pixels, per cutout and band: two (N, C) arrays (NaNs ignored)."
     X = np.asarray(X, np.float32)
     A = X[:, _annulus_mask(X.shape[1:3], r_in_px, r_out_px), :]              # (N, Npix, C)
     bad = ~np.isfinite(A)
-    med_fn = np.nanmedian if bad.any() else np.median
-    if bad.any(): A = np.where(bad, np.nan, A)
-    med = med_fn(A, axis=1)
-    mad = med_fn(np.abs(A - med[:, None, :]), axis=1)
-    return med.astype(np.float32), mad.astype(np.float32)
+    if not bad.any():                    # sorted rows along the last axis: np.median's values, 2-3x faster
+        A = np.ascontiguousarray(A.transpose(0, 2, 1)); n = A.shape[-1]
+        med = _median_sorted(np.sort(A, axis=-1), n)
+        return med, _median_sorted(np.sort(np.abs(A - med[:, :, None]), axis=-1), n)
+    A = np.where(bad, np.nan, A)
+    med = np.nanmedian(A, axis=1)
+    return med.astype(np.float32), np.nanmedian(np.abs(A - med[:, None, :]), axis=1).astype(np.float32)
 
-# %% ../nbs/09_data.ipynb 18
+# %% ../nbs/09_data.ipynb 20
 def raw_robust(X: np.ndarray, r_in_px: float = ANNULUS_R_IN_PX, r_out_px: float = ANNULUS_R_OUT_PX,
                clip: float = DEFAULT_CLIP) -> np.ndarray:
     """Spec §4 `raw_robust` on (N, H, W, C) cutouts: per cutout and band `(x - median) / MAD` over the
@@ -130,18 +141,32 @@ def raw_robust(X: np.ndarray, r_in_px: float = ANNULUS_R_IN_PX, r_out_px: float 
     Y[~np.isfinite(Y)] = 0.0
     return Y
 
-# %% ../nbs/09_data.ipynb 21
-def azimuthal_median_profile(X: np.ndarray) -> np.ndarray:
-    "Median of each 1-px ring (`ring_index`) per cutout and band: (N, n_rings, C) for (N, H, W, C) input."
-    X = np.asarray(X, np.float32)
-    ring = ring_index(X.shape[1:3]).ravel()
-    order = np.argsort(ring, kind="stable")
-    bounds = np.flatnonzero(np.diff(ring[order])) + 1
-    flat = X.reshape(X.shape[0], -1, X.shape[3])[:, order, :]
-    # loop over the ~71 rings (not pixels): each median is vectorised over cutouts and bands
-    return np.stack([np.median(part, axis=1) for part in np.split(flat, bounds, axis=1)], axis=1)
-
 # %% ../nbs/09_data.ipynb 23
+@functools.lru_cache(maxsize=8)
+def _ring_groups(shape: tuple[int, int], n_groups: int = 4) -> list:
+    """The 1-px rings of an (H, W) stamp in `n_groups` groups of similar pixel count: [(rings (G,), pixel index table
+    (G, L) padded with H·W (a +inf pixel), pixel counts (G,))], so that each group's medians are one padded sort."""
+    ring = ring_index(shape).ravel(); order = np.argsort(ring, kind="stable"); n = np.bincount(ring)
+    starts, out = np.concatenate([[0], np.cumsum(n)[:-1]]), []
+    for rs in np.array_split(np.argsort(n, kind="stable"), n_groups):
+        col = np.arange(int(n[rs].max()))[None, :]
+        out.append((rs, np.where(col < n[rs][:, None], order[np.minimum(starts[rs][:, None] + col, ring.size - 1)], ring.size), n[rs]))
+    return out
+
+# %% ../nbs/09_data.ipynb 25
+def azimuthal_median_profile(X: np.ndarray) -> np.ndarray:
+    "Median of each 1-px ring (`ring_index`) per cutout and band: (N, n_rings, C) for (N, H, W, C) input (np.median's values)."
+    X = np.asarray(X, np.float32); N, H, W, C = X.shape
+    F = np.empty((N, C, H * W + 1), np.float32)                              # channels first, + one +inf pad pixel
+    F[:, :, :-1] = X.reshape(N, H * W, C).transpose(0, 2, 1); F[:, :, -1] = np.inf
+    groups, nan = _ring_groups((H, W)), bool(np.isnan(X).any())
+    out = np.empty((N, C, sum(len(g[0]) for g in groups)), np.float32)
+    for rs, idx, n in groups:                                                 # 4 padded sorts instead of 71 medians
+        G = np.sort(F[:, :, idx], axis=-1); out[:, :, rs] = _median_sorted(G, n)
+        if nan: out[:, :, rs] = np.where(np.isnan(G).any(-1), np.nan, out[:, :, rs])    # np.median: NaN in, NaN out
+    return out.transpose(0, 2, 1)
+
+# %% ../nbs/09_data.ipynb 27
 def residual(X: np.ndarray, r_in_px: float = ANNULUS_R_IN_PX, r_out_px: float = ANNULUS_R_OUT_PX,
              clip: float = DEFAULT_CLIP) -> np.ndarray:
     """The `raw_robust` normalisation minus its azimuthal-median profile (1-px rings), per cutout and band,
@@ -152,13 +177,13 @@ def residual(X: np.ndarray, r_in_px: float = ANNULUS_R_IN_PX, r_out_px: float = 
     R[~np.isfinite(np.asarray(X))] = 0.0       # NaN pixels stay 0 in every mode
     return R
 
-# %% ../nbs/09_data.ipynb 25
+# %% ../nbs/09_data.ipynb 29
 def count_nonfinite(X: np.ndarray) -> np.ndarray:
     "Number of non-finite pixels (all bands) per cutout: (N,) int64."
     X = np.asarray(X)
     return (~np.isfinite(X)).reshape(X.shape[0], -1).sum(axis=1).astype(np.int64)
 
-# %% ../nbs/09_data.ipynb 27
+# %% ../nbs/09_data.ipynb 31
 def preprocess(X: np.ndarray, spec: PreprocessSpec | str = "raw_robust", channels_first: bool = True
                ) -> tuple[np.ndarray, np.ndarray]:
     """Apply `spec` to raw cutouts (N, H, W, C) -> (network input float32, n_nan (N,)).
@@ -174,7 +199,7 @@ def preprocess(X: np.ndarray, spec: PreprocessSpec | str = "raw_robust", channel
     if channels_first: Y = np.ascontiguousarray(Y.transpose(0, 3, 1, 2))
     return Y, count_nonfinite(X)
 
-# %% ../nbs/09_data.ipynb 30
+# %% ../nbs/09_data.ipynb 34
 _M1, _M2, _G = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -184,7 +209,7 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     x = (x ^ (x >> np.uint64(27))) * _M2
     return x ^ (x >> np.uint64(31))
 
-# %% ../nbs/09_data.ipynb 32
+# %% ../nbs/09_data.ipynb 36
 def sample_keys(seed: int, epoch: int, index) -> np.ndarray:
     "64-bit key per sample from (seed, epoch, index): (N,) uint64."
     with np.errstate(over="ignore"):
@@ -192,7 +217,7 @@ def sample_keys(seed: int, epoch: int, index) -> np.ndarray:
         k = _splitmix64(k ^ np.uint64(epoch % 2**64))
         return _splitmix64(k ^ np.asarray(index, np.int64).astype(np.uint64))
 
-# %% ../nbs/09_data.ipynb 34
+# %% ../nbs/09_data.ipynb 38
 def hash_uniform(keys: np.ndarray, n: int, stream: int = 0) -> np.ndarray:
     "Uniform [0, 1) draws, `n` per key, for random stream `stream`: (N, n) float64."
     keys = np.asarray(keys, np.uint64)
@@ -201,7 +226,7 @@ def hash_uniform(keys: np.ndarray, n: int, stream: int = 0) -> np.ndarray:
         x = _splitmix64(k[:, None] + np.arange(n, dtype=np.uint64)[None, :] * _G)
     return (x >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
 
-# %% ../nbs/09_data.ipynb 37
+# %% ../nbs/09_data.ipynb 41
 @dataclass
 class AugmentSpec:
     "Augmentation settings: config `training.augment` (spec §4 keys first) and the `Augmenter`'s recipe."
@@ -220,7 +245,7 @@ class AugmentSpec:
 
     def to_dict(self) -> dict: return asdict(self)
 
-# %% ../nbs/09_data.ipynb 39
+# %% ../nbs/09_data.ipynb 43
 def dihedral_permutations(shape=CUTOUT_SHAPE[:2]) -> np.ndarray:
     """Flat pixel permutations of the 8 square symmetries, (8, H*W): transform t = 4*flip + k applies
     `rot90(k)` then (if flip) a left-right flip; `out.flat[p] = in.flat[perm[t, p]]`."""
@@ -231,7 +256,7 @@ def dihedral_permutations(shape=CUTOUT_SHAPE[:2]) -> np.ndarray:
     perms += [torch.flip(p, dims=(1,)) for p in perms]
     return torch.stack(perms).reshape(8, -1).numpy()
 
-# %% ../nbs/09_data.ipynb 41
+# %% ../nbs/09_data.ipynb 45
 def ring_shuffle_permutations(u: torch.Tensor, ring: torch.Tensor) -> torch.Tensor:
     """Per-row permutation that shuffles pixels within each ring: `u` (N, P) uniforms (float64 tensor),
     `ring` (P,) int tensor, same device. Row n gives `out.flat[p] = in.flat[perm[n, p]]` with
@@ -242,13 +267,13 @@ def ring_shuffle_permutations(u: torch.Tensor, ring: torch.Tensor) -> torch.Tens
     perm[:, base] = shuffled
     return perm
 
-# %% ../nbs/09_data.ipynb 44
+# %% ../nbs/09_data.ipynb 48
 def _gather_pixels(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     "`out[n, c].flat[p] = x[n, c].flat[perm[n, p]]` for a batch `x` (N, C, H, W) and `perm` (N, H*W)."
     n, c, h, w = x.shape
     return torch.gather(x.reshape(n, c, h * w), 2, perm[:, None, :].expand(n, c, h * w)).reshape(n, c, h, w)
 
-# %% ../nbs/09_data.ipynb 45
+# %% ../nbs/09_data.ipynb 49
 def _subpixel_shift(x: torch.Tensor, shift_px: np.ndarray) -> torch.Tensor:
     "Bilinear shift of each image by `shift_px` (N, 2) = (dx cols, dy rows) pixels; border pixels repeated."
     n, c, h, w = x.shape
@@ -259,12 +284,12 @@ def _subpixel_shift(x: torch.Tensor, shift_px: np.ndarray) -> torch.Tensor:
     grid = F.affine_grid(theta, (n, c, h, w), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
-# %% ../nbs/09_data.ipynb 46
+# %% ../nbs/09_data.ipynb 50
 def _zero_disc(x: torch.Tensor, which: np.ndarray, disc: torch.Tensor) -> torch.Tensor:
     "Zero the (H, W) boolean `disc` in the images flagged by `which` (N,) bool."
     return x.masked_fill(torch.from_numpy(which).to(x.device)[:, None, None, None] & disc[None, None], 0.0)
 
-# %% ../nbs/09_data.ipynb 48
+# %% ../nbs/09_data.ipynb 52
 class Augmenter:
     """Vectorised batch augmentation, seeded per (seed, epoch, index): `aug(x, index, epoch)` with `x` (N, C, H, W)
     float tensor (any device) and `index` (N,) ints -> new tensor. Random draws are made on the CPU (cheap, per
@@ -310,7 +335,7 @@ class Augmenter:
         if d["core_dropout"].any(): x = _zero_disc(x, d["core_dropout"], self._on(x.device)["disc"])
         return x
 
-# %% ../nbs/09_data.ipynb 52
+# %% ../nbs/09_data.ipynb 56
 def synthetic_cutouts(n: int, seed: int = 0, lens_fraction: float = 0.5, arc_amp: float = 1.0,
                       noise_nmgy: float = 0.01, nan_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Toy (N, 101, 101, 3) float32 cutouts (nmgy) and labels (N,) int64. `nan_fraction` of the cutouts
@@ -336,7 +361,7 @@ def synthetic_cutouts(n: int, seed: int = 0, lens_fraction: float = 0.5, arc_amp
         X[n_i, g.integers(0, 5, 4), g.integers(0, 101, 4), g.integers(0, 3, 4)] = np.nan
     return X, label
 
-# %% ../nbs/09_data.ipynb 55
+# %% ../nbs/09_data.ipynb 59
 def write_synthetic_manifest(out_dir: str, n: int = 400, seed: int = 0, splits=(0.6, 0.2, 0.2),
                              **kw) -> pd.DataFrame:
     """Write `n` synthetic NPZ cutouts (spec §1) into `out_dir/cutouts/` and a spec §2 training manifest
@@ -354,11 +379,11 @@ def write_synthetic_manifest(out_dir: str, n: int = 400, seed: int = 0, splits=(
     atomic_write_parquet(man, url_join(out_dir, "manifests", "training_manifest.parquet"))
     return man
 
-# %% ../nbs/09_data.ipynb 57
+# %% ../nbs/09_data.ipynb 61
 CACHE_FORMAT_VERSION = 2
 MANIFEST_COLUMNS = ("s3_path", "galaxy_id", "label", "split")
 
-# %% ../nbs/09_data.ipynb 58
+# %% ../nbs/09_data.ipynb 62
 def load_manifest(manifest) -> pd.DataFrame:
     "A training manifest (spec §2) from a path/URL or DataFrame, checked for the needed columns and null split/label."
     df = read_parquet(manifest) if isinstance(manifest, (str, os.PathLike)) else pd.DataFrame(manifest)
@@ -369,7 +394,7 @@ def load_manifest(manifest) -> pd.DataFrame:
     if bad.any(): raise ValueError(f"{where}: null split/label in rows {df.index[bad][:5].tolist()} ...")
     return df.reset_index(drop=True)
 
-# %% ../nbs/09_data.ipynb 60
+# %% ../nbs/09_data.ipynb 64
 def resolve_paths(root: str | None, paths) -> np.ndarray:
     "`config.resolve_path(root, p)` for every manifest path `p`, vectorised; relative paths need a `root`."
     p = pd.Series(np.asarray(paths, dtype=object)).astype(str)
@@ -380,7 +405,7 @@ def resolve_paths(root: str | None, paths) -> np.ndarray:
     base = url_join(root, "x")[:-1]                  # root + its separator, as url_join writes it
     return np.where(rel, base + p.str.lstrip("/"), p).astype(object)
 
-# %% ../nbs/09_data.ipynb 63
+# %% ../nbs/09_data.ipynb 67
 def check_manifest_leakage(man: pd.DataFrame, where: str = "manifest", nside: int = 128, nest: bool = True) -> dict:
     "The leakage report of a training manifest (`manifest.check_leakage`); `LeakageError` naming `where` if it leaks."
     from stronglens.manifest import LeakageError, check_leakage
@@ -393,14 +418,14 @@ def check_manifest_leakage(man: pd.DataFrame, where: str = "manifest", nside: in
     except ValueError as e:                            # e.g. a null or non-finite position: no pixel
         raise LeakageError(f"{where}: refusing a training manifest without a valid HEALPix pixel per row: {e}") from None
 
-# %% ../nbs/09_data.ipynb 66
+# %% ../nbs/09_data.ipynb 70
 def default_cache_dir(manifest_path: str | None) -> str:
     "`<manifest dir>/cache` for a local manifest, else `~/.cache/stronglens`."
     if manifest_path and is_local(manifest_path):
         return str(Path(str(manifest_path).removeprefix("file://")).resolve().parent / "cache")
     return str(Path.home() / ".cache" / "stronglens")
 
-# %% ../nbs/09_data.ipynb 68
+# %% ../nbs/09_data.ipynb 72
 def _listed_fingerprints(urls: pd.Series) -> np.ndarray:
     "Fingerprints of files on an object store from one listing per folder (`runs.scan_files`, the stage protocol's scan)."
     u = urls.str.rpartition("/")
@@ -410,14 +435,14 @@ def _listed_fingerprints(urls: pd.Series) -> np.ndarray:
     out = want.merge(t[["folder", "path", "fingerprint"]], on=["folder", "path"], how="left")["fingerprint"]
     return out.fillna("").to_numpy(object)
 
-# %% ../nbs/09_data.ipynb 69
+# %% ../nbs/09_data.ipynb 73
 def _stat_fingerprint(path: str) -> str:
     "`size:mtime_ns` of a local file, '' when it is missing."
     try: st = os.stat(path)
     except FileNotFoundError: return ""
     return f"{st.st_size}:{st.st_mtime_ns}"
 
-# %% ../nbs/09_data.ipynb 70
+# %% ../nbs/09_data.ipynb 74
 def file_fingerprints(urls) -> np.ndarray:
     """Cheap content fingerprint of each file, `'<size>:<mtime_ns>'` (local: one `stat`, no read) or
     `'<size>:<ETag>'` (object store: one listing per folder); `''` for a missing file."""
@@ -428,7 +453,7 @@ def file_fingerprints(urls) -> np.ndarray:
     if remote.any(): out[remote] = _listed_fingerprints(u[remote])
     return out
 
-# %% ../nbs/09_data.ipynb 72
+# %% ../nbs/09_data.ipynb 76
 def cache_key(manifest_split: pd.DataFrame, spec: PreprocessSpec, dtype: str = "float32", fingerprints=None) -> str:
     "Hash of a split's manifest rows + cutout file fingerprints + preprocessing + dtype (+ cache format)."
     h = hashlib.sha256(json.dumps({"v": CACHE_FORMAT_VERSION, "spec": spec.to_dict(), "dtype": dtype}, sort_keys=True).encode())
@@ -437,12 +462,12 @@ def cache_key(manifest_split: pd.DataFrame, spec: PreprocessSpec, dtype: str = "
     h.update(pd.util.hash_pandas_object(cols, index=False).values.tobytes())
     return h.hexdigest()[:20]
 
-# %% ../nbs/09_data.ipynb 74
+# %% ../nbs/09_data.ipynb 78
 _TMP_TAG = re.compile(r"\.pid(\d+)@([A-Za-z0-9_-]+)\.")
 
 def _host() -> str: return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())
 
-# %% ../nbs/09_data.ipynb 75
+# %% ../nbs/09_data.ipynb 79
 def temp_path(final: str) -> str:
     "A new empty temporary file beside `final` (`.tmp-<name>.pid<pid>@<host>.XXXX<suffix>`), for an atomic rename."
     from stronglens.config import current_umask
@@ -452,7 +477,7 @@ def temp_path(final: str) -> str:
     os.close(fd)
     return tmp
 
-# %% ../nbs/09_data.ipynb 77
+# %% ../nbs/09_data.ipynb 81
 def _pid_alive(pid: int) -> bool:
     "Is process `pid` running on this host (a zombie counts as gone)?"
     try: os.kill(pid, 0)
@@ -461,7 +486,7 @@ def _pid_alive(pid: int) -> bool:
     try: return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError): return True
 
-# %% ../nbs/09_data.ipynb 78
+# %% ../nbs/09_data.ipynb 82
 def remove_stale_temp(folder: str, max_age_s: float = 3600.0) -> list[str]:
     """Remove the `.tmp-*` files in local `folder` left by writers that are gone: tagged with this host and a
     process id that is no longer running, or (untagged, other hosts) not modified for `max_age_s`. Returns them."""
@@ -476,7 +501,7 @@ def remove_stale_temp(folder: str, max_age_s: float = 3600.0) -> list[str]:
             except FileNotFoundError: pass
     return gone
 
-# %% ../nbs/09_data.ipynb 80
+# %% ../nbs/09_data.ipynb 84
 @dataclass
 class PackedSplit:
     "One split of the packed cache: `X` (N, 3, H, W) memory map, `index` DataFrame (row i = X[i]), spec."
@@ -503,7 +528,7 @@ class PackedSplit:
         fails = pd.read_parquet(fpath) if os.path.exists(fpath) else pd.DataFrame(columns=FAILURE_COLUMNS)
         return cls(X, index, PreprocessSpec.from_dict(meta["preprocessing"]), meta["split"], stem, fails)
 
-# %% ../nbs/09_data.ipynb 83
+# %% ../nbs/09_data.ipynb 87
 def _fill_memmap(tmp: str, urls, spec: PreprocessSpec, dtype: str, n_jobs: int, batch_size: int, progress: bool):
     "Preprocess the cutouts `urls` into the `.npy` `tmp` (N rows) -> (row of each filled entry, n_nan, failures)."
     h, w, c = CUTOUT_SHAPE
@@ -521,7 +546,7 @@ def _fill_memmap(tmp: str, urls, spec: PreprocessSpec, dtype: str, n_jobs: int, 
     failures = pd.concat(fails, ignore_index=True) if fails else pd.DataFrame(columns=FAILURE_COLUMNS)
     return np.asarray(rows, np.int64), (np.concatenate(nnan) if nnan else np.zeros(0, np.int64)), failures
 
-# %% ../nbs/09_data.ipynb 84
+# %% ../nbs/09_data.ipynb 88
 def _truncate_npy(path: str, n: int):
     "Rewrite the `.npy` at `path` keeping its first `n` rows (through a temporary file)."
     src = np.load(path, mmap_mode="r")
@@ -530,7 +555,7 @@ def _truncate_npy(path: str, n: int):
     out[:] = src[:n]; out.flush(); del out, src
     os.replace(tmp2, path)
 
-# %% ../nbs/09_data.ipynb 86
+# %% ../nbs/09_data.ipynb 90
 _INDEX_COLUMNS = ("galaxy_id", "label", "split", "s3_path", "filename", "cutout_type", "ra", "dec")
 
 def _cache_index(part: pd.DataFrame, rows: np.ndarray, n_nan: np.ndarray) -> pd.DataFrame:
@@ -542,7 +567,7 @@ def _cache_index(part: pd.DataFrame, rows: np.ndarray, n_nan: np.ndarray) -> pd.
     index["n_nan"] = np.asarray(n_nan, np.int64)
     return index
 
-# %% ../nbs/09_data.ipynb 88
+# %% ../nbs/09_data.ipynb 92
 def _write_cache(stem: str, part: pd.DataFrame, urls, spec: PreprocessSpec, dtype: str, n_jobs: int,
                  batch_size: int, progress: bool, manifest: str = "") -> None:
     "Build and commit the cache `<stem>.*` of the manifest rows `part` (cutouts at `urls`)."
@@ -563,14 +588,14 @@ def _write_cache(stem: str, part: pd.DataFrame, urls, spec: PreprocessSpec, dtyp
         n_manifest=len(part), n_failed=int(len(failures)), n_nan_cutouts=int((index["n_nan"] > 0).sum()),
         build_seconds=round(time.time() - t0, 3), manifest=manifest))
 
-# %% ../nbs/09_data.ipynb 89
+# %% ../nbs/09_data.ipynb 93
 def _open_or_none(stem: str) -> PackedSplit | None:
     "The committed cache at `stem`, or None when there is none (a damaged one is rebuilt)."
     if not os.path.exists(stem + ".json"): return None
     try: return PackedSplit.open(stem)
     except Exception: return None
 
-# %% ../nbs/09_data.ipynb 90
+# %% ../nbs/09_data.ipynb 94
 def build_packed_split(
     manifest,                          # training manifest: path/URL or DataFrame (spec §2)
     split: str,                        # "train" | "val" | "test" (any value of the `split` column)
@@ -601,7 +626,7 @@ def build_packed_split(
     _write_cache(stem, part, urls, spec, dtype, n_jobs, batch_size, progress, manifest=man_path)
     return PackedSplit.open(stem)
 
-# %% ../nbs/09_data.ipynb 96
+# %% ../nbs/09_data.ipynb 100
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True,
                   subset: np.ndarray | None = None) -> list[np.ndarray]:
     "Row indices of each batch of one epoch (a permutation seeded by (seed, epoch) when `shuffle`)."
@@ -610,7 +635,7 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool 
         rows = rows[np.random.default_rng([int(seed), int(epoch)]).permutation(len(rows))]
     return [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
 
-# %% ../nbs/09_data.ipynb 98
+# %% ../nbs/09_data.ipynb 102
 class BatchDataset(torch.utils.data.Dataset):
     "Item b = (x float32 (B, C, H, W), y float32 (B,), rows int64 (B,)) of batch b, read from `X` (e.g. a memmap)."
     def __init__(self, X: np.ndarray, labels: np.ndarray, batches: list[np.ndarray]):
@@ -623,7 +648,7 @@ class BatchDataset(torch.utils.data.Dataset):
         x[order] = self.X[rows[order]]
         return torch.from_numpy(x), torch.from_numpy(self.labels[rows].astype(np.float32)), torch.from_numpy(rows.astype(np.int64))
 
-# %% ../nbs/09_data.ipynb 100
+# %% ../nbs/09_data.ipynb 104
 class NPZDataset(torch.utils.data.Dataset):
     "Per-sample NPZ reading + preprocessing (no cache): item i = (x (C, H, W), y, i)."
     def __init__(self, urls, labels, spec: PreprocessSpec | str = "raw_robust"):

@@ -6,8 +6,8 @@
 __all__ = ['LENS_KEYS', 'SOURCE_KEYS', 'SERSIC_KEYS', 'ellipticity_to_phi_q', 'sie_deflection', 'shear_deflection',
            'sie_shear_deflection', 'ray_shoot', 'sie_shear_hessian', 'sie_shear_convergence', 'sie_shear_magnification',
            'sersic_intensity', 'convolve', 'render_sersic', 'LensedRender', 'render_lensed', 'lensed_magnification',
-           'clumpy_components', 'critical_curves_and_caustics', 'annulus_mask', 'arc_snr', 'inject', 'sample_lenses',
-           'sample_sources']
+           'clumpy_components', 'critical_curves_and_caustics', 'annulus_mask', 'arc_snr', 'sparse_poisson', 'inject',
+           'sample_lenses', 'sample_sources']
 
 # %% ../nbs/04_lensing.ipynb 2
 import math
@@ -609,11 +609,24 @@ def arc_snr(arc_r, sigma_pix, r_in_px=4.0, r_out_px=16.0):
     return snr[0] if squeeze else snr
 
 # %% ../nbs/04_lensing.ipynb 83
+def sparse_poisson(lam, rng:np.random.Generator, lam_split:float=0.1) -> tuple:
+    """Independent Poisson(λ) draws for every element of `lam` (≥ 0), returned sparse: (flat indices, counts > 0), int64.
+    Elements with λ > `lam_split` are drawn one by one; the rest as one Poisson(Σλ) total split multinomially (∝ λ) among them."""
+    flat = np.asarray(lam).reshape(-1)
+    big = flat > lam_split
+    ib = np.flatnonzero(big); nb = rng.poisson(flat[ib].astype(np.float64))
+    cum = np.where(big, 0, flat).astype(np.float64); np.cumsum(cum, out=cum)
+    k = rng.poisson(cum[-1]) if len(cum) else 0
+    hits, cnt = np.unique(np.searchsorted(cum, np.sort(rng.uniform(0, cum[-1], k)), side="right"), return_counts=True)
+    idx, n = np.concatenate([ib, hits]), np.concatenate([nb, cnt])
+    return idx[n > 0].astype(np.int64), n[n > 0].astype(np.int64)
+
+# %% ../nbs/04_lensing.ipynb 85
 def inject(hosts, arcs, gain=None, seed=None):
     """Add arcs to host cutouts; returns a new float32 array, inputs untouched.
 
     gain (electrons per nmgy; scalar, (N,), or (N, 3)): if given, the arc gets its own Poisson noise,
-    only where the arc flux is > 0: arc -> Poisson(gain·arc)/gain. Hosts (N, H, W, 3) with arcs the same shape."""
+    only where the arc flux is > 0: arc -> Poisson(gain·arc)/gain (`sparse_poisson`). Hosts (N, H, W, 3) with arcs the same shape."""
     h = np.asarray(hosts)
     a = np.asarray(arcs)
     if h.shape != a.shape:
@@ -627,12 +640,14 @@ def inject(hosts, arcs, gain=None, seed=None):
         g = g[:, None, None, :]
     if np.any(~(g > 0)):
         raise ValueError("inject: gain must be > 0")
-    rng = np.random.default_rng(seed)
-    lam = np.clip(a.astype(np.float64), 0, None) * g
-    noisy = np.where(a > 0, rng.poisson(lam) / g, a)
-    return (h.astype(np.float64) + noisy).astype(np.float32)
+    a = a.astype(np.float32, copy=False)
+    idx, n = sparse_poisson(np.maximum(a, 0) * g.astype(np.float32), np.random.default_rng(seed))   # λ = gain·arc electrons
+    out = h.astype(np.float32) + np.minimum(a, 0)                                     # the arc where it is <= 0, else its counts
+    o = out.reshape(-1)
+    o[idx] = (o[idx].astype(np.float64) + n / np.broadcast_to(g, a.shape).reshape(-1)[idx]).astype(np.float32)
+    return out
 
-# %% ../nbs/04_lensing.ipynb 86
+# %% ../nbs/04_lensing.ipynb 88
 def sample_lenses(n, seed, theta_E, q_range=(0.5, 1.0), gamma_max=0.1):
     """Deflector prior: θE from the grid cell (scalar or (n,)), axis ratio q ~ U(q_range), position angle ~ U(0, π),
     external shear |γ| ~ U(0, gamma_max) with uniform angle, centred at the stamp centre. Returns a lens dict."""
@@ -646,7 +661,7 @@ def sample_lenses(n, seed, theta_E, q_range=(0.5, 1.0), gamma_max=0.1):
                 e1=e * np.cos(2 * phi), e2=e * np.sin(2 * phi), center_x=np.zeros(n), center_y=np.zeros(n),
                 gamma1=g * np.cos(2 * phg), gamma2=g * np.sin(2 * phg))
 
-# %% ../nbs/04_lensing.ipynb 88
+# %% ../nbs/04_lensing.ipynb 90
 def _colour_table(colour_table):
     "Finite (M, 2) (g−r, r−z) rows from a dict/DataFrame with g_minus_r, r_minus_z, an (M, 2) array, or None -> [(0.2, 0.2)]."
     if colour_table is None:
@@ -661,7 +676,7 @@ def _colour_table(colour_table):
         raise ValueError("sample_sources: colour_table has no finite (g_minus_r, r_minus_z) rows")
     return table
 
-# %% ../nbs/04_lensing.ipynb 89
+# %% ../nbs/04_lensing.ipynb 91
 def _propose_shapes(rng, sys_, lens, bmax, R_sersic_range, n_sersic_range, q_range):
     "One joint (shape, position) proposal per entry of sys_: position uniform in area within bmax of the lens centre."
     m = len(sys_)
@@ -672,7 +687,7 @@ def _propose_shapes(rng, sys_, lens, bmax, R_sersic_range, n_sersic_range, q_ran
                 e1=e * np.cos(2 * ph), e2=e * np.sin(2 * ph),
                 center_x=lens["center_x"][sys_] + r * np.cos(t), center_y=lens["center_y"][sys_] + r * np.sin(t))
 
-# %% ../nbs/04_lensing.ipynb 90
+# %% ../nbs/04_lensing.ipynb 92
 def _screened_magnification(lens:dict, prop:dict, mu_range, eps_screen:float, tol:float, **kw) -> tuple:
     """(μ, exact) of proposals: a cheap μ with the box at the (1 − eps_screen) isophote (never above the exact μ, within
     1 % of it: measured ≤ 0.7 %), recomputed exactly (`lensed_magnification`) where it lies within `tol` of a bound of `mu_range`."""
@@ -683,7 +698,20 @@ def _screened_magnification(lens:dict, prop:dict, mu_range, eps_screen:float, to
     return mm, near
 
 
-# %% ../nbs/04_lensing.ipynb 92
+# %% ../nbs/04_lensing.ipynb 94
+def _first_in_range(lens:dict, prop:dict, K:int, mu_range, eps_screen:float, tol:float, **kw) -> tuple:
+    """First of each row's K proposals (row-major) whose screened μ is in `mu_range` -> (hit (m,), first (m,), μ, exact (m·K,)).
+    Lazy: columns 1, 2, 3–4, 5–8, ... are screened only for the rows without a hit yet (the result of screening all K)."""
+    m = len(prop["R_sersic"]) // K
+    mm, ex, ok, a = np.full(m * K, np.nan), np.zeros(m * K, bool), np.zeros((m, K), bool), 0
+    while a < K and not ok.any(axis=1).all():
+        b, rows = min(K, max(a + 1, 2 * a)), np.flatnonzero(~ok.any(axis=1))
+        f = (rows[:, None] * K + np.arange(a, b)[None, :]).ravel()
+        mm[f], ex[f] = _screened_magnification({k: v[f] for k, v in lens.items()}, {k: v[f] for k, v in prop.items()}, mu_range, eps_screen, tol, **kw)
+        ok.reshape(-1)[f] = (mm[f] >= mu_range[0]) & (mm[f] <= mu_range[1]); a = b
+    return ok.any(axis=1), np.argmax(ok, axis=1), mm, ex
+
+# %% ../nbs/04_lensing.ipynb 96
 def sample_sources(
     n:int,                                # number of systems
     seed:int,                             # random seed (every draw derives from it)
@@ -702,6 +730,7 @@ def sample_sources(
     mu_screen_eps_flux:float=0.1,         # μ of every proposal from the box at this isophote (cheap), exact near the bounds and for the accepted; 0: exact for all
     mu_screen_tol:float=0.02,             # relative distance to a μ bound within which a proposal's μ is recomputed exactly
     supersample:int=4, dtype=torch.float32, device=None,
+    verify_accepted:bool=True,            # False: an accepted proposal's screened μ is not recomputed exactly (magnification NaN there, `magnification_screen` returned): the caller must check the exact μ (e.g. its render's)
 ) -> dict:                                # (n,) render_lensed source keys + magnification + n_draws + lens_<key>
     "The spec §6 source prior conditioned on μ, vectorised and seeded (shape and position redrawn jointly until μ is in range; μ screened cheaply)."
     rng = np.random.default_rng(seed)
@@ -712,16 +741,16 @@ def sample_sources(
     src = dict(mag_r=sample_count_mags(rng, n, *mag_r_range, mag_r_slope), g_minus_r=col[:, 0], r_minus_z=col[:, 1],
                **{k: np.full(n, np.nan) for k in SOURCE_KEYS[3:]})
     mu, draws, todo, bmax = np.full(n, np.nan), np.zeros(n, dtype=np.int64), np.arange(n), beta_max_over_theta_E * lens["theta_E"]
+    verified = np.ones(n, bool)
     for _ in range(max_rounds):
         if len(todo) == 0: break
         K = proposals_per_round; sys_ = np.repeat(todo, K)     # the first accepted of K proposals = proposing one at a time
         prop = _propose_shapes(rng, sys_, lens, bmax, R_sersic_range, n_sersic_range, q_range)
-        if mu_range is None: mm, ex = np.full(len(sys_), np.nan), np.ones(len(sys_), bool)
-        else: mm, ex = _screened_magnification({k: v[sys_] for k, v in lens.items()}, prop, mu_range, mu_screen_eps_flux, mu_screen_tol, supersample=supersample, dtype=dtype, device=device)
-        ok = np.ones(len(sys_), bool).reshape(-1, K) if mu_range is None else ((mm >= mu_range[0]) & (mm <= mu_range[1])).reshape(-1, K)
-        hit, first = ok.any(axis=1), np.argmax(ok, axis=1)
+        if mu_range is None: mm, ex, hit, first = np.full(len(sys_), np.nan), np.ones(len(sys_), bool), np.ones(len(todo), bool), np.zeros(len(todo), np.int64)
+        else: hit, first, mm, ex = _first_in_range({k: v[sys_] for k, v in lens.items()}, prop, K, mu_range, mu_screen_eps_flux, mu_screen_tol, supersample=supersample, dtype=dtype, device=device)
         pick = np.arange(len(todo))[hit] * K + first[hit]
-        if mu_range is not None and not ex[pick].all():          # the accepted get their exact μ (the screen's is within 1 %)
+        if not verify_accepted: verified[todo[hit]] = ex[pick]
+        elif mu_range is not None and not ex[pick].all():          # the accepted get their exact μ (the screen's is within 1 %)
             j = pick[~ex[pick]]; mm[j] = lensed_magnification({k: v[sys_[j]] for k, v in lens.items()}, {k: v[j] for k, v in prop.items()}, supersample=supersample, dtype=dtype, device=device)
             keep = (mm[pick] >= mu_range[0]) & (mm[pick] <= mu_range[1]); hit[np.flatnonzero(hit)[~keep]] = False; pick = pick[keep]
         draws[todo] += np.where(hit, first + 1, K)
@@ -730,4 +759,5 @@ def sample_sources(
     if len(todo):
         raise RuntimeError(f"sample_sources: {len(todo)} of {n} systems did not reach μ in {mu_range} after "
                            f"{max_rounds * proposals_per_round} proposals (first row {int(todo[0])}, θE={lens['theta_E'][todo[0]]:.2f})")
-    return dict(src, magnification=mu, n_draws=draws, **{"lens_" + k: lens[k] for k in LENS_KEYS})
+    out = dict(src, magnification=np.where(verified, mu, np.nan), n_draws=draws, **{"lens_" + k: lens[k] for k in LENS_KEYS})
+    return out if verify_accepted else dict(out, magnification_screen=mu)

@@ -303,3 +303,23 @@ def test_oracle_interval_coverage_near_nominal_over_seeds(synth_hosts):
     assert 0.15 < truth < 0.85
     cover = np.mean([(t.ci_lower <= truth <= t.ci_upper) for t in runs])
     assert 0.86 <= cover <= 1.0, cover                          # nominal 0.95 (Wilson at n = 20 is 0.93-0.97); 60 seeds: 2.5 sigma
+
+
+def test_sources_verified_by_the_render_give_the_cell_of_the_exact_sampler(tmp_path, monkeypatch):
+    """`run_cell` accepts sources on their screened μ and lets the render's exact μ verify them (falling back to the
+    sampler's own exact check when one is out of range): the cell must equal the cell whose sampler verified every
+    accepted μ itself (the fallback, forced here), row for row; μ to float32 rounding (another batch computes it)."""
+    import stronglens.injection as I
+    hosts = _hosts(tmp_path, n=40, seed=5)
+    key = hosts.groupby(["i_psf", "i_depth"]).size().idxmax()
+    cell = grid_cells().iloc[0].to_dict()
+    cell.update(i_psf=int(key[0]), i_depth=int(key[1]), cell_id=3, i_theta_e=6, theta_e_lo=1.875, theta_e_hi=2.125)
+    ctx = CellContext(InjectionConfig(n_per_cell=40), hosts, LENSPOP_SOURCE_COLOURS, {"kind": "oracle", "snr_cut": 5.0})
+    fast = run_cell(cell, ctx, make_scorer(ctx.scorer)).injections
+    calls = []
+    monkeypatch.setattr(I, "_mu_out_of_range", lambda *a: calls.append(1) or True)
+    exact = run_cell(cell, ctx, make_scorer(ctx.scorer)).injections
+    assert calls and (fast.n_draws > 1).any()
+    pd.testing.assert_frame_equal(fast.drop(columns="magnification"), exact.drop(columns="magnification"))
+    np.testing.assert_allclose(fast.magnification, exact.magnification, rtol=1e-6)
+    assert ((fast.magnification >= 5) & (fast.magnification <= 30)).all()

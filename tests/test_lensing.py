@@ -384,3 +384,92 @@ def test_screen_magnification_is_a_close_lower_bound():
     exact, cheap = L.lensed_magnification(lens, prop), L.lensed_magnification(lens, prop, eps_flux=0.1)
     rel = cheap / exact - 1
     assert (rel <= 1e-6).all() and np.abs(rel).max() < 0.01, np.abs(rel).max()
+
+
+def _eager_sample_sources(
+    n:int,                                # number of systems
+    seed:int,                             # random seed (every draw derives from it)
+    lens,                                 # lens dict of (n,) L.LENS_KEYS arrays, or θE (scalar or (n,)) to draw deflectors with `L.sample_lenses`
+    colour_table=None,                    # observed (g−r, r−z): dict/DataFrame with g_minus_r, r_minus_z or (M, 2); None: (0.2, 0.2)
+    mag_r_range=(22.0, 26.0),             # unlensed source r magnitude range (spec §6)
+    mag_r_slope:float=0.0,                # dN/dm ∝ 10^(slope·m) inside the range (0: uniform, the spec's prior)
+    mu_range=(5.0, 30.0),                 # accepted total magnification (spec §6), before the PSF; None: no cut (μ not computed: NaN)
+    R_sersic_range=(0.1, 0.5),            # source half-light radius (″, product-averaged)
+    n_sersic_range=(0.5, 2.0),            # source Sérsic index
+    q_range=(0.4, 1.0),                   # source axis ratio
+    colour_tol:float=0.2,                 # U(−tol, +tol) added to each colour
+    beta_max_over_theta_E:float=1.0,      # source positions uniform in area within this × θE of the lens centre
+    proposals_per_round:int=8,            # joint (shape, position) proposals per open system per batched call
+    max_rounds:int=50,                    # give up (RuntimeError) after this many rounds
+    mu_screen_eps_flux:float=0.1,         # μ of every proposal from the box at this isophote (cheap), exact near the bounds and for the accepted; 0: exact for all
+    mu_screen_tol:float=0.02,             # relative distance to a μ bound within which a proposal's μ is recomputed exactly
+    supersample:int=4, dtype=torch.float32, device=None,
+) -> dict:                                # (n,) render_lensed source keys + magnification + n_draws + lens_<key>
+    "Reference: `lensing.sample_sources` as of 592b5db (every one of a round's K proposals screened at once), verbatim."
+    rng = np.random.default_rng(seed)
+    if not hasattr(lens, "keys"): lens = L.sample_lenses(n, int(rng.integers(2 ** 62)), theta_E=lens)
+    lens = {k: np.broadcast_to(np.asarray(lens[k], dtype=np.float64), (n,)).copy() for k in L.LENS_KEYS}
+    table = L._colour_table(colour_table)
+    col = table[rng.integers(0, len(table), n)] + rng.uniform(-colour_tol, colour_tol, (n, 2))
+    src = dict(mag_r=L.sample_count_mags(rng, n, *mag_r_range, mag_r_slope), g_minus_r=col[:, 0], r_minus_z=col[:, 1],
+               **{k: np.full(n, np.nan) for k in L.SOURCE_KEYS[3:]})
+    mu, draws, todo, bmax = np.full(n, np.nan), np.zeros(n, dtype=np.int64), np.arange(n), beta_max_over_theta_E * lens["theta_E"]
+    for _ in range(max_rounds):
+        if len(todo) == 0: break
+        K = proposals_per_round; sys_ = np.repeat(todo, K)     # the first accepted of K proposals = proposing one at a time
+        prop = L._propose_shapes(rng, sys_, lens, bmax, R_sersic_range, n_sersic_range, q_range)
+        if mu_range is None: mm, ex = np.full(len(sys_), np.nan), np.ones(len(sys_), bool)
+        else: mm, ex = L._screened_magnification({k: v[sys_] for k, v in lens.items()}, prop, mu_range, mu_screen_eps_flux, mu_screen_tol, supersample=supersample, dtype=dtype, device=device)
+        ok = np.ones(len(sys_), bool).reshape(-1, K) if mu_range is None else ((mm >= mu_range[0]) & (mm <= mu_range[1])).reshape(-1, K)
+        hit, first = ok.any(axis=1), np.argmax(ok, axis=1)
+        pick = np.arange(len(todo))[hit] * K + first[hit]
+        if mu_range is not None and not ex[pick].all():          # the accepted get their exact μ (the screen's is within 1 %)
+            j = pick[~ex[pick]]; mm[j] = L.lensed_magnification({k: v[sys_[j]] for k, v in lens.items()}, {k: v[j] for k, v in prop.items()}, supersample=supersample, dtype=dtype, device=device)
+            keep = (mm[pick] >= mu_range[0]) & (mm[pick] <= mu_range[1]); hit[np.flatnonzero(hit)[~keep]] = False; pick = pick[keep]
+        draws[todo] += np.where(hit, first + 1, K)
+        for k in L.SOURCE_KEYS[3:]: src[k][todo[hit]] = prop[k][pick]
+        mu[todo[hit]] = mm[pick]; todo = todo[~hit]
+    if len(todo):
+        raise RuntimeError(f"sample_sources: {len(todo)} of {n} systems did not reach μ in {mu_range} after "
+                           f"{max_rounds * proposals_per_round} proposals (first row {int(todo[0])}, θE={lens['theta_E'][todo[0]]:.2f})")
+    return dict(src, magnification=mu, n_draws=draws, **{"lens_" + k: lens[k] for k in L.LENS_KEYS})
+
+
+@pytest.mark.parametrize("K", [8, 5])
+def test_lazy_sampler_draws_what_the_eager_sampler_drew(K):
+    """`sample_sources` screens a round's K proposals column group by column group, only for the systems without an
+    accepted proposal yet (`_first_in_range`): the same seed must give the same sources, draw counts and μ as screening
+    all K at once (the previous code, kept above as the reference) — the spec §6 prior is unchanged."""
+    n = 90
+    lens = L.sample_lenses(n, 7, theta_E=np.repeat([0.5, 1.0, 1.75, 2.5, 3.0, 0.75], 15))
+    kw = dict(colour_table={"g_minus_r": [0.2, 0.6], "r_minus_z": [0.3, 0.5]})
+    ref = _eager_sample_sources(n, 4, lens, proposals_per_round=K, **kw)
+    new = L.sample_sources(n, 4, lens, proposals_per_round=K, **kw)
+    for k in ("mag_r", "g_minus_r", "r_minus_z", "R_sersic", "n_sersic", "e1", "e2", "center_x", "center_y", "n_draws"):
+        np.testing.assert_array_equal(new[k], ref[k], err_msg=k)
+    np.testing.assert_allclose(new["magnification"], ref["magnification"], rtol=1e-6)
+    assert new["n_draws"].mean() > 2 and (new["n_draws"] > K).any()     # rejections, and systems that needed a second round
+
+
+def test_sparse_poisson_is_poisson_in_distribution():
+    """`sparse_poisson` (what `inject` draws the arc's counts with) draws small λ as one Poisson total split multinomially:
+    each element's counts must follow Poisson(λ) (χ² against scipy.stats.poisson) and disjoint groups must be independent."""
+    from scipy import stats
+    levels = np.array([1e-3, 0.05, 0.0999, 0.1001, 0.4, 5.0, 60.0]); m, R = 300, 400
+    lam = np.repeat(levels, m)
+    n = np.zeros((R, len(lam)), np.int64)
+    for r in range(R):
+        i, c = L.sparse_poisson(lam, np.random.default_rng(100 + r)); n[r, i] = c
+    for k, l in enumerate(levels):
+        x = n[:, k * m:(k + 1) * m].ravel()
+        hi = int(stats.poisson.ppf(1 - 1e-4, l)); lo = int(stats.poisson.ppf(1e-4, l))
+        obs = np.array([(x <= lo).sum()] + [(x == v).sum() for v in range(lo + 1, hi)] + [(x >= hi).sum()])
+        exp = x.size * np.array([stats.poisson.cdf(lo, l)] + [stats.poisson.pmf(v, l) for v in range(lo + 1, hi)] + [stats.poisson.sf(hi - 1, l)])
+        keep = exp >= 5
+        obs, exp = np.append(obs[keep], obs[~keep].sum()), np.append(exp[keep], exp[~keep].sum())
+        if exp[-1] < 5: obs, exp = obs[:-1], exp[:-1]
+        assert stats.chisquare(obs, exp * obs.sum() / exp.sum()).pvalue > 1e-3, (l, obs, exp)
+    small = n[:, :3 * m]                                                   # the multinomially split part
+    a, b = small[:, ::2].sum(1), small[:, 1::2].sum(1)
+    assert abs(np.corrcoef(a, b)[0, 1]) < 4 / np.sqrt(R)                  # a fixed total would make them anti-correlated
+    assert abs(small.sum(1).var() / small.sum(1).mean() - 1) < 0.25       # the total is Poisson (variance = mean)
