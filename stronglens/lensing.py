@@ -613,9 +613,8 @@ def sparse_poisson(lam, rng:np.random.Generator, lam_split:float=0.1) -> tuple:
     """Independent Poisson(λ) draws for every element of `lam` (≥ 0), returned sparse: (flat indices, counts > 0), int64.
     Elements with λ > `lam_split` are drawn one by one; the rest as one Poisson(Σλ) total split multinomially (∝ λ) among them."""
     flat = np.asarray(lam).reshape(-1)
-    big = flat > lam_split
-    ib = np.flatnonzero(big); nb = rng.poisson(flat[ib].astype(np.float64))
-    cum = np.where(big, 0, flat).astype(np.float64); np.cumsum(cum, out=cum)
+    ib = np.flatnonzero(flat > lam_split); nb = rng.poisson(flat[ib].astype(np.float64))
+    cum = flat.astype(np.float64); cum[ib] = 0; np.cumsum(cum, out=cum)
     k = rng.poisson(cum[-1]) if len(cum) else 0
     hits, cnt = np.unique(np.searchsorted(cum, np.sort(rng.uniform(0, cum[-1], k)), side="right"), return_counts=True)
     idx, n = np.concatenate([ib, hits]), np.concatenate([nb, cnt])
@@ -641,8 +640,9 @@ def inject(hosts, arcs, gain=None, seed=None):
     if np.any(~(g > 0)):
         raise ValueError("inject: gain must be > 0")
     a = a.astype(np.float32, copy=False)
-    idx, n = sparse_poisson(np.maximum(a, 0) * g.astype(np.float32), np.random.default_rng(seed))   # λ = gain·arc electrons
-    out = h.astype(np.float32) + np.minimum(a, 0)                                     # the arc where it is <= 0, else its counts
+    lam = np.maximum(a, 0); lam *= g.astype(np.float32)                               # λ = gain·arc electrons
+    idx, n = sparse_poisson(lam, np.random.default_rng(seed))
+    out = h.astype(np.float32); out += np.minimum(a, 0, out=lam)                      # the arc where it is <= 0, else its counts
     o = out.reshape(-1)
     o[idx] = (o[idx].astype(np.float64) + n / np.broadcast_to(g, a.shape).reshape(-1)[idx]).astype(np.float32)
     return out
