@@ -25,12 +25,12 @@ __all__ = ['AXES', 'HOST_SPLIT', 'SWEEP_COLUMNS', 'LENSPOP_SOURCE_COLOURS', 'MIN
            'sample_source', 'resolve_priors', 'render_arcs', 'arc_gain', 'OracleScorer', 'CheckpointScorer',
            'resolve_target', 'make_scorer', 'cell_seed', 'CellContext', 'CellResult', 'empty_injections', 'run_cell',
            'synthetic_hosts', 'synthetic_host_run', 'synthetic_stage_run', 'detection_threshold', 'snr_target_mass',
-           'completeness_table', 'marginal_completeness', 'completeness_vs_snr', 'completeness', 'closure_test',
-           'feature_probe', 'matched_injections', 'cell_tasks', 'run_cells', 'run_cells_local', 'read_injection',
-           'plot_completeness', 'plot_gallery', 'write_figures', 'injection_config', 'load_inputs', 'model_scores',
-           'OutFolder', 'tier_a_targets', 'planted_cutouts', 'planted_targets', 'probe_real_positives',
-           'closure_document', 'gallery_cells', 'write_gallery', 'run_injections', 'run_injection', 'run_inject_stage',
-           'source_model_twin']
+           'completeness_table', 'marginal_completeness', 'completeness_vs_snr', 'completeness',
+           'poisson_binomial_pvalue', 'closure_test', 'feature_probe', 'matched_injections', 'cell_tasks', 'run_cells',
+           'run_cells_local', 'read_injection', 'plot_completeness', 'plot_gallery', 'write_figures',
+           'injection_config', 'load_inputs', 'model_scores', 'OutFolder', 'tier_a_targets', 'planted_cutouts',
+           'planted_targets', 'probe_real_positives', 'closure_document', 'gallery_cells', 'write_gallery',
+           'run_injections', 'run_injection', 'run_inject_stage', 'source_model_twin']
 
 # %% ../nbs/14_injection.ipynb 6
 @dataclass
@@ -663,6 +663,13 @@ def _predict_recall(inj:pd.DataFrame, targets:pd.DataFrame, c:InjectionConfig, u
     return p, float(np.sum(w * w * q * (1 - q)) / max(N, 1) ** 2)
 
 # %% ../nbs/14_injection.ipynb 102
+def poisson_binomial_pvalue(k:int, p) -> float:
+    "Exact two-sided p of `k` successes among independent trials of probabilities `p` (outcomes no likelier than `k`, as binomtest)."
+    p = np.clip(np.asarray(p, np.float64), 0.0, 1.0); pmf = np.zeros(len(p) + 1); pmf[0] = 1.0
+    for i, pi in enumerate(p): pmf[1:i + 2] = pmf[1:i + 2] * (1 - pi) + pmf[:i + 1] * pi; pmf[0] *= 1 - pi
+    return float(min(1.0, pmf[pmf <= pmf[int(k)] * (1 + 1e-7)].sum()))
+
+# %% ../nbs/14_injection.ipynb 104
 def closure_test(injections:pd.DataFrame, targets:pd.DataFrame, cfg:InjectionConfig|None=None, ci:float=0.95) -> dict:
     "Measured vs injection-predicted recall of `targets` (theta_e, psf_fwhm, depth, arc_snr, detected), with intervals and test."
     c = cfg or InjectionConfig(); inj = _valid(injections); z = _st.norm.ppf(0.5 + ci / 2)
@@ -673,21 +680,24 @@ def closure_test(injections:pd.DataFrame, targets:pd.DataFrame, cfg:InjectionCon
     k = int(targets["detected"].to_numpy(bool)[sup].sum()); rm, rp = k / N, float(p[sup].mean())
     se = math.sqrt(rp * (1 - rp) / N + var_p); d = rm - rp
     zs = d / se if se > 0 else (0.0 if d == 0 else math.copysign(math.inf, d))
+    # the normal test (it carries the prediction's variance) and the exact Poisson-binomial one (valid for a few targets):
+    # a gap is significant only when both say so (one lens found of one with predicted 0.1 is p = 0.1, not z = 3)
+    p_norm, p_exact = float(2 * _st.norm.sf(abs(zs))), poisson_binomial_pvalue(k, p[sup]); pv = max(p_norm, p_exact)
     p_no_snr, _ = _predict_recall(inj, targets, c, use_snr=False)
     return {**out, "status": "ok", "n_detected": k, "measured_recall": rm, "measured_ci": [float(x) for x in wilson_interval(k, N, ci)],
             "predicted_recall": rp, "predicted_ci": [max(0.0, rp - z * math.sqrt(var_p)), min(1.0, rp + z * math.sqrt(var_p))],
-            "difference": d, "difference_ci": [d - z * se, d + z * se], "z": zs, "p_value": float(2 * _st.norm.sf(abs(zs))),
-            "significant": bool(2 * _st.norm.sf(abs(zs)) < 1 - ci), "min_detectable_gap": float((z + _st.norm.ppf(0.8)) * se),
+            "difference": d, "difference_ci": [d - z * se, d + z * se], "z": zs, "p_value": pv, "p_value_normal": p_norm,
+            "p_value_exact": p_exact, "significant": bool(pv < 1 - ci), "min_detectable_gap": float((z + _st.norm.ppf(0.8)) * se),
             "predicted_recall_without_snr": float(np.nanmean(p_no_snr[sup])) if np.isfinite(p_no_snr[sup]).any() else float("nan")}
 
-# %% ../nbs/14_injection.ipynb 106
+# %% ../nbs/14_injection.ipynb 108
 def _auc_interval(y, s, n_resamples:int=1000, seed:int=0, ci:float=0.95) -> list[float]:
     "Bootstrap interval of ROC AUC, resampling within each class (`calibration.bootstrap_ci`)."
     r = bootstrap_ci(lambda yy, ss, weights=None: roc_auc(yy, ss, weights), np.asarray(y, int), np.asarray(s, np.float64),
                      n_resamples=n_resamples, seed=seed, ci=ci, strata=np.asarray(y, int), vectorized=True)
     return [float(r.ci_lower), float(r.ci_upper)]
 
-# %% ../nbs/14_injection.ipynb 107
+# %% ../nbs/14_injection.ipynb 109
 def feature_probe(real_features, injected_features, folds:int=5, seed:int=0, n_bootstrap:int=1000) -> dict:
     "Cross-validated AUC (with bootstrap CI) of a logistic regression telling real positives from matched injections."
     from stronglens.gates import cv_auc
@@ -699,7 +709,7 @@ def feature_probe(real_features, injected_features, folds:int=5, seed:int=0, n_b
     return {"status": "ok", "auc": float(auc), "auc_ci": _auc_interval(y, oof, n_bootstrap, seed), "folds": k,
             "n_real": int(len(real_features)), "n_injected": int(len(injected_features)), "n_features": int(X.shape[1])}
 
-# %% ../nbs/14_injection.ipynb 109
+# %% ../nbs/14_injection.ipynb 111
 def matched_injections(targets:pd.DataFrame, ctx:CellContext, seed:int=0, n_nearest_hosts:int=5) -> tuple[np.ndarray, pd.DataFrame]:
     "One injection per target (theta_e, psf_fwhm, depth, arc_snr): its θE, a host of nearest PSF/depth, the arc scaled to its S/N."
     c, rng = ctx.cfg, np.random.default_rng(seed); H = ctx.hosts[np.isfinite(ctx.hosts.psf) & np.isfinite(ctx.hosts.depth)].reset_index(drop=True)
@@ -717,24 +727,24 @@ def matched_injections(targets:pd.DataFrame, ctx:CellContext, seed:int=0, n_near
                          "arc_snr": targets["arc_snr"].to_numpy(np.float64), "source_mag_r": src["mag_r"] - 2.5 * np.log10(scale)})
     return X, rows
 
-# %% ../nbs/14_injection.ipynb 111
+# %% ../nbs/14_injection.ipynb 113
 def cell_tasks(cells:pd.DataFrame, n_workers:int=1) -> list[pd.DataFrame]:
     "Cells grouped by (i_psf, i_depth), groups split so that there are at least 4 tasks per worker (when cells allow)."
     groups = [g for _, g in cells.groupby(["i_psf", "i_depth"], sort=True)]
     size = max(1, math.ceil(len(cells) / max(4 * n_workers, 1)))
     return [g.iloc[i:i + size] for g in groups for i in range(0, len(g), size)]
 
-# %% ../nbs/14_injection.ipynb 112
+# %% ../nbs/14_injection.ipynb 114
 def run_cells(cells:pd.DataFrame, ctx:CellContext, scorer=None) -> list[CellResult]:
     "Run `cells` (rows of `grid_cells`) here, with one host cache: the task body of every engine."
     from stronglens.mocksky import torch_threads
     scorer = scorer if scorer is not None else make_scorer(ctx.scorer); loader = HostStamps()
     with torch_threads(1): return [run_cell(r, ctx, scorer, loader) for r in cells.to_dict("records")]
 
-# %% ../nbs/14_injection.ipynb 113
+# %% ../nbs/14_injection.ipynb 115
 _WORKER: dict = {}
 
-# %% ../nbs/14_injection.ipynb 114
+# %% ../nbs/14_injection.ipynb 116
 def _init_worker(ctx:CellContext, parent_pid:int):
     "Pool initializer: die with the parent, one torch thread, the scorer built once."
     try:
@@ -742,10 +752,10 @@ def _init_worker(ctx:CellContext, parent_pid:int):
     except ImportError: pass
     torch.set_num_threads(1); _WORKER.update(ctx=ctx, scorer=make_scorer(ctx.scorer))
 
-# %% ../nbs/14_injection.ipynb 115
+# %% ../nbs/14_injection.ipynb 117
 def _run_task(records:list) -> list[CellResult]: return run_cells(pd.DataFrame(records), _WORKER["ctx"], _WORKER["scorer"])
 
-# %% ../nbs/14_injection.ipynb 116
+# %% ../nbs/14_injection.ipynb 118
 def run_cells_local(cells:pd.DataFrame, ctx:CellContext, n_workers:int=1, on_result:Callable|None=None, progress:bool=True) -> list[CellResult]:
     "Run `cells` in this process (n_workers = 1) or a spawned process pool; `on_result(CellResult)` as each cell finishes."
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -765,7 +775,7 @@ def run_cells_local(cells:pd.DataFrame, ctx:CellContext, n_workers:int=1, on_res
     bar.close()
     return sorted(out, key=lambda r: r.cell_id)
 
-# %% ../nbs/14_injection.ipynb 118
+# %% ../nbs/14_injection.ipynb 120
 def read_injection(folder:str) -> dict:
     "What `run_injection` wrote in `folder` (e.g. `<run>/injection`): table, marginals, vs_snr, closure, failed, gallery (None if absent)."
     import io
@@ -775,10 +785,10 @@ def read_injection(folder:str) -> dict:
             "failed": read_parquet(url_join(folder, "failed_hosts.parquet")),
             "gallery": dict(np.load(io.BytesIO(read_bytes(g)), allow_pickle=False)) if exists(g) else None}
 
-# %% ../nbs/14_injection.ipynb 119
+# %% ../nbs/14_injection.ipynb 121
 _AXIS_LABELS = {"theta_e": "θE (arcsec)", "psf": "PSF FWHM (PSFSIZE, arcsec)", "depth": "5σ depth (AB mag)"}
 
-# %% ../nbs/14_injection.ipynb 120
+# %% ../nbs/14_injection.ipynb 122
 def plot_completeness(marginals:pd.DataFrame, vs_snr:pd.DataFrame|None=None, threshold:dict|None=None):
     "Completeness pooled along θE, PSF and depth (and against arc S/N), with binomial 95 % intervals: a `Figure`."
     from stronglens.figures import new_figure, paper_style
@@ -795,7 +805,7 @@ def plot_completeness(marginals:pd.DataFrame, vs_snr:pd.DataFrame|None=None, thr
         if threshold: fig.suptitle(f"detected: p ≥ {threshold['value']:.3g} ({threshold['kind']} {threshold['target']:g}, {threshold['split']} split)", fontsize=8)
     return fig
 
-# %% ../nbs/14_injection.ipynb 121
+# %% ../nbs/14_injection.ipynb 123
 def plot_gallery(gallery:dict, n:int=12, n_cols:int=6):
     "Injected stamps with their arcs alone below (grz composites, same stretch), spread over arc S/N from faint to bright: a `Figure`."
     from stronglens.figures import new_figure, paper_style
@@ -812,7 +822,7 @@ def plot_gallery(gallery:dict, n:int=12, n_cols:int=6):
             axs[r, col].set_title(f"θE {gallery['theta_e'][j]:.2f}\" S/N {gallery['arc_snr'][j]:.1f} p {gallery['p_lens'][j]:.2f}", fontsize=6, pad=2)
     return fig
 
-# %% ../nbs/14_injection.ipynb 122
+# %% ../nbs/14_injection.ipynb 124
 def write_figures(out) -> dict:
     "completeness.png, completeness_map.png and gallery.png from the files in `out` (an `OutFolder` or a folder URL)."
     from stronglens.figures import save_figure, fig_selection_function
@@ -821,16 +831,16 @@ def write_figures(out) -> dict:
     if d["gallery"] is not None and len(d["gallery"]["stamps"]): figs["gallery"] = plot_gallery(d["gallery"])
     return {k: save_figure(f, folder, k, formats=("png",), dpi=150)["png"] for k, f in figs.items()}
 
-# %% ../nbs/14_injection.ipynb 124
+# %% ../nbs/14_injection.ipynb 126
 def injection_config(cfg) -> InjectionConfig:
     "The `injection` section of a pipeline config (defaults when absent), or `cfg` itself if it is an `InjectionConfig`."
     return cfg if isinstance(cfg, InjectionConfig) else (getattr(cfg, "injection", None) or InjectionConfig())
 
-# %% ../nbs/14_injection.ipynb 125
+# %% ../nbs/14_injection.ipynb 127
 def _read_table(url):
     return read_parquet(url) if str(url).endswith(".parquet") else pd.read_csv(__import__("io").BytesIO(read_bytes(url)))
 
-# %% ../nbs/14_injection.ipynb 126
+# %% ../nbs/14_injection.ipynb 128
 def _checkpoint(cfg, run_dir:str) -> str:
     "The trained checkpoint the `train` stage wrote (its `training.train.out_dir`, else `<run>/model`)."
     od = getattr(getattr(getattr(cfg, "training", None), "train", None), "out_dir", "") or ""
@@ -839,7 +849,7 @@ def _checkpoint(cfg, run_dir:str) -> str:
         if exists(url_join(base, rel)): return url_join(base, rel)
     raise FileNotFoundError(f"no trained checkpoint under {base} (run the train stage first)")
 
-# %% ../nbs/14_injection.ipynb 127
+# %% ../nbs/14_injection.ipynb 129
 def _sky_truth(run_dir:str) -> tuple[dict|None, pd.DataFrame|None]:
     "(mock sky meta, planted-lens truth table) when the run has a mock sky, else (None, None)."
     u = url_join(run_dir, "sky", "sky_meta.json")
@@ -847,7 +857,7 @@ def _sky_truth(run_dir:str) -> tuple[dict|None, pd.DataFrame|None]:
     meta = json.loads(read_bytes(u)); lt = url_join(run_dir, "sky", meta.get("files", {}).get("lens_truth", "lens_truth.parquet"))
     return meta, (read_parquet(lt) if exists(lt) else None)
 
-# %% ../nbs/14_injection.ipynb 128
+# %% ../nbs/14_injection.ipynb 130
 def _with_sweep_columns(pool:pd.DataFrame, ids, cfg, run_dir:str) -> pd.DataFrame:
     "The pool with `SWEEP_COLUMNS` (shape, Sérsic, exposures) added from the sweep files of rows `ids` where it lacks them."
     from stronglens.negatives import resolve_catalog_paths, CatalogConfig
@@ -858,7 +868,7 @@ def _with_sweep_columns(pool:pd.DataFrame, ids, cfg, run_dir:str) -> pd.DataFram
     extra = sweep_lookup(rows, [resolve_path(sweep_dir, f) for f in rows.sweep_file.astype(str).unique()], miss)
     return pool.merge(pd.concat([rows[["galaxy_id"]], extra], axis=1), on="galaxy_id", how="left")
 
-# %% ../nbs/14_injection.ipynb 129
+# %% ../nbs/14_injection.ipynb 131
 def load_inputs(cfg, run_dir:str) -> dict:
     "What the stage reads: manifest, pool, hosts (with shapes and exposures), colours, positives, mock truth (scores: `model_scores`)."
     c = injection_config(cfg); man_dir = url_join(run_dir, "manifests")
@@ -876,13 +886,13 @@ def load_inputs(cfg, run_dir:str) -> dict:
             "colours": colour_table(resolve_path(run_dir, c.colour_table) if c.colour_table else "", truth),
             "positives": read_parquet(pos_url) if exists(pos_url) else None}
 
-# %% ../nbs/14_injection.ipynb 130
+# %% ../nbs/14_injection.ipynb 132
 def model_scores(run_dir:str) -> pd.DataFrame:
     "The train stage's scores of every manifest row (`model/scores_all.parquet`), else of the test split (`scores.parquet`)."
     u = url_join(run_dir, "model", "scores_all.parquet")
     return read_parquet(u if exists(u) else url_join(run_dir, "model", "scores.parquet"))
 
-# %% ../nbs/14_injection.ipynb 131
+# %% ../nbs/14_injection.ipynb 133
 @dataclass
 class OutFolder:
     "Where `run_injection` writes: `path(*parts)` under the stage folder's `sub` (sub '': the stage folder itself)."
@@ -890,10 +900,10 @@ class OutFolder:
     sub: str = ""
     def path(self, *parts) -> str: return self.st.path(*[p for p in (self.sub, *parts) if p])
 
-# %% ../nbs/14_injection.ipynb 132
+# %% ../nbs/14_injection.ipynb 134
 def _cell_files(st, cell_id:int) -> tuple[str, str]: return st.path("cells", f"cell_{cell_id:04d}.parquet"), st.path("cells", f"cell_{cell_id:04d}.json")
 
-# %% ../nbs/14_injection.ipynb 133
+# %% ../nbs/14_injection.ipynb 135
 def _write_cell(st, r:CellResult, provenance:dict|None=None):
     "Write one finished cell: its rows, then its bookkeeping JSON (the JSON marks the cell done; with the stage's `provenance`)."
     pq, js = _cell_files(st, r.cell_id)
@@ -903,7 +913,7 @@ def _write_cell(st, r:CellResult, provenance:dict|None=None):
     atomic_write_json(js, {"cell_id": r.cell_id, "reason": r.reason, "n_hosts": r.n_hosts, "n_hosts_available": r.n_hosts_available,
                            "n_injected": int(len(r.injections)), "failures": r.failures.to_dict("records"), **({"provenance": provenance} if provenance else {})})
 
-# %% ../nbs/14_injection.ipynb 134
+# %% ../nbs/14_injection.ipynb 136
 def _done_cells(st, retry_failed:bool) -> set:
     "Cells whose JSON exists (minus those with host failures when retrying them)."
     fs, p = get_fs(st.path("cells")); done = set()
@@ -912,7 +922,7 @@ def _done_cells(st, retry_failed:bool) -> set:
         if not (retry_failed and d["failures"]): done.add(int(d["cell_id"]))
     return done
 
-# %% ../nbs/14_injection.ipynb 135
+# %% ../nbs/14_injection.ipynb 137
 def _assemble(st, cells:pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     "(injections, per-cell info, host failures) from the cell files, in cell order."
     parts, info, fails = [], [], []
@@ -924,19 +934,19 @@ def _assemble(st, cells:pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Da
     f = pd.DataFrame(fails, columns=FAILURE_COLUMNS)
     return inj, pd.DataFrame(info), f.drop_duplicates("path").reset_index(drop=True)
 
-# %% ../nbs/14_injection.ipynb 136
+# %% ../nbs/14_injection.ipynb 138
 def _finish_injections(inj:pd.DataFrame, threshold:float) -> pd.DataFrame:
     "Add `detected` (p_lens >= threshold; False for a NaN score, which no count includes) and order the columns."
     inj = inj.assign(detected=inj["p_lens"].to_numpy(np.float64) >= threshold)
     cols = [k for k in INJECTION_COLUMNS if k in inj.columns] + [k for k in inj.columns if k not in INJECTION_COLUMNS]
     return inj[cols].astype({k: ("object" if t == "str" else t) for k, t in INJECTION_COLUMNS.items() if k in inj.columns}).reset_index(drop=True)
 
-# %% ../nbs/14_injection.ipynb 137
+# %% ../nbs/14_injection.ipynb 139
 def _conditions(df:pd.DataFrame, c:InjectionConfig, prefix:str="") -> pd.DataFrame:
     "psf_fwhm and depth (the grid's axes) from DR10 psfsize_*/psfdepth_* columns."
     return df.assign(psf_fwhm=df[f"{prefix}psfsize_{c.psf_band}"].astype(np.float64), depth=psfdepth_to_m5(df[f"{prefix}psfdepth_{c.depth_band}"]))
 
-# %% ../nbs/14_injection.ipynb 138
+# %% ../nbs/14_injection.ipynb 140
 def tier_a_targets(inp:dict, threshold:float, c:InjectionConfig, truth_path:str="") -> pd.DataFrame:
     "Held-out Tier-A positives (test split, grading confident) with θE and arc S/N (truth), PSF, depth, p_lens, detected."
     m, pos, sc = inp["manifest"], inp["positives"], inp["scores"]
@@ -948,7 +958,7 @@ def tier_a_targets(inp:dict, threshold:float, c:InjectionConfig, truth_path:str=
     t = _conditions(t, c); t = t[np.isfinite(t.p_lens)]
     return t.assign(detected=t.p_lens >= threshold).reset_index(drop=True)
 
-# %% ../nbs/14_injection.ipynb 139
+# %% ../nbs/14_injection.ipynb 141
 def planted_cutouts(inp:dict, cfg, run_dir:str, c:InjectionConfig) -> tuple[pd.DataFrame, np.ndarray]:
     "Every planted lens of the mock sky in the test split (listed or not; a seeded subset of `planted_max`) with PSF and depth, and its cutout rendered like the cutout stage."
     from stronglens.splits import healpix_split
@@ -970,7 +980,7 @@ def planted_cutouts(inp:dict, cfg, run_dir:str, c:InjectionConfig) -> tuple[pd.D
     return t, X
 
 
-# %% ../nbs/14_injection.ipynb 140
+# %% ../nbs/14_injection.ipynb 142
 def planted_targets(inp:dict, cfg, run_dir:str, scorer, threshold:float, c:InjectionConfig) -> pd.DataFrame:
     "`planted_cutouts` scored: the closure test's targets on the mock (p_lens, detected at `threshold`)."
     t, X = planted_cutouts(inp, cfg, run_dir, c); attrs = dict(t.attrs)
@@ -979,7 +989,7 @@ def planted_targets(inp:dict, cfg, run_dir:str, scorer, threshold:float, c:Injec
     return t
 
 
-# %% ../nbs/14_injection.ipynb 141
+# %% ../nbs/14_injection.ipynb 143
 def probe_real_positives(inp:dict, c:InjectionConfig, truth_path:str="") -> pd.DataFrame:
     "Test-split positives that are true lenses (truth), with θE, arc S/N, PSF, depth and resolved cutout path."
     m, pos = inp["manifest"], inp["positives"]; truth = _read_table(truth_path) if truth_path else inp["truth"]
@@ -988,7 +998,7 @@ def probe_real_positives(inp:dict, c:InjectionConfig, truth_path:str="") -> pd.D
     t = m[(m.split == HOST_SPLIT) & (m.label == 1)][["galaxy_id", "s3_path"]].merge(pos.drop(columns=["split"], errors="ignore"), on="galaxy_id").merge(tr, on="galaxy_id")
     return _conditions(t, c).assign(path=lambda d: d.s3_path).reset_index(drop=True)
 
-# %% ../nbs/14_injection.ipynb 142
+# %% ../nbs/14_injection.ipynb 144
 def closure_document(inp:dict, inj:pd.DataFrame, thr:dict, cfg, run_dir:str, ctx:CellContext, scorer, c:InjectionConfig) -> dict:
     "closure.json: threshold, closure test on the Tier-A positives and (mock) on every planted test lens, the feature probe."
     skyc = (inp["sky_meta"] or {}).get("config", {})
@@ -1009,7 +1019,7 @@ def closure_document(inp:dict, inj:pd.DataFrame, thr:dict, cfg, run_dir:str, ctx
     doc["feature_probe"] = _probe(inp, ctx, scorer, c, run_dir)
     return doc
 
-# %% ../nbs/14_injection.ipynb 143
+# %% ../nbs/14_injection.ipynb 145
 def _probe(inp:dict, ctx:CellContext, scorer, c:InjectionConfig, run_dir:str) -> dict:
     "The feature probe: test-split true-lens positives vs one matched injection each, on the scorer's penultimate features."
     if not hasattr(scorer, "features"): return {"status": "the scorer has no features (not a trained checkpoint)", "auc": float("nan")}
@@ -1023,7 +1033,7 @@ def _probe(inp:dict, ctx:CellContext, scorer, c:InjectionConfig, run_dir:str) ->
     return {**out, "ci_lower": out.get("auc_ci", [np.nan])[0], "ci_upper": out.get("auc_ci", [np.nan, np.nan])[1], "matched_on": "theta_e (exact), nearest-host PSF and depth, arc_snr (exact, by scaling the arc)",
             "median_abs_dpsf": float(np.median(np.abs(rows.psf_fwhm - real.psf_fwhm))), "median_abs_ddepth": float(np.median(np.abs(rows.depth - real.depth)))}
 
-# %% ../nbs/14_injection.ipynb 144
+# %% ../nbs/14_injection.ipynb 146
 def gallery_cells(cells:pd.DataFrame, hosts:pd.DataFrame, max_cells:int=12) -> tuple:
     "Cells whose first stamps are kept for figures: 4 θE values × 3 PSF values at the depth with the most hosts."
     h = hosts[(hosts.i_psf >= 0) & (hosts.i_depth >= 0)]
@@ -1034,7 +1044,7 @@ def gallery_cells(cells:pd.DataFrame, hosts:pd.DataFrame, max_cells:int=12) -> t
     sel = cells[(cells.i_depth == d) & cells.i_psf.isin(pi) & cells.i_theta_e.isin(ti)]
     return tuple(int(x) for x in sel.cell_id[:max_cells])
 
-# %% ../nbs/14_injection.ipynb 145
+# %% ../nbs/14_injection.ipynb 147
 def write_gallery(st, inj:pd.DataFrame, ids) -> str:
     "gallery.npz: the kept stamps and arcs of the gallery cells (`cells/cell_NNNN.npz`) with their rows."
     parts, rows = [], []
@@ -1050,7 +1060,7 @@ def write_gallery(st, inj:pd.DataFrame, ids) -> str:
                         ("theta_e", "psf_fwhm", "depth", "arc_snr", "p_lens", "cell_id", "i_inj", "source_mag_r", "magnification")})
     return atomic_write_bytes(st.path("gallery.npz"), buf.getvalue())
 
-# %% ../nbs/14_injection.ipynb 146
+# %% ../nbs/14_injection.ipynb 148
 def run_injections(todo:pd.DataFrame, ctx:CellContext, engine:str="local", n_workers:int=1, on_result=None, progress:bool=True,
                    spark_master:str="local[2]") -> list[CellResult]:
     "Run the `todo` cells on the chosen engine ('local' or 'spark'); `on_result` is called as each cell finishes."
@@ -1062,7 +1072,7 @@ def run_injections(todo:pd.DataFrame, ctx:CellContext, engine:str="local", n_wor
         return out
     return run_cells_local(todo, ctx, n_workers, on_result, progress)
 
-# %% ../nbs/14_injection.ipynb 147
+# %% ../nbs/14_injection.ipynb 149
 def _write_tables(st, inj:pd.DataFrame, cells:pd.DataFrame, info:pd.DataFrame, fails:pd.DataFrame, c:InjectionConfig) -> pd.DataFrame:
     "injections.parquet, completeness.{parquet,csv}, marginals, S/N curve and failed_hosts.parquet; returns the table."
     atomic_write_parquet(inj, st.path("injections.parquet"))
@@ -1073,13 +1083,13 @@ def _write_tables(st, inj:pd.DataFrame, cells:pd.DataFrame, info:pd.DataFrame, f
     atomic_write_parquet(fails, st.path("failed_hosts.parquet"))
     return table
 
-# %% ../nbs/14_injection.ipynb 148
+# %% ../nbs/14_injection.ipynb 150
 def _stable_provenance(prov:dict) -> dict:
     "The part of a provenance record that two runs of one config share (closure.json, shown in the report), pointing to the full record."
     return {**{k: prov[k] for k in ("stage", "pipeline_version", "config_hash", "seed", "seeds") if k in prov}, "record": "provenance.json"}
 
 
-# %% ../nbs/14_injection.ipynb 149
+# %% ../nbs/14_injection.ipynb 151
 def run_injection(st,                     # an open `stage_run` (any stage: `inject`, or the audit's `audits/<name>`)
                   cfg,                    # pipeline config (its `injection` section; defaults when absent)
                   scorer:dict,            # `make_scorer` spec of the finder under test
@@ -1103,7 +1113,7 @@ def run_injection(st,                     # an open `stage_run` (any stage: `inj
     st.failures(len(fails), max(int(len(set(inj.galaxy_id)) + len(fails)), 1), what="host cutouts", table=out.path("failed_hosts.parquet"))
     return _summary(inj, table, thr, doc, len(todo), t_grid, time.time() - t0)
 
-# %% ../nbs/14_injection.ipynb 150
+# %% ../nbs/14_injection.ipynb 152
 def run_inject_stage(cfg, run_dir:str, progress:bool=True, engine:str|None=None, scorer:dict|None=None) -> dict:
     "The `inject` stage: `run_injection` of the trained checkpoint into `injection/` (`scorer` overrides the model, for tests)."
     from stronglens.runs import stage_run
@@ -1114,7 +1124,7 @@ def run_inject_stage(cfg, run_dir:str, progress:bool=True, engine:str|None=None,
         st.result.update(run_injection(st, cfg, spec, model_scores(st.run_dir), sub="", progress=progress, engine=engine))
     return st.result
 
-# %% ../nbs/14_injection.ipynb 151
+# %% ../nbs/14_injection.ipynb 153
 def _summary(inj:pd.DataFrame, table:pd.DataFrame, thr:dict, doc:dict, n_run:int, t_grid:float, t_all:float) -> dict:
     "The stage result (merged into the done marker, shown by the pipeline notebook)."
     v = _valid(inj); ta, pr = doc.get("tier_a", {}), doc.get("feature_probe", {})
@@ -1127,7 +1137,7 @@ def _summary(inj:pd.DataFrame, table:pd.DataFrame, thr:dict, doc:dict, n_run:int
             "seconds_grid": round(t_grid, 1), "seconds": round(t_all, 1),
             "injections_per_second": round(len(v) / t_grid, 1) if n_run and t_grid > 0 else None}
 
-# %% ../nbs/14_injection.ipynb 157
+# %% ../nbs/14_injection.ipynb 159
 def _twin_probe(rows:pd.DataFrame, X:np.ndarray, ctx:CellContext, scorer, c:InjectionConfig) -> dict:
     "Feature probe of planted lenses (rows with θE, PSF, depth, arc S/N; cutouts X) against one matched injection each."
     ok = (np.isfinite(rows[["theta_e", "psf_fwhm", "depth", "arc_snr"]]).all(axis=1) & (rows.arc_snr > 0)).to_numpy()
@@ -1136,7 +1146,7 @@ def _twin_probe(rows:pd.DataFrame, X:np.ndarray, ctx:CellContext, scorer, c:Inje
     return feature_probe(scorer.features(X[ok]), scorer.features(Xi), c.probe_folds, c.seed, c.n_bootstrap)
 
 
-# %% ../nbs/14_injection.ipynb 158
+# %% ../nbs/14_injection.ipynb 160
 def source_model_twin(run_dir:str,               # a finished run on the mock sky (sky, catalogs, train, inject)
                       twin_dir:str,              # new folder: the twin sky goes to <twin_dir>/sky, the result to closure_twin.json
                       source_model:str="clumpy", # the twin's source model
