@@ -58,62 +58,74 @@ def _lens_prep(theta_E, e1, e2, center_x, center_y, gamma1, gamma2):
                 g1=gamma1, g2=gamma2, theta_E=theta_E, q=q)
 
 # %% ../nbs/04_lensing.ipynb 12
-def _gather(P, idx):
-    "Select systems `idx` of a prepared-parameter dict and add a trailing axis for broadcasting over rays."
-    return {k: v[idx][:, None] for k, v in P.items()}
+def _stack(P):
+    "A prepared-parameter dict of (n,) tensors as (keys, (n, K) tensor): `_gather` then indexes once per ray chunk, not once per parameter."
+    keys = list(P)
+    return keys, torch.stack([P[k] for k in keys], 1)
 
 # %% ../nbs/04_lensing.ipynb 13
-def _sie_alpha(x, y, P):
-    "SIE deflection (NIE with s = 0, Keeton & Kochanek 1998) from prepared constants P."
-    dx, dy = x - P["cx"], y - P["cy"]
-    xr = P["cs"] * dx + P["sn"] * dy
-    yr = P["cs"] * dy - P["sn"] * dx
-    psi = torch.sqrt(P["q2"] * xr * xr + yr * yr).clamp(min=torch.finfo(xr.dtype).tiny ** 0.5)
-    t = P["u"] / psi
-    ax_ = P["bu"] * torch.atan(t * xr)
-    z = t * yr                                     # |z| <= u < 1; atanh via log1p (torch's float32 atanh differs in
-    ay_ = P["bu"] * 0.5 * (torch.log1p(z) - torch.log1p(-z))   # the last bit with the element's SIMD lane: renders would depend on their batch)
-    return P["cs"] * ax_ - P["sn"] * ay_, P["sn"] * ax_ + P["cs"] * ay_
+def _gather(P, idx):
+    "Select systems `idx` of a prepared-parameter dict (or a `_stack`ed one: one gather) and add a trailing axis for broadcasting over rays."
+    if isinstance(P, dict): return {k: v[idx][:, None] for k, v in P.items()}
+    keys, M = P; G = M[idx]
+    return {k: G[:, j, None] for j, k in enumerate(keys)}
 
 # %% ../nbs/04_lensing.ipynb 14
+def _sie_alpha(x, y, P):
+    "SIE deflection (NIE with s = 0, Keeton & Kochanek 1998) from prepared constants P."
+    dx, dy = x - P["cx"], y - P["cy"]              # (in place from psi on: the same operations in the same order, fewer temporaries)
+    xr = P["cs"] * dx + P["sn"] * dy
+    yr = P["cs"] * dy - P["sn"] * dx
+    psi = P["q2"] * xr; psi *= xr; psi += yr * yr; psi.sqrt_().clamp_(min=torch.finfo(xr.dtype).tiny ** 0.5)
+    t = torch.div(P["u"], psi, out=psi)
+    ax_ = t * xr; ax_.atan_(); ax_ *= P["bu"]
+    z = t.mul_(yr)                                 # |z| <= u < 1; atanh via log1p (torch's float32 atanh differs in
+    ay_ = torch.log1p(z); ay_ -= z.neg_().log1p_(); ay_ *= P["bu"] * 0.5   # the last bit with the element's SIMD lane: renders would depend on their batch)
+    r1 = P["cs"] * ax_; r1 -= P["sn"] * ay_
+    r2 = P["sn"] * ax_; r2 += P["cs"] * ay_
+    return r1, r2
+
+# %% ../nbs/04_lensing.ipynb 15
 def _ray_shoot(x, y, P):
     "Source-plane positions β = θ - α_SIE(θ) - α_shear(θ) (shear about the origin)."
     ax, ay = _sie_alpha(x, y, P)
-    return x - ax - (P["g1"] * x + P["g2"] * y), y - ay - (P["g2"] * x - P["g1"] * y)
+    bx = x - ax; bx -= P["g1"] * x + P["g2"] * y
+    by = y - ay; by -= P["g2"] * x - P["g1"] * y
+    return bx, by
 
-# %% ../nbs/04_lensing.ipynb 15
+# %% ../nbs/04_lensing.ipynb 16
 def _lens_args(x, y, params):
     "Coordinates and parameters as tensors of one dtype/device (torch float kept, else float64)."
     dt, dev = _ref(x, y)
     x, y = _t(x, dt, dev), _t(y, dt, dev)
     return x, y, [_t(v, dt, x.device) for v in params]
 
-# %% ../nbs/04_lensing.ipynb 16
+# %% ../nbs/04_lensing.ipynb 17
 def sie_deflection(x, y, theta_E, e1, e2, center_x=0.0, center_y=0.0):
     "SIE deflection (α_x, α_y) in arcsec, lenstronomy `SIE` convention. Broadcasting torch (numpy in -> float64)."
     x, y, p = _lens_args(x, y, (theta_E, e1, e2, center_x, center_y, 0.0, 0.0))
     return _sie_alpha(x, y, _lens_prep(*p))
 
-# %% ../nbs/04_lensing.ipynb 17
+# %% ../nbs/04_lensing.ipynb 18
 def shear_deflection(x, y, gamma1, gamma2):
     "External shear deflection about the origin (lenstronomy `SHEAR`, ra_0 = dec_0 = 0)."
     x, y, (g1, g2) = _lens_args(x, y, (gamma1, gamma2))
     return g1 * x + g2 * y, g2 * x - g1 * y
 
-# %% ../nbs/04_lensing.ipynb 18
+# %% ../nbs/04_lensing.ipynb 19
 def sie_shear_deflection(x, y, theta_E, e1, e2, center_x, center_y, gamma1, gamma2):
     "Total deflection (α_x, α_y) of SIE + external shear (broadcasting torch; numpy in -> float64)."
     x, y, p = _lens_args(x, y, (theta_E, e1, e2, center_x, center_y, gamma1, gamma2))
     bx, by = _ray_shoot(x, y, _lens_prep(*p))
     return x - bx, y - by
 
-# %% ../nbs/04_lensing.ipynb 19
+# %% ../nbs/04_lensing.ipynb 20
 def ray_shoot(x, y, theta_E, e1, e2, center_x, center_y, gamma1, gamma2):
     "Lens equation: source-plane (β_x, β_y) of image-plane (x, y) in arcsec."
     x, y, p = _lens_args(x, y, (theta_E, e1, e2, center_x, center_y, gamma1, gamma2))
     return _ray_shoot(x, y, _lens_prep(*p))
 
-# %% ../nbs/04_lensing.ipynb 21
+# %% ../nbs/04_lensing.ipynb 22
 def sie_shear_hessian(x, y, theta_E, e1, e2, center_x, center_y, gamma1, gamma2):
     """Analytic Hessian (f_xx, f_xy, f_yy) of the SIE + shear potential.
 
@@ -129,19 +141,19 @@ def sie_shear_hessian(x, y, theta_E, e1, e2, center_x, center_y, gamma1, gamma2)
     k2 = P["b"] / psi / (dx * dx + dy * dy).clamp(min=tiny)
     return k2 * dy * dy + P["g1"], -k2 * dx * dy + P["g2"], k2 * dx * dx - P["g1"]
 
-# %% ../nbs/04_lensing.ipynb 22
+# %% ../nbs/04_lensing.ipynb 23
 def sie_shear_convergence(x, y, theta_E, e1, e2, center_x, center_y, gamma1, gamma2):
     "Convergence κ = (f_xx + f_yy)/2 (the shear adds none)."
     fxx, _, fyy = sie_shear_hessian(x, y, theta_E, e1, e2, center_x, center_y, gamma1, gamma2)
     return 0.5 * (fxx + fyy)
 
-# %% ../nbs/04_lensing.ipynb 23
+# %% ../nbs/04_lensing.ipynb 24
 def sie_shear_magnification(x, y, theta_E, e1, e2, center_x, center_y, gamma1, gamma2):
     "Signed point magnification μ = 1/det(A), A = I - Hessian."
     fxx, fxy, fyy = sie_shear_hessian(x, y, theta_E, e1, e2, center_x, center_y, gamma1, gamma2)
     return 1.0 / ((1 - fxx) * (1 - fyy) - fxy * fxy)
 
-# %% ../nbs/04_lensing.ipynb 27
+# %% ../nbs/04_lensing.ipynb 28
 def _sersic_prep(R_sersic, n_sersic, e1, e2, center_x, center_y, flux):
     """Per-source Sérsic constants: I(R) = exp(logA - b_n (R²/R_e²)^(1/2n)), logA = log I_e + b_n,
     I_e = F / (2π n R_e² e^b b^(-2n) Γ(2n)) so that the total (unlensed) flux is F."""
@@ -154,16 +166,17 @@ def _sersic_prep(R_sersic, n_sersic, e1, e2, center_x, center_y, flux):
                 iR2=1 / (R_sersic * R_sersic), i2n=0.5 / n, bn=bn, logA=torch.log(flux) - log_norm + bn,
                 R_e=R_sersic, n=n)
 
-# %% ../nbs/04_lensing.ipynb 28
+# %% ../nbs/04_lensing.ipynb 29
 def _sersic_eval(x, y, P):
     "Sérsic surface brightness (flux / arcsec²) at source-plane (x, y) from prepared constants."
     dx, dy = x - P["cx"], y - P["cy"]
     xr = P["cs"] * dx + P["sn"] * dy
     yr = P["cs"] * dy - P["sn"] * dx
-    r2 = (P["q"] * xr * xr + P["iq"] * yr * yr) * P["iR2"]
-    return torch.exp(P["logA"] - P["bn"] * torch.exp(torch.log(r2) * P["i2n"]))
+    r2 = P["q"] * xr; r2 *= xr; yr *= P["iq"] * yr; r2 += yr; r2 *= P["iR2"]      # (q x'² + y'²/q) / R_e², in place
+    r2.log_(); r2 *= P["i2n"]; r2.exp_(); r2 *= P["bn"]
+    return torch.sub(P["logA"], r2, out=r2).exp_()                              # exp(logA − b_n (R/R_e)^(1/n))
 
-# %% ../nbs/04_lensing.ipynb 29
+# %% ../nbs/04_lensing.ipynb 30
 def sersic_intensity(x, y, R_sersic, n_sersic, e1, e2, center_x, center_y, flux):
     """Elliptical Sérsic surface brightness (flux per arcsec²) normalised to total flux `flux`.
 
@@ -172,17 +185,17 @@ def sersic_intensity(x, y, R_sersic, n_sersic, e1, e2, center_x, center_y, flux)
     x, y, p = _lens_args(x, y, (R_sersic, n_sersic, e1, e2, center_x, center_y, flux))
     return _sersic_eval(x, y, _sersic_prep(*p))
 
-# %% ../nbs/04_lensing.ipynb 32
+# %% ../nbs/04_lensing.ipynb 33
 LENS_KEYS = ("theta_E", "e1", "e2", "center_x", "center_y", "gamma1", "gamma2")
 SOURCE_KEYS = ("mag_r", "g_minus_r", "r_minus_z", "R_sersic", "n_sersic", "e1", "e2", "center_x", "center_y")
 SERSIC_KEYS = ("flux_g", "flux_r", "flux_z", "R_sersic", "n_sersic", "e1", "e2", "center_x", "center_y")
 
-# %% ../nbs/04_lensing.ipynb 33
+# %% ../nbs/04_lensing.ipynb 34
 def _lut_chunks(n, size):
     "[(start, stop)] slices of `range(n)` of at most `size` items."
     return [(i, min(i + size, n)) for i in range(0, n, size)]
 
-# %% ../nbs/04_lensing.ipynb 34
+# %% ../nbs/04_lensing.ipynb 35
 def _params(d, keys, n, dtype, device, where):
     "Tensors (n,) of the `keys` of dict `d` (scalars broadcast); KeyError/ValueError naming `where` and the key."
     out = []
@@ -197,13 +210,13 @@ def _params(d, keys, n, dtype, device, where):
         out.append(v)
     return out
 
-# %% ../nbs/04_lensing.ipynb 36
+# %% ../nbs/04_lensing.ipynb 37
 def _sie_alpha_max(P):
     "Upper bound on |α_SIE| over the whole plane: |α_x'| <= b/u atan(u/q), |α_y'| <= b/u atanh(u)."
     q = torch.sqrt(P["q2"])
     return P["bu"] * torch.sqrt(torch.atan(P["u"] / q) ** 2 + torch.atanh(P["u"].clamp(max=1 - 1e-7)) ** 2)
 
-# %% ../nbs/04_lensing.ipynb 37
+# %% ../nbs/04_lensing.ipynb 38
 def _box_halfwidth(S, L, npix, pixscale, eps_flux):
     """Per-system half-width (pixels) of the central box outside which no pixel can map inside the source's
     (1 - eps_flux) flux isophote: |β - β_s| >= |θ| - |β_s| - max|α_SIE| - |γ||θ|."""
@@ -222,14 +235,14 @@ def _box_halfwidth(S, L, npix, pixscale, eps_flux):
     hb = torch.ceil(rmax / pixscale).clamp(max=1e6).to(torch.int64) + 1
     return hb.clamp(max=c).cpu()
 
-# %% ../nbs/04_lensing.ipynb 38
+# %% ../nbs/04_lensing.ipynb 39
 def _subpixel_offsets(S, pixscale, dtype, device):
     "x (columns) and y (rows) offsets (1, S²) of an S×S sub-grid of a pixel, arcsec."
     k = torch.arange(S, dtype=dtype, device=device)
     off = ((k + 0.5) / S - 0.5) * pixscale
     return off[None, :].expand(S, S).reshape(1, -1), off[:, None].expand(S, S).reshape(1, -1)
 
-# %% ../nbs/04_lensing.ipynb 39
+# %% ../nbs/04_lensing.ipynb 40
 def _row_mean(x):
     "Mean over the last axis by pairwise halving: elementwise adds only, so a row's value never depends on the other rows (batch-invariant)."
     n = x.shape[-1]; m = 1 << max(0, (n - 1).bit_length())
@@ -237,12 +250,13 @@ def _row_mean(x):
     while x.shape[-1] > 1: x = x[..., 0::2] + x[..., 1::2]
     return x[..., 0] / n
 
-# %% ../nbs/04_lensing.ipynb 41
+# %% ../nbs/04_lensing.ipynb 42
 def _render_pixels(ii, jj, nn, S_, L, Sp, pixscale, max_rays):
     "Mean surface brightness × pixel area of box pixels (ii, jj) of systems nn (box-centred indices), S_×S_ rays each."
     dtype, device = Sp["R_e"].dtype, Sp["R_e"].device
     offx, offy = _subpixel_offsets(S_, pixscale, dtype, device)
     vals = torch.empty(ii.shape[0], dtype=dtype, device=device)
+    L, Sp = (None if L is None else _stack(L)), _stack(Sp)
     for a, b in _lut_chunks(ii.shape[0], max(1, max_rays // (S_ * S_))):
         px = (jj[a:b].to(dtype) * pixscale)[:, None] + offx
         py = (ii[a:b].to(dtype) * pixscale)[:, None] + offy
@@ -251,7 +265,7 @@ def _render_pixels(ii, jj, nn, S_, L, Sp, pixscale, max_rays):
         vals[a:b] = _row_mean(_sersic_eval(px, py, _gather(Sp, nn[a:b]))) * pixscale ** 2
     return vals
 
-# %% ../nbs/04_lensing.ipynb 42
+# %% ../nbs/04_lensing.ipynb 43
 def _uniform_box(Sp, L, hb, pixscale, supersample, max_rays):
     "Reference path: supersample² rays in every pixel of the (2hb+1)² box of n systems -> ((n, B, B), rays)."
     n, device, B = Sp["R_e"].shape[0], Sp["R_e"].device, 2 * hb + 1
@@ -261,7 +275,7 @@ def _uniform_box(Sp, L, hb, pixscale, supersample, max_rays):
     vals = _render_pixels(rep(ii), rep(jj), nn, supersample, L, Sp, pixscale, max_rays)
     return vals.reshape(n, B, B), n * B * B * supersample ** 2
 
-# %% ../nbs/04_lensing.ipynb 43
+# %% ../nbs/04_lensing.ipynb 44
 def _footprints(Sp, L, hb, pixscale):
     "Source-plane β (n, B, B) of the box pixel centres and each pixel's footprint size d (0.75 × max distance to the 8 neighbours' β)."
     n, dtype, device, B = Sp["R_e"].shape[0], Sp["R_e"].dtype, Sp["R_e"].device, 2 * hb + 1
@@ -272,13 +286,15 @@ def _footprints(Sp, L, hb, pixscale):
     else:
         bx, by = X.expand(n, B + 2, B + 2), Y.expand(n, B + 2, B + 2)
     bxi, byi = bx[:, 1:-1, 1:-1], by[:, 1:-1, 1:-1]
-    d2 = torch.zeros_like(bxi)
-    for di, dj in ((a, b) for a in (-1, 0, 1) for b in (-1, 0, 1) if a or b):
-        sl = (slice(None), slice(1 + di, B + 1 + di), slice(1 + dj, B + 1 + dj))
-        d2 = torch.maximum(d2, (bx[sl] - bxi) ** 2 + (by[sl] - byi) ** 2)
+    d2, G = torch.zeros_like(bxi), B + 2
+    for di, dj in ((0, 1), (1, 0), (1, 1), (1, -1)):       # each neighbour pair once: |β(p+δ) − β(p)| serves p and p+δ
+        j0, j1 = max(0, -dj), G - max(0, dj)
+        D = (bx[:, di:, j0 + dj:j1 + dj] - bx[:, :G - di, j0:j1]) ** 2 + (by[:, di:, j0 + dj:j1 + dj] - by[:, :G - di, j0:j1]) ** 2
+        for oi, oj in ((1, 1), (1 - di, 1 - dj)):          # the pair (p, p+δ) and the pair (p−δ, p)
+            d2 = torch.maximum(d2, D[:, oi:oi + B, oj - j0:oj - j0 + B])
     return bxi, byi, 0.75 * torch.sqrt(d2)
 
-# %% ../nbs/04_lensing.ipynb 44
+# %% ../nbs/04_lensing.ipynb 45
 def _refinement_need(P3, bxi, byi, d_fp, refine_c, refine_ifrac):
     "Sub-sampling factor each pixel needs: d/(c·h), h the profile's local scale at the footprint's inner edge (0 where negligible)."
     dx, dy = bxi - P3["cx"], byi - P3["cy"]
@@ -290,7 +306,7 @@ def _refinement_need(P3, bxi, byi, d_fp, refine_c, refine_ifrac):
     i_low = torch.exp(-P3["bn"] * (Rlow ** (2 * P3["i2n"]) - 1))
     return torch.where(i_low > refine_ifrac, d_fp / (refine_c * h), torch.zeros_like(h))
 
-# %% ../nbs/04_lensing.ipynb 45
+# %% ../nbs/04_lensing.ipynb 46
 def _adaptive_box(Sp, L, hb, pixscale, supersample, refine_c, refine_ifrac, max_rays):
     """Unit-flux images (n, B, B) of the central box, one ray per pixel centre, then S² rays (S a power of two up to
     `supersample`) in the pixels whose footprint is large against the profile's local scale. Returns (images, rays)."""
@@ -311,7 +327,7 @@ def _adaptive_box(Sp, L, hb, pixscale, supersample, refine_c, refine_ifrac, max_
             rays += idx.shape[0] * S_ * S_
     return base, rays
 
-# %% ../nbs/04_lensing.ipynb 47
+# %% ../nbs/04_lensing.ipynb 48
 def _fast_len(n):
     "Smallest 2^a 3^b 5^c >= n (FFT-friendly length)."
     m = n
@@ -324,7 +340,7 @@ def _fast_len(n):
             return m
         m += 1
 
-# %% ../nbs/04_lensing.ipynb 49
+# %% ../nbs/04_lensing.ipynb 50
 def convolve(images, kernels, chunk=256):
     """Batched FFT convolution, 'same' size (equals `scipy.signal.fftconvolve(img, ker, mode='same')` per image).
 
@@ -344,7 +360,7 @@ def convolve(images, kernels, chunk=256):
         out[a:b] = torch.fft.irfft2(F, s=(LH, LW))[..., oh:oh + H, ow:ow + W]
     return out
 
-# %% ../nbs/04_lensing.ipynb 51
+# %% ../nbs/04_lensing.ipynb 52
 class _PSFSpectra:
     "FFTs of one render's PSF kernels, per system and band, cached by FFT length when few distinct PSFs (e.g. a grid cell)."
     def __init__(self, psfsize, psf, pixscale, dtype, device):
@@ -360,7 +376,7 @@ class _PSFSpectra:
         spec = torch.fft.rfft2(self.kern[self.inv[idx]], s=(Lf, Lf)).reshape(-1, Lf, Lf // 2 + 1)
         return spec, torch.arange(3 * len(idx), device=idx.device).reshape(-1, 3)
 
-# %% ../nbs/04_lensing.ipynb 52
+# %% ../nbs/04_lensing.ipynb 53
 def _convolve_box_into(out, idx, box, flux, spectra, hb, npix):
     "Convolve unit-flux boxes (n, B, B) with each system's 3 PSFs, scale by flux (n, 3), write into stamps out[idx] (cropped)."
     c, B, K = (npix - 1) // 2, 2 * hb + 1, spectra.K
@@ -374,7 +390,7 @@ def _convolve_box_into(out, idx, box, flux, spectra, hb, npix):
         conv = torch.fft.irfft2(F * spec[kidx[:, band]], s=(Lf, Lf))[:, m0:m1, m0:m1]
         out[idx, s0 + m0:s0 + m1, s0 + m0:s0 + m1, band] = (conv * flux[:, band, None, None]).float()
 
-# %% ../nbs/04_lensing.ipynb 53
+# %% ../nbs/04_lensing.ipynb 54
 def _box_chunks(hb_sorted, max_systems, chunk_elems):
     "[(a, b)] runs of systems (sorted by box size) holding ~chunk_elems base rays each: cache-sized tensors are several times faster."
     out, a, N = [], 0, len(hb_sorted)
@@ -383,7 +399,7 @@ def _box_chunks(hb_sorted, max_systems, chunk_elems):
         out.append((a, b)); a = b
     return out
 
-# %% ../nbs/04_lensing.ipynb 54
+# %% ../nbs/04_lensing.ipynb 55
 def _own_box(box, own_hb, hb):
     "Zero the pixels of each (n, B, B) box outside that system's own half-width `own_hb` (n,), so a render never depends on its chunk."
     if bool((own_hb >= hb).all()): return box
@@ -391,7 +407,7 @@ def _own_box(box, own_hb, hb):
     inside = (k[None, :, None] <= own_hb[:, None, None]) & (k[None, None, :] <= own_hb[:, None, None])
     return box * inside
 
-# %% ../nbs/04_lensing.ipynb 56
+# %% ../nbs/04_lensing.ipynb 57
 def _render(Sp, L, flux, psfsize, psf, npix, pixscale, supersample, adaptive, dtype, device, return_unconvolved,
             max_systems=256, chunk_elems=2 ** 16, eps_flux=1e-3, refine_c=0.25, refine_ifrac=1e-2, max_rays=2 ** 15, mu_only=False):
     """Core renderer: prepared source Sp / lens L (dicts of (N,) tensors), flux (N, 3) -> (conv, unconv|None, mu, rays)
@@ -419,7 +435,7 @@ def _render(Sp, L, flux, psfsize, psf, npix, pixscale, supersample, adaptive, dt
         else: _convolve_box_into(out, idx, box, flux[idx], spectra, hb, npix)
     return out, unc, mu, rays
 
-# %% ../nbs/04_lensing.ipynb 58
+# %% ../nbs/04_lensing.ipynb 59
 def _as_psfsize(psfsize_arcsec, N):
     "PSFSIZE broadcast to (N, 3) float64, with a ValueError naming the expected shape."
     f = psfsize_arcsec.detach().cpu().numpy() if isinstance(psfsize_arcsec, torch.Tensor) else psfsize_arcsec
@@ -429,7 +445,7 @@ def _as_psfsize(psfsize_arcsec, N):
     except ValueError:
         raise ValueError(f"psfsize_arcsec must broadcast to (N, 3) = ({N}, 3), got shape {f.shape}") from None
 
-# %% ../nbs/04_lensing.ipynb 59
+# %% ../nbs/04_lensing.ipynb 60
 def _n_of(d, keys, where):
     "Number of rows of a parameter dict (KeyError naming `where` and the missing keys)."
     missing = [k for k in keys if k not in d]
@@ -437,7 +453,7 @@ def _n_of(d, keys, where):
         raise KeyError(f"{where}: missing parameter(s) {missing} (need {list(keys)})")
     return max(int(np.size(d[k])) for k in keys)
 
-# %% ../nbs/04_lensing.ipynb 60
+# %% ../nbs/04_lensing.ipynb 61
 def _check_source(Sp, where):
     "ValueError naming the first row whose R_sersic or n_sersic is out of range."
     bad = ~(torch.isfinite(Sp["R_e"]) & (Sp["R_e"] > 0) & torch.isfinite(Sp["n"]) & (Sp["n"] >= 0.2) & (Sp["n"] <= 10))
@@ -446,7 +462,7 @@ def _check_source(Sp, where):
         raise ValueError(f"{where}: row {i}: need R_sersic > 0 and 0.2 <= n_sersic <= 10, got R_sersic="
                          f"{float(Sp['R_e'][i])}, n_sersic={float(Sp['n'][i])}")
 
-# %% ../nbs/04_lensing.ipynb 61
+# %% ../nbs/04_lensing.ipynb 62
 def render_sersic(
     params:dict,                          # (N,) flux_g, flux_r, flux_z (total nmgy), R_sersic (″, product-averaged r_e), n_sersic, e1, e2, center_x, center_y (″ from the stamp centre)
     psfsize_arcsec,                       # (N, 3) DR10 PSFSIZE per band (″), or None with psf=None
@@ -470,7 +486,7 @@ def render_sersic(
                            dtype, device, False, chunk, refine_c=refine_c)
     return out.cpu().numpy()
 
-# %% ../nbs/04_lensing.ipynb 63
+# %% ../nbs/04_lensing.ipynb 64
 @dataclass
 class LensedRender:
     "`render_lensed` output: arc-only images (N, H, W, 3) float32 nmgy, total magnification μ (N,), optional unconvolved."
@@ -479,7 +495,7 @@ class LensedRender:
     unconvolved: Optional[np.ndarray] = None
     n_rays: int = 0
 
-# %% ../nbs/04_lensing.ipynb 64
+# %% ../nbs/04_lensing.ipynb 65
 def _sum_components(res, owner, n, flux_r, psfsize, psf, pixscale, dtype, return_unconvolved):
     "Sum unconvolved component renders per system (owner), convolve once per system, μ in r = Σ μ_c F_r,c / Σ F_r,c."
     own = torch.as_tensor(np.asarray(owner, dtype=np.int64))
@@ -490,7 +506,7 @@ def _sum_components(res, owner, n, flux_r, psfsize, psf, pixscale, dtype, return
     img = unc if psf is None else convolve(unc.permute(0, 3, 1, 2).to(dtype), psf_kernels(psfsize, psf, PSF_SIZE_PX, pixscale, dtype=dtype)).permute(0, 2, 3, 1)
     return LensedRender(img.float().numpy(), mu, unc.float().numpy() if return_unconvolved else None, res.n_rays)
 
-# %% ../nbs/04_lensing.ipynb 65
+# %% ../nbs/04_lensing.ipynb 66
 def render_lensed(
     lens:dict,                            # (N,) theta_E, e1, e2, center_x, center_y, gamma1, gamma2: SIE + shear (lenstronomy conventions, ″)
     source:dict,                          # (N,) — or (M,) with `owner` — mag_r (unlensed AB), g_minus_r, r_minus_z, R_sersic, n_sersic, e1, e2, center_x, center_y (source plane, ″)
@@ -525,7 +541,7 @@ def render_lensed(
                                  adaptive, dtype, device, return_unconvolved, chunk, refine_c=refine_c)
     return LensedRender(out.cpu().numpy(), mu.cpu().numpy(), None if unc is None else unc.cpu().numpy(), rays)
 
-# %% ../nbs/04_lensing.ipynb 66
+# %% ../nbs/04_lensing.ipynb 67
 def lensed_magnification(
     lens:dict,                            # (N,) LENS_KEYS
     source_shape:dict,                    # (N,) R_sersic, n_sersic, e1, e2, center_x, center_y
@@ -542,7 +558,7 @@ def lensed_magnification(
                           pixscale_arcsec, supersample, adaptive, dtype, device, False, refine_c=refine_c, eps_flux=eps_flux, mu_only=True)
     return mu.cpu().numpy()
 
-# %% ../nbs/04_lensing.ipynb 70
+# %% ../nbs/04_lensing.ipynb 71
 def clumpy_components(
     source:dict,                          # (N,) SOURCE_KEYS: the smooth sources to break up
     seed:int,                             # random seed
@@ -566,7 +582,7 @@ def clumpy_components(
     comps = {key: np.concatenate([smooth[key], clumps[key]]) for key in SOURCE_KEYS}
     return comps, np.concatenate([np.arange(n), own_c]).astype(np.int64)
 
-# %% ../nbs/04_lensing.ipynb 76
+# %% ../nbs/04_lensing.ipynb 77
 def critical_curves_and_caustics(lens, extent_arcsec=4.0, n_grid=801):
     """For one lens (dict of scalars): tangential critical curves (list of (M, 2) arrays, image plane), their caustics
     (source plane) and the SIE cut (K, 2), from the det A = 0 contour on an n_grid² grid (float64)."""
@@ -587,7 +603,7 @@ def critical_curves_and_caustics(lens, extent_arcsec=4.0, n_grid=801):
     cut = torch.stack([p[3] - ax_ - sx, p[4] - ay_ - sy], 1).numpy()
     return crit, caus, cut
 
-# %% ../nbs/04_lensing.ipynb 79
+# %% ../nbs/04_lensing.ipynb 80
 def annulus_mask(npix=NPIX, r_in_px=4.0, r_out_px=16.0):
     "Boolean (npix, npix) mask of pixel centres with r_in <= r <= r_out (pixels from the centre pixel)."
     c = (npix - 1) / 2
@@ -595,7 +611,7 @@ def annulus_mask(npix=NPIX, r_in_px=4.0, r_out_px=16.0):
     r = np.hypot(i - c, j - c)
     return (r >= r_in_px) & (r <= r_out_px)
 
-# %% ../nbs/04_lensing.ipynb 80
+# %% ../nbs/04_lensing.ipynb 81
 def arc_snr(arc_r, sigma_pix, r_in_px=4.0, r_out_px=16.0):
     """Arc S/N: Σ of the noiseless PSF-convolved r-band arc over the 4–16 px annulus / (sqrt(N_pix) σ_pix).
 
@@ -608,7 +624,7 @@ def arc_snr(arc_r, sigma_pix, r_in_px=4.0, r_out_px=16.0):
     snr = tot / (np.sqrt(m.sum()) * np.asarray(sigma_pix, dtype=np.float64))
     return snr[0] if squeeze else snr
 
-# %% ../nbs/04_lensing.ipynb 83
+# %% ../nbs/04_lensing.ipynb 84
 def sparse_poisson(lam, rng:np.random.Generator, lam_split:float=0.1) -> tuple:
     """Independent Poisson(λ) draws for every element of `lam` (≥ 0), returned sparse: (flat indices, counts > 0), int64.
     Elements with λ > `lam_split` are drawn one by one; the rest as one Poisson(Σλ) total split multinomially (∝ λ) among them."""
@@ -620,7 +636,7 @@ def sparse_poisson(lam, rng:np.random.Generator, lam_split:float=0.1) -> tuple:
     idx, n = np.concatenate([ib, hits]), np.concatenate([nb, cnt])
     return idx[n > 0].astype(np.int64), n[n > 0].astype(np.int64)
 
-# %% ../nbs/04_lensing.ipynb 85
+# %% ../nbs/04_lensing.ipynb 86
 def inject(hosts, arcs, gain=None, seed=None):
     """Add arcs to host cutouts; returns a new float32 array, inputs untouched.
 
@@ -647,7 +663,7 @@ def inject(hosts, arcs, gain=None, seed=None):
     o[idx] = (o[idx].astype(np.float64) + n / np.broadcast_to(g, a.shape).reshape(-1)[idx]).astype(np.float32)
     return out
 
-# %% ../nbs/04_lensing.ipynb 88
+# %% ../nbs/04_lensing.ipynb 89
 def sample_lenses(n, seed, theta_E, q_range=(0.5, 1.0), gamma_max=0.1):
     """Deflector prior: θE from the grid cell (scalar or (n,)), axis ratio q ~ U(q_range), position angle ~ U(0, π),
     external shear |γ| ~ U(0, gamma_max) with uniform angle, centred at the stamp centre. Returns a lens dict."""
@@ -661,7 +677,7 @@ def sample_lenses(n, seed, theta_E, q_range=(0.5, 1.0), gamma_max=0.1):
                 e1=e * np.cos(2 * phi), e2=e * np.sin(2 * phi), center_x=np.zeros(n), center_y=np.zeros(n),
                 gamma1=g * np.cos(2 * phg), gamma2=g * np.sin(2 * phg))
 
-# %% ../nbs/04_lensing.ipynb 90
+# %% ../nbs/04_lensing.ipynb 91
 def _colour_table(colour_table):
     "Finite (M, 2) (g−r, r−z) rows from a dict/DataFrame with g_minus_r, r_minus_z, an (M, 2) array, or None -> [(0.2, 0.2)]."
     if colour_table is None:
@@ -676,7 +692,7 @@ def _colour_table(colour_table):
         raise ValueError("sample_sources: colour_table has no finite (g_minus_r, r_minus_z) rows")
     return table
 
-# %% ../nbs/04_lensing.ipynb 91
+# %% ../nbs/04_lensing.ipynb 92
 def _propose_shapes(rng, sys_, lens, bmax, R_sersic_range, n_sersic_range, q_range):
     "One joint (shape, position) proposal per entry of sys_: position uniform in area within bmax of the lens centre."
     m = len(sys_)
@@ -687,7 +703,7 @@ def _propose_shapes(rng, sys_, lens, bmax, R_sersic_range, n_sersic_range, q_ran
                 e1=e * np.cos(2 * ph), e2=e * np.sin(2 * ph),
                 center_x=lens["center_x"][sys_] + r * np.cos(t), center_y=lens["center_y"][sys_] + r * np.sin(t))
 
-# %% ../nbs/04_lensing.ipynb 92
+# %% ../nbs/04_lensing.ipynb 93
 def _screened_magnification(lens:dict, prop:dict, mu_range, eps_screen:float, tol:float, **kw) -> tuple:
     """(μ, exact) of proposals: a cheap μ with the box at the (1 − eps_screen) isophote (never above the exact μ, within
     1 % of it: measured ≤ 0.7 %), recomputed exactly (`lensed_magnification`) where it lies within `tol` of a bound of `mu_range`."""
@@ -698,7 +714,7 @@ def _screened_magnification(lens:dict, prop:dict, mu_range, eps_screen:float, to
     return mm, near
 
 
-# %% ../nbs/04_lensing.ipynb 94
+# %% ../nbs/04_lensing.ipynb 95
 def _first_in_range(lens:dict, prop:dict, K:int, mu_range, eps_screen:float, tol:float, **kw) -> tuple:
     """First of each row's K proposals (row-major) whose screened μ is in `mu_range` -> (hit (m,), first (m,), μ, exact (m·K,)).
     Lazy: columns 1, 2, 3–4, 5–8, ... are screened only for the rows without a hit yet (the result of screening all K)."""
@@ -711,7 +727,7 @@ def _first_in_range(lens:dict, prop:dict, K:int, mu_range, eps_screen:float, tol
         ok.reshape(-1)[f] = (mm[f] >= mu_range[0]) & (mm[f] <= mu_range[1]); a = b
     return ok.any(axis=1), np.argmax(ok, axis=1), mm, ex
 
-# %% ../nbs/04_lensing.ipynb 96
+# %% ../nbs/04_lensing.ipynb 97
 def sample_sources(
     n:int,                                # number of systems
     seed:int,                             # random seed (every draw derives from it)

@@ -340,16 +340,25 @@ def _old_robust_stats(X, r_in_px=ANNULUS_R_IN_PX, r_out_px=ANNULUS_R_OUT_PX):
     return med.astype(np.float32), mad.astype(np.float32)
 
 
-def _old_residual(X, r_in_px=ANNULUS_R_IN_PX, r_out_px=ANNULUS_R_OUT_PX, clip=DEFAULT_CLIP):
-    "Reference: training's `residual` preprocessing as of 592b5db, from the two functions above."
+def _old_raw_robust(X, r_in_px=ANNULUS_R_IN_PX, r_out_px=ANNULUS_R_OUT_PX, clip=DEFAULT_CLIP, stats=None):
+    """Reference: `data.raw_robust` as of 16f9d0d (before the in-place passes), verbatim but for `stats`: the robust
+    statistics (default: the 592b5db reference above; bench/injection.py passes 16f9d0d's, `data.robust_stats`)."""
     X = np.asarray(X, np.float32)
-    med, mad = _old_robust_stats(X, r_in_px, r_out_px)
+    med, mad = (stats or _old_robust_stats)(X, r_in_px, r_out_px)
     scale = np.where(np.isfinite(mad) & (mad > 0), mad, 1.0).astype(np.float32)
     med = np.where(np.isfinite(med), med, 0.0).astype(np.float32)
     with np.errstate(invalid="ignore"):
-        Y = (X - med[:, None, None, :]) / scale[:, None, None, :]
+        Y = np.clip((X - med[:, None, None, :]) / scale[:, None, None, :], -clip, clip)
     Y[~np.isfinite(Y)] = 0.0
-    prof = _old_azimuthal_median_profile(Y)
+    return Y
+
+
+def _old_residual(X, r_in_px=ANNULUS_R_IN_PX, r_out_px=ANNULUS_R_OUT_PX, clip=DEFAULT_CLIP, raw=None, profile=None):
+    """Reference: training's `residual` preprocessing as of 592b5db and 16f9d0d, from the functions above (the
+    normalisation is `_old_raw_robust` without a clip: 592b5db's unclipped expression; `raw`, `profile`: other versions)."""
+    X = np.asarray(X, np.float32)
+    Y = (raw or _old_raw_robust)(X, r_in_px, r_out_px, clip=np.inf)
+    prof = (profile or _old_azimuthal_median_profile)(Y)
     R = np.clip(Y - prof[:, ring_index(Y.shape[1:3]), :], -clip, clip).astype(np.float32)
     R[~np.isfinite(X)] = 0.0
     return R
@@ -368,8 +377,8 @@ def _real_stamps():
 
 
 def test_fast_medians_equal_the_previous_preprocessing_exactly():
-    """`azimuthal_median_profile` (padded sorts of ring groups) and `robust_stats` (sorted rows) replaced one np.median
-    per ring / over axis 1: training's `residual` and `raw_robust` inputs must not change by a bit — on real DR10
+    """`azimuthal_median_profile` (padded sorts of ring groups) and `robust_stats` (sorted rows)
+    replaced one np.median per ring / over axis 1, and `raw_robust` / `residual` work in place: training's `residual` and `raw_robust` inputs must not change by a bit — on real DR10
     cutouts, on random arrays, with NaN, ±inf and ties, and on other stamp sizes."""
     from stronglens.data import azimuthal_median_profile, robust_stats
     rng = np.random.default_rng(0)
@@ -384,4 +393,8 @@ def test_fast_medians_equal_the_previous_preprocessing_exactly():
         for new, old in zip(robust_stats(X), _old_robust_stats(X)):
             np.testing.assert_array_equal(new, old)
         np.testing.assert_array_equal(residual(X), _old_residual(X))
+        for clip in (DEFAULT_CLIP, 2.0, np.inf):                     # in-place passes, no clip pass when clip = inf
+            np.testing.assert_array_equal(raw_robust(X, clip=clip), _old_raw_robust(X, clip=clip))
+        np.testing.assert_array_equal(residual(X, 30.0, 40.0, 3.0), _old_residual(X, 30.0, 40.0, 3.0))
+        np.testing.assert_array_equal(preprocess(X, "residual")[0], _old_residual(X).transpose(0, 3, 1, 2))
     assert np.isnan(azimuthal_median_profile(holes)).sum() == np.isnan(_old_azimuthal_median_profile(holes)).sum() > 0
