@@ -22,15 +22,15 @@ from .calibration import wilson_interval, threshold_at_fpr, bootstrap_ci, roc_au
 __all__ = ['AXES', 'HOST_SPLIT', 'SWEEP_COLUMNS', 'LENSPOP_SOURCE_COLOURS', 'MIN_PROPOSALS_PER_CALL', 'INJECTION_COLUMNS',
            'FAILURE_COLUMNS', 'SNR_EDGES', 'SNR_STEP_DEX', 'InjectionConfig', 'axis_centres', 'grid_axes', 'bin_index',
            'grid_cells', 'sweep_lookup', 'host_table', 'draw_hosts', 'HostStamps', 'sample_lens', 'colour_table',
-           'sample_source', 'resolve_priors', 'render_arcs', 'arc_gain', 'OracleScorer', 'CheckpointScorer',
-           'resolve_target', 'make_scorer', 'cell_seed', 'CellContext', 'CellResult', 'empty_injections', 'run_cell',
-           'synthetic_hosts', 'synthetic_host_run', 'synthetic_stage_run', 'detection_threshold', 'snr_target_mass',
-           'completeness_table', 'marginal_completeness', 'completeness_vs_snr', 'completeness',
-           'poisson_binomial_pvalue', 'closure_test', 'feature_probe', 'matched_injections', 'cell_tasks', 'run_cells',
-           'run_cells_local', 'read_injection', 'plot_completeness', 'plot_gallery', 'write_figures',
-           'injection_config', 'load_inputs', 'model_scores', 'OutFolder', 'tier_a_targets', 'planted_cutouts',
-           'planted_targets', 'probe_real_positives', 'closure_document', 'gallery_cells', 'write_gallery',
-           'run_injections', 'run_injection', 'run_inject_stage', 'source_model_twin']
+           'sample_source', 'resolve_priors', 'render_arcs', 'arc_gain', 'OracleScorer', 'cpu_inference_model',
+           'CheckpointScorer', 'resolve_target', 'make_scorer', 'cell_seed', 'CellContext', 'CellResult',
+           'empty_injections', 'run_cell', 'synthetic_hosts', 'synthetic_host_run', 'synthetic_stage_run',
+           'detection_threshold', 'snr_target_mass', 'completeness_table', 'marginal_completeness',
+           'completeness_vs_snr', 'completeness', 'poisson_binomial_pvalue', 'closure_test', 'feature_probe',
+           'matched_injections', 'cell_tasks', 'run_cells', 'run_cells_local', 'read_injection', 'plot_completeness',
+           'plot_gallery', 'write_figures', 'injection_config', 'load_inputs', 'model_scores', 'OutFolder',
+           'tier_a_targets', 'planted_cutouts', 'planted_targets', 'probe_real_positives', 'closure_document',
+           'gallery_cells', 'write_gallery', 'run_injections', 'run_injection', 'run_inject_stage', 'source_model_twin']
 
 # %% ../nbs/14_injection.ipynb 6
 @dataclass
@@ -302,12 +302,27 @@ class OracleScorer:
         return np.where(rows["arc_snr"].to_numpy() > self.snr_cut, 20.0, -20.0).astype(np.float32)
 
 # %% ../nbs/14_injection.ipynb 49
+def cpu_inference_model(model:torch.nn.Module) -> torch.nn.Module|None:
+    "A copy of `model` for CPU inference: eval mode, each conv + batch norm folded into one conv (`torch.fx`), channels_last; None if it cannot be traced."
+    import copy, torch.fx.experimental.optimization as fxo
+    try: m = fxo.fuse(copy.deepcopy(model).eval())
+    except Exception: return None
+    return m.to(memory_format=torch.channels_last)
+
+# %% ../nbs/14_injection.ipynb 52
 class CheckpointScorer:
-    "A trained checkpoint with its stored preprocessing: `scorer(X, rows)` -> logits, `scorer.features(X)` -> (n, D)."
-    def __init__(self, checkpoint:str, device:str="cpu", batch_size:int=256):
+    "A trained checkpoint with its stored preprocessing: `scorer(X, rows)` -> logits (`cpu_inference_model` on a CPU), `scorer.features(X)` -> (n, D)."
+    def __init__(self, checkpoint:str, device:str="cpu", batch_size:int=256, fast_cpu:bool=True):
         from stronglens.train import LensScorer
         self.sc = LensScorer.from_checkpoint(checkpoint, device=device, batch_size=batch_size)
-    def __call__(self, X, rows=None) -> np.ndarray: return self.sc.predict(np.asarray(X, np.float32))
+        self.fast = cpu_inference_model(self.sc.model) if fast_cpu and str(self.sc.device) == "cpu" and not self.sc.amp else None
+    def __call__(self, X, rows=None) -> np.ndarray:
+        if self.fast is None: return self.sc.predict(np.asarray(X, np.float32))
+        from stronglens.data import preprocess
+        X, bs = np.asarray(X, np.float32), self.sc.batch_size
+        with torch.inference_mode():
+            return np.concatenate([self.fast(torch.from_numpy(preprocess(X[i:i + bs], self.sc.spec)[0]).contiguous(memory_format=torch.channels_last)).float().numpy()
+                                   for i in range(0, len(X), bs)] or [np.zeros(0, np.float32)])
     def features(self, X) -> np.ndarray:
         if hasattr(self.sc, "features"): return np.asarray(self.sc.features(X), np.float32)
         from stronglens.data import preprocess
@@ -315,7 +330,7 @@ class CheckpointScorer:
             return torch.cat([self.sc.model.features(torch.from_numpy(preprocess(X[i:i + 256], self.sc.spec)[0]).to(self.sc.device)).cpu()
                               for i in range(0, len(X), 256)]).numpy()
 
-# %% ../nbs/14_injection.ipynb 50
+# %% ../nbs/14_injection.ipynb 53
 def resolve_target(target:str) -> Callable:
     "The object a 'module:name' or 'module:Class.method' string names (getattr once per dot)."
     import importlib
@@ -325,7 +340,7 @@ def resolve_target(target:str) -> Callable:
     for a in attr.split("."): obj = getattr(obj, a)
     return obj
 
-# %% ../nbs/14_injection.ipynb 51
+# %% ../nbs/14_injection.ipynb 54
 def make_scorer(spec:dict):
     "Scorer from a picklable spec: kind 'checkpoint' (path, device, batch_size), 'factory' (target, kwargs) or 'oracle' (snr_cut)."
     kind = spec.get("kind")
@@ -334,17 +349,17 @@ def make_scorer(spec:dict):
     if kind == "oracle": return OracleScorer(spec.get("snr_cut", 5.0))
     raise ValueError(f"make_scorer: unknown scorer kind {kind!r} (expected 'checkpoint', 'factory' or 'oracle')")
 
-# %% ../nbs/14_injection.ipynb 54
+# %% ../nbs/14_injection.ipynb 57
 def cell_seed(seed:int, i_theta_e:int, i_psf:int, i_depth:int) -> int:
     "The seed of one cell (63-bit int, recorded in the `seed` column): `SeedSequence([seed, i_theta_e, i_psf, i_depth])`."
     return int(np.random.SeedSequence([int(seed), int(i_theta_e), int(i_psf), int(i_depth)]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
-# %% ../nbs/14_injection.ipynb 55
+# %% ../nbs/14_injection.ipynb 58
 def _streams(cs:int) -> list[int]:
     "Four independent 63-bit seeds (hosts, deflectors, sources, noise) from a cell seed."
     return [int(s.generate_state(1, np.uint64)[0] >> np.uint64(1)) for s in np.random.SeedSequence(cs).spawn(4)]
 
-# %% ../nbs/14_injection.ipynb 57
+# %% ../nbs/14_injection.ipynb 60
 @dataclass
 class CellContext:
     "Everything a cell needs besides the cell itself (picklable; sent once to every worker)."
@@ -357,7 +372,7 @@ class CellContext:
     psf: object = PSF_DR10              # PSF shape (`physics.PSFModel`): the DR10 fit, or the mock sky's
     gain_scale: float = 1.0             # multiplies the arc Poisson gain (a mock sky's `gain_scale`)
 
-# %% ../nbs/14_injection.ipynb 58
+# %% ../nbs/14_injection.ipynb 61
 @dataclass
 class CellResult:
     "Output of `run_cell`: injection rows, host failures, the empty-cell reason, and optionally the stamps."
@@ -370,7 +385,7 @@ class CellResult:
     stamps: np.ndarray|None = None      # injected stamps (all with keep_stamps=True; the first few of a gallery cell)
     arcs: np.ndarray|None = None        # the noiseless arcs alone, likewise
 
-# %% ../nbs/14_injection.ipynb 59
+# %% ../nbs/14_injection.ipynb 62
 INJECTION_COLUMNS: dict[str, str] = {
     "galaxy_id": "str", "ra": "float64", "dec": "float64", "theta_e": "float64", "source_mag_r": "float64",
     "magnification": "float64", "arc_snr": "float64", "detected": "bool", "p_lens": "float64",
@@ -384,16 +399,16 @@ INJECTION_COLUMNS: dict[str, str] = {
 
 _EMPTY: list = []
 
-# %% ../nbs/14_injection.ipynb 60
+# %% ../nbs/14_injection.ipynb 63
 def empty_injections() -> pd.DataFrame:
     "An injections table with no rows (the schema of `injections.parquet`, without `detected`)."
     if not _EMPTY: _EMPTY.append(pd.DataFrame({k: pd.Series([], dtype=object if t == "str" else t) for k, t in INJECTION_COLUMNS.items() if k != "detected"}))
     return _EMPTY[0].copy()
 
-# %% ../nbs/14_injection.ipynb 61
+# %% ../nbs/14_injection.ipynb 64
 FAILURE_COLUMNS = ["galaxy_id", "path", "stage", "reason", "cell_id"]
 
-# %% ../nbs/14_injection.ipynb 62
+# %% ../nbs/14_injection.ipynb 65
 def _draw_loadable(pool:pd.DataFrame, n:int, seed:int, loader:HostStamps):
     "Draw n hosts from `pool`; hosts that fail to load leave the pool and the draw is repeated. -> (hosts, stamps, replaced, failures)."
     fails = []
@@ -404,7 +419,7 @@ def _draw_loadable(pool:pd.DataFrame, n:int, seed:int, loader:HostStamps):
         fails.append(bad); pool = pool[~pool.path.isin(set(bad.path))].reset_index(drop=True)
     return None, None, False, fails, 0
 
-# %% ../nbs/14_injection.ipynb 63
+# %% ../nbs/14_injection.ipynb 66
 def _injection_rows(cell:dict, hosts:pd.DataFrame, lens:dict, src:dict, r, snr, cs:int, replaced:bool) -> pd.DataFrame:
     "The output rows of one cell (spec §6 columns first; `detected` is added once the threshold is known)."
     n, col = len(hosts), lambda k: hosts[k].to_numpy(np.float64)
@@ -419,25 +434,25 @@ def _injection_rows(cell:dict, hosts:pd.DataFrame, lens:dict, src:dict, r, snr, 
                                             ("e1", "e1"), ("e2", "e2"), ("g_minus_r", "g_minus_r"), ("r_minus_z", "r_minus_z"))},
         "n_draws": src["n_draws"].astype(np.int64), "arc_flux_r": r.images[..., 1].sum((1, 2)).astype(np.float64)})
 
-# %% ../nbs/14_injection.ipynb 64
+# %% ../nbs/14_injection.ipynb 67
 def _fail_frame(fails:list, cell_id:int) -> pd.DataFrame:
     "Host failures of one cell (`FAILURE_COLUMNS`)."
     f = pd.concat(fails, ignore_index=True) if fails else pd.DataFrame({k: pd.Series([], dtype=object) for k in FAILURE_COLUMNS[:-1]})
     return f.assign(cell_id=np.int64(cell_id))[FAILURE_COLUMNS]
 
-# %% ../nbs/14_injection.ipynb 65
+# %% ../nbs/14_injection.ipynb 68
 def _empty_reason(cell:dict, n_pool:int, c:InjectionConfig) -> str:
     if n_pool: return f"all {n_pool} hosts of the cell failed to load"
     return (f"no {HOST_SPLIT}-split negative with PSFSIZE_{c.psf_band} in [{cell['psf_lo']}, {cell['psf_hi']})\" and "
             f"{c.depth_band}-band 5σ depth in [{cell['depth_lo']}, {cell['depth_hi']}) mag")
 
-# %% ../nbs/14_injection.ipynb 66
+# %% ../nbs/14_injection.ipynb 69
 def _mu_out_of_range(src:dict, r, c:InjectionConfig) -> bool:
     "Whether a source accepted on its screened μ (magnification NaN) has a rendered (exact) μ outside the config's μ range."
     if c.mu_min == c.mu_max == 0: return False
     return bool((~np.isfinite(src["magnification"]) & ~((r.magnification >= c.mu_min) & (r.magnification <= c.mu_max))).any())
 
-# %% ../nbs/14_injection.ipynb 67
+# %% ../nbs/14_injection.ipynb 70
 def run_cell(cell:dict, ctx:CellContext, scorer, loader:HostStamps|None=None, keep_stamps:bool=False) -> CellResult:
     "Injections of one grid cell (a `grid_cells` row as a dict): draw hosts, sample, render, inject, score."
     c = ctx.cfg; cs = cell_seed(c.seed, cell["i_theta_e"], cell["i_psf"], cell["i_depth"]); s_h, s_l, s_s, s_n = _streams(cs)
@@ -460,7 +475,7 @@ def run_cell(cell:dict, ctx:CellContext, scorer, loader:HostStamps|None=None, ke
     return CellResult(int(cell["cell_id"]), rows, fails, "", int(hosts.galaxy_id.nunique()), n_av,
                       stamps[:k] if k else None, r.images[:k] if k else None)
 
-# %% ../nbs/14_injection.ipynb 69
+# %% ../nbs/14_injection.ipynb 72
 def synthetic_hosts(n:int=60, seed:int=0, psf_range=(1.05, 1.65), depth_range=(23.25, 24.25), n_train:int=10, n_val:int=0):
     "(cutouts (n + n_train + n_val, 101, 101, 3), manifest, pool table) of red galaxies: n test-split negatives, then train, then val."
     from stronglens.lensing import render_sersic
@@ -482,21 +497,21 @@ def synthetic_hosts(n:int=60, seed:int=0, psf_range=(1.05, 1.65), depth_range=(2
                          "shape_e2": e * np.sin(2 * phi), "sersic": 4.0, "nobs_g": 4.0, "nobs_r": 4.0, "nobs_z": 4.0})
     return X, man, pool
 
-# %% ../nbs/14_injection.ipynb 70
+# %% ../nbs/14_injection.ipynb 73
 def _write_stamps(folder:str, X:np.ndarray, man:pd.DataFrame):
     from stronglens.cutouts import write_cutout
     for g, x, ra in zip(man.galaxy_id, X, man.ra):
         write_cutout(url_join(folder, f"{g}.npz"), x, {"galaxy_id": g, "ra": ra, "dec": 1.0, "type": "DEV", "nobs_z": 4, "psfsize_z": 1.2,
                      "flux_r": 1.0, "cutout_url": "synthetic", "download_timestamp": "1970-01-01T00:00:00+00:00"})
 
-# %% ../nbs/14_injection.ipynb 71
+# %% ../nbs/14_injection.ipynb 74
 def synthetic_host_run(run_dir:str, n:int=60, seed:int=0, **kw) -> dict:
     "Write `synthetic_hosts` as `manifests/{training_manifest,negative_pool}.parquet` and `cutouts/*.npz` under `run_dir`."
     X, man, pool = synthetic_hosts(n, seed, **kw); _write_stamps(url_join(run_dir, "cutouts"), X, man)
     return {"manifest": atomic_write_parquet(man, url_join(run_dir, "manifests", "training_manifest.parquet")),
             "pool": atomic_write_parquet(pool, url_join(run_dir, "manifests", "negative_pool.parquet"))}
 
-# %% ../nbs/14_injection.ipynb 72
+# %% ../nbs/14_injection.ipynb 75
 def synthetic_stage_run(run_dir:str, n:int=60, seed:int=0, injection:dict|None=None, max_failure_frac:float=0.01, n_val:int=20,
                         corrupt=(), **kw):
     "`synthetic_hosts` (n test, n_val val negatives) under the stage protocol: catalogs, cutouts (`corrupt` ids unreadable), train with noise scores < 0.5; returns the config."
@@ -517,7 +532,7 @@ def synthetic_stage_run(run_dir:str, n:int=60, seed:int=0, injection:dict|None=N
         atomic_write_parquet(sc, st.path("scores_all.parquet")); atomic_write_parquet(sc[sc.split == "test"], st.path("scores.parquet"))
     return cfg
 
-# %% ../nbs/14_injection.ipynb 78
+# %% ../nbs/14_injection.ipynb 81
 def detection_threshold(scores:pd.DataFrame, # scores table: split, label, p_lens (`model/scores_all.parquet` rows)
                         kind:str="fpr",      # "fpr": the score at a target FPR; "score": `value` itself
                         value:float=0.01,    # target FPR (kind fpr) or the p_lens cut (kind score)
@@ -532,22 +547,22 @@ def detection_threshold(scores:pd.DataFrame, # scores table: split, label, p_len
     return {"kind": kind, "target": float(value), "value": t, "fpr": float(np.mean(p[ok] >= t)), "n_negatives": int(ok.sum()),
             "n_invalid": int((~ok).sum()), "split": used, "split_requested": split}
 
-# %% ../nbs/14_injection.ipynb 82
+# %% ../nbs/14_injection.ipynb 85
 SNR_EDGES = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 30, 50, 100, np.inf])   # arc S/N bins (reweighting, curves)
 
-# %% ../nbs/14_injection.ipynb 83
+# %% ../nbs/14_injection.ipynb 86
 def snr_target_mass(edges=SNR_EDGES, core_max:float=5.0, tail_scale:float=2.0) -> np.ndarray:
     "Probability of each S/N bin under the spec's target: density flat on [0, core_max], then exp(−(s − core_max)/tail_scale)."
     e = np.asarray(edges, np.float64); z = core_max + tail_scale
     F = np.where(e <= core_max, np.clip(e, 0, None), core_max + tail_scale * (1 - np.exp(-(e - core_max) / tail_scale))) / z
     return np.diff(F)
 
-# %% ../nbs/14_injection.ipynb 85
+# %% ../nbs/14_injection.ipynb 88
 def _valid(injections:pd.DataFrame) -> pd.DataFrame:
     "Rows that count: a finite score (a failed or NaN score is never a non-detection)."
     return injections[np.isfinite(injections["p_lens"].to_numpy(np.float64))]
 
-# %% ../nbs/14_injection.ipynb 86
+# %% ../nbs/14_injection.ipynb 89
 def _post_stratified(k, n, mass, min_coverage:float=0.5):
     "(completeness, n_eff, coverage) from (cells, bins) counts and per-bin target mass."
     k, n = np.asarray(k, np.float64), np.asarray(n, np.float64); m = np.where(n > 0, mass[None, :], 0.0); cov = m.sum(1)
@@ -556,14 +571,14 @@ def _post_stratified(k, n, mass, min_coverage:float=0.5):
     bad = cov < min_coverage
     return np.where(bad, np.nan, C), np.where(bad, np.nan, n_eff), cov
 
-# %% ../nbs/14_injection.ipynb 87
+# %% ../nbs/14_injection.ipynb 90
 def _counts(v:pd.DataFrame, key:str, size:int) -> tuple[np.ndarray, np.ndarray]:
     "(n, k) of valid rows per integer `key` value 0..size-1."
     n = np.bincount(v[key].to_numpy(np.int64), minlength=size)[:size]
     k = np.bincount(v[key].to_numpy(np.int64), weights=v["detected"].to_numpy(np.float64), minlength=size)[:size]
     return n.astype(np.int64), np.round(k).astype(np.int64)
 
-# %% ../nbs/14_injection.ipynb 88
+# %% ../nbs/14_injection.ipynb 91
 def completeness_table(injections:pd.DataFrame, cells:pd.DataFrame, cell_info:pd.DataFrame|None=None, ci:float=0.95,
                        cfg:InjectionConfig|None=None) -> pd.DataFrame:
     "The selection-function lookup table: one row per cell with counts, completeness, its interval, and the S/N-target columns."
@@ -585,7 +600,7 @@ def completeness_table(injections:pd.DataFrame, cells:pd.DataFrame, cell_info:pd
     t["ci_lower_snr_target"], t["ci_upper_snr_target"] = wilson_interval(t.completeness_snr_target * t.n_eff_snr_target, t.n_eff_snr_target, ci)
     return t.reset_index(drop=True)
 
-# %% ../nbs/14_injection.ipynb 89
+# %% ../nbs/14_injection.ipynb 92
 def marginal_completeness(injections:pd.DataFrame, cells:pd.DataFrame, ci:float=0.95) -> pd.DataFrame:
     "Completeness along each axis, pooling the counts of all cells at each axis value: long table (axis, index, centre, ...)."
     v = _valid(injections); out = []
@@ -598,7 +613,7 @@ def marginal_completeness(injections:pd.DataFrame, cells:pd.DataFrame, ci:float=
                                  "ci_upper": hi_ci, "n_cells": v.groupby(f"i_{a}").cell_id.nunique().reindex(cen[f"i_{a}"]).fillna(0).to_numpy(np.int64)}))
     return pd.concat(out, ignore_index=True)
 
-# %% ../nbs/14_injection.ipynb 90
+# %% ../nbs/14_injection.ipynb 93
 def completeness_vs_snr(injections:pd.DataFrame, edges=SNR_EDGES, ci:float=0.95) -> pd.DataFrame:
     "Completeness in bins of arc S/N, pooling all cells' counts: snr_lo, snr_hi, n_injected, n_detected, completeness, CI."
     v = _valid(injections); e = np.asarray(edges, np.float64)
@@ -608,7 +623,7 @@ def completeness_vs_snr(injections:pd.DataFrame, edges=SNR_EDGES, ci:float=0.95)
     with np.errstate(invalid="ignore", divide="ignore"): C = np.where(n > 0, k / n, np.nan)
     return pd.DataFrame({"snr_lo": e[:-1], "snr_hi": e[1:], "n_injected": n, "n_detected": k, "completeness": C, "ci_lower": lo, "ci_upper": hi})
 
-# %% ../nbs/14_injection.ipynb 94
+# %% ../nbs/14_injection.ipynb 97
 def _axis_weights(v, centres, step):
     "Lower corner index, upper-corner weight and inside-the-grid mask of values v along one axis."
     v, c = np.asarray(v, np.float64), np.asarray(centres, np.float64)
@@ -618,7 +633,7 @@ def _axis_weights(v, centres, step):
     i0 = np.clip(np.searchsorted(c, x, side="right") - 1, 0, len(c) - 2)
     return i0, (x - c[i0]) / (c[i0 + 1] - c[i0]), inside
 
-# %% ../nbs/14_injection.ipynb 95
+# %% ../nbs/14_injection.ipynb 98
 def completeness(theta_e, psf, depth, table, column:str="completeness") -> np.ndarray:
     "Selection function C(θE, PSF, depth) from a lookup `table` (DataFrame or CSV/Parquet path): trilinear, NaN outside."
     t = table if isinstance(table, pd.DataFrame) else (read_parquet(table) if str(table).endswith(".parquet") else pd.read_csv(table))
@@ -637,10 +652,10 @@ def completeness(theta_e, psf, depth, table, column:str="completeness") -> np.nd
                 bad |= (w > 0) & ~np.isfinite(val); out += np.where(w > 0, w * np.nan_to_num(val), 0.0)
     return np.where(bad, np.nan, out)
 
-# %% ../nbs/14_injection.ipynb 99
+# %% ../nbs/14_injection.ipynb 102
 SNR_STEP_DEX = 0.1            # log10 arc S/N distance that counts as one grid step in the closure matching
 
-# %% ../nbs/14_injection.ipynb 100
+# %% ../nbs/14_injection.ipynb 103
 def _match_coords(df:pd.DataFrame, c:InjectionConfig, use_snr:bool=True) -> np.ndarray:
     "Matching coordinates in grid steps: θE, PSF, depth (and log10 arc S/N / 0.1 dex)."
     cols = [df["theta_e"] / c.theta_e_step_arcsec, df["psf_fwhm"] / c.psf_step_arcsec, df["depth"] / c.depth_step_mag]
@@ -648,7 +663,7 @@ def _match_coords(df:pd.DataFrame, c:InjectionConfig, use_snr:bool=True) -> np.n
         with np.errstate(divide="ignore", invalid="ignore"): cols.append(np.log10(df["arc_snr"].to_numpy(np.float64)) / SNR_STEP_DEX)
     return np.stack([np.asarray(x, np.float64) for x in cols], 1)
 
-# %% ../nbs/14_injection.ipynb 101
+# %% ../nbs/14_injection.ipynb 104
 def _predict_recall(inj:pd.DataFrame, targets:pd.DataFrame, c:InjectionConfig, use_snr:bool=True):
     "(per-target predicted probability (NaN: unsupported), prediction variance) by k-NN matching of injections to targets."
     Xi, Xt = _match_coords(inj, c, use_snr), _match_coords(targets, c, use_snr)
@@ -662,14 +677,14 @@ def _predict_recall(inj:pd.DataFrame, targets:pd.DataFrame, c:InjectionConfig, u
     w = np.bincount(js, minlength=len(Xi)) / K; q = np.bincount(js, weights=np.repeat(pj[sup], K), minlength=len(Xi)) / np.maximum(w * K, 1)
     return p, float(np.sum(w * w * q * (1 - q)) / max(N, 1) ** 2)
 
-# %% ../nbs/14_injection.ipynb 102
+# %% ../nbs/14_injection.ipynb 105
 def poisson_binomial_pvalue(k:int, p) -> float:
     "Exact two-sided p of `k` successes among independent trials of probabilities `p` (outcomes no likelier than `k`, as binomtest)."
     p = np.clip(np.asarray(p, np.float64), 0.0, 1.0); pmf = np.zeros(len(p) + 1); pmf[0] = 1.0
     for i, pi in enumerate(p): pmf[1:i + 2] = pmf[1:i + 2] * (1 - pi) + pmf[:i + 1] * pi; pmf[0] *= 1 - pi
     return float(min(1.0, pmf[pmf <= pmf[int(k)] * (1 + 1e-7)].sum()))
 
-# %% ../nbs/14_injection.ipynb 104
+# %% ../nbs/14_injection.ipynb 107
 def closure_test(injections:pd.DataFrame, targets:pd.DataFrame, cfg:InjectionConfig|None=None, ci:float=0.95) -> dict:
     "Measured vs injection-predicted recall of `targets` (theta_e, psf_fwhm, depth, arc_snr, detected), with intervals and test."
     c = cfg or InjectionConfig(); inj = _valid(injections); z = _st.norm.ppf(0.5 + ci / 2)
@@ -690,14 +705,14 @@ def closure_test(injections:pd.DataFrame, targets:pd.DataFrame, cfg:InjectionCon
             "p_value_exact": p_exact, "significant": bool(pv < 1 - ci), "min_detectable_gap": float((z + _st.norm.ppf(0.8)) * se),
             "predicted_recall_without_snr": float(np.nanmean(p_no_snr[sup])) if np.isfinite(p_no_snr[sup]).any() else float("nan")}
 
-# %% ../nbs/14_injection.ipynb 108
+# %% ../nbs/14_injection.ipynb 111
 def _auc_interval(y, s, n_resamples:int=1000, seed:int=0, ci:float=0.95) -> list[float]:
     "Bootstrap interval of ROC AUC, resampling within each class (`calibration.bootstrap_ci`)."
     r = bootstrap_ci(lambda yy, ss, weights=None: roc_auc(yy, ss, weights), np.asarray(y, int), np.asarray(s, np.float64),
                      n_resamples=n_resamples, seed=seed, ci=ci, strata=np.asarray(y, int), vectorized=True)
     return [float(r.ci_lower), float(r.ci_upper)]
 
-# %% ../nbs/14_injection.ipynb 109
+# %% ../nbs/14_injection.ipynb 112
 def feature_probe(real_features, injected_features, folds:int=5, seed:int=0, n_bootstrap:int=1000) -> dict:
     "Cross-validated AUC (with bootstrap CI) of a logistic regression telling real positives from matched injections."
     from stronglens.gates import cv_auc
@@ -709,7 +724,7 @@ def feature_probe(real_features, injected_features, folds:int=5, seed:int=0, n_b
     return {"status": "ok", "auc": float(auc), "auc_ci": _auc_interval(y, oof, n_bootstrap, seed), "folds": k,
             "n_real": int(len(real_features)), "n_injected": int(len(injected_features)), "n_features": int(X.shape[1])}
 
-# %% ../nbs/14_injection.ipynb 111
+# %% ../nbs/14_injection.ipynb 114
 def matched_injections(targets:pd.DataFrame, ctx:CellContext, seed:int=0, n_nearest_hosts:int=5) -> tuple[np.ndarray, pd.DataFrame]:
     "One injection per target (theta_e, psf_fwhm, depth, arc_snr): its θE, a host of nearest PSF/depth, the arc scaled to its S/N."
     c, rng = ctx.cfg, np.random.default_rng(seed); H = ctx.hosts[np.isfinite(ctx.hosts.psf) & np.isfinite(ctx.hosts.depth)].reset_index(drop=True)
@@ -727,24 +742,24 @@ def matched_injections(targets:pd.DataFrame, ctx:CellContext, seed:int=0, n_near
                          "arc_snr": targets["arc_snr"].to_numpy(np.float64), "source_mag_r": src["mag_r"] - 2.5 * np.log10(scale)})
     return X, rows
 
-# %% ../nbs/14_injection.ipynb 113
+# %% ../nbs/14_injection.ipynb 116
 def cell_tasks(cells:pd.DataFrame, n_workers:int=1) -> list[pd.DataFrame]:
     "Cells grouped by (i_psf, i_depth), groups split so that there are at least 4 tasks per worker (when cells allow)."
     groups = [g for _, g in cells.groupby(["i_psf", "i_depth"], sort=True)]
     size = max(1, math.ceil(len(cells) / max(4 * n_workers, 1)))
     return [g.iloc[i:i + size] for g in groups for i in range(0, len(g), size)]
 
-# %% ../nbs/14_injection.ipynb 114
+# %% ../nbs/14_injection.ipynb 117
 def run_cells(cells:pd.DataFrame, ctx:CellContext, scorer=None) -> list[CellResult]:
     "Run `cells` (rows of `grid_cells`) here, with one host cache: the task body of every engine."
     from stronglens.mocksky import torch_threads
     scorer = scorer if scorer is not None else make_scorer(ctx.scorer); loader = HostStamps()
     with torch_threads(1): return [run_cell(r, ctx, scorer, loader) for r in cells.to_dict("records")]
 
-# %% ../nbs/14_injection.ipynb 115
+# %% ../nbs/14_injection.ipynb 118
 _WORKER: dict = {}
 
-# %% ../nbs/14_injection.ipynb 116
+# %% ../nbs/14_injection.ipynb 119
 def _init_worker(ctx:CellContext, parent_pid:int):
     "Pool initializer: die with the parent, one torch thread, the scorer built once."
     try:
@@ -752,10 +767,10 @@ def _init_worker(ctx:CellContext, parent_pid:int):
     except ImportError: pass
     torch.set_num_threads(1); _WORKER.update(ctx=ctx, scorer=make_scorer(ctx.scorer))
 
-# %% ../nbs/14_injection.ipynb 117
+# %% ../nbs/14_injection.ipynb 120
 def _run_task(records:list) -> list[CellResult]: return run_cells(pd.DataFrame(records), _WORKER["ctx"], _WORKER["scorer"])
 
-# %% ../nbs/14_injection.ipynb 118
+# %% ../nbs/14_injection.ipynb 121
 def run_cells_local(cells:pd.DataFrame, ctx:CellContext, n_workers:int=1, on_result:Callable|None=None, progress:bool=True) -> list[CellResult]:
     "Run `cells` in this process (n_workers = 1) or a spawned process pool; `on_result(CellResult)` as each cell finishes."
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -775,7 +790,7 @@ def run_cells_local(cells:pd.DataFrame, ctx:CellContext, n_workers:int=1, on_res
     bar.close()
     return sorted(out, key=lambda r: r.cell_id)
 
-# %% ../nbs/14_injection.ipynb 120
+# %% ../nbs/14_injection.ipynb 123
 def read_injection(folder:str) -> dict:
     "What `run_injection` wrote in `folder` (e.g. `<run>/injection`): table, marginals, vs_snr, closure, failed, gallery (None if absent)."
     import io
@@ -785,10 +800,10 @@ def read_injection(folder:str) -> dict:
             "failed": read_parquet(url_join(folder, "failed_hosts.parquet")),
             "gallery": dict(np.load(io.BytesIO(read_bytes(g)), allow_pickle=False)) if exists(g) else None}
 
-# %% ../nbs/14_injection.ipynb 121
+# %% ../nbs/14_injection.ipynb 124
 _AXIS_LABELS = {"theta_e": "θE (arcsec)", "psf": "PSF FWHM (PSFSIZE, arcsec)", "depth": "5σ depth (AB mag)"}
 
-# %% ../nbs/14_injection.ipynb 122
+# %% ../nbs/14_injection.ipynb 125
 def plot_completeness(marginals:pd.DataFrame, vs_snr:pd.DataFrame|None=None, threshold:dict|None=None):
     "Completeness pooled along θE, PSF and depth (and against arc S/N), with binomial 95 % intervals: a `Figure`."
     from stronglens.figures import new_figure, paper_style
@@ -805,7 +820,7 @@ def plot_completeness(marginals:pd.DataFrame, vs_snr:pd.DataFrame|None=None, thr
         if threshold: fig.suptitle(f"detected: p ≥ {threshold['value']:.3g} ({threshold['kind']} {threshold['target']:g}, {threshold['split']} split)", fontsize=8)
     return fig
 
-# %% ../nbs/14_injection.ipynb 123
+# %% ../nbs/14_injection.ipynb 126
 def plot_gallery(gallery:dict, n:int=12, n_cols:int=6):
     "Injected stamps with their arcs alone below (grz composites, same stretch), spread over arc S/N from faint to bright: a `Figure`."
     from stronglens.figures import new_figure, paper_style
@@ -822,7 +837,7 @@ def plot_gallery(gallery:dict, n:int=12, n_cols:int=6):
             axs[r, col].set_title(f"θE {gallery['theta_e'][j]:.2f}\" S/N {gallery['arc_snr'][j]:.1f} p {gallery['p_lens'][j]:.2f}", fontsize=6, pad=2)
     return fig
 
-# %% ../nbs/14_injection.ipynb 124
+# %% ../nbs/14_injection.ipynb 127
 def write_figures(out) -> dict:
     "completeness.png, completeness_map.png and gallery.png from the files in `out` (an `OutFolder` or a folder URL)."
     from stronglens.figures import save_figure, fig_selection_function
@@ -831,16 +846,16 @@ def write_figures(out) -> dict:
     if d["gallery"] is not None and len(d["gallery"]["stamps"]): figs["gallery"] = plot_gallery(d["gallery"])
     return {k: save_figure(f, folder, k, formats=("png",), dpi=150)["png"] for k, f in figs.items()}
 
-# %% ../nbs/14_injection.ipynb 126
+# %% ../nbs/14_injection.ipynb 129
 def injection_config(cfg) -> InjectionConfig:
     "The `injection` section of a pipeline config (defaults when absent), or `cfg` itself if it is an `InjectionConfig`."
     return cfg if isinstance(cfg, InjectionConfig) else (getattr(cfg, "injection", None) or InjectionConfig())
 
-# %% ../nbs/14_injection.ipynb 127
+# %% ../nbs/14_injection.ipynb 130
 def _read_table(url):
     return read_parquet(url) if str(url).endswith(".parquet") else pd.read_csv(__import__("io").BytesIO(read_bytes(url)))
 
-# %% ../nbs/14_injection.ipynb 128
+# %% ../nbs/14_injection.ipynb 131
 def _checkpoint(cfg, run_dir:str) -> str:
     "The trained checkpoint the `train` stage wrote (its `training.train.out_dir`, else `<run>/model`)."
     od = getattr(getattr(getattr(cfg, "training", None), "train", None), "out_dir", "") or ""
@@ -849,7 +864,7 @@ def _checkpoint(cfg, run_dir:str) -> str:
         if exists(url_join(base, rel)): return url_join(base, rel)
     raise FileNotFoundError(f"no trained checkpoint under {base} (run the train stage first)")
 
-# %% ../nbs/14_injection.ipynb 129
+# %% ../nbs/14_injection.ipynb 132
 def _sky_truth(run_dir:str) -> tuple[dict|None, pd.DataFrame|None]:
     "(mock sky meta, planted-lens truth table) when the run has a mock sky, else (None, None)."
     u = url_join(run_dir, "sky", "sky_meta.json")
@@ -857,7 +872,7 @@ def _sky_truth(run_dir:str) -> tuple[dict|None, pd.DataFrame|None]:
     meta = json.loads(read_bytes(u)); lt = url_join(run_dir, "sky", meta.get("files", {}).get("lens_truth", "lens_truth.parquet"))
     return meta, (read_parquet(lt) if exists(lt) else None)
 
-# %% ../nbs/14_injection.ipynb 130
+# %% ../nbs/14_injection.ipynb 133
 def _with_sweep_columns(pool:pd.DataFrame, ids, cfg, run_dir:str) -> pd.DataFrame:
     "The pool with `SWEEP_COLUMNS` (shape, Sérsic, exposures) added from the sweep files of rows `ids` where it lacks them."
     from stronglens.negatives import resolve_catalog_paths, CatalogConfig
@@ -868,7 +883,7 @@ def _with_sweep_columns(pool:pd.DataFrame, ids, cfg, run_dir:str) -> pd.DataFram
     extra = sweep_lookup(rows, [resolve_path(sweep_dir, f) for f in rows.sweep_file.astype(str).unique()], miss)
     return pool.merge(pd.concat([rows[["galaxy_id"]], extra], axis=1), on="galaxy_id", how="left")
 
-# %% ../nbs/14_injection.ipynb 131
+# %% ../nbs/14_injection.ipynb 134
 def load_inputs(cfg, run_dir:str) -> dict:
     "What the stage reads: manifest, pool, hosts (with shapes and exposures), colours, positives, mock truth (scores: `model_scores`)."
     c = injection_config(cfg); man_dir = url_join(run_dir, "manifests")
@@ -886,13 +901,13 @@ def load_inputs(cfg, run_dir:str) -> dict:
             "colours": colour_table(resolve_path(run_dir, c.colour_table) if c.colour_table else "", truth),
             "positives": read_parquet(pos_url) if exists(pos_url) else None}
 
-# %% ../nbs/14_injection.ipynb 132
+# %% ../nbs/14_injection.ipynb 135
 def model_scores(run_dir:str) -> pd.DataFrame:
     "The train stage's scores of every manifest row (`model/scores_all.parquet`), else of the test split (`scores.parquet`)."
     u = url_join(run_dir, "model", "scores_all.parquet")
     return read_parquet(u if exists(u) else url_join(run_dir, "model", "scores.parquet"))
 
-# %% ../nbs/14_injection.ipynb 133
+# %% ../nbs/14_injection.ipynb 136
 @dataclass
 class OutFolder:
     "Where `run_injection` writes: `path(*parts)` under the stage folder's `sub` (sub '': the stage folder itself)."
@@ -900,10 +915,10 @@ class OutFolder:
     sub: str = ""
     def path(self, *parts) -> str: return self.st.path(*[p for p in (self.sub, *parts) if p])
 
-# %% ../nbs/14_injection.ipynb 134
+# %% ../nbs/14_injection.ipynb 137
 def _cell_files(st, cell_id:int) -> tuple[str, str]: return st.path("cells", f"cell_{cell_id:04d}.parquet"), st.path("cells", f"cell_{cell_id:04d}.json")
 
-# %% ../nbs/14_injection.ipynb 135
+# %% ../nbs/14_injection.ipynb 138
 def _write_cell(st, r:CellResult, provenance:dict|None=None):
     "Write one finished cell: its rows, then its bookkeeping JSON (the JSON marks the cell done; with the stage's `provenance`)."
     pq, js = _cell_files(st, r.cell_id)
@@ -913,7 +928,7 @@ def _write_cell(st, r:CellResult, provenance:dict|None=None):
     atomic_write_json(js, {"cell_id": r.cell_id, "reason": r.reason, "n_hosts": r.n_hosts, "n_hosts_available": r.n_hosts_available,
                            "n_injected": int(len(r.injections)), "failures": r.failures.to_dict("records"), **({"provenance": provenance} if provenance else {})})
 
-# %% ../nbs/14_injection.ipynb 136
+# %% ../nbs/14_injection.ipynb 139
 def _done_cells(st, retry_failed:bool) -> set:
     "Cells whose JSON exists (minus those with host failures when retrying them)."
     fs, p = get_fs(st.path("cells")); done = set()
@@ -922,7 +937,7 @@ def _done_cells(st, retry_failed:bool) -> set:
         if not (retry_failed and d["failures"]): done.add(int(d["cell_id"]))
     return done
 
-# %% ../nbs/14_injection.ipynb 137
+# %% ../nbs/14_injection.ipynb 140
 def _assemble(st, cells:pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     "(injections, per-cell info, host failures) from the cell files, in cell order."
     parts, info, fails = [], [], []
@@ -934,19 +949,19 @@ def _assemble(st, cells:pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Da
     f = pd.DataFrame(fails, columns=FAILURE_COLUMNS)
     return inj, pd.DataFrame(info), f.drop_duplicates("path").reset_index(drop=True)
 
-# %% ../nbs/14_injection.ipynb 138
+# %% ../nbs/14_injection.ipynb 141
 def _finish_injections(inj:pd.DataFrame, threshold:float) -> pd.DataFrame:
     "Add `detected` (p_lens >= threshold; False for a NaN score, which no count includes) and order the columns."
     inj = inj.assign(detected=inj["p_lens"].to_numpy(np.float64) >= threshold)
     cols = [k for k in INJECTION_COLUMNS if k in inj.columns] + [k for k in inj.columns if k not in INJECTION_COLUMNS]
     return inj[cols].astype({k: ("object" if t == "str" else t) for k, t in INJECTION_COLUMNS.items() if k in inj.columns}).reset_index(drop=True)
 
-# %% ../nbs/14_injection.ipynb 139
+# %% ../nbs/14_injection.ipynb 142
 def _conditions(df:pd.DataFrame, c:InjectionConfig, prefix:str="") -> pd.DataFrame:
     "psf_fwhm and depth (the grid's axes) from DR10 psfsize_*/psfdepth_* columns."
     return df.assign(psf_fwhm=df[f"{prefix}psfsize_{c.psf_band}"].astype(np.float64), depth=psfdepth_to_m5(df[f"{prefix}psfdepth_{c.depth_band}"]))
 
-# %% ../nbs/14_injection.ipynb 140
+# %% ../nbs/14_injection.ipynb 143
 def tier_a_targets(inp:dict, threshold:float, c:InjectionConfig, truth_path:str="") -> pd.DataFrame:
     "Held-out Tier-A positives (test split, grading confident) with θE and arc S/N (truth), PSF, depth, p_lens, detected."
     m, pos, sc = inp["manifest"], inp["positives"], inp["scores"]
@@ -958,7 +973,7 @@ def tier_a_targets(inp:dict, threshold:float, c:InjectionConfig, truth_path:str=
     t = _conditions(t, c); t = t[np.isfinite(t.p_lens)]
     return t.assign(detected=t.p_lens >= threshold).reset_index(drop=True)
 
-# %% ../nbs/14_injection.ipynb 141
+# %% ../nbs/14_injection.ipynb 144
 def planted_cutouts(inp:dict, cfg, run_dir:str, c:InjectionConfig) -> tuple[pd.DataFrame, np.ndarray]:
     "Every planted lens of the mock sky in the test split (listed or not; a seeded subset of `planted_max`) with PSF and depth, and its cutout rendered like the cutout stage."
     from stronglens.splits import healpix_split
@@ -980,7 +995,7 @@ def planted_cutouts(inp:dict, cfg, run_dir:str, c:InjectionConfig) -> tuple[pd.D
     return t, X
 
 
-# %% ../nbs/14_injection.ipynb 142
+# %% ../nbs/14_injection.ipynb 145
 def planted_targets(inp:dict, cfg, run_dir:str, scorer, threshold:float, c:InjectionConfig) -> pd.DataFrame:
     "`planted_cutouts` scored: the closure test's targets on the mock (p_lens, detected at `threshold`)."
     t, X = planted_cutouts(inp, cfg, run_dir, c); attrs = dict(t.attrs)
@@ -989,7 +1004,7 @@ def planted_targets(inp:dict, cfg, run_dir:str, scorer, threshold:float, c:Injec
     return t
 
 
-# %% ../nbs/14_injection.ipynb 143
+# %% ../nbs/14_injection.ipynb 146
 def probe_real_positives(inp:dict, c:InjectionConfig, truth_path:str="") -> pd.DataFrame:
     "Test-split positives that are true lenses (truth), with θE, arc S/N, PSF, depth and resolved cutout path."
     m, pos = inp["manifest"], inp["positives"]; truth = _read_table(truth_path) if truth_path else inp["truth"]
@@ -998,7 +1013,7 @@ def probe_real_positives(inp:dict, c:InjectionConfig, truth_path:str="") -> pd.D
     t = m[(m.split == HOST_SPLIT) & (m.label == 1)][["galaxy_id", "s3_path"]].merge(pos.drop(columns=["split"], errors="ignore"), on="galaxy_id").merge(tr, on="galaxy_id")
     return _conditions(t, c).assign(path=lambda d: d.s3_path).reset_index(drop=True)
 
-# %% ../nbs/14_injection.ipynb 144
+# %% ../nbs/14_injection.ipynb 147
 def closure_document(inp:dict, inj:pd.DataFrame, thr:dict, cfg, run_dir:str, ctx:CellContext, scorer, c:InjectionConfig) -> dict:
     "closure.json: threshold, closure test on the Tier-A positives and (mock) on every planted test lens, the feature probe."
     skyc = (inp["sky_meta"] or {}).get("config", {})
@@ -1019,7 +1034,7 @@ def closure_document(inp:dict, inj:pd.DataFrame, thr:dict, cfg, run_dir:str, ctx
     doc["feature_probe"] = _probe(inp, ctx, scorer, c, run_dir)
     return doc
 
-# %% ../nbs/14_injection.ipynb 145
+# %% ../nbs/14_injection.ipynb 148
 def _probe(inp:dict, ctx:CellContext, scorer, c:InjectionConfig, run_dir:str) -> dict:
     "The feature probe: test-split true-lens positives vs one matched injection each, on the scorer's penultimate features."
     if not hasattr(scorer, "features"): return {"status": "the scorer has no features (not a trained checkpoint)", "auc": float("nan")}
@@ -1033,7 +1048,7 @@ def _probe(inp:dict, ctx:CellContext, scorer, c:InjectionConfig, run_dir:str) ->
     return {**out, "ci_lower": out.get("auc_ci", [np.nan])[0], "ci_upper": out.get("auc_ci", [np.nan, np.nan])[1], "matched_on": "theta_e (exact), nearest-host PSF and depth, arc_snr (exact, by scaling the arc)",
             "median_abs_dpsf": float(np.median(np.abs(rows.psf_fwhm - real.psf_fwhm))), "median_abs_ddepth": float(np.median(np.abs(rows.depth - real.depth)))}
 
-# %% ../nbs/14_injection.ipynb 146
+# %% ../nbs/14_injection.ipynb 149
 def gallery_cells(cells:pd.DataFrame, hosts:pd.DataFrame, max_cells:int=12) -> tuple:
     "Cells whose first stamps are kept for figures: 4 θE values × 3 PSF values at the depth with the most hosts."
     h = hosts[(hosts.i_psf >= 0) & (hosts.i_depth >= 0)]
@@ -1044,7 +1059,7 @@ def gallery_cells(cells:pd.DataFrame, hosts:pd.DataFrame, max_cells:int=12) -> t
     sel = cells[(cells.i_depth == d) & cells.i_psf.isin(pi) & cells.i_theta_e.isin(ti)]
     return tuple(int(x) for x in sel.cell_id[:max_cells])
 
-# %% ../nbs/14_injection.ipynb 147
+# %% ../nbs/14_injection.ipynb 150
 def write_gallery(st, inj:pd.DataFrame, ids) -> str:
     "gallery.npz: the kept stamps and arcs of the gallery cells (`cells/cell_NNNN.npz`) with their rows."
     parts, rows = [], []
@@ -1060,7 +1075,7 @@ def write_gallery(st, inj:pd.DataFrame, ids) -> str:
                         ("theta_e", "psf_fwhm", "depth", "arc_snr", "p_lens", "cell_id", "i_inj", "source_mag_r", "magnification")})
     return atomic_write_bytes(st.path("gallery.npz"), buf.getvalue())
 
-# %% ../nbs/14_injection.ipynb 148
+# %% ../nbs/14_injection.ipynb 151
 def run_injections(todo:pd.DataFrame, ctx:CellContext, engine:str="local", n_workers:int=1, on_result=None, progress:bool=True,
                    spark_master:str="local[2]") -> list[CellResult]:
     "Run the `todo` cells on the chosen engine ('local' or 'spark'); `on_result` is called as each cell finishes."
@@ -1072,7 +1087,7 @@ def run_injections(todo:pd.DataFrame, ctx:CellContext, engine:str="local", n_wor
         return out
     return run_cells_local(todo, ctx, n_workers, on_result, progress)
 
-# %% ../nbs/14_injection.ipynb 149
+# %% ../nbs/14_injection.ipynb 152
 def _write_tables(st, inj:pd.DataFrame, cells:pd.DataFrame, info:pd.DataFrame, fails:pd.DataFrame, c:InjectionConfig) -> pd.DataFrame:
     "injections.parquet, completeness.{parquet,csv}, marginals, S/N curve and failed_hosts.parquet; returns the table."
     atomic_write_parquet(inj, st.path("injections.parquet"))
@@ -1083,13 +1098,13 @@ def _write_tables(st, inj:pd.DataFrame, cells:pd.DataFrame, info:pd.DataFrame, f
     atomic_write_parquet(fails, st.path("failed_hosts.parquet"))
     return table
 
-# %% ../nbs/14_injection.ipynb 150
+# %% ../nbs/14_injection.ipynb 153
 def _stable_provenance(prov:dict) -> dict:
     "The part of a provenance record that two runs of one config share (closure.json, shown in the report), pointing to the full record."
     return {**{k: prov[k] for k in ("stage", "pipeline_version", "config_hash", "seed", "seeds") if k in prov}, "record": "provenance.json"}
 
 
-# %% ../nbs/14_injection.ipynb 151
+# %% ../nbs/14_injection.ipynb 154
 def run_injection(st,                     # an open `stage_run` (any stage: `inject`, or the audit's `audits/<name>`)
                   cfg,                    # pipeline config (its `injection` section; defaults when absent)
                   scorer:dict,            # `make_scorer` spec of the finder under test
@@ -1113,7 +1128,7 @@ def run_injection(st,                     # an open `stage_run` (any stage: `inj
     st.failures(len(fails), max(int(len(set(inj.galaxy_id)) + len(fails)), 1), what="host cutouts", table=out.path("failed_hosts.parquet"))
     return _summary(inj, table, thr, doc, len(todo), t_grid, time.time() - t0)
 
-# %% ../nbs/14_injection.ipynb 152
+# %% ../nbs/14_injection.ipynb 155
 def run_inject_stage(cfg, run_dir:str, progress:bool=True, engine:str|None=None, scorer:dict|None=None) -> dict:
     "The `inject` stage: `run_injection` of the trained checkpoint into `injection/` (`scorer` overrides the model, for tests)."
     from stronglens.runs import stage_run
@@ -1124,7 +1139,7 @@ def run_inject_stage(cfg, run_dir:str, progress:bool=True, engine:str|None=None,
         st.result.update(run_injection(st, cfg, spec, model_scores(st.run_dir), sub="", progress=progress, engine=engine))
     return st.result
 
-# %% ../nbs/14_injection.ipynb 153
+# %% ../nbs/14_injection.ipynb 156
 def _summary(inj:pd.DataFrame, table:pd.DataFrame, thr:dict, doc:dict, n_run:int, t_grid:float, t_all:float) -> dict:
     "The stage result (merged into the done marker, shown by the pipeline notebook)."
     v = _valid(inj); ta, pr = doc.get("tier_a", {}), doc.get("feature_probe", {})
@@ -1137,7 +1152,7 @@ def _summary(inj:pd.DataFrame, table:pd.DataFrame, thr:dict, doc:dict, n_run:int
             "seconds_grid": round(t_grid, 1), "seconds": round(t_all, 1),
             "injections_per_second": round(len(v) / t_grid, 1) if n_run and t_grid > 0 else None}
 
-# %% ../nbs/14_injection.ipynb 159
+# %% ../nbs/14_injection.ipynb 162
 def _twin_probe(rows:pd.DataFrame, X:np.ndarray, ctx:CellContext, scorer, c:InjectionConfig) -> dict:
     "Feature probe of planted lenses (rows with θE, PSF, depth, arc S/N; cutouts X) against one matched injection each."
     ok = (np.isfinite(rows[["theta_e", "psf_fwhm", "depth", "arc_snr"]]).all(axis=1) & (rows.arc_snr > 0)).to_numpy()
@@ -1146,7 +1161,7 @@ def _twin_probe(rows:pd.DataFrame, X:np.ndarray, ctx:CellContext, scorer, c:Inje
     return feature_probe(scorer.features(X[ok]), scorer.features(Xi), c.probe_folds, c.seed, c.n_bootstrap)
 
 
-# %% ../nbs/14_injection.ipynb 160
+# %% ../nbs/14_injection.ipynb 163
 def source_model_twin(run_dir:str,               # a finished run on the mock sky (sky, catalogs, train, inject)
                       twin_dir:str,              # new folder: the twin sky goes to <twin_dir>/sky, the result to closure_twin.json
                       source_model:str="clumpy", # the twin's source model

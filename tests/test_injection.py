@@ -323,3 +323,35 @@ def test_sources_verified_by_the_render_give_the_cell_of_the_exact_sampler(tmp_p
     pd.testing.assert_frame_equal(fast.drop(columns="magnification"), exact.drop(columns="magnification"))
     np.testing.assert_allclose(fast.magnification, exact.magnification, rtol=1e-6)
     assert ((fast.magnification >= 5) & (fast.magnification <= 30)).all()
+
+
+def test_fast_cpu_scorer_gives_the_checkpoints_logits(tmp_path):
+    """`CheckpointScorer` on a CPU scores with `cpu_inference_model` (conv + batch norm folded, channels_last): its logits
+    must equal the checkpoint's own `LensScorer.predict` (the unfused model) to float32 rounding, on real DR10 cutouts,
+    with batch-norm statistics far from the identity so that the folding matters, and in batches of any size."""
+    import torch
+    from stronglens.injection import CheckpointScorer
+    from stronglens.model import build_model, model_config
+    from stronglens.train import CHECKPOINT_FORMAT, LensScorer, save_checkpoint
+    torch.manual_seed(1)
+    m = build_model("small")
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.normal_(0, 0.3); mod.running_var.uniform_(0.3, 3.0); mod.weight.data.normal_(1, 0.5); mod.bias.data.normal_(0, 0.3)
+    pre = {"mode": "residual", "annulus_r_in_px": 32.5, "annulus_r_out_px": 45.0, "clip": 10.0}
+    ck = str(tmp_path / "m.pt")
+    save_checkpoint(dict(format=CHECKPOINT_FORMAT, epoch=0, model=m.state_dict(), model_config=model_config("small"), preprocessing=pre), ck)
+    from astropy.io import fits
+    from pathlib import Path
+    d = Path(__file__).resolve().parents[2] / "shared" / "data" / "cutout_service_fits"
+    if not d.is_dir(): pytest.skip(f"{d} not present")
+    X = np.stack([np.asarray(fits.getdata(f), np.float32).transpose(1, 2, 0)[i:i + 101, j:j + 101]
+                  for f in sorted(d.glob("*.fits")) for i in (0, 150, 300) for j in (0, 150, 300)])
+    ref = LensScorer.from_checkpoint(ck).predict(X)
+    for bs in (256, 7):
+        fast = CheckpointScorer(ck, batch_size=bs)
+        assert fast.fast is not None and not any(isinstance(x, torch.nn.BatchNorm2d) for x in fast.fast.modules())
+        got = fast(X)
+        assert got.dtype == np.float32 and got.shape == ref.shape and np.ptp(ref) > 0.1
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(CheckpointScorer(ck, fast_cpu=False)(X), ref)
