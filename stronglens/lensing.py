@@ -67,8 +67,8 @@ def _stack(P):
 def _gather(P, idx):
     "Select systems `idx` of a prepared-parameter dict (or a `_stack`ed one: one gather) and add a trailing axis for broadcasting over rays."
     if isinstance(P, dict): return {k: v[idx][:, None] for k, v in P.items()}
-    keys, M = P; G = M[idx]
-    return {k: G[:, j, None] for j, k in enumerate(keys)}
+    keys, M = P
+    return dict(zip(keys, M[idx].split(1, dim=1)))         # (m, 1) column views: one split, not K select + unsqueeze
 
 # %% ../nbs/04_lensing.ipynb 14
 def _sie_alpha(x, y, P):
@@ -318,12 +318,12 @@ def _adaptive_box(Sp, L, hb, pixscale, supersample, refine_c, refine_ifrac, max_
     if supersample <= 1:
         return base, rays
     need = _refinement_need(P3, bxi, byi, d_fp, refine_c, refine_ifrac)
-    lo = 1.0
+    every = (need > 1.0).nonzero(); v, lo = need[every.unbind(1)], 1.0        # the pixels to refine (row-major), found once
     for S_ in [s for s in (2, 4, 8, 16, 32) if s < supersample] + [supersample]:
-        sel = (need > lo) & ((need <= S_) if S_ != supersample else torch.ones_like(need, dtype=torch.bool))
-        lo, idx = S_, sel.nonzero()
+        idx = every[(v > lo) & (v <= S_)] if S_ != supersample else every[v > lo]
+        lo = S_
         if idx.shape[0]:
-            base[sel] = _render_pixels(idx[:, 1] - hb, idx[:, 2] - hb, idx[:, 0], S_, L, Sp, pixscale, max_rays)
+            base[idx.unbind(1)] = _render_pixels(idx[:, 1] - hb, idx[:, 2] - hb, idx[:, 0], S_, L, Sp, pixscale, max_rays)
             rays += idx.shape[0] * S_ * S_
     return base, rays
 

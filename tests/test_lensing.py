@@ -520,6 +520,26 @@ def _old_footprints(Sp, Lp, hb, pixscale):
     return bxi, byi, 0.75 * torch.sqrt(d2)
 
 
+def _old_adaptive_box(Sp, L_, hb, pixscale, supersample, refine_c, refine_ifrac, max_rays):
+    "Reference: `lensing._adaptive_box` as of 16f9d0d (a boolean mask and its nonzero per sub-sampling level), verbatim."
+    n, B = Sp["R_e"].shape[0], 2 * hb + 1
+    bxi, byi, d_fp = L._footprints(Sp, L_, hb, pixscale)
+    P3 = {k: v[:, None, None] for k, v in Sp.items()}
+    base = L._sersic_eval(bxi, byi, P3) * pixscale ** 2
+    rays = n * (B + 2) ** 2
+    if supersample <= 1:
+        return base, rays
+    need = L._refinement_need(P3, bxi, byi, d_fp, refine_c, refine_ifrac)
+    lo = 1.0
+    for S_ in [s for s in (2, 4, 8, 16, 32) if s < supersample] + [supersample]:
+        sel = (need > lo) & ((need <= S_) if S_ != supersample else torch.ones_like(need, dtype=torch.bool))
+        lo, idx = S_, sel.nonzero()
+        if idx.shape[0]:
+            base[sel] = L._render_pixels(idx[:, 1] - hb, idx[:, 2] - hb, idx[:, 0], S_, L_, Sp, pixscale, max_rays)
+            rays += idx.shape[0] * S_ * S_
+    return base, rays
+
+
 def _old_render_pixels(ii, jj, nn, S_, Lp, Sp, pixscale, max_rays):
     "Reference: `lensing._render_pixels` as of 16f9d0d (every prepared parameter gathered separately per ray chunk), verbatim."
     dtype, device = Sp["R_e"].dtype, Sp["R_e"].device
@@ -537,8 +557,8 @@ def _old_render_pixels(ii, jj, nn, S_, Lp, Sp, pixscale, max_rays):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_footprints_and_ray_gathers_equal_the_previous_renderer_bitwise(dtype, monkeypatch):
     """`_footprints` computes each neighbour pair's source-plane distance once (4 directions, used by both pixels),
-    `_render_pixels` gathers the stacked lens/source parameters once per ray chunk, and `_sie_alpha`, `_ray_shoot`,
-    `_sersic_eval` work in place: deflections, profiles, footprints, renders (lensed, unlensed, uniform and adaptive), μ and
+    `_render_pixels` gathers the stacked lens/source parameters once per ray chunk, `_adaptive_box` finds the pixels to
+    refine once (not a mask and a nonzero per level), and `_sie_alpha`, `_ray_shoot`, `_sersic_eval` work in place: deflections, profiles, footprints, renders (lensed, unlensed, uniform and adaptive), μ and
     the μ-conditioned sampler's draws must equal the previous code's (kept above) bit for bit, in float32 and float64."""
     rng = np.random.default_rng(3); n = 40
     lens = _rand_lens(rng, n); src = _rand_source(rng, n, lens)
@@ -559,10 +579,11 @@ def test_footprints_and_ray_gathers_equal_the_previous_renderer_bitwise(dtype, m
         a = L.render_lensed(lens, src, ps, dtype=dtype, return_unconvolved=True)
         b = L.render_lensed(lens, src, None, psf=None, adaptive=False, supersample=2, dtype=dtype)
         c = L.render_sersic(dict(src, flux_g=1.0, flux_r=2.0, flux_z=3.0), ps, dtype=dtype)
+        d = L.render_lensed(lens, src, None, psf=None, supersample=8, dtype=dtype)          # three refinement levels
         s = L.sample_sources(12, 5, L.sample_lenses(12, 6, theta_E=rng.uniform(0.5, 3.0, 12)), dtype=dtype)
-        return [a.images, a.unconvolved, a.magnification, b.images, b.magnification, c] + [s[k] for k in sorted(s)]
+        return [a.images, a.unconvolved, a.magnification, b.images, b.magnification, c, d.images, d.magnification] + [s[k] for k in sorted(s)]
     new = run()
-    for name in ("footprints", "render_pixels", "sie_alpha", "ray_shoot", "sersic_eval"):
+    for name in ("footprints", "render_pixels", "sie_alpha", "ray_shoot", "sersic_eval", "adaptive_box"):
         monkeypatch.setattr(L, "_" + name, globals()["_old_" + name])
     rng = np.random.default_rng(3); lens = _rand_lens(rng, n); src = _rand_source(rng, n, lens); rng.uniform(1.0, 1.8, (n, 3))
     old = run()
