@@ -20,7 +20,7 @@ from .runs import stage_run, StageError
 __all__ = ['TRAINING_MANIFEST_COLUMNS', 'STRATUM_COLUMNS', 'cutout_prefix', 'stored_prefix', 'build_training_manifest',
            'check_manifest_paths', 'LeakageError', 'manifest_pixels', 'pixel_split_overlap', 'positive_only_strata',
            'leakage_checks', 'leakage_summary', 'check_leakage', 'catalog_result', 'worst_loss', 'loss_lines',
-           'check_sweep_losses', 'catalog_leakage', 'write_catalog_outputs', 'run_catalog_stage']
+           'check_sweep_losses', 'exclusion_positions', 'catalog_leakage', 'write_catalog_outputs', 'run_catalog_stage']
 
 # %% ../nbs/08_manifest.ipynb 5
 TRAINING_MANIFEST_COLUMNS: dict[str, str] = {
@@ -223,19 +223,25 @@ def check_sweep_losses(st, res: CatalogResult, table: str) -> dict:
     return res.losses()
 
 # %% ../nbs/08_manifest.ipynb 40
+def exclusion_positions(inp) -> pd.DataFrame:
+    "(ra, dec) of every position the negatives must avoid: the known-lens entries and the exclusion catalogs' entries."
+    parts = [inp.known_lenses[["ra", "dec"]]] + ([inp.excluded[["ra", "dec"]]] if getattr(inp, "excluded", None) is not None else [])
+    return pd.concat(parts, ignore_index=True)
+
+# %% ../nbs/08_manifest.ipynb 42
 def catalog_leakage(res: CatalogResult, manifest: pd.DataFrame, neg) -> dict:
     "The leakage report of the stage's manifest (pixels and strata from the pool tables, availability from the sampling table)."
     pool = pd.concat([res.positives[list(POOL_COLUMNS)], res.negatives[list(POOL_COLUMNS)]], ignore_index=True)
-    return check_leakage(manifest, pool=pool, known_lenses=res.inputs.known_lenses, radius_arcsec=neg.exclusion.radius_arcsec,
+    return check_leakage(manifest, pool=pool, known_lenses=exclusion_positions(res.inputs), radius_arcsec=neg.exclusion.radius_arcsec,
                          nside=neg.healpix.nside, nest=neg.healpix.nest, allocations=dict(neg.splits.allocations),
                          seed=neg.splits.seed, raise_on_error=False, sampling=res.sampling)
 
-# %% ../nbs/08_manifest.ipynb 41
+# %% ../nbs/08_manifest.ipynb 43
 def _strings(df: pd.DataFrame) -> pd.DataFrame:
     "Object columns as str (Parquet-safe)."
     return df.astype({c: str for c in df.columns if df[c].dtype == object})
 
-# %% ../nbs/08_manifest.ipynb 42
+# %% ../nbs/08_manifest.ipynb 44
 def write_catalog_outputs(res: CatalogResult, manifest: pd.DataFrame, leak: dict, report: dict, out: str,
                           write_candidates: bool = False) -> dict:
     "Write the stage's tables into `out`; returns {name: url}."
@@ -251,7 +257,7 @@ def write_catalog_outputs(res: CatalogResult, manifest: pd.DataFrame, leak: dict
     atomic_write_json(u("catalog_report.json"), report)
     return {n: u(n) for n in [*files, "stratification.csv", "sampling.csv", "leakage.json", "catalog_report.json", "sweep_problems.csv"]}
 
-# %% ../nbs/08_manifest.ipynb 43
+# %% ../nbs/08_manifest.ipynb 45
 def run_catalog_stage(cfg, run_dir: str, spark=None, force: bool = False, log=None) -> dict:
     "The catalog stage (stage protocol, folder `manifests/`): positives, N1/N2 negatives, training manifest, leakage report."
     with stage_run(run_dir, "catalogs", cfg, force=force, log=log) as st:

@@ -10,11 +10,12 @@ __all__ = ['BRICK_SIZE_DEG', 'SWEEP_BOX_DEG', 'RELEASE_DR10_SOUTH', 'SHORTCUTS',
            'psf_model', 'kernel_taper', 'psf_ft_on_grid', 'psf_wing_scale', 'psf_wing_radius_px', 'psf_wing_images',
            'torch_threads', 'truncation_radius', 'sersic_outer_radius_re', 'component_extent_arcsec', 'render_stamps',
            'sersic_norm', 'paint_components', 'point_source_ft', 'convolve_and_crop', 'render_scene', 'make_bricks',
-           'make_sources', 'make_confusers', 'Distances', 'sis_theta_e_arcsec', 'sample_vdf', 'draw_deflectors',
-           'adopt_rows', 'plant_deflectors', 'lens_mass_model', 'draw_sources', 'source_components',
+           'make_sources', 'footprint_area_deg2', 'make_confusers', 'Distances', 'sis_theta_e_arcsec', 'sample_vdf',
+           'draw_deflectors', 'adopt_rows', 'plant_deflectors', 'lens_mass_model', 'draw_sources', 'source_components',
            'lensed_component_rows', 'render_arcs', 'listing_probability', 'deflector_annulus_fraction',
-           'lens_truth_table', 'known_lens_catalog', 'SkyTables', 'make_sky', 'write_sweeps', 'write_sky', 'build_sky',
-           'run_sky_stage', 'MockSky', 'gallery_targets', 'plot_gallery', 'lens_population_stats', 'blank_sky_noise']
+           'lens_truth_table', 'known_lens_catalog', 'excluded_lenses', 'SkyTables', 'make_sky', 'write_sweeps',
+           'write_sky', 'build_sky', 'run_sky_stage', 'MockSky', 'gallery_targets', 'plot_gallery',
+           'lens_population_stats', 'blank_sky_noise']
 
 # %% ../nbs/05_mocksky.ipynb 2
 import contextlib, hashlib, io, json, math, time
@@ -678,9 +679,14 @@ def _finish_photometry(cfg:SkyConfig, s:pd.DataFrame, bricks:pd.DataFrame) -> pd
     return s
 
 # %% ../nbs/05_mocksky.ipynb 80
+def footprint_area_deg2(cfg:SkyConfig) -> float:
+    "The sky's RA × Dec box in square degrees (exact on the sphere)."
+    return float((cfg.ra_max_deg - cfg.ra_min_deg) * (np.sin(np.deg2rad(cfg.dec_max_deg)) - np.sin(np.deg2rad(cfg.dec_min_deg))) * 180 / np.pi)
+
+# %% ../nbs/05_mocksky.ipynb 82
 def _mask_stars(cfg:SkyConfig, rng) -> pd.DataFrame:
     "Bright (bit 1, z 8-12) and medium (bit 11, z 12-15) stars, uniform in area, with their mask radii."
-    area = (cfg.ra_max_deg - cfg.ra_min_deg) * (np.sin(np.deg2rad(cfg.dec_max_deg)) - np.sin(np.deg2rad(cfg.dec_min_deg))) * 180 / np.pi
+    area = footprint_area_deg2(cfg)
     new = []
     for dens, mlo, mhi, r0, m0, bit in ((cfg.bright_star_density_per_deg2, 8, 12, cfg.bright_mask_radius_arcsec, 10, 1),
                                         (cfg.medium_star_density_per_deg2, 12, 15, cfg.medium_mask_radius_arcsec, 13, 11)):
@@ -697,7 +703,7 @@ def _mask_stars(cfg:SkyConfig, rng) -> pd.DataFrame:
                           + np.floor((stars.ra - cfg.ra_min_deg) / BRICK_SIZE_DEG).astype(int))
     return stars
 
-# %% ../nbs/05_mocksky.ipynb 81
+# %% ../nbs/05_mocksky.ipynb 83
 def _mark_within(tree, mb, ra, dec, radius_arcsec, bits):
     "OR `bits` into maskbits `mb` of every source (KD-tree on unit vectors) within radius of each (ra, dec)."
     if len(ra) == 0: return
@@ -705,7 +711,7 @@ def _mark_within(tree, mb, ra, dec, radius_arcsec, bits):
     idx = np.concatenate([np.asarray(h, dtype=np.int64) for h in hits]) if len(hits) else np.array([], np.int64)
     np.bitwise_or.at(mb, idx, bits)
 
-# %% ../nbs/05_mocksky.ipynb 82
+# %% ../nbs/05_mocksky.ipynb 84
 def _apply_masks(cfg:SkyConfig, s:pd.DataFrame, bricks:pd.DataFrame) -> pd.DataFrame:
     "Bright (bit 1) / medium (bit 11) star masks with their stars in the catalog, WISE (8), SGA large galaxies (12), ALLMASK (5-7)."
     rng = np.random.default_rng([cfg.seed, 4]); stars = _mask_stars(cfg, rng)
@@ -723,7 +729,7 @@ def _apply_masks(cfg:SkyConfig, s:pd.DataFrame, bricks:pd.DataFrame) -> pd.DataF
     s["maskbits"] = mb.astype(np.int16)
     return s
 
-# %% ../nbs/05_mocksky.ipynb 85
+# %% ../nbs/05_mocksky.ipynb 87
 def _comp_rows(kind, ra, dec, flux_g, flux_r, flux_z, host, category, **params):
     "A component table (kind, ra, dec, fluxes, host row, category, every COMP_PARAMS column; unused ones 0)."
     n = len(ra); d = {"kind": np.full(n, kind), "ra": np.asarray(ra, float), "dec": np.asarray(dec, float),
@@ -731,13 +737,13 @@ def _comp_rows(kind, ra, dec, flux_g, flux_r, flux_z, host, category, **params):
     for k in COMP_PARAMS: d[k] = np.broadcast_to(np.asarray(params.get(k, 0.0), float), (n,)).copy()
     return pd.DataFrame(d)
 
-# %% ../nbs/05_mocksky.ipynb 86
+# %% ../nbs/05_mocksky.ipynb 88
 def _colour_split(flux_r, g_minus_r, r_minus_z):
     "(flux_g, flux_r, flux_z) nmgy of a component of r flux `flux_r` and the given colours (`physics.colour_fluxes`)."
     f = colour_fluxes(nmgy_to_mag(flux_r), g_minus_r, r_minus_z)
     return f[..., 0], f[..., 1], f[..., 2]
 
-# %% ../nbs/05_mocksky.ipynb 87
+# %% ../nbs/05_mocksky.ipynb 89
 def _ring_confuser(s, h, fr, rng):
     "Collisional / resonance ring: red DEV/SER n>=4 host, blue clumpy full or partial ring of radius 1.2-4″ -> components."
     k = len(h); ra, dec = s.loc[h, "ra"].to_numpy(), s.loc[h, "dec"].to_numpy(); red = rng.uniform(size=k) < 0.7
@@ -751,7 +757,7 @@ def _ring_confuser(s, h, fr, rng):
                        e2=e * np.sin(2 * ang), m=rng.integers(1, 4, k), amp=rng.uniform(0.3, 1.0, k), phase=rng.uniform(0, 2 * np.pi, k),
                        phi0=rng.uniform(-np.pi, np.pi, k), dphi=dphi)], []
 
-# %% ../nbs/05_mocksky.ipynb 88
+# %% ../nbs/05_mocksky.ipynb 90
 def _as_disc_host(s, h, rng, n_range, r_min_range, e_range):
     "Make rows h SER discs: n ~ U(n_range), SHAPE_R at least U(r_min_range), ellipticity ~ U(e_range), random angle; returns (e, angle)."
     k = len(h); s.loc[h, "type"] = "SER"; s.loc[h, "sersic"] = rng.uniform(*n_range, k)
@@ -760,7 +766,7 @@ def _as_disc_host(s, h, rng, n_range, r_min_range, e_range):
     s.loc[h, "e1"], s.loc[h, "e2"] = e * np.cos(2 * ang), e * np.sin(2 * ang)
     return e, ang
 
-# %% ../nbs/05_mocksky.ipynb 89
+# %% ../nbs/05_mocksky.ipynb 91
 def _spiral_confuser(s, h, fr, rng):
     "Face-on-ish SER n=0.8-2 disc with two or three blue logarithmic arms -> components."
     k = len(h); ra, dec = s.loc[h, "ra"].to_numpy(), s.loc[h, "dec"].to_numpy()
@@ -770,7 +776,7 @@ def _spiral_confuser(s, h, fr, rng):
                        pitch=np.deg2rad(rng.uniform(12, 30, k)), n_arms=np.where(rng.uniform(size=k) < 0.8, 2, 3),
                        phase=rng.uniform(0, 2 * np.pi, k), e1=e * np.cos(2 * ang), e2=e * np.sin(2 * ang))], []
 
-# %% ../nbs/05_mocksky.ipynb 90
+# %% ../nbs/05_mocksky.ipynb 92
 def _merger_confuser(s, h, fr, rng):
     "A companion galaxy (a new catalog row 1.5-4.5″ away) and one or two tidal arcs around the host -> (components, new rows)."
     k = len(h); ra, dec = s.loc[h, "ra"].to_numpy(), s.loc[h, "dec"].to_numpy()
@@ -793,7 +799,7 @@ def _merger_confuser(s, h, fr, rng):
                                 phi0=pa[m] + np.pi * ntail + rng.normal(0, 0.5, kk), dphi=rng.uniform(0.6 * np.pi, 1.2 * np.pi, kk)))
     return comps, [new]
 
-# %% ../nbs/05_mocksky.ipynb 91
+# %% ../nbs/05_mocksky.ipynb 93
 def _edge_on_confuser(s, h, fr, rng):
     "A thin SER n≈1 disc (the catalog row, e = 0.6-0.8) with a red bulge component."
     k = len(h); ra, dec = s.loc[h, "ra"].to_numpy(), s.loc[h, "dec"].to_numpy()
@@ -802,7 +808,7 @@ def _edge_on_confuser(s, h, fr, rng):
     return [_comp_rows(KIND_SERSIC, ra, dec, fg, frr, fz, h, "edge_on", r_e=np.maximum(0.2, 0.15 * s.loc[h, "shape_r"].to_numpy()), n=3.0,
                        e1=0.2 * np.cos(2 * ang), e2=0.2 * np.sin(2 * ang))], []
 
-# %% ../nbs/05_mocksky.ipynb 92
+# %% ../nbs/05_mocksky.ipynb 94
 _CONFUSER_MAKERS = {"ring": _ring_confuser, "spiral": _spiral_confuser, "merger": _merger_confuser, "edge_on": _edge_on_confuser}
 
 def make_confusers(cfg:SkyConfig, s:pd.DataFrame):
@@ -825,7 +831,7 @@ def make_confusers(cfg:SkyConfig, s:pd.DataFrame):
     conf = pd.concat(conf, ignore_index=True) if conf else pd.DataFrame({"row": [], "category": []})
     return s, comps, conf
 
-# %% ../nbs/05_mocksky.ipynb 95
+# %% ../nbs/05_mocksky.ipynb 97
 @dataclass(frozen=True)
 class Distances:
     "Flat ΛCDM distance table (astropy `FlatLambdaCDM`): comoving distance D_C(z) in Mpc, interpolated."
@@ -844,13 +850,13 @@ class Distances:
         if z2 is None: return self.comoving(z1) / (1 + np.asarray(z1))
         return (self.comoving(z2) - self.comoving(z1)) / (1 + np.asarray(z2))
 
-# %% ../nbs/05_mocksky.ipynb 97
+# %% ../nbs/05_mocksky.ipynb 99
 def sis_theta_e_arcsec(sigma_kms, z_l, z_s, dist:Distances):
     "Einstein radius of a singular isothermal sphere, θE = 4π (σ/c)² D_ls/D_s, in arcsec (0 where z_s <= z_l)."
     ratio = np.where(np.asarray(z_s) > np.asarray(z_l), dist.angular(z_l, z_s) / dist.angular(z_s), 0.0)
     return 4 * np.pi * (np.asarray(sigma_kms) / 299792.458) ** 2 * ratio * 206264.806
 
-# %% ../nbs/05_mocksky.ipynb 100
+# %% ../nbs/05_mocksky.ipynb 102
 def sample_vdf(rng, n:int, sigma_star_kms:float=161.0, alpha:float=2.32, beta:float=2.67, lo_kms:float=60.0, hi_kms:float=500.0):
     "n velocity dispersions (km/s) from the Choi et al. (2007) early-type VDF, dn/dσ ∝ (σ/σ*)^α exp(−(σ/σ*)^β)/σ (inverse CDF)."
     s = np.linspace(lo_kms, hi_kms, 4000); x = s / sigma_star_kms
@@ -858,7 +864,7 @@ def sample_vdf(rng, n:int, sigma_star_kms:float=161.0, alpha:float=2.32, beta:fl
     cdf = np.concatenate([[0], np.cumsum(0.5 * (pdf[1:] + pdf[:-1]) * np.diff(s))]); cdf /= cdf[-1]
     return np.interp(rng.uniform(size=n), cdf, s)
 
-# %% ../nbs/05_mocksky.ipynb 102
+# %% ../nbs/05_mocksky.ipynb 104
 def _propose_lens_systems(cfg:SkyConfig, m:int, rng, dist:Distances) -> pd.DataFrame:
     "m proposed (z_l, z_s, σ, θE): z_l ∝ dV/dz, z_s log-normal, σ from the VDF; kept with probability ∝ θE² within the θE range."
     zg = np.linspace(0.05, cfg.zl_max, 400); dc = dist.comoving(zg)
@@ -870,7 +876,7 @@ def _propose_lens_systems(cfg:SkyConfig, m:int, rng, dist:Distances) -> pd.DataF
     keep = (z_s > z_l + 0.1) & (te >= cfg.theta_e_min_arcsec) & (te <= cfg.theta_e_max_arcsec) & (rng.uniform(size=m) < (te / cfg.theta_e_max_arcsec) ** 2)
     return pd.DataFrame({"z_l": z_l, "z_s": z_s, "sigma_kms": sig, "theta_e_arcsec": te})[keep].reset_index(drop=True)
 
-# %% ../nbs/05_mocksky.ipynb 103
+# %% ../nbs/05_mocksky.ipynb 105
 def _deflector_light(cfg:SkyConfig, d:pd.DataFrame, rng, dist:Distances) -> pd.DataFrame:
     "Photometry, colours, Tractor type, size and shape of deflectors (d: z_l, sigma_kms) — see the prose above."
     n, z = len(d), d.z_l.to_numpy()
@@ -888,7 +894,7 @@ def _deflector_light(cfg:SkyConfig, d:pd.DataFrame, rng, dist:Distances) -> pd.D
                     shape_r=np.clip(re_kpc / (dist.angular(z) * 1e3) * 206264.806, 0.15, 12.0), q_light=q, pa_light=pa,
                     e1=e * np.cos(2 * pa), e2=e * np.sin(2 * pa))
 
-# %% ../nbs/05_mocksky.ipynb 104
+# %% ../nbs/05_mocksky.ipynb 106
 def draw_deflectors(cfg:SkyConfig, n:int, rng, dist:Distances|None=None, max_rounds:int=200) -> pd.DataFrame:
     "n lens systems with deflector light (`_propose_lens_systems`, `_deflector_light`), redrawn until within the catalog's z limit."
     dist = dist or Distances.flat_lcdm(cfg.hubble_h0, cfg.omega_m); parts, have = [], 0
@@ -899,7 +905,7 @@ def draw_deflectors(cfg:SkyConfig, n:int, rng, dist:Distances|None=None, max_rou
     if have < n: raise ValueError(f"draw_deflectors: only {have} of {n} deflectors after {max_rounds} rounds (check sky.theta_e_* and sky.zl_max)")
     return pd.concat(parts, ignore_index=True).iloc[:n].reset_index(drop=True) if parts else _deflector_light(cfg, _propose_lens_systems(cfg, 0, rng, dist), rng, dist)
 
-# %% ../nbs/05_mocksky.ipynb 107
+# %% ../nbs/05_mocksky.ipynb 109
 def adopt_rows(target_mag, cand_mag, rng, width:int=3, max_rounds:int=40) -> np.ndarray:
     """Indices into `cand_mag` (one per target, all distinct) of candidates whose magnitude is close to each target's:
     a random pick among the `width` nearest in magnitude, widening the window for targets whose pick was taken; the
@@ -918,7 +924,7 @@ def adopt_rows(target_mag, cand_mag, rng, width:int=3, max_rounds:int=40) -> np.
         f = np.flatnonzero(~taken); j = f[np.argmin(np.abs(cm[f] - target_mag[t]))]; out[t] = j; taken[j] = True
     return order[out]
 
-# %% ../nbs/05_mocksky.ipynb 109
+# %% ../nbs/05_mocksky.ipynb 111
 _ADOPTED = ["mag_z", "g_minus_r", "r_minus_z", "z_minus_w1", "type", "sersic", "shape_r", "e1", "e2"]
 
 def plant_deflectors(cfg:SkyConfig, s:pd.DataFrame, bricks:pd.DataFrame, n:int, rng) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -935,7 +941,7 @@ def plant_deflectors(cfg:SkyConfig, s:pd.DataFrame, bricks:pd.DataFrame, n:int, 
     s.loc[rows, "role"] = "lens"
     return s, d.assign(row=rows)
 
-# %% ../nbs/05_mocksky.ipynb 112
+# %% ../nbs/05_mocksky.ipynb 114
 def lens_mass_model(cfg:SkyConfig, d:pd.DataFrame, rng) -> dict:
     "SIE + shear (lensing.LENS_KEYS, (n,) arrays) of deflectors d: the light's axis ratio and angle with scatter (mass follows light)."
     n = len(d)
@@ -946,7 +952,7 @@ def lens_mass_model(cfg:SkyConfig, d:pd.DataFrame, rng) -> dict:
     return dict(theta_E=d.theta_e_arcsec.to_numpy(), e1=e * np.cos(2 * pa), e2=e * np.sin(2 * pa), center_x=np.zeros(n),
                 center_y=np.zeros(n), gamma1=g[0], gamma2=g[1])
 
-# %% ../nbs/05_mocksky.ipynb 113
+# %% ../nbs/05_mocksky.ipynb 115
 def draw_sources(cfg:SkyConfig, lens:dict, seed:int) -> dict:
     "Sérsic sources behind each lens: `lensing.sample_sources` with the sky config's priors (see the prose)."
     n, rng = len(lens["theta_E"]), np.random.default_rng(seed)
@@ -957,13 +963,13 @@ def draw_sources(cfg:SkyConfig, lens:dict, seed:int) -> dict:
                           mu_range=None if cfg.mu_min == 0 and cfg.mu_max == 0 else (cfg.mu_min, cfg.mu_max), R_sersic_range=(cfg.source_r_e_min_arcsec, cfg.source_r_e_max_arcsec),
                           proposals_per_round=1, max_rounds=400) if n else {k: np.zeros(0) for k in SOURCE_KEYS + ("magnification",)}
 
-# %% ../nbs/05_mocksky.ipynb 115
+# %% ../nbs/05_mocksky.ipynb 117
 def source_components(cfg:SkyConfig, src:dict, seed:int) -> tuple[dict, np.ndarray]:
     "Source components and their system index: the Sérsic sources themselves, or (source_model 'clumpy') smooth part + clumps."
     if cfg.source_model == "clumpy": return clumpy_components({k: src[k] for k in SOURCE_KEYS}, seed)
     return {k: np.asarray(src[k]) for k in SOURCE_KEYS}, np.arange(len(src["mag_r"]))
 
-# %% ../nbs/05_mocksky.ipynb 116
+# %% ../nbs/05_mocksky.ipynb 118
 def lensed_component_rows(s:pd.DataFrame, d:pd.DataFrame, lens:dict, comps:dict, owner) -> pd.DataFrame:
     "`components.parquet` rows (kind 'lensed') of source components behind deflector rows d.row (fluxes from their magnitudes)."
     own = np.asarray(owner); rows = d.row.to_numpy()[own]
@@ -973,13 +979,13 @@ def lensed_component_rows(s:pd.DataFrame, d:pd.DataFrame, lens:dict, comps:dict,
                       gamma2=lens["gamma2"][own], src_x=comps["center_x"], src_y=comps["center_y"], src_r_e=comps["R_sersic"],
                       src_n=comps["n_sersic"], src_e1=comps["e1"], src_e2=comps["e2"])
 
-# %% ../nbs/05_mocksky.ipynb 117
+# %% ../nbs/05_mocksky.ipynb 119
 def render_arcs(cfg:SkyConfig, s:pd.DataFrame, d:pd.DataFrame, lens:dict, comps:dict, owner):
     "Noiseless arcs (lensing.LensedRender, (n, 101, 101, 3) nmgy) of each lens through its deflector row's PSF (PSFSIZE g, r, z)."
     ps = s[["psfsize_g", "psfsize_r", "psfsize_z"]].to_numpy()[d.row.to_numpy()]
     return render_lensed(lens, comps, ps, psf=psf_model(cfg), owner=None if cfg.source_model == "sersic" else np.asarray(owner), supersample=8, refine_c=0.5)
 
-# %% ../nbs/05_mocksky.ipynb 119
+# %% ../nbs/05_mocksky.ipynb 121
 def listing_probability(cfg:SkyConfig, arc_snr_r, resolution):
     "P(listed) = logistic in ln(arc S/N) × logistic in θE / FWHM_r (the two discovery parameters of the config)."
     with np.errstate(divide="ignore"):
@@ -987,7 +993,7 @@ def listing_probability(cfg:SkyConfig, arc_snr_r, resolution):
     b = (np.asarray(resolution, float) - cfg.discovery_resolution50) / cfg.discovery_resolution_width
     return 1 / (1 + np.exp(-a)) / (1 + np.exp(-b))
 
-# %% ../nbs/05_mocksky.ipynb 122
+# %% ../nbs/05_mocksky.ipynb 124
 def deflector_annulus_fraction(shape_r_arcsec, sersic_n, fwhm_arcsec, r_in_px:float=4.0, r_out_px:float=16.0):
     "Share of a round Sérsic galaxy's light between r_in and r_out pixels, PSF approximated by R_eff² = R_e² + (0.6 FWHM)² [EST]."
     from scipy.special import gammainc
@@ -996,10 +1002,10 @@ def deflector_annulus_fraction(shape_r_arcsec, sersic_n, fwhm_arcsec, r_in_px:fl
     L = lambda r_px: gammainc(2 * n, b * (r_px * PIXSCALE_ARCSEC / reff) ** (1 / n))
     return L(r_out_px) - L(r_in_px)
 
-# %% ../nbs/05_mocksky.ipynb 124
+# %% ../nbs/05_mocksky.ipynb 126
 def _lens_name(ra, dec): return [f"DESI-{r:08.4f}{'+' if d >= 0 else '-'}{abs(d):07.4f}" for r, d in zip(ra, dec)]
 
-# %% ../nbs/05_mocksky.ipynb 125
+# %% ../nbs/05_mocksky.ipynb 127
 def lens_truth_table(cfg:SkyConfig, s:pd.DataFrame, d:pd.DataFrame, lens:dict, src:dict, arcs, n_comp, rng) -> pd.DataFrame:
     "`lens_truth.parquet`: every planted lens with its deflector, mass, source, arcs, S/N, resolution and listing."
     rows = d.row.to_numpy(); S = s.iloc[rows]; n = len(d)
@@ -1023,13 +1029,13 @@ def lens_truth_table(cfg:SkyConfig, s:pd.DataFrame, d:pd.DataFrame, lens:dict, s
                          "arc_flux_r": arc_r, "arc_mag_r": nmgy_to_mag(arc_r), "arc_snr": snr, "psfsize_r": S.psfsize_r.to_numpy(),
                          "resolution": res, "arc_contrast": contrast, "p_listed": p, "listed": listed, "grading": np.where(tier_a, "confident", np.where(listed, "probable", ""))})
 
-# %% ../nbs/05_mocksky.ipynb 126
+# %% ../nbs/05_mocksky.ipynb 128
 def _pool_like(cfg:SkyConfig, s:pd.DataFrame) -> np.ndarray:
     "Rows that pass the negative pool's cuts (SER/DEV/REX, >= 3 exposures per band, z < 20, no rejected MASKBITS)."
     return (s.type.isin(["SER", "DEV", "REX"]) & (s.mag_z < 20) & (s.nobs_g >= 3) & (s.nobs_r >= 3) & (s.nobs_z >= 3)
             & ((s.maskbits.astype(np.int32) & REJECT_BITS) == 0)).to_numpy()
 
-# %% ../nbs/05_mocksky.ipynb 127
+# %% ../nbs/05_mocksky.ipynb 129
 def _tier_b_contaminants(cfg:SkyConfig, s:pd.DataFrame, lt:pd.DataFrame, conf:pd.DataFrame, rng) -> np.ndarray:
     "Rows of the non-lenses padded into Tier-B (fraction tier_b_contamination of it): half confusers, half red pool galaxies."
     nb = int((lt.grading == "probable").sum()); f = cfg.tier_b_contamination
@@ -1040,7 +1046,7 @@ def _tier_b_contaminants(cfg:SkyConfig, s:pd.DataFrame, lt:pd.DataFrame, conf:pd
     c2 = rng.choice(crow_gal, min(nc - nc1, len(crow_gal)), replace=False) if nc - nc1 > 0 else np.zeros(0, int)
     return np.concatenate([c1, c2]).astype(int)
 
-# %% ../nbs/05_mocksky.ipynb 128
+# %% ../nbs/05_mocksky.ipynb 130
 def known_lens_catalog(cfg:SkyConfig, s:pd.DataFrame, lt:pd.DataFrame, conf:pd.DataFrame, rng) -> pd.DataFrame:
     "The published catalog (`known_lenses.csv`, lenscat's columns + truth): listed lenses and the Tier-B non-lenses."
     cont = s.iloc[_tier_b_contaminants(cfg, s, lt, conf, rng)]; catmap = dict(zip(conf.row, conf.category))
@@ -1056,7 +1062,18 @@ def known_lens_catalog(cfg:SkyConfig, s:pd.DataFrame, lt:pd.DataFrame, conf:pd.D
                          "brickname": kl.brickname, "objid": kl.objid.astype(int), "theta_e_arcsec": kl.theta_e_arcsec, "arc_snr": kl.arc_snr,
                          "magnification": kl.magnification, "src_mag_r": kl.src_mag_r, "confuser_category": kl.confuser_category})
 
-# %% ../nbs/05_mocksky.ipynb 130
+# %% ../nbs/05_mocksky.ipynb 132
+def excluded_lenses(cfg:SkyConfig, lt:pd.DataFrame, area_deg2:float) -> pd.DataFrame:
+    "`excluded_lenses.csv`: a seeded 1 − 1/boost share of the unlisted lenses (the density boost's excess), for the negatives' exclusion."
+    real = cfg.lens_density_per_deg2 * area_deg2
+    boost = cfg.lens_density_scale if cfg.n_lenses is None else (len(lt) / real if real > 0 else np.inf)
+    u = np.random.default_rng([cfg.seed, 7]).uniform(size=len(lt))              # one draw per planted lens, own stream
+    e = lt[~lt.listed.to_numpy(bool) & (u < 1 - 1 / max(boost, 1.0))]
+    return pd.DataFrame({"ra": e.ra.to_numpy(float), "dec": e.dec.to_numpy(float), "galaxy_id": e.galaxy_id.to_numpy(),
+                         "theta_e_arcsec": e.theta_e_arcsec.to_numpy(float), "arc_snr": e.arc_snr.to_numpy(float),
+                         "reason": "lens-density boost excess"})
+
+# %% ../nbs/05_mocksky.ipynb 135
 @dataclass
 class SkyTables:
     "A mock sky in memory (`make_sky`): the catalog and its side tables, as `write_sky` writes them."
@@ -1067,15 +1084,16 @@ class SkyTables:
     known: pd.DataFrame          # known_lenses.csv
     confusers: pd.DataFrame
     meta: dict                   # sky_meta.json (without the file list, added by write_sky)
+    excluded: pd.DataFrame | None = None   # excluded_lenses.csv (`excluded_lenses`)
 
-# %% ../nbs/05_mocksky.ipynb 131
+# %% ../nbs/05_mocksky.ipynb 136
 def _n_lenses(cfg:SkyConfig) -> int:
     "Planted lenses: `n_lenses`, or round(lens_density_per_deg2 × lens_density_scale × footprint area)."
     if cfg.n_lenses is not None: return int(cfg.n_lenses)
-    area = (cfg.ra_max_deg - cfg.ra_min_deg) * (np.sin(np.deg2rad(cfg.dec_max_deg)) - np.sin(np.deg2rad(cfg.dec_min_deg))) * 180 / np.pi
+    area = footprint_area_deg2(cfg)
     return int(round(cfg.lens_density_per_deg2 * cfg.lens_density_scale * area))
 
-# %% ../nbs/05_mocksky.ipynb 133
+# %% ../nbs/05_mocksky.ipynb 138
 def _catalog(cfg:SkyConfig, bricks:pd.DataFrame, rng) -> tuple:
     "Sources, masks, confusers and planted deflectors on the brick grid, photometry, OBJIDs: (s, confuser components, conf, deflectors)."
     s = _apply_masks(cfg, make_sources(cfg, bricks), bricks)
@@ -1096,7 +1114,7 @@ def _catalog(cfg:SkyConfig, bricks:pd.DataFrame, rng) -> tuple:
     comps["host_row"] = new_row[comps.host_row.to_numpy().astype(np.int64)]; conf["row"] = new_row[conf.row.to_numpy().astype(np.int64)]
     return s, comps, conf, d.assign(row=new_row[d.row.to_numpy()])
 
-# %% ../nbs/05_mocksky.ipynb 134
+# %% ../nbs/05_mocksky.ipynb 139
 def _lenses(cfg:SkyConfig, s:pd.DataFrame, d:pd.DataFrame, rng) -> tuple:
     "Mass models, sources, arcs and listing of the planted deflectors: (lens_truth, lensed component rows)."
     lens = lens_mass_model(cfg, d, rng)
@@ -1106,23 +1124,25 @@ def _lenses(cfg:SkyConfig, s:pd.DataFrame, d:pd.DataFrame, rng) -> tuple:
     lt = lens_truth_table(cfg, s, d, lens, src, arcs, np.bincount(owner, minlength=len(d)), rng)
     return lt, lensed_component_rows(s, d, lens, comps, owner)
 
-# %% ../nbs/05_mocksky.ipynb 135
-def _sky_summary(cfg:SkyConfig, s, bricks, lt, known, conf) -> dict:
+# %% ../nbs/05_mocksky.ipynb 140
+def _sky_summary(cfg:SkyConfig, s, bricks, lt, known, conf, excl) -> dict:
     "Counts and densities for sky_meta.json and the run summary (listed/all lenses per deg², unlisted-lens share of the pool)."
-    area = (cfg.ra_max_deg - cfg.ra_min_deg) * (np.sin(np.deg2rad(cfg.dec_max_deg)) - np.sin(np.deg2rad(cfg.dec_min_deg))) * 180 / np.pi
+    area = footprint_area_deg2(cfg)
     pool = _pool_like(cfg, s) & ~s.role.isin(["confuser"]).to_numpy() & ~s.galaxy_id.isin(set(lt.galaxy_id[lt.listed])).to_numpy()
     unl = s.galaxy_id.isin(set(lt.galaxy_id[~lt.listed])).to_numpy() & pool
+    ex = s.galaxy_id.isin(set(excl.galaxy_id)).to_numpy() & pool                    # unlisted lenses the negatives never see
     return {"area_deg2": round(area, 3), "n_sources": int(len(s)), "n_bricks": int(len(bricks)), "n_lenses_planted": int(len(lt)),
             "n_listed": int(lt.listed.sum()), "n_tier_a": int((lt.grading == "confident").sum()),
             "n_tier_b": int((known.grading == "probable").sum()), "n_tier_b_nonlens": int((~known.is_lens.astype(bool)).sum()),
             "lens_density_per_deg2": round(len(lt) / area, 4), "listed_density_per_deg2": round(float(lt.listed.sum()) / area, 4),
             "lens_density_scale": cfg.lens_density_scale, "n_pool_like": int(pool.sum()), "n_unlisted_lenses_in_pool": int(unl.sum()),
-            "unlisted_lens_share_of_pool": round(float(unl.sum()) / max(int(pool.sum()), 1), 6),
+            "unlisted_lens_share_of_pool": round(float(unl.sum()) / max(int(pool.sum()), 1), 6), "n_excluded_lenses": int(len(excl)),
+            "unlisted_lens_share_of_negative_pool": round(float((unl & ~ex).sum()) / max(int((pool & ~ex).sum()), 1), 6),
             "n_confusers": {c: int((conf.category == c).sum()) for c in CONFUSER_CATEGORIES},
             "masked_fraction": float(((s.maskbits.astype(np.int32) & REJECT_BITS) != 0).mean()),
             "type_counts": {k: int(v) for k, v in s.type.value_counts().items()}}
 
-# %% ../nbs/05_mocksky.ipynb 136
+# %% ../nbs/05_mocksky.ipynb 141
 def _sky_meta(cfg:SkyConfig, summary:dict, seconds:float) -> dict:
     "sky_meta.json without its file list: format, config, summary, the source prior (for the injection stage), the brick grid."
     prior = {k: getattr(cfg, k) for k in ("source_model", "source_mag_r_min", "source_mag_r_max", "source_mag_slope", "mu_min", "mu_max",
@@ -1134,7 +1154,7 @@ def _sky_meta(cfg:SkyConfig, summary:dict, seconds:float) -> dict:
             "grid": {"ra_min_deg": cfg.ra_min_deg, "dec_min_deg": cfg.dec_min_deg, "n_ra": int(round((cfg.ra_max_deg - cfg.ra_min_deg) / BRICK_SIZE_DEG)),
                      "n_dec": int(round((cfg.dec_max_deg - cfg.dec_min_deg) / BRICK_SIZE_DEG)), "brick_size_deg": BRICK_SIZE_DEG}}
 
-# %% ../nbs/05_mocksky.ipynb 137
+# %% ../nbs/05_mocksky.ipynb 142
 def make_sky(cfg:SkyConfig, progress:bool=False) -> SkyTables:
     "The mock DR10 sky as tables (pure: no files). Deterministic in `cfg` (every draw derives from `cfg.seed`)."
     cfg.validate(); t0 = time.time()
@@ -1143,15 +1163,16 @@ def make_sky(cfg:SkyConfig, progress:bool=False) -> SkyTables:
         s, comps, conf, d = _catalog(cfg, bricks, rng); bar.update()
         lt, lcomp = _lenses(cfg, s, d, rng); bar.update()
         known = known_lens_catalog(cfg, s, lt, conf, rng); bar.update()
+    excl = excluded_lenses(cfg, lt, footprint_area_deg2(cfg))
     comps = pd.concat([comps, lcomp], ignore_index=True)
     comps["host_galaxy_id"] = s.galaxy_id.to_numpy()[comps.host_row.to_numpy().astype(np.int64)]
     r = conf.row.to_numpy().astype(np.int64)
     confusers = pd.DataFrame({"ra": s.ra.to_numpy()[r], "dec": s.dec.to_numpy()[r], "category": conf.category.to_numpy(), "galaxy_id": s.galaxy_id.to_numpy()[r],
                               "brickname": s.brickname.to_numpy()[r], "objid": s.objid.to_numpy()[r]}).sort_values(["ra", "dec"]).reset_index(drop=True)
-    meta = _sky_meta(cfg, _sky_summary(cfg, s, bricks, lt, known, conf), time.time() - t0)
-    return SkyTables(s, bricks, comps.drop(columns=["host_row"]), lt, known, confusers, meta)
+    meta = _sky_meta(cfg, _sky_summary(cfg, s, bricks, lt, known, conf, excl), time.time() - t0)
+    return SkyTables(s, bricks, comps.drop(columns=["host_row"]), lt, known, confusers, meta, excl)
 
-# %% ../nbs/05_mocksky.ipynb 141
+# %% ../nbs/05_mocksky.ipynb 146
 def _sources_to_sweep_array(s:pd.DataFrame) -> np.ndarray:
     "DR10 sweep rows (uppercase names, DR9 Tractor dtypes) from the internal source table."
     a = np.zeros(len(s), dtype=SWEEP_DTYPE)
@@ -1165,7 +1186,7 @@ def _sources_to_sweep_array(s:pd.DataFrame) -> np.ndarray:
         for c in ("MW_TRANSMISSION", "NOBS", "PSFDEPTH", "GALDEPTH", "PSFSIZE"): a[f"{c}_{b}"] = s[f"{c.lower()}_{b.lower()}"].to_numpy()
     return a
 
-# %% ../nbs/05_mocksky.ipynb 142
+# %% ../nbs/05_mocksky.ipynb 147
 def write_sweeps(s:pd.DataFrame, out_dir:str) -> list[str]:
     "Write one FITS sweep per 5x5 deg box holding sources; returns the URLs."
     bra, bdec = sweep_box(s.ra.to_numpy(), s.dec.to_numpy()); urls = []
@@ -1176,7 +1197,7 @@ def write_sweeps(s:pd.DataFrame, out_dir:str) -> list[str]:
         urls.append(atomic_write_bytes(url_join(out_dir, sweep_name(r1, d1, r1 + SWEEP_BOX_DEG, d1 + SWEEP_BOX_DEG)), buf.getvalue()))
     return urls
 
-# %% ../nbs/05_mocksky.ipynb 143
+# %% ../nbs/05_mocksky.ipynb 148
 def write_sky(t:SkyTables, out_dir:str, provenance:dict|None=None) -> dict:
     """Write a `make_sky` result into `out_dir` (local path or URL), each file atomically, sky_meta.json last (with the
     stage's `provenance` record when given: issue 17.3, every JSON output carries it). Returns {name: url}."""
@@ -1185,18 +1206,20 @@ def write_sky(t:SkyTables, out_dir:str, provenance:dict|None=None) -> dict:
     urls["components"] = atomic_write_parquet(t.components, url_join(out_dir, "components.parquet"))
     urls["lens_truth"] = atomic_write_parquet(t.lens_truth, url_join(out_dir, "lens_truth.parquet"))
     urls["known_lenses"] = atomic_write_text(url_join(out_dir, "known_lenses.csv"), t.known.to_csv(index=False))
+    if t.excluded is not None: urls["excluded_lenses"] = atomic_write_text(url_join(out_dir, "excluded_lenses.csv"), t.excluded.to_csv(index=False))
     urls["confusers"] = atomic_write_text(url_join(out_dir, "confusers.csv"), t.confusers.to_csv(index=False))
     files = {"sweeps": [u.rsplit("/", 1)[-1] for u in urls["sweeps"]], "bricks": "bricks.parquet", "components": "components.parquet",
-             "lens_truth": "lens_truth.parquet", "known_lenses": "known_lenses.csv", "confusers": "confusers.csv"}
+             "lens_truth": "lens_truth.parquet", "known_lenses": "known_lenses.csv", "confusers": "confusers.csv",
+             **({"excluded_lenses": "excluded_lenses.csv"} if t.excluded is not None else {})}
     urls["sky_meta"] = atomic_write_text(url_join(out_dir, "sky_meta.json"), json.dumps({**t.meta, "files": files, **({"provenance": provenance} if provenance else {})}, indent=2, default=str) + "\n")
     return urls
 
-# %% ../nbs/05_mocksky.ipynb 144
+# %% ../nbs/05_mocksky.ipynb 149
 def build_sky(cfg:SkyConfig, out_dir:str, progress:bool=True) -> dict:
-    "`make_sky` then `write_sky` into `out_dir`: sweep-*.fits, bricks, components, lens_truth, known_lenses.csv, confusers.csv, sky_meta.json."
+    "`make_sky` then `write_sky` into `out_dir`: sweep-*.fits, bricks, components, lens_truth, known_lenses.csv, excluded_lenses.csv, confusers.csv, sky_meta.json."
     return write_sky(make_sky(cfg, progress=progress), out_dir)
 
-# %% ../nbs/05_mocksky.ipynb 148
+# %% ../nbs/05_mocksky.ipynb 153
 def run_sky_stage(cfg, run_dir:str, progress:bool=True) -> dict:
     """Pipeline stage `sky`: build `<run_dir>/sky/` from `cfg.sky` (a pipeline config, or a `SkyConfig`) under the stage
     protocol. Returns the summary (also in the done marker): sky_dir, counts, densities, unlisted-lens share of the pool.
@@ -1213,11 +1236,12 @@ def run_sky_stage(cfg, run_dir:str, progress:bool=True) -> dict:
         write_sky(t, st.out, provenance=prov)
         atomic_write_text(st.path("provenance.json"), json.dumps(prov, indent=2, default=str) + "\n")
         keys = ("area_deg2", "n_sources", "n_lenses_planted", "n_listed", "n_tier_a", "n_tier_b", "n_tier_b_nonlens", "lens_density_per_deg2",
-                "listed_density_per_deg2", "lens_density_scale", "n_unlisted_lenses_in_pool", "unlisted_lens_share_of_pool", "build_seconds")
+                "listed_density_per_deg2", "lens_density_scale", "n_unlisted_lenses_in_pool", "unlisted_lens_share_of_pool",
+                "n_excluded_lenses", "unlisted_lens_share_of_negative_pool", "build_seconds")
         st.result.update(sky_dir=st.rel(st.out), source_model=sky_cfg.source_model, **{k: t.meta[k] for k in keys})
     return st.result
 
-# %% ../nbs/05_mocksky.ipynb 151
+# %% ../nbs/05_mocksky.ipynb 156
 _SWEEP_READ_COLS = ["BRICKNAME", "OBJID", "TYPE", "RA", "DEC", "FLUX_G", "FLUX_R", "FLUX_Z", "SHAPE_R", "SHAPE_E1", "SHAPE_E2", "SERSIC",
                     "NOBS_G", "NOBS_R", "NOBS_Z", "PSFSIZE_G", "PSFSIZE_R", "PSFSIZE_Z", "PSFDEPTH_G", "PSFDEPTH_R", "PSFDEPTH_Z"]
 
@@ -1230,13 +1254,13 @@ def _read_sweep_table(url) -> pd.DataFrame:
         v = out[c]; out[c] = np.char.strip(np.char.decode(v) if v.dtype.kind == "S" else v.astype(str)).astype(str)
     return pd.DataFrame(out)
 
-# %% ../nbs/05_mocksky.ipynb 152
+# %% ../nbs/05_mocksky.ipynb 157
 def _seed_for(ra_deg, dec_deg, seed) -> np.ndarray:
     "64-bit noise seeds from a hash of the position rounded to 1e-6 deg and the seed (independent of batching)."
     return np.array([int.from_bytes(hashlib.blake2b(f"{r:.6f},{d:.6f},{int(seed)}".encode(), digest_size=8).digest(), "little")
                      for r, d in zip(np.asarray(ra_deg, float), np.asarray(dec_deg, float))], dtype=np.uint64)
 
-# %% ../nbs/05_mocksky.ipynb 154
+# %% ../nbs/05_mocksky.ipynb 159
 def _scene_catalog(sky, ra0, dec0) -> tuple[dict, dict]:
     "Point sources and Tractor galaxies (component dict) of the catalog whose light reaches each cutout's grid."
     S, n, G, c0 = sky.sources, len(ra0), GRID_SIZE, GRID_PAD_PX + NPIX // 2
@@ -1253,7 +1277,7 @@ def _scene_catalog(sky, ra0, dec0) -> tuple[dict, dict]:
     gal["e1"], gal["e2"] = S.shape_e1.to_numpy()[idx][ge], S.shape_e2.to_numpy()[idx][ge]; gal["t_out"] = sky._src_tout[idx][ge]
     return {"cut": cut[isp], "x": x[isp], "y": y[isp], "flux": flux[isp]}, gal
 
-# %% ../nbs/05_mocksky.ipynb 155
+# %% ../nbs/05_mocksky.ipynb 160
 def _scene_components(sky, ra0, dec0) -> dict|None:
     "Side components (confuser light, lensed source components) near each cutout, as a component dict (None if there are none)."
     if sky._cmp_tree is None: return None
@@ -1267,7 +1291,7 @@ def _scene_components(sky, ra0, dec0) -> dict|None:
     return {"cut": cc, "x": cx[k2] + c0, "y": cy[k2] + c0, "kind": C.kind.to_numpy()[ci], "flux": C[["flux_g", "flux_r", "flux_z"]].to_numpy()[ci],
             **{k: C[k].to_numpy()[ci] for k in COMP_PARAMS}}
 
-# %% ../nbs/05_mocksky.ipynb 156
+# %% ../nbs/05_mocksky.ipynb 161
 def _coadd_noise_batch(sky, img, sig, nobs, seeds, noise:bool, sky_offset:bool):
     "Add DR10 coadd noise (inverse-variance σ + source Poisson, Lanczos-resampled) and the sky offset to img (n, 101, 101, 3) in place; returns the offsets (n, 3)."
     n, cfg = img.shape[0], sky.meta["config"]; E = max(1, int(cfg.get("noise_exposures", 4)))
@@ -1290,7 +1314,7 @@ def _coadd_noise_batch(sky, img, sig, nobs, seeds, noise:bool, sky_offset:bool):
     img += off[:, None, None, :].astype(np.float32)
     return off
 
-# %% ../nbs/05_mocksky.ipynb 157
+# %% ../nbs/05_mocksky.ipynb 162
 def _cutout_meta(sky, ra0, dec0, B, has, jc, gid, sig, off, n_src, seed) -> pd.DataFrame:
     "The meta table of a batch: spec §1 fields, brick PSF sizes, σ and offsets per band, the truth."
     S, lt = sky.sources, sky._lens
@@ -1307,7 +1331,7 @@ def _cutout_meta(sky, ra0, dec0, B, has, jc, gid, sig, off, n_src, seed) -> pd.D
                          "n_sources": n_src, "is_lens": np.array([g in lt.index for g in gid]), "grading": [sky._grading.get(g, "") for g in gid],
                          "theta_e_arcsec": lcol("theta_e_arcsec"), "arc_snr": lcol("arc_snr"), "confuser_category": [sky._confuser.get(g, "") for g in gid]})
 
-# %% ../nbs/05_mocksky.ipynb 158
+# %% ../nbs/05_mocksky.ipynb 163
 def _scene_wings(sky, ra0, dec0) -> dict|None:
     "Catalog sources whose PSF wing reaches each cutout's field (beyond the faded kernel): cut, x, y (field px), flux, radius, r_soft."
     if sky._wing_tree is None or not len(ra0): return None
@@ -1321,7 +1345,7 @@ def _scene_wings(sky, ra0, dec0) -> dict|None:
     return {"cut": cut[keep], "x": x[keep] + NPIX // 2, "y": y[keep] + NPIX // 2, "flux": flux[keep], "radius": R[keep],
             "r_soft": np.where(S.type.to_numpy()[idx] == "PSF", 0.0, S.shape_r.to_numpy()[idx])[keep]}
 
-# %% ../nbs/05_mocksky.ipynb 159
+# %% ../nbs/05_mocksky.ipynb 164
 def _add_wings(img, W:dict|None, psfsize, psf:PSFModel, chunk:int=32):
     "Add the PSF wings of `_scene_wings` to noise-free cutouts img (n, 101, 101, 3) float32 torch, with each cutout's PSFSIZE (n, 3)."
     if W is None or not len(W["cut"]): return img
@@ -1334,7 +1358,7 @@ def _add_wings(img, W:dict|None, psfsize, psf:PSFModel, chunk:int=32):
     img += acc.to(img.dtype)
     return img
 
-# %% ../nbs/05_mocksky.ipynb 160
+# %% ../nbs/05_mocksky.ipynb 165
 def _render_batch(sky, ra0, dec0, B, seed, noise, sky_offset, outer_light:bool=True):
     "One batch of cutouts: scene, PSF (the brick's PSFSIZE; the 'psf' shortcut sharpens listed lenses) and its wings, noise, meta."
     S, n = sky.sources, len(ra0)
@@ -1355,7 +1379,7 @@ def _render_batch(sky, ra0, dec0, B, seed, noise, sky_offset, outer_light:bool=T
     off = _coadd_noise_batch(sky, img, sig, pick("nobs"), _seed_for(ra0, dec0, seed), noise, sky_offset)
     return img, _cutout_meta(sky, ra0, dec0, B, has, jc, gid, sig, off, np.bincount(points["cut"], minlength=n) + np.bincount(gal["cut"], minlength=n), seed)
 
-# %% ../nbs/05_mocksky.ipynb 161
+# %% ../nbs/05_mocksky.ipynb 166
 class MockSky:
     "Renderer of the mock DR10 sky written by `build_sky`: `MockSky.open(sky_dir).render(ra_deg, dec_deg, seed)`."
     def __init__(self, sky_dir, meta, sources, bricks, comps, lens_truth, known):
@@ -1428,7 +1452,7 @@ class MockSky:
                 X[sl], m = _render_batch(self, ra0[sl], dec0[sl], B.iloc[sl], seed, noise, sky_offset, outer_light); metas.append(m)
         return X, (pd.concat(metas, ignore_index=True) if metas else _render_batch(self, ra0, dec0, B, seed, noise, sky_offset, outer_light)[1])
 
-# %% ../nbs/05_mocksky.ipynb 168
+# %% ../nbs/05_mocksky.ipynb 173
 def gallery_targets(sky:MockSky, n_per:int=3, seed:int=0) -> pd.DataFrame:
     "Positions for a gallery: Tier-A, Tier-B lens, Tier-B non-lens, unlisted lens, each confuser category, ordinary galaxies."
     rng = np.random.default_rng(seed); kl, lt = sky.known, sky.lens_truth; out = []
@@ -1443,7 +1467,7 @@ def gallery_targets(sky:MockSky, n_per:int=3, seed:int=0) -> pd.DataFrame:
     take(pool[~(pool.brickname + "_" + pool.objid.astype(str)).isin(set(lt.galaxy_id))], "galaxy", k=2 * n_per)
     return pd.concat(out, ignore_index=True)
 
-# %% ../nbs/05_mocksky.ipynb 169
+# %% ../nbs/05_mocksky.ipynb 174
 def plot_gallery(X, meta:pd.DataFrame, labels, ncols:int=7, crop:int=18):
     "A grid of grz composites (`physics.grz_composite`) of cutouts X with their labels and truth; returns the figure."
     import matplotlib.pyplot as plt
@@ -1458,7 +1482,7 @@ def plot_gallery(X, meta:pd.DataFrame, labels, ncols:int=7, crop:int=18):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/05_mocksky.ipynb 171
+# %% ../nbs/05_mocksky.ipynb 176
 def _auc(pos, allv) -> float:
     "P(a value from `pos` > a value from `allv`) + ties/2 (Mann-Whitney AUC)."
     pos, allv = np.asarray(pos, float), np.asarray(allv, float)
@@ -1466,7 +1490,7 @@ def _auc(pos, allv) -> float:
     r = stats.rankdata(np.concatenate([pos, allv]))[:len(pos)]
     return float((r.sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(allv)))
 
-# %% ../nbs/05_mocksky.ipynb 172
+# %% ../nbs/05_mocksky.ipynb 177
 def lens_population_stats(lens_truth:pd.DataFrame, sources:pd.DataFrame, area_deg2:float, which:str="listed") -> dict:
     "The issue-14 table on a sky: deflector r, g−r, arc − deflector, type mix, θE, listing vs seeing/depth, densities."
     lt = lens_truth; sel = lt[lt.listed] if which == "listed" else lt
@@ -1482,7 +1506,7 @@ def lens_population_stats(lens_truth:pd.DataFrame, sources:pd.DataFrame, area_de
             "auc_listed_vs_all_psfdepth_r": _auc(S.psfdepth_r.to_numpy()[l_], S.psfdepth_r.to_numpy()),
             "listed_density_per_deg2": float(l_.sum() / area_deg2), "lens_density_per_deg2": float(len(lt) / area_deg2)}
 
-# %% ../nbs/05_mocksky.ipynb 174
+# %% ../nbs/05_mocksky.ipynb 179
 def blank_sky_noise(sky:MockSky, n:int=200, seed:int=0, min_sep_arcsec:float=25.0) -> pd.DataFrame:
     """Per band, on blank-sky cutouts: median pixel σ / inverse-variance σ, adjacent-pixel correlation, median σ (nmgy), and
     σ at DR10's median depth and PSFSIZE (the config's m5_ref_* and PSFSIZE medians, §2: that ratio × the DR10 formula's σ)."""

@@ -36,9 +36,9 @@ __all__ = ['POOL_COLUMNS', 'SPEC_POOL_COLUMNS', 'EXTRA_POOL_COLUMNS', 'POSITIVE_
            'plan_tasks', 'run_task', 'run_tasks_local', 'nearest_sources', 'unmatched_reasons', 'match_positives',
            'split_positives', 'round_half_up', 'stratum_keys', 'with_strata', 'sampling_targets', 'targets_long',
            'pool_quotas', 'sampling_table', 'draw_cells', 'fallback_strata', 'coarse_targets', 'with_fallback',
-           'sample_negatives', 'stratification_table', 'load_morphology_catalog', 'CatalogInputs', 'prepare_catalogs',
-           'counts_by', 'sweep_losses', 'CatalogResult', 'catalog_report', 'finish_catalogs', 'build_catalogs',
-           'lens_hosts', 'synthetic_sky']
+           'sample_negatives', 'stratification_table', 'load_morphology_catalog', 'load_exclusion_catalogs',
+           'CatalogInputs', 'prepare_catalogs', 'counts_by', 'sweep_losses', 'CatalogResult', 'catalog_report',
+           'finish_catalogs', 'build_catalogs', 'lens_hosts', 'synthetic_sky']
 
 # %% ../nbs/07_negatives.ipynb 5
 @dataclass
@@ -158,6 +158,8 @@ class CatalogConfig:
     known_lenses: str = ""                # "" -> <sweep_dir>/known_lenses.csv; "lenscat"; or a CSV/Parquet path/URL
     missing_grading: str = "error"        # known-lens rows without a grading: "error" | "confident" | "probable" | "drop"
     morphology_catalog: str = "auto"      # (ra, dec, category) CSV/Parquet; "auto" -> <sweep_dir>/confusers.csv if present; "" none
+    exclude_catalogs: str = "auto"        # (ra, dec) CSV/Parquet of further lenses/candidates kept out of the negatives (never positives),
+                                          # comma-separated; "auto" -> <sweep_dir>/excluded_lenses.csv if present; "" none
     morphology_match_radius_arcsec: float = 1.0   # cross-match radius to the morphology catalog
     n1_categories: list[str] = field(default_factory=lambda: ["", "none", "normal", "n1"])  # morphology categories that mean "not a confuser"
     match_radius_arcsec: float = 1.5      # known lens -> nearest sweep source
@@ -198,7 +200,10 @@ def resolve_catalog_paths(cfg: CatalogConfig, run_dir: str) -> dict:
     if morph == "auto":
         cand = url_join(sweep_dir, "confusers.csv")
         morph = cand if exists(cand) else ""
-    return {"sweep_dir": sweep_dir, "known_lenses": kl, "morphology_catalog": morph,
+    excl = [u.strip() for u in cfg.exclude_catalogs.split(",") if u.strip()]
+    if excl == ["auto"]:
+        cand = url_join(sweep_dir, "excluded_lenses.csv"); excl = [cand] if exists(cand) else []
+    return {"sweep_dir": sweep_dir, "known_lenses": kl, "morphology_catalog": morph, "exclude_catalogs": excl,
             "out_dir": cfg.out_dir or url_join(run_dir, "manifests")}
 
 # %% ../nbs/07_negatives.ipynb 32
@@ -374,7 +379,7 @@ def labels_to_str(codes, labels) -> pd.Series:
 class ChunkContext:
     "Everything `process_chunk` needs besides the rows (picklable: sent to worker processes / Spark tasks)."
     neg: NegativeSamplingConfig
-    lens_ra: np.ndarray                 # every known-lens entry (exclusion)
+    lens_ra: np.ndarray                 # every known-lens entry, then the exclusion catalogs' (exclusion)
     lens_dec: np.ndarray
     pos_ra: np.ndarray                  # cleaned positives (matching)
     pos_dec: np.ndarray
@@ -847,35 +852,53 @@ def load_morphology_catalog(url: str) -> pd.DataFrame:
     return df[["ra", "dec", "category"]]
 
 # %% ../nbs/07_negatives.ipynb 155
+def load_exclusion_catalogs(urls: list) -> pd.DataFrame:
+    "Positions (ra, dec, catalog) of further lenses/candidates to keep out of the negatives, from (ra, dec) CSV/Parquet files."
+    out = [pd.DataFrame({"ra": [], "dec": [], "catalog": []})]
+    for url in urls:
+        fs, p = get_fs(url)
+        with fs.open(p, "rb") as f: df = pd.read_parquet(f) if str(url).endswith((".parquet", ".pq")) else pd.read_csv(f)
+        df.columns = [str(c).strip().lower() for c in df.columns]
+        if {"ra", "dec"} - set(df.columns): raise ValueError(f"{url}: exclusion catalog lacks column(s) ra/dec (has {list(df.columns)})")
+        ra, dec = pd.to_numeric(df.ra, errors="coerce").to_numpy(float), pd.to_numeric(df.dec, errors="coerce").to_numpy(float)
+        bad = np.flatnonzero(~(np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90)))
+        if len(bad): raise ValueError(f"{url}: data row {int(bad[0])} (0-based): expected finite ra and |dec| <= 90, got {df.ra.iloc[bad[0]]!r}, {df.dec.iloc[bad[0]]!r}")
+        out.append(pd.DataFrame({"ra": ra, "dec": dec, "catalog": Path(str(url)).name}))
+    return pd.concat(out, ignore_index=True).astype({"ra": np.float64, "dec": np.float64, "catalog": str})
+
+# %% ../nbs/07_negatives.ipynb 157
 @dataclass
 class CatalogInputs:
     ctx: ChunkContext
-    known_lenses: pd.DataFrame      # every entry (exclusion)
+    known_lenses: pd.DataFrame      # every entry (exclusion and positives)
     positives_catalog: pd.DataFrame # cleaned (matching)
     dropped_lenses: pd.DataFrame    # with drop_reason
     morphology: pd.DataFrame | None
     sweep_urls: list
+    excluded: pd.DataFrame | None = None   # further lenses/candidates kept out of the negatives (`load_exclusion_catalogs`)
 
-# %% ../nbs/07_negatives.ipynb 156
+# %% ../nbs/07_negatives.ipynb 158
 def prepare_catalogs(ccfg: CatalogConfig, neg: NegativeSamplingConfig, paths: dict) -> CatalogInputs:
-    "Load and clean the known lenses and the morphology catalog; list the sweep files; build the ChunkContext."
+    "Load and clean the known lenses, the exclusion and morphology catalogs; list the sweep files; build the ChunkContext."
     known = load_known_lenses(paths["known_lenses"], missing_grading=ccfg.missing_grading)
     pos_cat, dropped = clean_known_lenses(known, drop_nosocs=ccfg.drop_nosocs, drop_types=tuple(ccfg.drop_types),
                                           dedup_radius_arcsec=ccfg.dedup_radius_arcsec, keep_tiers=tuple(ccfg.keep_tiers))
     morph = load_morphology_catalog(paths["morphology_catalog"]) if paths.get("morphology_catalog") else None
     mcol = lambda c: None if morph is None else morph[c].to_numpy(dtype=object if c == "category" else np.float64)
-    ctx = ChunkContext(neg, known.ra.to_numpy(), known.dec.to_numpy(), pos_cat.ra.to_numpy(), pos_cat.dec.to_numpy(),
+    excl = load_exclusion_catalogs(paths.get("exclude_catalogs") or [])
+    ex_ra, ex_dec = np.r_[known.ra.to_numpy(float), excl.ra.to_numpy()], np.r_[known.dec.to_numpy(float), excl.dec.to_numpy()]
+    ctx = ChunkContext(neg, ex_ra, ex_dec, pos_cat.ra.to_numpy(), pos_cat.dec.to_numpy(),
                        match_radius_arcsec=ccfg.match_radius_arcsec, morph_ra=mcol("ra"), morph_dec=mcol("dec"),
                        morph_category=mcol("category"), morph_radius_arcsec=ccfg.morphology_match_radius_arcsec,
                        n1_categories=tuple(ccfg.n1_categories), pipeline_version=PIPELINE_VERSION, git_commit=git_commit())
-    return CatalogInputs(ctx, known, pos_cat, dropped, morph, list_sweeps(paths["sweep_dir"], ccfg.sweep_glob))
+    return CatalogInputs(ctx, known, pos_cat, dropped, morph, list_sweeps(paths["sweep_dir"], ccfg.sweep_glob), excl)
 
-# %% ../nbs/07_negatives.ipynb 158
+# %% ../nbs/07_negatives.ipynb 160
 def counts_by(values) -> dict:
     "{value: count} of an iterable, most common first, plain ints (JSON-able)."
     return {str(k): int(v) for k, v in pd.Series(list(values), dtype=object).value_counts().items()}
 
-# %% ../nbs/07_negatives.ipynb 160
+# %% ../nbs/07_negatives.ipynb 162
 def sweep_losses(problems: list, n_files: int, rows_read: int, unmatched: pd.DataFrame, n_positives_catalog: int) -> dict:
     "Files, rows and positives lost to unreadable sweep files/chunks (rows of unreadable headers are unknown)."
     lost = [p for p in problems if p.lost]
@@ -886,7 +909,7 @@ def sweep_losses(problems: list, n_files: int, rows_read: int, unmatched: pd.Dat
             "positives": {"lost": pos_lost, "total": int(n_positives_catalog)},
             "rows_unknown_files": sorted({p.file for p in lost if p.rows < 0})}
 
-# %% ../nbs/07_negatives.ipynb 162
+# %% ../nbs/07_negatives.ipynb 164
 @dataclass
 class CatalogResult:
     negatives: pd.DataFrame         # sampled N1 + N2, pool schema
@@ -903,7 +926,7 @@ class CatalogResult:
         return sweep_losses(self.problems, len(self.inputs.sweep_urls), self.counts.get("rows_read", 0), self.unmatched,
                             len(self.inputs.positives_catalog))
 
-# %% ../nbs/07_negatives.ipynb 163
+# %% ../nbs/07_negatives.ipynb 165
 def catalog_report(res: CatalogResult) -> dict:
     "Counts per reason for the stage report (JSON-able)."
     inp, kl, n = res.inputs, res.inputs.known_lenses, res.negatives
@@ -921,9 +944,11 @@ def catalog_report(res: CatalogResult) -> dict:
                       "n2_categories": counts_by(n.n2_category[n.pool == "N2"]), "target": int(res.sampling.target.sum()),
                       "shortfall": int(res.sampling.target.sum() - res.sampling.drawn.sum()), "from_other_pool": int(res.sampling.extra.sum())},
         "stratification": {"keys": stratum_keys(inp.ctx.neg.stratification)},
+        "excluded_lenses": {"entries": 0 if inp.excluded is None else len(inp.excluded),
+                            "files": {} if inp.excluded is None else counts_by(inp.excluded.catalog)},
         "morphology_catalog": None if inp.morphology is None else len(inp.morphology)}
 
-# %% ../nbs/07_negatives.ipynb 164
+# %% ../nbs/07_negatives.ipynb 166
 def finish_catalogs(inputs: CatalogInputs, candidates: pd.DataFrame, lens_rows: pd.DataFrame, counts: dict,
                     problems: list, ccfg: CatalogConfig, keep_candidates: bool = True) -> CatalogResult:
     "Match positives, set the ones failing a cut apart, draw N1/N2 (shared by both engines when the candidates are in memory)."
@@ -934,7 +959,7 @@ def finish_catalogs(inputs: CatalogInputs, candidates: pd.DataFrame, lens_rows: 
     return CatalogResult(negs.drop(columns=["_rank_key"]), train, evals, unmatched, table, counts, problems, inputs,
                          candidates.drop(columns=["_rank_key"]) if keep_candidates else None)
 
-# %% ../nbs/07_negatives.ipynb 165
+# %% ../nbs/07_negatives.ipynb 167
 def build_catalogs(ccfg: CatalogConfig, neg: NegativeSamplingConfig, paths: dict, inputs: CatalogInputs | None = None) -> CatalogResult:
     "The catalog stage with the local engine: read sweeps, cut, exclude, match positives, sample N1/N2."
     inputs = prepare_catalogs(ccfg, neg, paths) if inputs is None else inputs
@@ -943,7 +968,7 @@ def build_catalogs(ccfg: CatalogConfig, neg: NegativeSamplingConfig, paths: dict
     cand, lr, counts = run_tasks_local(tasks, inputs.ctx, n_jobs=ccfg.n_jobs, progress=ccfg.progress, problems=problems)
     return finish_catalogs(inputs, cand, lr, counts, problems, ccfg)
 
-# %% ../nbs/07_negatives.ipynb 167
+# %% ../nbs/07_negatives.ipynb 169
 def lens_hosts(a: dict, n: int, rng, cuts: CutsSection | None = None, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(training hosts, evaluation hosts) among the rows of sweep arrays `a`: n//10 (>= 1) failing a cut (the first one
     the nobs cut, the others type, mag_z, maskbits in turn from `offset`), the rest passing, mostly bright and red."""
@@ -962,7 +987,7 @@ def lens_hosts(a: dict, n: int, rng, cuts: CutsSection | None = None, offset: in
         ev.append(rng.choice(np.flatnonzero(kinds[kind] & free))); free[ev[-1]] = False
     return train, np.array(ev, np.int64)
 
-# %% ../nbs/07_negatives.ipynb 168
+# %% ../nbs/07_negatives.ipynb 170
 def synthetic_sky(out_dir: str, n_per_file: int = 40000, n_lenses: int = 60, seed: int = 0) -> dict:
     "Write a tiny sky for tests (see above): two sweep files, `known_lenses.csv`, `confusers.csv`; returns their paths."
     rng = np.random.default_rng(seed)

@@ -39,6 +39,29 @@ def test_manifests_are_leakage_free(demo_run):
     assert leak["checks"] and all(c["passed"] is True for c in leak["checks"].values())
 
 
+def test_negatives_hold_the_real_sky_share_of_unlisted_lenses(demo_run):
+    """The demo's 30x lens density puts no extra lenses among its negatives: the sky lists the boost's excess
+    (excluded_lenses.csv) and the catalog stage keeps it out (before: 13.5 % of the matched negatives were planted
+    lenses, 65 of them with arc S/N > 5, and the 1 %-FPR threshold sat among real arcs)."""
+    run, _, _ = demo_run
+    m = pd.read_parquet(run / "manifests" / "training_manifest.parquet")
+    truth = pd.read_parquet(run / "sky" / "lens_truth.parquet")
+    meta = json.loads((run / "sky" / "sky_meta.json").read_text())
+    excl = pd.read_csv(run / "sky" / "excluded_lenses.csv")
+    assert not excl.galaxy_id.isin(truth.galaxy_id[truth.listed]).any() and excl.galaxy_id.isin(truth.galaxy_id).all()
+    scale = meta["lens_density_scale"]; n_unlisted = int((~truth.listed).sum())
+    assert abs(len(excl) / n_unlisted - (1 - 1 / scale)) < 4 * np.sqrt((1 - 1 / scale) / scale / n_unlisted)
+    neg = m[m.label == 0]
+    assert not neg.galaxy_id.isin(excl.galaxy_id).any()
+    share = neg.galaxy_id.isin(truth.galaxy_id).mean()
+    print(f"planted lenses among the demo's negatives: {share:.2%}; pool-like share {meta['unlisted_lens_share_of_pool']:.2%} -> "
+          f"{meta['unlisted_lens_share_of_negative_pool']:.2%} after the exclusion")
+    assert share < 0.02, share
+    assert meta["unlisted_lens_share_of_negative_pool"] < 2 * meta["unlisted_lens_share_of_pool"] / scale
+    rep = json.loads((run / "manifests" / "catalog_report.json").read_text())
+    assert rep["excluded_lenses"]["entries"] == len(excl)
+
+
 def test_cutouts_cover_the_manifest(demo_run):
     run, _, _ = demo_run
     m = pd.read_parquet(run / "manifests" / "training_manifest.parquet")

@@ -345,3 +345,40 @@ def test_matching_never_leaves_a_stratum_without_negatives(result):
     assert (tab.mag_r_bin == "any").any() and tab.target.sum() == 4 * len(pos)
     fb = tab[tab.mag_r_bin == "any"][key].drop_duplicates()
     assert not tab[tab.mag_r_bin != "any"].merge(fb, on=key).shape[0]              # fine rows of those strata are replaced
+
+
+def test_exclusion_catalog_keeps_its_entries_out_of_the_negatives(tmp_path, neg_cfg):
+    "catalogs.exclude_catalogs ('auto' -> <sweep_dir>/excluded_lenses.csv): entries are excluded like known lenses, never positives."
+    arr = synthetic_sweep(20000, seed=12, ra_range=(20.1, 20.4), dec_range=(-4.9, -4.6), brick_prefix="0201m049")
+    sky = tmp_path / "sky"
+    write_sweep_fits(str(sky / "sweep-020m005-025p000.fits"), arr)
+    pd.DataFrame({"name": ["far"], "RA": [100.0], "DEC": [50.0], "grading": ["confident"]}).to_csv(sky / "known_lenses.csv", index=False)
+    ccfg = CatalogConfig(progress=False, write_candidates=True, morphology_catalog="")
+    base = build_catalogs(ccfg, neg_cfg, resolve_catalog_paths(ccfg, str(tmp_path)))
+    assert resolve_catalog_paths(ccfg, str(tmp_path))["exclude_catalogs"] == []           # auto: no file, nothing excluded
+    picks = base.candidates.iloc[[10, len(base.candidates) // 2, len(base.candidates) - 10]]
+    pd.DataFrame({"ra": picks.ra, "dec": picks.dec, "galaxy_id": picks.galaxy_id}).to_csv(sky / "excluded_lenses.csv", index=False)
+    paths = resolve_catalog_paths(ccfg, str(tmp_path))
+    assert paths["exclude_catalogs"] == [str(sky / "excluded_lenses.csv")]
+    res = build_catalogs(ccfg, neg_cfg, paths)
+    assert not set(picks.galaxy_id) & set(res.candidates.galaxy_id) and not set(picks.galaxy_id) & set(res.negatives.galaxy_id)
+    ex = SkyCoord(picks.ra.values * u.deg, picks.dec.values * u.deg)
+    idx, sep, _ = SkyCoord(res.candidates.ra.values * u.deg, res.candidates.dec.values * u.deg).match_to_catalog_sky(ex)
+    assert sep.arcsec.min() > 11.0                                                         # the whole exclusion radius
+    idx, sep, _ = SkyCoord(base.candidates.ra.values * u.deg, base.candidates.dec.values * u.deg).match_to_catalog_sky(ex)
+    assert res.counts["near_known_lens"] == base.counts["near_known_lens"] + int((sep.arcsec <= 11.0).sum())
+    assert set(base.candidates.galaxy_id[sep.arcsec > 11.0]) == set(res.candidates.galaxy_id)
+    rep = res.report()
+    assert rep["excluded_lenses"] == {"entries": 3, "files": {"excluded_lenses.csv": 3}} and rep["known_lenses"]["entries"] == 1
+    none = CatalogConfig(progress=False, morphology_catalog="", exclude_catalogs="")         # "" switches it off
+    assert resolve_catalog_paths(none, str(tmp_path))["exclude_catalogs"] == []
+
+
+def test_exclusion_catalog_bad_input_names_file_and_row(tmp_path, neg_cfg):
+    from stronglens.negatives import load_exclusion_catalogs
+    p = tmp_path / "cands.csv"
+    pd.DataFrame({"ra": [1.0, np.nan], "dec": [0.0, 1.0]}).to_csv(p, index=False)
+    with pytest.raises(ValueError, match=r"cands.csv: data row 1 \(0-based\): expected finite ra"):
+        load_exclusion_catalogs([str(p)])
+    with pytest.raises(FileNotFoundError):
+        load_exclusion_catalogs([str(tmp_path / "missing.csv")])
