@@ -89,9 +89,12 @@ class _swap:
 
 def session_start_path():
     """Context: the code as of 16f9d0d (23:20, 2026-11-30): `_footprints` with 8 neighbour passes, `_render_pixels` gathering
-    each parameter separately, `_adaptive_box` with a mask and a nonzero per level, out-of-place `_sie_alpha`/`_ray_shoot`/`_sersic_eval`, `raw_robust`/`residual` without in-place passes, the CNN unfolded in NCHW (`LensScorer.predict`)."""
+    each parameter separately, `_adaptive_box` with a mask and a nonzero per level, out-of-place `_sie_alpha`,
+    `_ray_shoot` and `_sersic_eval`, `raw_robust`/`residual` without in-place passes, the CNN unfolded in NCHW
+    (`LensScorer.predict`)."""
     from stronglens import injection as I, lensing as L, data as D
-    return _swap(*[(L, "_" + f, reference("test_lensing.py", "_old_" + f)) for f in ("footprints", "render_pixels", "sie_alpha", "ray_shoot", "sersic_eval", "adaptive_box")],
+    old = ("footprints", "render_pixels", "sie_alpha", "ray_shoot", "sersic_eval", "adaptive_box")
+    return _swap(*[(L, "_" + f, reference("test_lensing.py", "_old_" + f)) for f in old],
                  (D, "raw_robust", _raw_robust_16f9d0d), (D, "residual", _residual_16f9d0d), (I, "cpu_inference_model", lambda m: None))
 
 
