@@ -563,10 +563,11 @@ def clumpy_components(
     source:dict,                          # (N,) SOURCE_KEYS: the smooth sources to break up
     seed:int,                             # random seed
     n_clumps=(2, 5),                      # clumps per source, uniform integer in [lo, hi]
-    clump_frac=(0.3, 0.7),                # fraction of the source's flux in its clumps, uniform
+    clump_frac=(0.5, 0.9),                # fraction of the source's flux in its clumps, uniform
     clump_size_frac=(0.1, 0.25),          # clump r_e / source r_e, uniform ...
     clump_min_r_arcsec:float=0.05,        # ... but at least this (smaller knots are unresolved anyway and need finer sampling)
-    clump_blue_mag:float=0.2,             # clumps are bluer in g−r by this (mag)
+    clump_blue_mag:float=0.6,             # clumps are bluer in g−r by this (mag)
+    clump_spread_re:float=2.0,            # clump offsets from the source centre: Gaussian, this many source r_e per axis
 ) -> tuple:                               # (components dict of (M,) SOURCE_KEYS arrays, owner (M,) int64)
     "Split each Sérsic source into a smooth component and compact clumps with the same total r flux."
     rng = np.random.default_rng(seed); s = {k: np.asarray(source[k], dtype=np.float64) for k in SOURCE_KEYS}; n = len(s["mag_r"])
@@ -576,8 +577,8 @@ def clumpy_components(
     clumps = dict(mag_r=s["mag_r"][own_c] - 2.5 * np.log10(w), g_minus_r=s["g_minus_r"][own_c] - clump_blue_mag,
                   r_minus_z=s["r_minus_z"][own_c], R_sersic=np.maximum(s["R_sersic"][own_c] * rng.uniform(*clump_size_frac, m), clump_min_r_arcsec),
                   n_sersic=rng.uniform(0.5, 1.0, m), e1=rng.uniform(-0.2, 0.2, m), e2=rng.uniform(-0.2, 0.2, m),
-                  center_x=s["center_x"][own_c] + rng.normal(0, 1, m) * s["R_sersic"][own_c],
-                  center_y=s["center_y"][own_c] + rng.normal(0, 1, m) * s["R_sersic"][own_c])
+                  center_x=s["center_x"][own_c] + rng.normal(0, clump_spread_re, m) * s["R_sersic"][own_c],
+                  center_y=s["center_y"][own_c] + rng.normal(0, clump_spread_re, m) * s["R_sersic"][own_c])
     smooth = dict(s, mag_r=s["mag_r"] - 2.5 * np.log10(1 - f))
     comps = {key: np.concatenate([smooth[key], clumps[key]]) for key in SOURCE_KEYS}
     return comps, np.concatenate([np.arange(n), own_c]).astype(np.int64)

@@ -113,7 +113,10 @@ def tiny_run(tmp_path_factory) -> Path:
 
 
 def _run_demo(folder: Path):
+    """The demo into folder/run. For iterating on the demo's tests only: STRONGLENS_TEST_DEMO_RUN=<a finished demo run>
+    copies that run instead and lets the runner skip its stages (test_every_stage_ran then fails: nothing ran)."""
     from stronglens.cli import run_pipeline
+    if os.environ.get("STRONGLENS_TEST_DEMO_RUN"): copy_run(Path(os.environ["STRONGLENS_TEST_DEMO_RUN"]), folder / "run")
     log = []
     res = run_pipeline(str(folder / "run"), str(ROOT / "configs" / "demo.yaml"), log=log.append)
     (folder / "result.json").write_text(json.dumps({"res": res, "log": log}, default=str))
