@@ -3,14 +3,15 @@
 Hosts: synthetic red galaxies (`injection.synthetic_host_run`) spread over a few PSF x depth cells; scorer: the demo's
 small CNN with its `residual` preprocessing, from a checkpoint (--checkpoint PATH, e.g. <run>/model/checkpoints/best.pt;
 without one, an untrained `small` model in the training format: identical cost).
-  * CPU seconds (time.process_time: the machine is shared, wall time is meaningless under load), now and with two
-    earlier batched paths in the same run: 16f9d0d (this session's start: the renderer's 8-neighbour footprint passes,
+  * CPU seconds (time.process_time: the machine is shared, wall time is meaningless under load), now and with three
+    earlier batched paths in the same run: f44122c (the μ screen with the renderer's box bound and refinement, an
+    out-of-place `_refinement_need`; `f44122c_path`), 16f9d0d (also the renderer's 8-neighbour footprint passes,
     per-parameter gathers and out-of-place ray arithmetic, preprocessing without in-place passes, the CNN unfolded in NCHW; `session_start_path`) and
     592b5db (also every proposal of a sampling round screened at once, one Poisson draw per stamp pixel, one np.median
     per ring in the scoring's preprocessing; `previous_path`), swapped back in from the tests' reference copies;
   * breakdown of one N-injection cell: host draw + load, source sampling (the μ rejection), rendering, injection with
     Poisson noise, scoring (preprocessing + CNN), least CPU time of 4, the paths interleaved;
-  * batched: `run_cells_local` on C cells x N injections with 1 worker (CPU time, each path; now and 16f9d0d best of 2,
+  * batched: `run_cells_local` on C cells x N injections with 1 worker (CPU time, each path; now and f44122c best of 2,
     interleaved) and 2 workers (wall);
   * baseline, same run: one injection at a time (a Python loop per injection: sample, render, inject, score).
 Prints injections per CPU-second, the ratios, and the projected time of the spec's full grid, 385 x 200 = 77,000
@@ -87,14 +88,23 @@ class _swap:
         for m, k, v in self.saved: setattr(m, k, v)
 
 
+def f44122c_path():
+    """Context: the code as of f44122c (03:02, 2026-12-01): the sampler's μ screen with the renderer's per-axis box bound
+    and its refinement of every pixel above 1 % of I(R_e) (`_screened_magnification`), `_refinement_need` out of place."""
+    from stronglens import lensing as L
+    return _swap((L, "_screened_magnification", reference("test_lensing.py", "f44122c_screen")),
+                 (L, "_refinement_need", reference("test_lensing.py", "_old_refinement_need")))
+
+
 def session_start_path():
     """Context: the code as of 16f9d0d (23:20, 2026-11-30): `_footprints` with 8 neighbour passes, `_render_pixels` gathering
     each parameter separately, `_adaptive_box` with a mask and a nonzero per level, out-of-place `_sie_alpha`,
     `_ray_shoot` and `_sersic_eval`, `raw_robust`/`residual` without in-place passes, the CNN unfolded in NCHW
-    (`LensScorer.predict`)."""
+    (`LensScorer.predict`), plus everything `f44122c_path` reverts."""
     from stronglens import injection as I, lensing as L, data as D
-    old = ("footprints", "render_pixels", "sie_alpha", "ray_shoot", "sersic_eval", "adaptive_box")
+    old = ("footprints", "render_pixels", "sie_alpha", "ray_shoot", "sersic_eval", "adaptive_box", "refinement_need")
     return _swap(*[(L, "_" + f, reference("test_lensing.py", "_old_" + f)) for f in old],
+                 (L, "_screened_magnification", reference("test_lensing.py", "f44122c_screen")),
                  (D, "raw_robust", _raw_robust_16f9d0d), (D, "residual", _residual_16f9d0d), (I, "cpu_inference_model", lambda m: None))
 
 
@@ -119,7 +129,7 @@ class previous_path:
         self.start.__exit__(*exc)
 
 
-PATHS = {"592b5db": previous_path, "16f9d0d": session_start_path, "now": contextlib.nullcontext}
+PATHS = {"592b5db": previous_path, "16f9d0d": session_start_path, "f44122c": f44122c_path, "now": contextlib.nullcontext}
 
 
 def breakdown(cell, ctx, scorer):
@@ -207,14 +217,14 @@ def main():
             print(f"  μ-conditioned sampling at θE {cl['theta_e']}\" (CPU s, best of 2): exact μ per proposal {exact:.2f} s, "
                   f"screened + lazy (now) {screened:.2f} s: {exact / screened:.2f}x")
     cpu = {}
-    for name in ("592b5db", "16f9d0d", "now", "16f9d0d", "now"):      # in this process: CPU time is what an idle core would need
+    for name in ("592b5db", "16f9d0d", "f44122c", "now", "f44122c", "now"):      # in this process: CPU time is what an idle core would need
         with PATHS[name]():
             c0 = time.process_time(); res = I.run_cells_local(pick, ctx, n_workers=1, progress=False); dc = time.process_time() - c0
         n = sum(len(r.injections) for r in res); cpu[name] = max(cpu.get(name, 0.0), n / dc)
         print(f"\nbatched, 1 worker, {name} path: {n} injections in {dc:.1f} CPU-s = {n / dc:.1f} injections per CPU-second "
               f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
-    print(f"ratio now / 16f9d0d (this session's start) batched path, best of 2 each: {cpu['now'] / cpu['16f9d0d']:.2f}x; "
-          f"now / 592b5db (previous session's start): {cpu['now'] / cpu['592b5db']:.2f}x")
+    print(f"ratio now / f44122c (this session's start) batched path, best of 2 each: {cpu['now'] / cpu['f44122c']:.2f}x; "
+          f"now / 16f9d0d: {cpu['now'] / cpu['16f9d0d']:.2f}x; now / 592b5db: {cpu['now'] / cpu['592b5db']:.2f}x")
     t0 = time.perf_counter(); res = I.run_cells_local(pick, ctx, n_workers=2, progress=False); dt = time.perf_counter() - t0
     n = sum(len(r.injections) for r in res); rate2 = n / dt
     print(f"batched, 2 workers: {n} injections in {dt:.1f} s wall = {rate2:.1f} injections/s (incl. worker start-up, at this run's load)")
@@ -228,7 +238,7 @@ def main():
     print(f"ratio batched (now) / one at a time: {cpu['now'] / base:.1f}x; 592b5db batched path / one at a time: {cpu['592b5db'] / base:.1f}x")
     full = 385 * 200
     print(f"\nprojected spec grid, {full:,} injections on an idle 2-core CPU (2 workers, 2 x the CPU-time rate): "
-          f"{full / (2 * cpu['now']) / 60:.1f} min now, {full / (2 * cpu['16f9d0d']) / 60:.1f} min with 16f9d0d's path, {full / (2 * cpu['592b5db']) / 60:.1f} min with 592b5db's; "
+          f"{full / (2 * cpu['now']) / 60:.1f} min now, {full / (2 * cpu['f44122c']) / 60:.1f} min with f44122c's path, {full / (2 * cpu['16f9d0d']) / 60:.1f} min with 16f9d0d's, {full / (2 * cpu['592b5db']) / 60:.1f} min with 592b5db's; "
           f"{full / rate2 / 60:.1f} min at this run's load with 2 workers (goal < 4 min on a 2-core CPU; the original needed ~4 min on a GH200 GPU for half as many)")
 
 if __name__ == "__main__":
