@@ -5,7 +5,7 @@ small CNN with its `residual` preprocessing, from a checkpoint (--checkpoint PAT
 without one, an untrained `small` model in the training format: identical cost).
   * CPU seconds (time.process_time: the machine is shared, wall time is meaningless under load), now and with three
     earlier batched paths in the same run: f44122c (the μ screen with the renderer's box bound and refinement, an
-    out-of-place `_refinement_need`; `f44122c_path`), 16f9d0d (also the renderer's 8-neighbour footprint passes,
+    out-of-place `_refinement_need`, a stamp-sized gain copy in `inject`; `f44122c_path`), 16f9d0d (also the renderer's 8-neighbour footprint passes,
     per-parameter gathers and out-of-place ray arithmetic, preprocessing without in-place passes, the CNN unfolded in NCHW; `session_start_path`) and
     592b5db (also every proposal of a sampling round screened at once, one Poisson draw per stamp pixel, one np.median
     per ring in the scoring's preprocessing; `previous_path`), swapped back in from the tests' reference copies;
@@ -90,10 +90,12 @@ class _swap:
 
 def f44122c_path():
     """Context: the code as of f44122c (03:02, 2026-12-01): the sampler's μ screen with the renderer's per-axis box bound
-    and its refinement of every pixel above 1 % of I(R_e) (`_screened_magnification`), `_refinement_need` out of place."""
-    from stronglens import lensing as L
+    and its refinement of every pixel above 1 % of I(R_e) (`_screened_magnification`), `_refinement_need` out of place,
+    `inject` copying the gain to stamp size."""
+    from stronglens import injection as I, lensing as L
     return _swap((L, "_screened_magnification", reference("test_lensing.py", "f44122c_screen")),
-                 (L, "_refinement_need", reference("test_lensing.py", "_old_refinement_need")))
+                 (L, "_refinement_need", reference("test_lensing.py", "_old_refinement_need")),
+                 (I, "inject", reference("test_lensing.py", "_old_inject")))
 
 
 def session_start_path():
@@ -104,7 +106,7 @@ def session_start_path():
     from stronglens import injection as I, lensing as L, data as D
     old = ("footprints", "render_pixels", "sie_alpha", "ray_shoot", "sersic_eval", "adaptive_box", "refinement_need")
     return _swap(*[(L, "_" + f, reference("test_lensing.py", "_old_" + f)) for f in old],
-                 (L, "_screened_magnification", reference("test_lensing.py", "f44122c_screen")),
+                 (L, "_screened_magnification", reference("test_lensing.py", "f44122c_screen")), (I, "inject", reference("test_lensing.py", "_old_inject")),
                  (D, "raw_robust", _raw_robust_16f9d0d), (D, "residual", _residual_16f9d0d), (I, "cpu_inference_model", lambda m: None))
 
 

@@ -668,7 +668,8 @@ def inject(hosts, arcs, gain=None, seed=None):
     idx, n = sparse_poisson(lam, np.random.default_rng(seed))
     out = h.astype(np.float32); out += np.minimum(a, 0, out=lam)                      # the arc where it is <= 0, else its counts
     o = out.reshape(-1)
-    o[idx] = (o[idx].astype(np.float64) + n / np.broadcast_to(g, a.shape).reshape(-1)[idx]).astype(np.float32)
+    gi = np.broadcast_to(g, a.shape)[np.unravel_index(idx, a.shape)]                 # each drawn element's gain (no stamp-sized copy)
+    o[idx] = (o[idx].astype(np.float64) + n / gi).astype(np.float32)
     return out
 
 # %% ../nbs/04_lensing.ipynb 90
