@@ -18,7 +18,7 @@ import pandas as pd
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedKFold, StratifiedGroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -88,8 +88,9 @@ def make_probe(C:float=1.0, max_iter:int=1000):
                          LogisticRegression(C=C, solver="liblinear", max_iter=max_iter))
 
 # %% ../nbs/12_gates.ipynb 23
-def cv_auc(features, ys, k:int=5, seed:int=42, C:float=1.0, return_oof:bool=False):
-    "ROC AUC of out-of-fold logistic-regression scores from stratified, shuffled, seeded `k`-fold CV."
+def cv_auc(features, ys, k:int=5, seed:int=42, C:float=1.0, return_oof:bool=False,
+           groups=None):  # rows of one group (e.g. one host galaxy) stay in one fold
+    "ROC AUC of out-of-fold logistic-regression scores from stratified, shuffled, seeded `k`-fold CV (grouped when `groups`)."
     X = np.asarray(features, dtype=np.float64).reshape(len(features), -1)
     X[~np.isfinite(X)] = np.nan
     y = np.asarray(ys).astype(int).ravel()
@@ -98,7 +99,8 @@ def cv_auc(features, ys, k:int=5, seed:int=42, C:float=1.0, return_oof:bool=Fals
     counts = np.bincount(y, minlength=2)
     if counts.min() < k: raise ValueError(f"need at least k={k} rows of each class for {k}-fold CV, got {counts[0]} negatives, {counts[1]} positives")
     oof = np.empty(len(y))
-    for tr, te in StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(X, y):
+    cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed) if groups is None else StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    for tr, te in cv.split(X, y, None if groups is None else np.asarray(groups)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")          # convergence / all-NaN-column chatter on degenerate folds
             m = make_probe(C).fit(X[tr], y[tr])
@@ -106,11 +108,11 @@ def cv_auc(features, ys, k:int=5, seed:int=42, C:float=1.0, return_oof:bool=Fals
     auc = float(roc_auc_score(y, oof))
     return (auc, oof) if return_oof else auc
 
-# %% ../nbs/12_gates.ipynb 27
+# %% ../nbs/12_gates.ipynb 29
 CORE_LR_AUC_THRESHOLD: float = 0.55          # spec §4: core-only classifier near random
 RADIAL_PROFILE_AUC_THRESHOLD: float = 0.60   # spec §4: radial profile not predictive
 
-# %% ../nbs/12_gates.ipynb 28
+# %% ../nbs/12_gates.ipynb 30
 @dataclass
 class GateResults:
     "Cross-validated shortcut-gate AUCs (spec §4); a gate passes when its AUC is strictly below its threshold."
@@ -143,17 +145,17 @@ class GateResults:
         return (f"core_lr_auc        = {self.core_lr_auc:.4f}  (pass if < {self.core_threshold:.2f})  {pf(self.core_passed)}{on(self.core_pixels)}\n"
                 f"radial_profile_auc = {self.radial_profile_auc:.4f}  (pass if < {self.radial_threshold:.2f})  {pf(self.radial_passed)}{on(self.radial_pixels)}")
 
-# %% ../nbs/12_gates.ipynb 30
+# %% ../nbs/12_gates.ipynb 32
 def core_lr_auc(xs, ys, k:int=5, seed:int=42, C:float=1.0, box_px:int=16) -> float:
     "Gate 1.6: CV AUC of a logistic regression on the central `box_px`² pixels of all bands."
     return cv_auc(core_features(xs, box_px), ys, k=k, seed=seed, C=C)
 
-# %% ../nbs/12_gates.ipynb 31
+# %% ../nbs/12_gates.ipynb 33
 def radial_lr_auc(xs, ys, k:int=5, seed:int=42, C:float=1.0) -> float:
     "CV AUC of a logistic regression on the per-band azimuthal-median radial profile (refuses a constant profile)."
     return cv_auc(check_radial_features(radial_profile_features(xs), xs), ys, k=k, seed=seed, C=C)
 
-# %% ../nbs/12_gates.ipynb 32
+# %% ../nbs/12_gates.ipynb 34
 def run_shortcut_gates(xs:np.ndarray,          # images (N,H,W,3) or (N,3,H,W): the core gate's pixels
                        ys:np.ndarray,          # 0/1 labels
                        k:int=5,                # CV folds
@@ -172,7 +174,7 @@ def run_shortcut_gates(xs:np.ndarray,          # images (N,H,W,3) or (N,3,H,W): 
                        core_threshold=core_threshold, radial_threshold=radial_threshold,
                        n=len(y), n_pos=int(y.sum()), k=k, seed=seed)
 
-# %% ../nbs/12_gates.ipynb 34
+# %% ../nbs/12_gates.ipynb 36
 def synthetic_stamps(n:int, seed:int=0, arc:bool=False, arc_amp:float=0.02, theta_e_px:tuple=(8.0, 12.0),
                      brightness:float=1.0, size_scale:float=1.0, halo:float=0.0, halo_px:float=15.0,
                      npix:int=101, noise:float=0.05) -> np.ndarray:
@@ -196,7 +198,7 @@ def synthetic_stamps(n:int, seed:int=0, arc:bool=False, arc_amp:float=0.02, thet
     colours = np.array([0.6, 1.0, 1.4], np.float32)
     return (img[..., None] * colours + rng.normal(0, noise, (n, npix, npix, 3))).astype(np.float32)
 
-# %% ../nbs/12_gates.ipynb 47
+# %% ../nbs/12_gates.ipynb 49
 def _dataset_section(cfg):
     "The `dataset` section of a training config or of a pipeline config's `training` section."
     if hasattr(cfg, "dataset"): return cfg.dataset
@@ -204,7 +206,7 @@ def _dataset_section(cfg):
     if tr is not None and hasattr(tr, "dataset"): return tr.dataset
     raise ValueError("config has no dataset section (expected a training config or a pipeline config with `training`)")
 
-# %% ../nbs/12_gates.ipynb 49
+# %% ../nbs/12_gates.ipynb 51
 def apply_preprocessing(xs:np.ndarray, dataset=None, mode:str|None=None) -> tuple[np.ndarray, str]:
     "Apply `stronglens.data.preprocess` as configured by `dataset` (mode override `mode`): (float32 (N,H,W,3), mode used)."
     from stronglens.data import preprocess, PreprocessSpec
@@ -214,7 +216,7 @@ def apply_preprocessing(xs:np.ndarray, dataset=None, mode:str|None=None) -> tupl
     y, _ = preprocess(to_nhwc(xs), PreprocessSpec(**{**spec.to_dict(), "mode": mode}), channels_first=False)
     return np.asarray(y, np.float32), mode
 
-# %% ../nbs/12_gates.ipynb 52
+# %% ../nbs/12_gates.ipynb 54
 RADIAL_GATE_PIXELS: dict = {"raw": "raw", "raw_robust": "raw_robust", "residual": "raw_robust"}
 
 def radial_gate_mode(mode:str) -> str:
@@ -222,7 +224,7 @@ def radial_gate_mode(mode:str) -> str:
     if mode not in RADIAL_GATE_PIXELS: raise ValueError(f"preprocessing {mode!r}: expected one of {list(RADIAL_GATE_PIXELS)}")
     return RADIAL_GATE_PIXELS[mode]
 
-# %% ../nbs/12_gates.ipynb 58
+# %% ../nbs/12_gates.ipynb 60
 def sample_split(manifest:pd.DataFrame, split:str="test", n:int=2048, seed:int=42, balance:str="balanced") -> pd.DataFrame:
     "Seeded sample of `n` rows of `split` from a training manifest; `balance` = 'balanced' | 'proportional'."
     for col in ("split", "label"):
@@ -243,14 +245,14 @@ def sample_split(manifest:pd.DataFrame, split:str="test", n:int=2048, seed:int=4
     take = np.sort(np.r_[rng.choice(pos, n_pos, replace=False), rng.choice(neg, n_neg, replace=False)])
     return m.iloc[take].reset_index(drop=True)
 
-# %% ../nbs/12_gates.ipynb 61
+# %% ../nbs/12_gates.ipynb 63
 def _resolve(path:str, config_path:str|None) -> str:
     "A relative local path: as given if it exists (cwd), else relative to the config file's folder."
     if "://" in str(path) or Path(path).is_absolute() or Path(path).exists() or not config_path or "://" in str(config_path): return str(path)
     alt = Path(config_path).resolve().parent / path
     return str(alt) if alt.exists() else str(path)
 
-# %% ../nbs/12_gates.ipynb 63
+# %% ../nbs/12_gates.ipynb 65
 def load_gate_sample(manifest_path:str, split:str="test", n:int=2048, seed:int=42, balance:str="balanced",
                      progress:bool=False, root:str|None=None):
     "Sample a split of a training manifest and load its cutouts (paths resolved on `root`): `(X, y, rows, n_failed)`."
@@ -269,7 +271,7 @@ def load_gate_sample(manifest_path:str, split:str="test", n:int=2048, seed:int=4
     if len(rows) != len(X): raise RuntimeError(f"{len(X)} cutouts loaded for {len(rows)} manifest rows")
     return X, rows["label"].to_numpy().astype(int), rows, int(len(failures))
 
-# %% ../nbs/12_gates.ipynb 66
+# %% ../nbs/12_gates.ipynb 68
 def gates_on_sample(X:np.ndarray, y:np.ndarray, cfg, preprocessing:str="config", k:int=5, seed:int=42,
                     radial_preprocessing:str="auto") -> GateResults:
     """Both gates on raw cutouts `X`: core gate on the `preprocessing` pixels ('config' = the config's dataset
@@ -281,7 +283,7 @@ def gates_on_sample(X:np.ndarray, y:np.ndarray, cfg, preprocessing:str="config",
     kw = dict(core_threshold=val.core_lr_auc_threshold, radial_threshold=val.radial_profile_auc_threshold) if val is not None else {}
     return replace(run_shortcut_gates(Xc, y, k=k, seed=seed, radial_xs=Xr, **kw), core_pixels=mode, radial_pixels=rmode)
 
-# %% ../nbs/12_gates.ipynb 69
+# %% ../nbs/12_gates.ipynb 71
 def gates_from_config(cfg, split:str="test", n:int=2048, seed:int|None=None, preprocessing:str="config",
                       k:int=5, balance:str="balanced", manifest_path:str|None=None, config_path:str|None=None,
                       progress:bool=False, root:str|None=None, radial_preprocessing:str="auto") -> tuple[GateResults, dict]:
@@ -296,7 +298,7 @@ def gates_from_config(cfg, split:str="test", n:int=2048, seed:int|None=None, pre
                 balance=balance, **res.to_dict())
     return res, info
 
-# %% ../nbs/12_gates.ipynb 72
+# %% ../nbs/12_gates.ipynb 74
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m stronglens.gates", description="Shortcut gates (spec §4): cross-validated core-pixel and radial-profile logistic-regression AUCs.")
     p.add_argument("--config", default=None, help="training config (spec §4) or pipeline config YAML (default: <run-dir>/config.yaml)")
@@ -313,7 +315,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"), help="config override, e.g. -p dataset.seed 7")
     return p
 
-# %% ../nbs/12_gates.ipynb 74
+# %% ../nbs/12_gates.ipynb 76
 def main(argv=None) -> int:
     "CLI entry point; returns the exit status (0 pass, 1 a gate failed, 2 bad input)."
     ap = _parser()
@@ -335,6 +337,6 @@ def main(argv=None) -> int:
     if args.json: atomic_write_json(args.json, info)
     return 0 if res.passed else 1
 
-# %% ../nbs/12_gates.ipynb 77
+# %% ../nbs/12_gates.ipynb 79
 if __name__ == "__main__" and "__file__" in globals():   # `python -m stronglens.gates` (not when the notebook runs)
     sys.exit(main())

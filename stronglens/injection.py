@@ -13,24 +13,25 @@ from scipy.spatial import cKDTree
 from tqdm.auto import tqdm
 from .config import (url_join, exists, read_parquet, read_bytes, resolve_path, get_fs,
                                atomic_write_parquet, atomic_write_text, atomic_write_json, atomic_write_bytes)
-from .physics import (psfdepth_to_m5, sigma_pix_from_psfdepth, PSF_DR10, GAIN_E_PER_NMGY, NPIX, BANDS)
+from .physics import (psfdepth_to_m5, sigma_pix_from_psfdepth, nmgy_to_mag, PSF_DR10, GAIN_E_PER_NMGY, NPIX, BANDS)
 from .lensing import render_lensed, sample_sources, arc_snr, inject
 from .cutouts import read_cutouts
 from .calibration import wilson_interval, threshold_at_fpr, bootstrap_ci, roc_auc
 
 # %% auto 0
-__all__ = ['AXES', 'HOST_SPLIT', 'SWEEP_COLUMNS', 'LENSPOP_SOURCE_COLOURS', 'MIN_PROPOSALS_PER_CALL', 'INJECTION_COLUMNS',
-           'FAILURE_COLUMNS', 'SNR_EDGES', 'SNR_STEP_DEX', 'InjectionConfig', 'axis_centres', 'grid_axes', 'bin_index',
-           'grid_cells', 'sweep_lookup', 'host_table', 'draw_hosts', 'HostStamps', 'sample_lens', 'colour_table',
-           'sample_source', 'resolve_priors', 'render_arcs', 'arc_gain', 'OracleScorer', 'cpu_inference_model',
-           'CheckpointScorer', 'resolve_target', 'make_scorer', 'cell_seed', 'CellContext', 'CellResult',
-           'empty_injections', 'run_cell', 'synthetic_hosts', 'synthetic_host_run', 'synthetic_stage_run',
-           'detection_threshold', 'snr_target_mass', 'completeness_table', 'marginal_completeness',
-           'completeness_vs_snr', 'completeness', 'poisson_binomial_pvalue', 'closure_test', 'feature_probe',
-           'matched_injections', 'cell_tasks', 'run_cells', 'run_cells_local', 'read_injection', 'plot_completeness',
-           'plot_gallery', 'write_figures', 'injection_config', 'load_inputs', 'model_scores', 'OutFolder',
-           'tier_a_targets', 'planted_cutouts', 'planted_targets', 'probe_real_positives', 'closure_document',
-           'gallery_cells', 'write_gallery', 'run_injections', 'run_injection', 'run_inject_stage', 'source_model_twin']
+__all__ = ['AXES', 'HOST_SPLIT', 'SWEEP_COLUMNS', 'HOST_LOOK_COLUMNS', 'HOST_LOOK_SCALES', 'LENSPOP_SOURCE_COLOURS',
+           'MIN_PROPOSALS_PER_CALL', 'INJECTION_COLUMNS', 'FAILURE_COLUMNS', 'SNR_EDGES', 'SNR_STEP_DEX',
+           'InjectionConfig', 'axis_centres', 'grid_axes', 'bin_index', 'grid_cells', 'sweep_lookup', 'host_table',
+           'draw_hosts', 'HostStamps', 'sample_lens', 'colour_table', 'sample_source', 'resolve_priors', 'render_arcs',
+           'arc_gain', 'OracleScorer', 'cpu_inference_model', 'CheckpointScorer', 'resolve_target', 'make_scorer',
+           'cell_seed', 'CellContext', 'CellResult', 'empty_injections', 'run_cell', 'synthetic_hosts',
+           'synthetic_host_run', 'synthetic_stage_run', 'detection_threshold', 'snr_target_mass', 'completeness_table',
+           'marginal_completeness', 'completeness_vs_snr', 'completeness', 'poisson_binomial_pvalue', 'closure_test',
+           'feature_probe', 'host_look', 'nearest_hosts', 'matched_injections', 'cell_tasks', 'run_cells',
+           'run_cells_local', 'read_injection', 'plot_completeness', 'plot_gallery', 'write_figures',
+           'injection_config', 'load_inputs', 'model_scores', 'OutFolder', 'tier_a_targets', 'planted_cutouts',
+           'planted_targets', 'probe_real_positives', 'closure_document', 'probe_vs_injections', 'gallery_cells',
+           'write_gallery', 'run_injections', 'run_injection', 'run_inject_stage', 'source_model_twin']
 
 # %% ../nbs/14_injection.ipynb 6
 @dataclass
@@ -161,6 +162,8 @@ def grid_cells(cfg:InjectionConfig|None=None) -> pd.DataFrame:
 # %% ../nbs/14_injection.ipynb 20
 HOST_SPLIT = "test"                           # hosts come from this split only (never train or val)
 SWEEP_COLUMNS = ("SHAPE_R", "SHAPE_E1", "SHAPE_E2", "SERSIC", "NOBS_G", "NOBS_R", "NOBS_Z")   # host columns the pool may lack
+HOST_LOOK_COLUMNS = ("mag_r", "g_minus_r", "log_shape_r")
+HOST_LOOK_SCALES = (0.5, 0.15, 0.15)         # probe host matching: r mag (mag), g - r (mag), log10 SHAPE_R (dex) per unit distance
 
 # %% ../nbs/14_injection.ipynb 21
 def sweep_lookup(keys:pd.DataFrame, urls, columns=SWEEP_COLUMNS) -> pd.DataFrame:
@@ -190,7 +193,7 @@ def host_table(manifest:pd.DataFrame, # training manifest (galaxy_id, split, lab
     miss = [k for k in need if k not in pool.columns]
     if miss: raise ValueError(f"host_table: the pool table lacks column(s) {miss}")
     m = manifest[(manifest["split"].astype(str) == HOST_SPLIT) & (manifest["label"].astype(int) == 0)]
-    keep = need + [k.lower() for k in SWEEP_COLUMNS if k.lower() in pool.columns]
+    keep = need + [k for k in [s.lower() for s in SWEEP_COLUMNS] + ["mag_r", "g_minus_r", "flux_g", "flux_r"] if k in pool.columns]
     h = m[["galaxy_id", "ra", "dec", "s3_path"]].merge(pool[keep].drop_duplicates("galaxy_id"), on="galaxy_id", how="left")
     h = h[~h.galaxy_id.isin(set(exclude_ids))].copy()
     for k in SWEEP_COLUMNS:
@@ -485,7 +488,8 @@ def synthetic_hosts(n:int=60, seed:int=0, psf_range=(1.05, 1.65), depth_range=(2
     mag_r, q, phi = rng.uniform(18.5, 20.0, m), rng.uniform(0.5, 1.0, m), rng.uniform(0, np.pi, m)
     e = np.where(rng.uniform(size=m) < 0.2, 0.0, (1 - q) / (1 + q))       # a fifth are round (REX-like)
     flux = 10 ** ((22.5 - mag_r[:, None] - np.array([1.6, 0.0, -1.2])) / 2.5)
-    gal = render_sersic(dict(flux_g=flux[:, 0], flux_r=flux[:, 1], flux_z=flux[:, 2], R_sersic=rng.uniform(0.8, 2.0, m), n_sersic=np.full(m, 4.0),
+    r_e = rng.uniform(0.8, 2.0, m)
+    gal = render_sersic(dict(flux_g=flux[:, 0], flux_r=flux[:, 1], flux_z=flux[:, 2], R_sersic=r_e, n_sersic=np.full(m, 4.0),
                              e1=e * np.cos(2 * phi), e2=e * np.sin(2 * phi), center_x=np.zeros(m), center_y=np.zeros(m)), psfsize)
     X = (gal + rng.standard_normal(gal.shape) * sigma_pix_from_psfdepth(ivar, psfsize)[:, None, None, :]).astype(np.float32)
     gid = [f"syn{seed}_{i:05d}" for i in range(m)]; ra = 150 + np.arange(m) * 0.01
@@ -493,7 +497,7 @@ def synthetic_hosts(n:int=60, seed:int=0, psf_range=(1.05, 1.65), depth_range=(2
                         "filename": [f"{g}.npz" for g in gid], "label": np.zeros(m, np.int64), "cutout_type": "negative",
                         "split": ["test"] * n + ["train"] * n_train + ["val"] * n_val, "ra": ra, "dec": np.ones(m)})
     pool = pd.DataFrame({"galaxy_id": gid, **{f"psfsize_{b}": psfsize[:, k] for k, b in enumerate(BANDS)},
-                         **{f"psfdepth_{b}": ivar[:, k] for k, b in enumerate(BANDS)}, "shape_r": 1.0, "shape_e1": e * np.cos(2 * phi),
+                         **{f"psfdepth_{b}": ivar[:, k] for k, b in enumerate(BANDS)}, "shape_r": r_e, "mag_r": mag_r, "g_minus_r": 1.6, "shape_e1": e * np.cos(2 * phi),
                          "shape_e2": e * np.sin(2 * phi), "sersic": 4.0, "nobs_g": 4.0, "nobs_r": 4.0, "nobs_z": 4.0})
     return X, man, pool
 
@@ -713,53 +717,73 @@ def _auc_interval(y, s, n_resamples:int=1000, seed:int=0, ci:float=0.95) -> list
     return [float(r.ci_lower), float(r.ci_upper)]
 
 # %% ../nbs/14_injection.ipynb 112
-def feature_probe(real_features, injected_features, folds:int=5, seed:int=0, n_bootstrap:int=1000) -> dict:
+def feature_probe(real_features, injected_features, folds:int=5, seed:int=0, n_bootstrap:int=1000,
+                  groups=None) -> dict:  # one label per row (real rows, then injected): a group (a host galaxy) stays in one fold
     "Cross-validated AUC (with bootstrap CI) of a logistic regression telling real positives from matched injections."
     from stronglens.gates import cv_auc
     X = np.vstack([np.asarray(real_features, np.float64), np.asarray(injected_features, np.float64)])
     y = np.r_[np.ones(len(real_features), int), np.zeros(len(injected_features), int)]
-    k = int(min(folds, np.bincount(y, minlength=2).min()))
+    g = None if groups is None else np.asarray(groups).astype(str)
+    k = int(min(folds, np.bincount(y, minlength=2).min(), *([len(set(g[y == 0])), len(set(g[y == 1]))] if g is not None else [])))
     if k < 2: return {"status": f"too few rows ({len(real_features)} real, {len(injected_features)} injected)", "auc": float("nan")}
-    auc, oof = cv_auc(X, y, k=k, seed=seed, return_oof=True)
+    auc, oof = cv_auc(X, y, k=k, seed=seed, return_oof=True, groups=g)
     return {"status": "ok", "auc": float(auc), "auc_ci": _auc_interval(y, oof, n_bootstrap, seed), "folds": k,
-            "n_real": int(len(real_features)), "n_injected": int(len(injected_features)), "n_features": int(X.shape[1])}
+            "n_real": int(len(real_features)), "n_injected": int(len(injected_features)), "n_features": int(X.shape[1]), "grouped": g is not None}
 
-# %% ../nbs/14_injection.ipynb 114
-def matched_injections(targets:pd.DataFrame, ctx:CellContext, seed:int=0, n_nearest_hosts:int=5) -> tuple[np.ndarray, pd.DataFrame]:
-    "One injection per target (theta_e, psf_fwhm, depth, arc_snr): its θE, a host of nearest PSF/depth, the arc scaled to its S/N."
-    c, rng = ctx.cfg, np.random.default_rng(seed); H = ctx.hosts[np.isfinite(ctx.hosts.psf) & np.isfinite(ctx.hosts.depth)].reset_index(drop=True)
-    loader = HostStamps(); stamps, bad = loader.get(H.path); H = H[~H.path.isin(set(bad.path))].reset_index(drop=True)
-    k = min(n_nearest_hosts, len(H)); _, j = cKDTree(np.c_[H.psf / c.psf_step_arcsec, H.depth / c.depth_step_mag]).query(
-        np.c_[targets.psf_fwhm / c.psf_step_arcsec, targets.depth / c.depth_step_mag], k=k)
-    h = H.iloc[np.asarray(j).reshape(len(targets), k)[np.arange(len(targets)), rng.integers(0, k, len(targets))]].reset_index(drop=True)
-    th = targets["theta_e"].to_numpy(np.float64)
-    lens = sample_lens(th, th, h.shape_e1, h.shape_e2, rng, c); src = sample_source(lens, int(rng.integers(2**62)), ctx.colours, c)
-    r = render_arcs(lens, src, h[["psfsize_g", "psfsize_r", "psfsize_z"]].to_numpy(np.float64), c, ctx.psf)
-    snr = arc_snr(r.images[..., 1], sigma_pix_from_psfdepth(h.psfdepth_r.to_numpy(np.float64), h.psfsize_r.to_numpy(np.float64)))
-    scale = targets["arc_snr"].to_numpy(np.float64) / snr
-    X = inject(np.stack([stamps[p] for p in h.path]), r.images * scale[:, None, None, None].astype(np.float32), gain=arc_gain(h, c, ctx.gain_scale), seed=int(rng.integers(2**62)))
-    rows = pd.DataFrame({"galaxy_id": h.galaxy_id.to_numpy(), "theta_e": th, "psf_fwhm": h.psf.to_numpy(), "depth": h.depth.to_numpy(),
-                         "arc_snr": targets["arc_snr"].to_numpy(np.float64), "source_mag_r": src["mag_r"] - 2.5 * np.log10(scale)})
-    return X, rows
+# %% ../nbs/14_injection.ipynb 115
+def host_look(df:pd.DataFrame) -> np.ndarray:
+    "(N, 3) r mag, g − r and log10 SHAPE_R (from mag_r, g_minus_r or flux_g, flux_r; shape_r) over `HOST_LOOK_SCALES`; NaN where unknown."
+    col = lambda k: df[k].to_numpy(np.float64) if k in df else np.full(len(df), np.nan)
+    mag = np.where(np.isfinite(col("mag_r")), col("mag_r"), nmgy_to_mag(col("flux_r")))
+    gr = np.where(np.isfinite(col("g_minus_r")), col("g_minus_r"), nmgy_to_mag(col("flux_g")) - nmgy_to_mag(col("flux_r")))
+    with np.errstate(invalid="ignore"): size = np.log10(np.clip(col("shape_r"), 0.1, None))     # PSF-like rows count as 0.1"
+    return np.c_[mag, gr, size] / np.asarray(HOST_LOOK_SCALES)
 
 # %% ../nbs/14_injection.ipynb 116
+def nearest_hosts(targets:pd.DataFrame, H:pd.DataFrame, c:InjectionConfig, rng:np.random.Generator, k:int=5, match_host:bool=True) -> tuple[pd.DataFrame, bool]:
+    "For each target, one of the k hosts nearest in PSF and depth (in grid steps) and, when every target has it, in `host_look`; (rows of H, look used?)."
+    cond = lambda d: np.c_[d.psf_fwhm if "psf_fwhm" in d else d.psf, d.depth] / [c.psf_step_arcsec, c.depth_step_mag]
+    tl, hl = host_look(targets), host_look(H); fin = np.isfinite(hl).all(1)
+    look = bool(match_host and np.isfinite(tl).all() and fin.sum() >= k)
+    if look: H, hl = H[fin].reset_index(drop=True), hl[fin]
+    q, Q = (np.c_[cond(targets), tl], np.c_[cond(H), hl]) if look else (cond(targets), cond(H))
+    k = min(k, len(H)); _, j = cKDTree(Q).query(q, k=k)
+    return H.iloc[np.asarray(j).reshape(len(targets), k)[np.arange(len(targets)), rng.integers(0, k, len(targets))]].reset_index(drop=True), look
+
+# %% ../nbs/14_injection.ipynb 117
+def matched_injections(targets:pd.DataFrame, ctx:CellContext, seed:int=0, n_nearest_hosts:int=5, match_host:bool=True) -> tuple[np.ndarray, pd.DataFrame]:
+    "One injection per target (theta_e, psf_fwhm, depth, arc_snr): its θE, a `nearest_hosts` host, the arc scaled to its S/N."
+    c, rng = ctx.cfg, np.random.default_rng(seed); H = ctx.hosts[np.isfinite(ctx.hosts.psf) & np.isfinite(ctx.hosts.depth)].reset_index(drop=True)
+    loader = HostStamps(); stamps, bad = loader.get(H.path); H = H[~H.path.isin(set(bad.path))].reset_index(drop=True)
+    h, look = nearest_hosts(targets, H, c, rng, n_nearest_hosts, match_host); th = targets["theta_e"].to_numpy(np.float64)
+    lens = sample_lens(th, th, h.shape_e1, h.shape_e2, rng, c); src = sample_source(lens, int(rng.integers(2**62)), ctx.colours, c)
+    r = render_arcs(lens, src, h[["psfsize_g", "psfsize_r", "psfsize_z"]].to_numpy(np.float64), c, ctx.psf)
+    scale = targets["arc_snr"].to_numpy(np.float64) / arc_snr(r.images[..., 1], sigma_pix_from_psfdepth(h.psfdepth_r.to_numpy(np.float64), h.psfsize_r.to_numpy(np.float64)))
+    X = inject(np.stack([stamps[p] for p in h.path]), r.images * scale[:, None, None, None].astype(np.float32), gain=arc_gain(h, c, ctx.gain_scale), seed=int(rng.integers(2**62)))
+    rows = pd.DataFrame({"galaxy_id": h.galaxy_id.to_numpy(), "theta_e": th, "psf_fwhm": h.psf.to_numpy(), "depth": h.depth.to_numpy(),
+                         "arc_snr": targets["arc_snr"].to_numpy(np.float64), "source_mag_r": src["mag_r"] - 2.5 * np.log10(scale),
+                         **{f"host_{k}": v for k, v in zip(HOST_LOOK_COLUMNS, (host_look(h) * HOST_LOOK_SCALES).T)}})
+    rows.attrs["host_matched"] = look
+    return X, rows
+
+# %% ../nbs/14_injection.ipynb 120
 def cell_tasks(cells:pd.DataFrame, n_workers:int=1) -> list[pd.DataFrame]:
     "Cells grouped by (i_psf, i_depth), groups split so that there are at least 4 tasks per worker (when cells allow)."
     groups = [g for _, g in cells.groupby(["i_psf", "i_depth"], sort=True)]
     size = max(1, math.ceil(len(cells) / max(4 * n_workers, 1)))
     return [g.iloc[i:i + size] for g in groups for i in range(0, len(g), size)]
 
-# %% ../nbs/14_injection.ipynb 117
+# %% ../nbs/14_injection.ipynb 121
 def run_cells(cells:pd.DataFrame, ctx:CellContext, scorer=None) -> list[CellResult]:
     "Run `cells` (rows of `grid_cells`) here, with one host cache: the task body of every engine."
     from stronglens.mocksky import torch_threads
     scorer = scorer if scorer is not None else make_scorer(ctx.scorer); loader = HostStamps()
     with torch_threads(1): return [run_cell(r, ctx, scorer, loader) for r in cells.to_dict("records")]
 
-# %% ../nbs/14_injection.ipynb 118
+# %% ../nbs/14_injection.ipynb 122
 _WORKER: dict = {}
 
-# %% ../nbs/14_injection.ipynb 119
+# %% ../nbs/14_injection.ipynb 123
 def _init_worker(ctx:CellContext, parent_pid:int):
     "Pool initializer: die with the parent, one torch thread, the scorer built once."
     try:
@@ -767,10 +791,10 @@ def _init_worker(ctx:CellContext, parent_pid:int):
     except ImportError: pass
     torch.set_num_threads(1); _WORKER.update(ctx=ctx, scorer=make_scorer(ctx.scorer))
 
-# %% ../nbs/14_injection.ipynb 120
+# %% ../nbs/14_injection.ipynb 124
 def _run_task(records:list) -> list[CellResult]: return run_cells(pd.DataFrame(records), _WORKER["ctx"], _WORKER["scorer"])
 
-# %% ../nbs/14_injection.ipynb 121
+# %% ../nbs/14_injection.ipynb 125
 def run_cells_local(cells:pd.DataFrame, ctx:CellContext, n_workers:int=1, on_result:Callable|None=None, progress:bool=True) -> list[CellResult]:
     "Run `cells` in this process (n_workers = 1) or a spawned process pool; `on_result(CellResult)` as each cell finishes."
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -790,7 +814,7 @@ def run_cells_local(cells:pd.DataFrame, ctx:CellContext, n_workers:int=1, on_res
     bar.close()
     return sorted(out, key=lambda r: r.cell_id)
 
-# %% ../nbs/14_injection.ipynb 123
+# %% ../nbs/14_injection.ipynb 127
 def read_injection(folder:str) -> dict:
     "What `run_injection` wrote in `folder` (e.g. `<run>/injection`): table, marginals, vs_snr, closure, failed, gallery (None if absent)."
     import io
@@ -800,10 +824,10 @@ def read_injection(folder:str) -> dict:
             "failed": read_parquet(url_join(folder, "failed_hosts.parquet")),
             "gallery": dict(np.load(io.BytesIO(read_bytes(g)), allow_pickle=False)) if exists(g) else None}
 
-# %% ../nbs/14_injection.ipynb 124
+# %% ../nbs/14_injection.ipynb 128
 _AXIS_LABELS = {"theta_e": "θE (arcsec)", "psf": "PSF FWHM (PSFSIZE, arcsec)", "depth": "5σ depth (AB mag)"}
 
-# %% ../nbs/14_injection.ipynb 125
+# %% ../nbs/14_injection.ipynb 129
 def plot_completeness(marginals:pd.DataFrame, vs_snr:pd.DataFrame|None=None, threshold:dict|None=None):
     "Completeness pooled along θE, PSF and depth (and against arc S/N), with binomial 95 % intervals: a `Figure`."
     from stronglens.figures import new_figure, paper_style
@@ -820,7 +844,7 @@ def plot_completeness(marginals:pd.DataFrame, vs_snr:pd.DataFrame|None=None, thr
         if threshold: fig.suptitle(f"detected: p ≥ {threshold['value']:.3g} ({threshold['kind']} {threshold['target']:g}, {threshold['split']} split)", fontsize=8)
     return fig
 
-# %% ../nbs/14_injection.ipynb 126
+# %% ../nbs/14_injection.ipynb 130
 def plot_gallery(gallery:dict, n:int=12, n_cols:int=6):
     "Injected stamps with their arcs alone below (grz composites, same stretch), spread over arc S/N from faint to bright: a `Figure`."
     from stronglens.figures import new_figure, paper_style
@@ -837,7 +861,7 @@ def plot_gallery(gallery:dict, n:int=12, n_cols:int=6):
             axs[r, col].set_title(f"θE {gallery['theta_e'][j]:.2f}\" S/N {gallery['arc_snr'][j]:.1f} p {gallery['p_lens'][j]:.2f}", fontsize=6, pad=2)
     return fig
 
-# %% ../nbs/14_injection.ipynb 127
+# %% ../nbs/14_injection.ipynb 131
 def write_figures(out) -> dict:
     "completeness.png, completeness_map.png and gallery.png from the files in `out` (an `OutFolder` or a folder URL)."
     from stronglens.figures import save_figure, fig_selection_function
@@ -846,16 +870,16 @@ def write_figures(out) -> dict:
     if d["gallery"] is not None and len(d["gallery"]["stamps"]): figs["gallery"] = plot_gallery(d["gallery"])
     return {k: save_figure(f, folder, k, formats=("png",), dpi=150)["png"] for k, f in figs.items()}
 
-# %% ../nbs/14_injection.ipynb 129
+# %% ../nbs/14_injection.ipynb 133
 def injection_config(cfg) -> InjectionConfig:
     "The `injection` section of a pipeline config (defaults when absent), or `cfg` itself if it is an `InjectionConfig`."
     return cfg if isinstance(cfg, InjectionConfig) else (getattr(cfg, "injection", None) or InjectionConfig())
 
-# %% ../nbs/14_injection.ipynb 130
+# %% ../nbs/14_injection.ipynb 134
 def _read_table(url):
     return read_parquet(url) if str(url).endswith(".parquet") else pd.read_csv(__import__("io").BytesIO(read_bytes(url)))
 
-# %% ../nbs/14_injection.ipynb 131
+# %% ../nbs/14_injection.ipynb 135
 def _checkpoint(cfg, run_dir:str) -> str:
     "The trained checkpoint the `train` stage wrote (its `training.train.out_dir`, else `<run>/model`)."
     od = getattr(getattr(getattr(cfg, "training", None), "train", None), "out_dir", "") or ""
@@ -864,7 +888,7 @@ def _checkpoint(cfg, run_dir:str) -> str:
         if exists(url_join(base, rel)): return url_join(base, rel)
     raise FileNotFoundError(f"no trained checkpoint under {base} (run the train stage first)")
 
-# %% ../nbs/14_injection.ipynb 132
+# %% ../nbs/14_injection.ipynb 136
 def _sky_truth(run_dir:str) -> tuple[dict|None, pd.DataFrame|None]:
     "(mock sky meta, planted-lens truth table) when the run has a mock sky, else (None, None)."
     u = url_join(run_dir, "sky", "sky_meta.json")
@@ -872,18 +896,18 @@ def _sky_truth(run_dir:str) -> tuple[dict|None, pd.DataFrame|None]:
     meta = json.loads(read_bytes(u)); lt = url_join(run_dir, "sky", meta.get("files", {}).get("lens_truth", "lens_truth.parquet"))
     return meta, (read_parquet(lt) if exists(lt) else None)
 
-# %% ../nbs/14_injection.ipynb 133
+# %% ../nbs/14_injection.ipynb 137
 def _with_sweep_columns(pool:pd.DataFrame, ids, cfg, run_dir:str) -> pd.DataFrame:
-    "The pool with `SWEEP_COLUMNS` (shape, Sérsic, exposures) added from the sweep files of rows `ids` where it lacks them."
+    "The pool with `SWEEP_COLUMNS` (shape, Sérsic, exposures) added from the sweep files of rows `ids` (None: all) where it lacks them."
     from stronglens.negatives import resolve_catalog_paths, CatalogConfig
     miss = [k for k in SWEEP_COLUMNS if k.lower() not in pool.columns]
     if not miss or "sweep_file" not in pool.columns: return pool
     sweep_dir = resolve_catalog_paths(getattr(cfg, "catalogs", None) or CatalogConfig(), run_dir)["sweep_dir"]
-    rows = pool[pool.galaxy_id.isin(set(ids))].reset_index(drop=True)
+    rows = (pool if ids is None else pool[pool.galaxy_id.isin(set(ids))]).reset_index(drop=True)
     extra = sweep_lookup(rows, [resolve_path(sweep_dir, f) for f in rows.sweep_file.astype(str).unique()], miss)
-    return pool.merge(pd.concat([rows[["galaxy_id"]], extra], axis=1), on="galaxy_id", how="left")
+    return pool.merge(pd.concat([rows[["galaxy_id"]], extra], axis=1).drop_duplicates("galaxy_id"), on="galaxy_id", how="left")
 
-# %% ../nbs/14_injection.ipynb 134
+# %% ../nbs/14_injection.ipynb 138
 def load_inputs(cfg, run_dir:str) -> dict:
     "What the stage reads: manifest, pool, hosts (with shapes and exposures), colours, positives, mock truth (scores: `model_scores`)."
     c = injection_config(cfg); man_dir = url_join(run_dir, "manifests")
@@ -899,15 +923,15 @@ def load_inputs(cfg, run_dir:str) -> dict:
     return {"psf": psf, "gain_scale": gain_scale, "cfg": resolve_priors(c, meta), "manifest": manifest, "pool": pool, "truth": truth, "sky_meta": meta,
             "hosts": host_table(manifest, pool, run_dir, c, exclude_ids=truth.galaxy_id if (truth is not None and c.exclude_true_lenses) else ()),
             "colours": colour_table(resolve_path(run_dir, c.colour_table) if c.colour_table else "", truth),
-            "positives": read_parquet(pos_url) if exists(pos_url) else None}
+            "positives": _with_sweep_columns(read_parquet(pos_url), None, cfg, run_dir) if exists(pos_url) else None}
 
-# %% ../nbs/14_injection.ipynb 135
+# %% ../nbs/14_injection.ipynb 139
 def model_scores(run_dir:str) -> pd.DataFrame:
     "The train stage's scores of every manifest row (`model/scores_all.parquet`), else of the test split (`scores.parquet`)."
     u = url_join(run_dir, "model", "scores_all.parquet")
     return read_parquet(u if exists(u) else url_join(run_dir, "model", "scores.parquet"))
 
-# %% ../nbs/14_injection.ipynb 136
+# %% ../nbs/14_injection.ipynb 140
 @dataclass
 class OutFolder:
     "Where `run_injection` writes: `path(*parts)` under the stage folder's `sub` (sub '': the stage folder itself)."
@@ -915,10 +939,10 @@ class OutFolder:
     sub: str = ""
     def path(self, *parts) -> str: return self.st.path(*[p for p in (self.sub, *parts) if p])
 
-# %% ../nbs/14_injection.ipynb 137
+# %% ../nbs/14_injection.ipynb 141
 def _cell_files(st, cell_id:int) -> tuple[str, str]: return st.path("cells", f"cell_{cell_id:04d}.parquet"), st.path("cells", f"cell_{cell_id:04d}.json")
 
-# %% ../nbs/14_injection.ipynb 138
+# %% ../nbs/14_injection.ipynb 142
 def _write_cell(st, r:CellResult, provenance:dict|None=None):
     "Write one finished cell: its rows, then its bookkeeping JSON (the JSON marks the cell done; with the stage's `provenance`)."
     pq, js = _cell_files(st, r.cell_id)
@@ -928,7 +952,7 @@ def _write_cell(st, r:CellResult, provenance:dict|None=None):
     atomic_write_json(js, {"cell_id": r.cell_id, "reason": r.reason, "n_hosts": r.n_hosts, "n_hosts_available": r.n_hosts_available,
                            "n_injected": int(len(r.injections)), "failures": r.failures.to_dict("records"), **({"provenance": provenance} if provenance else {})})
 
-# %% ../nbs/14_injection.ipynb 139
+# %% ../nbs/14_injection.ipynb 143
 def _done_cells(st, retry_failed:bool) -> set:
     "Cells whose JSON exists (minus those with host failures when retrying them)."
     fs, p = get_fs(st.path("cells")); done = set()
@@ -937,7 +961,7 @@ def _done_cells(st, retry_failed:bool) -> set:
         if not (retry_failed and d["failures"]): done.add(int(d["cell_id"]))
     return done
 
-# %% ../nbs/14_injection.ipynb 140
+# %% ../nbs/14_injection.ipynb 144
 def _assemble(st, cells:pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     "(injections, per-cell info, host failures) from the cell files, in cell order."
     parts, info, fails = [], [], []
@@ -949,19 +973,19 @@ def _assemble(st, cells:pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Da
     f = pd.DataFrame(fails, columns=FAILURE_COLUMNS)
     return inj, pd.DataFrame(info), f.drop_duplicates("path").reset_index(drop=True)
 
-# %% ../nbs/14_injection.ipynb 141
+# %% ../nbs/14_injection.ipynb 145
 def _finish_injections(inj:pd.DataFrame, threshold:float) -> pd.DataFrame:
     "Add `detected` (p_lens >= threshold; False for a NaN score, which no count includes) and order the columns."
     inj = inj.assign(detected=inj["p_lens"].to_numpy(np.float64) >= threshold)
     cols = [k for k in INJECTION_COLUMNS if k in inj.columns] + [k for k in inj.columns if k not in INJECTION_COLUMNS]
     return inj[cols].astype({k: ("object" if t == "str" else t) for k, t in INJECTION_COLUMNS.items() if k in inj.columns}).reset_index(drop=True)
 
-# %% ../nbs/14_injection.ipynb 142
+# %% ../nbs/14_injection.ipynb 146
 def _conditions(df:pd.DataFrame, c:InjectionConfig, prefix:str="") -> pd.DataFrame:
     "psf_fwhm and depth (the grid's axes) from DR10 psfsize_*/psfdepth_* columns."
     return df.assign(psf_fwhm=df[f"{prefix}psfsize_{c.psf_band}"].astype(np.float64), depth=psfdepth_to_m5(df[f"{prefix}psfdepth_{c.depth_band}"]))
 
-# %% ../nbs/14_injection.ipynb 143
+# %% ../nbs/14_injection.ipynb 147
 def tier_a_targets(inp:dict, threshold:float, c:InjectionConfig, truth_path:str="") -> pd.DataFrame:
     "Held-out Tier-A positives (test split, grading confident) with θE and arc S/N (truth), PSF, depth, p_lens, detected."
     m, pos, sc = inp["manifest"], inp["positives"], inp["scores"]
@@ -973,7 +997,7 @@ def tier_a_targets(inp:dict, threshold:float, c:InjectionConfig, truth_path:str=
     t = _conditions(t, c); t = t[np.isfinite(t.p_lens)]
     return t.assign(detected=t.p_lens >= threshold).reset_index(drop=True)
 
-# %% ../nbs/14_injection.ipynb 144
+# %% ../nbs/14_injection.ipynb 148
 def planted_cutouts(inp:dict, cfg, run_dir:str, c:InjectionConfig) -> tuple[pd.DataFrame, np.ndarray]:
     "Every planted lens of the mock sky in the test split (listed or not; a seeded subset of `planted_max`) with PSF and depth, and its cutout rendered like the cutout stage."
     from stronglens.splits import healpix_split
@@ -984,7 +1008,7 @@ def planted_cutouts(inp:dict, cfg, run_dir:str, c:InjectionConfig) -> tuple[pd.D
     t = truth[np.asarray(split) == HOST_SPLIT].rename(columns={"theta_e_arcsec": "theta_e"}).reset_index(drop=True)
     n_all = len(t)
     if c.planted_max and n_all > c.planted_max: t = t.sample(n=c.planted_max, random_state=c.seed).sort_index().reset_index(drop=True)
-    cols = [f"PSFSIZE_{b}" for b in "GRZ"] + [f"PSFDEPTH_{b}" for b in "GRZ"]
+    cols = [f"PSFSIZE_{b}" for b in "GRZ"] + [f"PSFDEPTH_{b}" for b in "GRZ"] + ["FLUX_G", "FLUX_R", "SHAPE_R"]   # + the deflector's look
     t = _conditions(pd.concat([t.drop(columns=[k.lower() for k in cols], errors="ignore"),
                                sweep_lookup(t, [url_join(run_dir, "sky", f) for f in meta["files"]["sweeps"]], cols)], axis=1), c)
     res = source_from_config(getattr(cfg, "cutouts", None) or CutoutsConfig(), run_dir).fetch(t[["galaxy_id", "ra", "dec"]])
@@ -994,8 +1018,7 @@ def planted_cutouts(inp:dict, cfg, run_dir:str, c:InjectionConfig) -> tuple[pd.D
     t.attrs.update(n_planted_test=int(n_all), n_render_failed=int((~ok).sum()), render_failure=bad[0] if bad else "")
     return t, X
 
-
-# %% ../nbs/14_injection.ipynb 145
+# %% ../nbs/14_injection.ipynb 149
 def planted_targets(inp:dict, cfg, run_dir:str, scorer, threshold:float, c:InjectionConfig) -> pd.DataFrame:
     "`planted_cutouts` scored: the closure test's targets on the mock (p_lens, detected at `threshold`)."
     t, X = planted_cutouts(inp, cfg, run_dir, c); attrs = dict(t.attrs)
@@ -1004,7 +1027,7 @@ def planted_targets(inp:dict, cfg, run_dir:str, scorer, threshold:float, c:Injec
     return t
 
 
-# %% ../nbs/14_injection.ipynb 146
+# %% ../nbs/14_injection.ipynb 150
 def probe_real_positives(inp:dict, c:InjectionConfig, truth_path:str="") -> pd.DataFrame:
     "Test-split positives that are true lenses (truth), with θE, arc S/N, PSF, depth and resolved cutout path."
     m, pos = inp["manifest"], inp["positives"]; truth = _read_table(truth_path) if truth_path else inp["truth"]
@@ -1013,7 +1036,7 @@ def probe_real_positives(inp:dict, c:InjectionConfig, truth_path:str="") -> pd.D
     t = m[(m.split == HOST_SPLIT) & (m.label == 1)][["galaxy_id", "s3_path"]].merge(pos.drop(columns=["split"], errors="ignore"), on="galaxy_id").merge(tr, on="galaxy_id")
     return _conditions(t, c).assign(path=lambda d: d.s3_path).reset_index(drop=True)
 
-# %% ../nbs/14_injection.ipynb 147
+# %% ../nbs/14_injection.ipynb 151
 def closure_document(inp:dict, inj:pd.DataFrame, thr:dict, cfg, run_dir:str, ctx:CellContext, scorer, c:InjectionConfig) -> dict:
     "closure.json: threshold, closure test on the Tier-A positives and (mock) on every planted test lens, the feature probe."
     skyc = (inp["sky_meta"] or {}).get("config", {})
@@ -1034,21 +1057,44 @@ def closure_document(inp:dict, inj:pd.DataFrame, thr:dict, cfg, run_dir:str, ctx
     doc["feature_probe"] = _probe(inp, ctx, scorer, c, run_dir)
     return doc
 
-# %% ../nbs/14_injection.ipynb 148
+# %% ../nbs/14_injection.ipynb 152
+def _match_quality(rows:pd.DataFrame, inj:pd.DataFrame) -> dict:
+    "What a probe's injections were matched on, and the median |difference| of each matched quantity (conditions; host look)."
+    d = {"host_matched": bool(inj.attrs["host_matched"]), "median_abs_dpsf": float(np.median(np.abs(inj.psf_fwhm - rows.psf_fwhm))),
+         "median_abs_ddepth": float(np.median(np.abs(inj.depth - rows.depth)))}
+    look = host_look(rows) * HOST_LOOK_SCALES
+    d.update({f"median_abs_d{k}": float(np.nanmedian(np.abs(inj[f"host_{k}"] - look[:, i]))) if np.isfinite(look[:, i]).any() else float("nan")
+              for i, k in enumerate(HOST_LOOK_COLUMNS)})
+    d["matched_on"] = "theta_e, arc_snr (exact: the arc is scaled); PSF, depth" + (", host r mag, g-r, SHAPE_R" if d["host_matched"] else "") + " (nearest of 5 hosts)"
+    return d
+
+# %% ../nbs/14_injection.ipynb 153
+def probe_vs_injections(rows:pd.DataFrame, X:np.ndarray, ctx:CellContext, scorer, c:InjectionConfig, what:str="real lenses", features=None) -> dict:
+    "Feature probe of lenses (rows: θE, PSF, depth, arc S/N, host look; cutouts X) against one matched injection each, hosts matched in look and in conditions only."
+    ok = (np.isfinite(rows[["theta_e", "psf_fwhm", "depth", "arc_snr"]]).all(axis=1) & (rows.arc_snr > 0)).to_numpy()
+    if ok.sum() < 2 * c.probe_folds: return {"status": f"too few {what} with truth ({int(ok.sum())})", "auc": float("nan")}
+    rows, Fr, out = rows[ok].reset_index(drop=True), (scorer.features(X) if features is None else features)[ok], {}
+    for key, mh in (("", True), ("conditions_only", False)):
+        Xi, inj = matched_injections(rows, ctx, seed=c.seed, match_host=mh)
+        g = np.r_[rows.galaxy_id.astype(str), "host " + inj.galaxy_id.astype(str)]          # a reused host stays in one fold
+        p = {**feature_probe(Fr, scorer.features(Xi), c.probe_folds, c.seed, c.n_bootstrap, g), **_match_quality(rows, inj)}
+        if key: out[key] = p
+        else: out.update(p)
+        if not inj.attrs["host_matched"]: break
+    return {**out, "ci_lower": out.get("auc_ci", [np.nan])[0], "ci_upper": out.get("auc_ci", [np.nan, np.nan])[1]}
+
+# %% ../nbs/14_injection.ipynb 154
 def _probe(inp:dict, ctx:CellContext, scorer, c:InjectionConfig, run_dir:str) -> dict:
-    "The feature probe: test-split true-lens positives vs one matched injection each, on the scorer's penultimate features."
+    "The feature probe: test-split true-lens positives vs one matched injection each (`probe_vs_injections`), on the scorer's penultimate features."
     if not hasattr(scorer, "features"): return {"status": "the scorer has no features (not a trained checkpoint)", "auc": float("nan")}
     real = probe_real_positives(inp, c)
     real = real[np.isfinite(real[["theta_e", "psf_fwhm", "depth", "arc_snr"]]).all(1) & (real.arc_snr > 0)].reset_index(drop=True)
     if len(real) < 2 * c.probe_folds: return {"status": f"too few test-split positives with truth ({len(real)})", "auc": float("nan")}
     Xr, meta, fails = read_cutouts([resolve_path(run_dir, p) for p in real.path], progress=False)
     real = real[real.path.map(lambda p: resolve_path(run_dir, p)).isin(set(meta.path))].reset_index(drop=True)
-    Xi, rows = matched_injections(real, ctx, seed=c.seed)
-    out = feature_probe(scorer.features(Xr), scorer.features(Xi), c.probe_folds, c.seed, c.n_bootstrap)
-    return {**out, "ci_lower": out.get("auc_ci", [np.nan])[0], "ci_upper": out.get("auc_ci", [np.nan, np.nan])[1], "matched_on": "theta_e (exact), nearest-host PSF and depth, arc_snr (exact, by scaling the arc)",
-            "median_abs_dpsf": float(np.median(np.abs(rows.psf_fwhm - real.psf_fwhm))), "median_abs_ddepth": float(np.median(np.abs(rows.depth - real.depth)))}
+    return probe_vs_injections(real, Xr, ctx, scorer, c, "test-split positives")
 
-# %% ../nbs/14_injection.ipynb 149
+# %% ../nbs/14_injection.ipynb 155
 def gallery_cells(cells:pd.DataFrame, hosts:pd.DataFrame, max_cells:int=12) -> tuple:
     "Cells whose first stamps are kept for figures: 4 θE values × 3 PSF values at the depth with the most hosts."
     h = hosts[(hosts.i_psf >= 0) & (hosts.i_depth >= 0)]
@@ -1059,7 +1105,7 @@ def gallery_cells(cells:pd.DataFrame, hosts:pd.DataFrame, max_cells:int=12) -> t
     sel = cells[(cells.i_depth == d) & cells.i_psf.isin(pi) & cells.i_theta_e.isin(ti)]
     return tuple(int(x) for x in sel.cell_id[:max_cells])
 
-# %% ../nbs/14_injection.ipynb 150
+# %% ../nbs/14_injection.ipynb 156
 def write_gallery(st, inj:pd.DataFrame, ids) -> str:
     "gallery.npz: the kept stamps and arcs of the gallery cells (`cells/cell_NNNN.npz`) with their rows."
     parts, rows = [], []
@@ -1075,7 +1121,7 @@ def write_gallery(st, inj:pd.DataFrame, ids) -> str:
                         ("theta_e", "psf_fwhm", "depth", "arc_snr", "p_lens", "cell_id", "i_inj", "source_mag_r", "magnification")})
     return atomic_write_bytes(st.path("gallery.npz"), buf.getvalue())
 
-# %% ../nbs/14_injection.ipynb 151
+# %% ../nbs/14_injection.ipynb 157
 def run_injections(todo:pd.DataFrame, ctx:CellContext, engine:str="local", n_workers:int=1, on_result=None, progress:bool=True,
                    spark_master:str="local[2]") -> list[CellResult]:
     "Run the `todo` cells on the chosen engine ('local' or 'spark'); `on_result` is called as each cell finishes."
@@ -1087,7 +1133,7 @@ def run_injections(todo:pd.DataFrame, ctx:CellContext, engine:str="local", n_wor
         return out
     return run_cells_local(todo, ctx, n_workers, on_result, progress)
 
-# %% ../nbs/14_injection.ipynb 152
+# %% ../nbs/14_injection.ipynb 158
 def _write_tables(st, inj:pd.DataFrame, cells:pd.DataFrame, info:pd.DataFrame, fails:pd.DataFrame, c:InjectionConfig) -> pd.DataFrame:
     "injections.parquet, completeness.{parquet,csv}, marginals, S/N curve and failed_hosts.parquet; returns the table."
     atomic_write_parquet(inj, st.path("injections.parquet"))
@@ -1098,13 +1144,13 @@ def _write_tables(st, inj:pd.DataFrame, cells:pd.DataFrame, info:pd.DataFrame, f
     atomic_write_parquet(fails, st.path("failed_hosts.parquet"))
     return table
 
-# %% ../nbs/14_injection.ipynb 153
+# %% ../nbs/14_injection.ipynb 159
 def _stable_provenance(prov:dict) -> dict:
     "The part of a provenance record that two runs of one config share (closure.json, shown in the report), pointing to the full record."
     return {**{k: prov[k] for k in ("stage", "pipeline_version", "config_hash", "seed", "seeds") if k in prov}, "record": "provenance.json"}
 
 
-# %% ../nbs/14_injection.ipynb 154
+# %% ../nbs/14_injection.ipynb 160
 def run_injection(st,                     # an open `stage_run` (any stage: `inject`, or the audit's `audits/<name>`)
                   cfg,                    # pipeline config (its `injection` section; defaults when absent)
                   scorer:dict,            # `make_scorer` spec of the finder under test
@@ -1128,7 +1174,7 @@ def run_injection(st,                     # an open `stage_run` (any stage: `inj
     st.failures(len(fails), max(int(len(set(inj.galaxy_id)) + len(fails)), 1), what="host cutouts", table=out.path("failed_hosts.parquet"))
     return _summary(inj, table, thr, doc, len(todo), t_grid, time.time() - t0)
 
-# %% ../nbs/14_injection.ipynb 155
+# %% ../nbs/14_injection.ipynb 161
 def run_inject_stage(cfg, run_dir:str, progress:bool=True, engine:str|None=None, scorer:dict|None=None) -> dict:
     "The `inject` stage: `run_injection` of the trained checkpoint into `injection/` (`scorer` overrides the model, for tests)."
     from stronglens.runs import stage_run
@@ -1139,7 +1185,7 @@ def run_inject_stage(cfg, run_dir:str, progress:bool=True, engine:str|None=None,
         st.result.update(run_injection(st, cfg, spec, model_scores(st.run_dir), sub="", progress=progress, engine=engine))
     return st.result
 
-# %% ../nbs/14_injection.ipynb 156
+# %% ../nbs/14_injection.ipynb 162
 def _summary(inj:pd.DataFrame, table:pd.DataFrame, thr:dict, doc:dict, n_run:int, t_grid:float, t_all:float) -> dict:
     "The stage result (merged into the done marker, shown by the pipeline notebook)."
     v = _valid(inj); ta, pr = doc.get("tier_a", {}), doc.get("feature_probe", {})
@@ -1152,16 +1198,7 @@ def _summary(inj:pd.DataFrame, table:pd.DataFrame, thr:dict, doc:dict, n_run:int
             "seconds_grid": round(t_grid, 1), "seconds": round(t_all, 1),
             "injections_per_second": round(len(v) / t_grid, 1) if n_run and t_grid > 0 else None}
 
-# %% ../nbs/14_injection.ipynb 162
-def _twin_probe(rows:pd.DataFrame, X:np.ndarray, ctx:CellContext, scorer, c:InjectionConfig) -> dict:
-    "Feature probe of planted lenses (rows with θE, PSF, depth, arc S/N; cutouts X) against one matched injection each."
-    ok = (np.isfinite(rows[["theta_e", "psf_fwhm", "depth", "arc_snr"]]).all(axis=1) & (rows.arc_snr > 0)).to_numpy()
-    if ok.sum() < 2 * c.probe_folds: return {"status": f"too few planted lenses with truth ({int(ok.sum())})", "auc": float("nan")}
-    Xi, _ = matched_injections(rows[ok].reset_index(drop=True), ctx, seed=c.seed)
-    return feature_probe(scorer.features(X[ok]), scorer.features(Xi), c.probe_folds, c.seed, c.n_bootstrap)
-
-
-# %% ../nbs/14_injection.ipynb 163
+# %% ../nbs/14_injection.ipynb 168
 def source_model_twin(run_dir:str,               # a finished run on the mock sky (sky, catalogs, train, inject)
                       twin_dir:str,              # new folder: the twin sky goes to <twin_dir>/sky, the result to closure_twin.json
                       source_model:str="clumpy", # the twin's source model
@@ -1175,13 +1212,16 @@ def source_model_twin(run_dir:str,               # a finished run on the mock sk
     thr = json.loads(read_bytes(url_join(run_dir, "injection", "closure.json")))["threshold"]
     inj = read_parquet(url_join(run_dir, "injection", "injections.parquet")); spec = {"kind": "checkpoint", "path": _checkpoint(cfg, run_dir)}
     ctx = CellContext(c, inp["hosts"][(inp["hosts"].i_psf >= 0) & (inp["hosts"].i_depth >= 0)].reset_index(drop=True), inp["colours"], spec, psf=inp["psf"], gain_scale=inp["gain_scale"])
-    out, scorer, (tmeta, ttruth) = {"threshold": thr, "run_dir": str(run_dir)}, make_scorer(spec), _sky_truth(twin_dir)
+    out, scorer, (tmeta, ttruth), feats = {"threshold": thr, "run_dir": str(run_dir)}, make_scorer(spec), _sky_truth(twin_dir), {}
     with torch_threads(1):
         for name, meta, truth, folder in (("control", inp["sky_meta"], inp["truth"], run_dir), ("twin", tmeta, ttruth, twin_dir)):
             t, X = planted_cutouts({"truth": truth, "sky_meta": meta}, cfg, folder, c)
             t["p_lens"] = 1 / (1 + np.exp(-np.asarray(scorer(X, t), np.float64))); t["detected"] = t.p_lens >= thr["value"]
-            out[name] = {"source_model": meta["config"]["source_model"], "closure": closure_test(inj, t, c), "probe": _twin_probe(t, X, ctx, scorer, c),
+            F = feats[name] = (t.galaxy_id.to_numpy(), scorer.features(X))
+            out[name] = {"source_model": meta["config"]["source_model"], "closure": closure_test(inj, t, c), "probe": probe_vs_injections(t, X, ctx, scorer, c, "planted lenses", F[1]),
                          "median_arc_snr": float(np.median(t.arc_snr)), **t.attrs}
+    (ga, Fa), (gb, Fb) = feats["control"], feats["twin"]; _, ia, ib = np.intersect1d(ga, gb, return_indices=True)
+    out["probe_twin_vs_control"] = {"set": "the same planted lenses, twin vs control sources: the most a probe on these features can see of the source model",
+                                    **feature_probe(Fb[ib], Fa[ia], c.probe_folds, c.seed, c.n_bootstrap, np.r_[ga[ia], ga[ia]])}
     atomic_write_json(url_join(twin_dir, "closure_twin.json"), out)
     return out
-

@@ -751,6 +751,15 @@ def _closure_line(name:str, c:Mapping) -> str:
             f"<b>{c['measured_recall']:.3f}</b>{meas_ci} — {verdict}{_e(extra)}.</p>")
 
 # %% ../nbs/16c_report.ipynb 94
+def _probe_matching(fp:dict) -> str:
+    "What the feature probe's injections were matched on, and its AUC with hosts matched in conditions only (the hosts' share of the AUC)."
+    s = f"; matched on {_e(fp['matched_on'])}" if fp.get("matched_on") else ""
+    co = fp.get("conditions_only") or {}
+    if co.get("auc") is not None and np.isfinite(co["auc"]):
+        s += f"; with hosts matched in PSF and depth only it reads {co['auc']:.3f}: the difference is the hosts' share"
+    return s
+
+# %% ../nbs/16c_report.ipynb 96
 def _section_closure(closure:dict|None) -> str:
     "The closure tests and the feature probe (injection/closure.json), every field shown."
     if not closure: return "<p class=sub>No injection-recovery stage in this run: completeness is not measured.</p>"
@@ -760,12 +769,13 @@ def _section_closure(closure:dict|None) -> str:
     if fp.get("auc") is not None and np.isfinite(fp["auc"]):
         ci = f" [{fp['ci_lower']:.3f}, {fp['ci_upper']:.3f}]" if fp.get("ci_lower") is not None else ""
         lead += (f"<p>Feature probe: a linear classifier on the finder's penultimate features separates injected arcs from real "
-                 f"lenses with AUC <b>{fp['auc']:.3f}</b>{ci} (0.5: indistinguishable; near 1: the injections do not look like real lenses to the finder).</p>")
+                 f"lenses with AUC <b>{fp['auc']:.3f}</b>{ci} (0.5: indistinguishable; near 1: the injections do not look like real lenses to the finder)"
+                 f"{_probe_matching(fp)}.</p>")
     elif fp: lead += f"<p>Feature probe: {_e(fp.get('status', 'not available'))}.</p>"
     rows = "".join(f"<tr><td>{_e(k)}</td><td>{_e(T._fmt(v) if not isinstance(v, list) else ', '.join(T._fmt(x) for x in v))}</td></tr>" for k, v in _flat_items(closure))
     return lead + f"<details><summary>all fields of closure.json</summary><table>{rows}</table></details>"
 
-# %% ../nbs/16c_report.ipynb 95
+# %% ../nbs/16c_report.ipynb 97
 FIGURE_CAPTIONS: dict[str, str] = {
     "fig1_data_schematic": "Data flow and splits with this run's counts: known lenses give the positives (Tier A confident, Tier B probable); "
         "the sweep catalogues give the negative pool (N1 ordinary, N2 confuser proxies) away from known lenses; HEALPix pixels assign train/val/test.",
@@ -782,13 +792,13 @@ FIGURE_CAPTIONS: dict[str, str] = {
         "fraction (dotted), not the sky's.",
     "fig8_contaminant_fpr": "False-positive rate by contaminant category at the threshold, Wilson 95% intervals; flagged/n on the right."}
 
-# %% ../nbs/16c_report.ipynb 96
+# %% ../nbs/16c_report.ipynb 98
 def _img(url:str, alt:str, dpi:int=200, zoom:float=1.35) -> str:
     "An <img> with the PNG at `url` embedded as a data URI, shown at `zoom` × its print size (CSS px = 1/96 in)."
     b = read_bytes(url); width_px = int.from_bytes(b[16:20], "big")          # PNG IHDR width
     return f'<img src="data:image/png;base64,{base64.b64encode(b).decode()}" alt="{_e(alt)}" style="width:{round(width_px / dpi * 96 * zoom)}px">'
 
-# %% ../nbs/16c_report.ipynb 97
+# %% ../nbs/16c_report.ipynb 99
 def _section_figures(figs:dict, out_dir:str, dpi:int=200) -> str:
     "Every figure embedded, with its caption and links to the files beside the page."
     out = ""
@@ -798,7 +808,7 @@ def _section_figures(figs:dict, out_dir:str, dpi:int=200) -> str:
                 f'{_e(FIGURE_CAPTIONS.get(name, ""))} <span class="files">{links}</span></figcaption></figure>')
     return out
 
-# %% ../nbs/16c_report.ipynb 98
+# %% ../nbs/16c_report.ipynb 100
 def _section_tables(tabs:dict, files:dict) -> str:
     "Every table as HTML (the long lookup folded), its caption and links to CSV and LaTeX."
     out = ""
@@ -809,7 +819,7 @@ def _section_tables(tabs:dict, files:dict) -> str:
         out += f'<h3 id="{name}">Table {name[5]}. {_e(TABLE_CAPTIONS.get(name, ""))}{cav}</h3><p class="files">{links}</p>{body}'
     return out
 
-# %% ../nbs/16c_report.ipynb 99
+# %% ../nbs/16c_report.ipynb 101
 def _section_strata(summ:pd.DataFrame|None) -> str:
     "Per nobs_z bin: counts, AUC, recall, FPR and manifest precision (with the caveat beside it)."
     if summ is None or summ.empty: return ""
@@ -820,7 +830,7 @@ def _section_strata(summ:pd.DataFrame|None) -> str:
     return ("<h3>By z-band exposure count (evaluation split)</h3>" + html_table(t)
             + f'<p><span class="caveat">precision_manifest: {_e(cal.PREVALENCE_CAVEAT)}</span></p>')
 
-# %% ../nbs/16c_report.ipynb 100
+# %% ../nbs/16c_report.ipynb 102
 def render_page(rep:dict, tabs:dict, strata:pd.DataFrame|None, inp:ReportInputs, out_dir:str,
                 sections:Sequence[tuple[str, str]]=()) -> str:
     "The whole HTML page from `report.json`'s content, the tables and the inputs; `sections` ((title, html) pairs) go before the figures."
@@ -837,7 +847,7 @@ def render_page(rep:dict, tabs:dict, strata:pd.DataFrame|None, inp:ReportInputs,
     return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8><meta name=viewport content='width=device-width,initial-scale=1'>"
             f"<title>stronglens audit: {_e(rep['finder'])}</title><style>{PAGE_CSS}</style></head><body><main>{''.join(parts)}</main></body></html>")
 
-# %% ../nbs/16c_report.ipynb 102
+# %% ../nbs/16c_report.ipynb 104
 def _calibration_summary(rel:dict|None, cfg:ReportConfig) -> dict|None:
     "ECE and Brier before/after temperature scaling (with CIs) and the fitted temperature, JSON-ready."
     if not rel: return None
@@ -846,7 +856,7 @@ def _calibration_summary(rel:dict|None, cfg:ReportConfig) -> dict|None:
             "ece_before": float(m.loc["before", "ece"]), "ece_after": float(m.loc["after", "ece"]),
             "metrics": {k: {c: (float(v) if isinstance(v, (int, float, np.floating)) else v) for c, v in row.items()} for k, row in m.to_dict("index").items()}}
 
-# %% ../nbs/16c_report.ipynb 103
+# %% ../nbs/16c_report.ipynb 105
 def operating_point_alerts(hl:dict) -> list[tuple]:
     "Amber when the finder flags none of the evaluation positives at the threshold (every recall on the page is then 0)."
     r = hl.get("recall") or {}
@@ -856,7 +866,7 @@ def operating_point_alerts(hl:dict) -> list[tuple]:
     return []
 
 
-# %% ../nbs/16c_report.ipynb 105
+# %% ../nbs/16c_report.ipynb 107
 def _missing(inp:ReportInputs) -> list[str]:
     "What the report could not produce, and why."
     out = []
@@ -864,7 +874,7 @@ def _missing(inp:ReportInputs) -> list[str]:
     if inp.checkpoint is None: out += ["Table 5: no checkpoint (an external finder, or model/checkpoints/best.pt missing)."]
     return out
 
-# %% ../nbs/16c_report.ipynb 106
+# %% ../nbs/16c_report.ipynb 108
 def _check_extras(alerts:Sequence, sections:Sequence) -> tuple[list[tuple], list[tuple]]:
     "`build_report`'s extra alerts ((level, message), level red|amber) and sections ((title, html)) as tuples; ValueError naming a bad one."
     al, se = [tuple(a) for a in alerts or ()], [tuple(s) for s in sections or ()]
@@ -875,14 +885,14 @@ def _check_extras(alerts:Sequence, sections:Sequence) -> tuple[list[tuple], list
     return al, se
 
 
-# %% ../nbs/16c_report.ipynb 108
+# %% ../nbs/16c_report.ipynb 110
 def run_folder_from(out_dir:str, run_dir:str) -> str:
     "The run folder as seen from the report folder `out_dir` ('..' for RUN/report) when it lies inside the run, else `run_dir`."
     rel = relative_path(run_dir, out_dir)
     if rel == str(out_dir) and str(out_dir).rstrip("/") != str(run_dir).rstrip("/"): return str(run_dir)
     return "." if rel in ("", ".") else "/".join([".."] * len(rel.strip("/").split("/")))
 
-# %% ../nbs/16c_report.ipynb 110
+# %% ../nbs/16c_report.ipynb 112
 def build_report(inp:ReportInputs, out_dir:str, cfg:ReportConfig|None=None, provenance:dict|None=None, log=print,
                  extra_alerts:Sequence[tuple[str, str]]=(), # more (level, message) alerts, e.g. an audit's verdict
                  extra_sections:Sequence[tuple[str, str]]=() # (title, html) sections for the page, before the figures
@@ -911,7 +921,7 @@ def build_report(inp:ReportInputs, out_dir:str, cfg:ReportConfig|None=None, prov
     atomic_write_text(url_join(out_dir, "index.html"), render_page(rep, tabs, extra.get("nobs_z_table"), inp, out_dir, extra_sections))
     return rep
 
-# %% ../nbs/16c_report.ipynb 118
+# %% ../nbs/16c_report.ipynb 120
 def run_report_stage(cfg, run_dir:str, progress:bool=True) -> dict:
     "Pipeline stage `report`: figures, tables, report.json and index.html into `<run_dir>/report/`."
     from stronglens.runs import stage_run

@@ -144,6 +144,9 @@ def test_injection_and_report(demo_run):
     closure = json.loads((inj / "closure.json").read_text())
     assert {"threshold", "feature_probe"} <= set(closure), sorted(closure)
     assert 0 < closure["threshold"]["value"] <= 1
+    fp = closure["feature_probe"]                      # the demo's listed positives have sweep rows: hosts matched to them
+    assert fp["status"] == "ok" and fp["host_matched"] and fp["grouped"] and 0.5 < fp["auc"] < 1, fp
+    assert np.isfinite(fp["conditions_only"]["auc"]) and fp["median_abs_dmag_r"] < fp["conditions_only"]["median_abs_dmag_r"], fp
     rep = run / "report"
     for k, stem in enumerate(["data_schematic", "score_distributions", "selection_function", "failure_gallery",
                               "tierA_recall", "reliability", "roc_pr", "contaminant_fpr"], start=1):
