@@ -710,13 +710,26 @@ def closure_test(injections:pd.DataFrame, targets:pd.DataFrame, cfg:InjectionCon
             "predicted_recall_without_snr": float(np.nanmean(p_no_snr[sup])) if np.isfinite(p_no_snr[sup]).any() else float("nan")}
 
 # %% ../nbs/14_injection.ipynb 111
-def _auc_interval(y, s, n_resamples:int=1000, seed:int=0, ci:float=0.95) -> list[float]:
-    "Bootstrap interval of ROC AUC, resampling within each class (`calibration.bootstrap_ci`)."
-    r = bootstrap_ci(lambda yy, ss, weights=None: roc_auc(yy, ss, weights), np.asarray(y, int), np.asarray(s, np.float64),
-                     n_resamples=n_resamples, seed=seed, ci=ci, strata=np.asarray(y, int), vectorized=True)
-    return [float(r.ci_lower), float(r.ci_upper)]
+def _group_multiplicities(groups, y, n_resamples:int, seed:int) -> np.ndarray:
+    "(n_resamples, n) row weights of a cluster bootstrap: groups drawn with replacement within their stratum (the classes a group holds)."
+    _, gi = np.unique(np.asarray(groups).astype(str), return_inverse=True); st = np.zeros(gi.max() + 1, int)
+    np.bitwise_or.at(st, gi, 1 << np.asarray(y, int))                  # 1: class 0 only, 2: class 1 only, 3: both
+    rng, M = np.random.default_rng(seed), np.zeros((n_resamples, len(st)))
+    for k in np.unique(st):
+        ids = np.flatnonzero(st == k); M[:, ids] = rng.multinomial(len(ids), np.full(len(ids), 1 / len(ids)), size=n_resamples)
+    return M[:, gi]
 
 # %% ../nbs/14_injection.ipynb 112
+def _auc_interval(y, s, n_resamples:int=1000, seed:int=0, ci:float=0.95, groups=None) -> list[float]:
+    "Bootstrap interval of ROC AUC: rows resampled within each class (`calibration.bootstrap_ci`), or whole groups when `groups` (a cluster bootstrap)."
+    y, s = np.asarray(y, int), np.asarray(s, np.float64)
+    if groups is None:
+        r = bootstrap_ci(lambda yy, ss, weights=None: roc_auc(yy, ss, weights), y, s, n_resamples=n_resamples, seed=seed, ci=ci, strata=y, vectorized=True)
+        return [float(r.ci_lower), float(r.ci_upper)]
+    reps = roc_auc(y, s, _group_multiplicities(groups, y, n_resamples, seed))
+    return [float(q) for q in np.nanquantile(reps, [(1 - ci) / 2, (1 + ci) / 2])]
+
+# %% ../nbs/14_injection.ipynb 114
 def feature_probe(real_features, injected_features, folds:int=5, seed:int=0, n_bootstrap:int=1000,
                   groups=None) -> dict:  # one label per row (real rows, then injected): a group (a host galaxy) stays in one fold
     "Cross-validated AUC (with bootstrap CI) of a logistic regression telling real positives from matched injections."
@@ -727,10 +740,10 @@ def feature_probe(real_features, injected_features, folds:int=5, seed:int=0, n_b
     k = int(min(folds, np.bincount(y, minlength=2).min(), *([len(set(g[y == 0])), len(set(g[y == 1]))] if g is not None else [])))
     if k < 2: return {"status": f"too few rows ({len(real_features)} real, {len(injected_features)} injected)", "auc": float("nan")}
     auc, oof = cv_auc(X, y, k=k, seed=seed, return_oof=True, groups=g)
-    return {"status": "ok", "auc": float(auc), "auc_ci": _auc_interval(y, oof, n_bootstrap, seed), "folds": k,
+    return {"status": "ok", "auc": float(auc), "auc_ci": _auc_interval(y, oof, n_bootstrap, seed, groups=g), "folds": k,
             "n_real": int(len(real_features)), "n_injected": int(len(injected_features)), "n_features": int(X.shape[1]), "grouped": g is not None}
 
-# %% ../nbs/14_injection.ipynb 115
+# %% ../nbs/14_injection.ipynb 117
 def host_look(df:pd.DataFrame) -> np.ndarray:
     "(N, 3) r mag, g − r and log10 SHAPE_R (from mag_r, g_minus_r or flux_g, flux_r; shape_r) over `HOST_LOOK_SCALES`; NaN where unknown."
     col = lambda k: df[k].to_numpy(np.float64) if k in df else np.full(len(df), np.nan)
@@ -739,7 +752,7 @@ def host_look(df:pd.DataFrame) -> np.ndarray:
     with np.errstate(invalid="ignore"): size = np.log10(np.clip(col("shape_r"), 0.1, None))     # PSF-like rows count as 0.1"
     return np.c_[mag, gr, size] / np.asarray(HOST_LOOK_SCALES)
 
-# %% ../nbs/14_injection.ipynb 116
+# %% ../nbs/14_injection.ipynb 118
 def nearest_hosts(targets:pd.DataFrame, H:pd.DataFrame, c:InjectionConfig, rng:np.random.Generator, k:int=5, match_host:bool=True) -> tuple[pd.DataFrame, bool]:
     "For each target, one of the k hosts nearest in PSF and depth (in grid steps) and, when every target has it, in `host_look`; (rows of H, look used?)."
     cond = lambda d: np.c_[d.psf_fwhm if "psf_fwhm" in d else d.psf, d.depth] / [c.psf_step_arcsec, c.depth_step_mag]
@@ -750,7 +763,7 @@ def nearest_hosts(targets:pd.DataFrame, H:pd.DataFrame, c:InjectionConfig, rng:n
     k = min(k, len(H)); _, j = cKDTree(Q).query(q, k=k)
     return H.iloc[np.asarray(j).reshape(len(targets), k)[np.arange(len(targets)), rng.integers(0, k, len(targets))]].reset_index(drop=True), look
 
-# %% ../nbs/14_injection.ipynb 117
+# %% ../nbs/14_injection.ipynb 119
 def matched_injections(targets:pd.DataFrame, ctx:CellContext, seed:int=0, n_nearest_hosts:int=5, match_host:bool=True) -> tuple[np.ndarray, pd.DataFrame]:
     "One injection per target (theta_e, psf_fwhm, depth, arc_snr): its θE, a `nearest_hosts` host, the arc scaled to its S/N."
     c, rng = ctx.cfg, np.random.default_rng(seed); H = ctx.hosts[np.isfinite(ctx.hosts.psf) & np.isfinite(ctx.hosts.depth)].reset_index(drop=True)
@@ -766,24 +779,24 @@ def matched_injections(targets:pd.DataFrame, ctx:CellContext, seed:int=0, n_near
     rows.attrs["host_matched"] = look
     return X, rows
 
-# %% ../nbs/14_injection.ipynb 120
+# %% ../nbs/14_injection.ipynb 122
 def cell_tasks(cells:pd.DataFrame, n_workers:int=1) -> list[pd.DataFrame]:
     "Cells grouped by (i_psf, i_depth), groups split so that there are at least 4 tasks per worker (when cells allow)."
     groups = [g for _, g in cells.groupby(["i_psf", "i_depth"], sort=True)]
     size = max(1, math.ceil(len(cells) / max(4 * n_workers, 1)))
     return [g.iloc[i:i + size] for g in groups for i in range(0, len(g), size)]
 
-# %% ../nbs/14_injection.ipynb 121
+# %% ../nbs/14_injection.ipynb 123
 def run_cells(cells:pd.DataFrame, ctx:CellContext, scorer=None) -> list[CellResult]:
     "Run `cells` (rows of `grid_cells`) here, with one host cache: the task body of every engine."
     from stronglens.mocksky import torch_threads
     scorer = scorer if scorer is not None else make_scorer(ctx.scorer); loader = HostStamps()
     with torch_threads(1): return [run_cell(r, ctx, scorer, loader) for r in cells.to_dict("records")]
 
-# %% ../nbs/14_injection.ipynb 122
+# %% ../nbs/14_injection.ipynb 124
 _WORKER: dict = {}
 
-# %% ../nbs/14_injection.ipynb 123
+# %% ../nbs/14_injection.ipynb 125
 def _init_worker(ctx:CellContext, parent_pid:int):
     "Pool initializer: die with the parent, one torch thread, the scorer built once."
     try:
@@ -791,10 +804,10 @@ def _init_worker(ctx:CellContext, parent_pid:int):
     except ImportError: pass
     torch.set_num_threads(1); _WORKER.update(ctx=ctx, scorer=make_scorer(ctx.scorer))
 
-# %% ../nbs/14_injection.ipynb 124
+# %% ../nbs/14_injection.ipynb 126
 def _run_task(records:list) -> list[CellResult]: return run_cells(pd.DataFrame(records), _WORKER["ctx"], _WORKER["scorer"])
 
-# %% ../nbs/14_injection.ipynb 125
+# %% ../nbs/14_injection.ipynb 127
 def run_cells_local(cells:pd.DataFrame, ctx:CellContext, n_workers:int=1, on_result:Callable|None=None, progress:bool=True) -> list[CellResult]:
     "Run `cells` in this process (n_workers = 1) or a spawned process pool; `on_result(CellResult)` as each cell finishes."
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -814,7 +827,7 @@ def run_cells_local(cells:pd.DataFrame, ctx:CellContext, n_workers:int=1, on_res
     bar.close()
     return sorted(out, key=lambda r: r.cell_id)
 
-# %% ../nbs/14_injection.ipynb 127
+# %% ../nbs/14_injection.ipynb 129
 def read_injection(folder:str) -> dict:
     "What `run_injection` wrote in `folder` (e.g. `<run>/injection`): table, marginals, vs_snr, closure, failed, gallery (None if absent)."
     import io
@@ -824,10 +837,10 @@ def read_injection(folder:str) -> dict:
             "failed": read_parquet(url_join(folder, "failed_hosts.parquet")),
             "gallery": dict(np.load(io.BytesIO(read_bytes(g)), allow_pickle=False)) if exists(g) else None}
 
-# %% ../nbs/14_injection.ipynb 128
+# %% ../nbs/14_injection.ipynb 130
 _AXIS_LABELS = {"theta_e": "θE (arcsec)", "psf": "PSF FWHM (PSFSIZE, arcsec)", "depth": "5σ depth (AB mag)"}
 
-# %% ../nbs/14_injection.ipynb 129
+# %% ../nbs/14_injection.ipynb 131
 def plot_completeness(marginals:pd.DataFrame, vs_snr:pd.DataFrame|None=None, threshold:dict|None=None):
     "Completeness pooled along θE, PSF and depth (and against arc S/N), with binomial 95 % intervals: a `Figure`."
     from stronglens.figures import new_figure, paper_style
@@ -844,7 +857,7 @@ def plot_completeness(marginals:pd.DataFrame, vs_snr:pd.DataFrame|None=None, thr
         if threshold: fig.suptitle(f"detected: p ≥ {threshold['value']:.3g} ({threshold['kind']} {threshold['target']:g}, {threshold['split']} split)", fontsize=8)
     return fig
 
-# %% ../nbs/14_injection.ipynb 130
+# %% ../nbs/14_injection.ipynb 132
 def plot_gallery(gallery:dict, n:int=12, n_cols:int=6):
     "Injected stamps with their arcs alone below (grz composites, same stretch), spread over arc S/N from faint to bright: a `Figure`."
     from stronglens.figures import new_figure, paper_style
@@ -861,7 +874,7 @@ def plot_gallery(gallery:dict, n:int=12, n_cols:int=6):
             axs[r, col].set_title(f"θE {gallery['theta_e'][j]:.2f}\" S/N {gallery['arc_snr'][j]:.1f} p {gallery['p_lens'][j]:.2f}", fontsize=6, pad=2)
     return fig
 
-# %% ../nbs/14_injection.ipynb 131
+# %% ../nbs/14_injection.ipynb 133
 def write_figures(out) -> dict:
     "completeness.png, completeness_map.png and gallery.png from the files in `out` (an `OutFolder` or a folder URL)."
     from stronglens.figures import save_figure, fig_selection_function
@@ -870,16 +883,16 @@ def write_figures(out) -> dict:
     if d["gallery"] is not None and len(d["gallery"]["stamps"]): figs["gallery"] = plot_gallery(d["gallery"])
     return {k: save_figure(f, folder, k, formats=("png",), dpi=150)["png"] for k, f in figs.items()}
 
-# %% ../nbs/14_injection.ipynb 133
+# %% ../nbs/14_injection.ipynb 135
 def injection_config(cfg) -> InjectionConfig:
     "The `injection` section of a pipeline config (defaults when absent), or `cfg` itself if it is an `InjectionConfig`."
     return cfg if isinstance(cfg, InjectionConfig) else (getattr(cfg, "injection", None) or InjectionConfig())
 
-# %% ../nbs/14_injection.ipynb 134
+# %% ../nbs/14_injection.ipynb 136
 def _read_table(url):
     return read_parquet(url) if str(url).endswith(".parquet") else pd.read_csv(__import__("io").BytesIO(read_bytes(url)))
 
-# %% ../nbs/14_injection.ipynb 135
+# %% ../nbs/14_injection.ipynb 137
 def _checkpoint(cfg, run_dir:str) -> str:
     "The trained checkpoint the `train` stage wrote (its `training.train.out_dir`, else `<run>/model`)."
     od = getattr(getattr(getattr(cfg, "training", None), "train", None), "out_dir", "") or ""
@@ -888,7 +901,7 @@ def _checkpoint(cfg, run_dir:str) -> str:
         if exists(url_join(base, rel)): return url_join(base, rel)
     raise FileNotFoundError(f"no trained checkpoint under {base} (run the train stage first)")
 
-# %% ../nbs/14_injection.ipynb 136
+# %% ../nbs/14_injection.ipynb 138
 def _sky_truth(run_dir:str) -> tuple[dict|None, pd.DataFrame|None]:
     "(mock sky meta, planted-lens truth table) when the run has a mock sky, else (None, None)."
     u = url_join(run_dir, "sky", "sky_meta.json")
@@ -896,7 +909,7 @@ def _sky_truth(run_dir:str) -> tuple[dict|None, pd.DataFrame|None]:
     meta = json.loads(read_bytes(u)); lt = url_join(run_dir, "sky", meta.get("files", {}).get("lens_truth", "lens_truth.parquet"))
     return meta, (read_parquet(lt) if exists(lt) else None)
 
-# %% ../nbs/14_injection.ipynb 137
+# %% ../nbs/14_injection.ipynb 139
 def _with_sweep_columns(pool:pd.DataFrame, ids, cfg, run_dir:str) -> pd.DataFrame:
     "The pool with `SWEEP_COLUMNS` (shape, Sérsic, exposures) added from the sweep files of rows `ids` (None: all) where it lacks them."
     from stronglens.negatives import resolve_catalog_paths, CatalogConfig
@@ -907,7 +920,7 @@ def _with_sweep_columns(pool:pd.DataFrame, ids, cfg, run_dir:str) -> pd.DataFram
     extra = sweep_lookup(rows, [resolve_path(sweep_dir, f) for f in rows.sweep_file.astype(str).unique()], miss)
     return pool.merge(pd.concat([rows[["galaxy_id"]], extra], axis=1).drop_duplicates("galaxy_id"), on="galaxy_id", how="left")
 
-# %% ../nbs/14_injection.ipynb 138
+# %% ../nbs/14_injection.ipynb 140
 def load_inputs(cfg, run_dir:str) -> dict:
     "What the stage reads: manifest, pool, hosts (with shapes and exposures), colours, positives, mock truth (scores: `model_scores`)."
     c = injection_config(cfg); man_dir = url_join(run_dir, "manifests")
@@ -925,13 +938,13 @@ def load_inputs(cfg, run_dir:str) -> dict:
             "colours": colour_table(resolve_path(run_dir, c.colour_table) if c.colour_table else "", truth),
             "positives": _with_sweep_columns(read_parquet(pos_url), None, cfg, run_dir) if exists(pos_url) else None}
 
-# %% ../nbs/14_injection.ipynb 139
+# %% ../nbs/14_injection.ipynb 141
 def model_scores(run_dir:str) -> pd.DataFrame:
     "The train stage's scores of every manifest row (`model/scores_all.parquet`), else of the test split (`scores.parquet`)."
     u = url_join(run_dir, "model", "scores_all.parquet")
     return read_parquet(u if exists(u) else url_join(run_dir, "model", "scores.parquet"))
 
-# %% ../nbs/14_injection.ipynb 140
+# %% ../nbs/14_injection.ipynb 142
 @dataclass
 class OutFolder:
     "Where `run_injection` writes: `path(*parts)` under the stage folder's `sub` (sub '': the stage folder itself)."
@@ -939,10 +952,10 @@ class OutFolder:
     sub: str = ""
     def path(self, *parts) -> str: return self.st.path(*[p for p in (self.sub, *parts) if p])
 
-# %% ../nbs/14_injection.ipynb 141
+# %% ../nbs/14_injection.ipynb 143
 def _cell_files(st, cell_id:int) -> tuple[str, str]: return st.path("cells", f"cell_{cell_id:04d}.parquet"), st.path("cells", f"cell_{cell_id:04d}.json")
 
-# %% ../nbs/14_injection.ipynb 142
+# %% ../nbs/14_injection.ipynb 144
 def _write_cell(st, r:CellResult, provenance:dict|None=None):
     "Write one finished cell: its rows, then its bookkeeping JSON (the JSON marks the cell done; with the stage's `provenance`)."
     pq, js = _cell_files(st, r.cell_id)
@@ -952,7 +965,7 @@ def _write_cell(st, r:CellResult, provenance:dict|None=None):
     atomic_write_json(js, {"cell_id": r.cell_id, "reason": r.reason, "n_hosts": r.n_hosts, "n_hosts_available": r.n_hosts_available,
                            "n_injected": int(len(r.injections)), "failures": r.failures.to_dict("records"), **({"provenance": provenance} if provenance else {})})
 
-# %% ../nbs/14_injection.ipynb 143
+# %% ../nbs/14_injection.ipynb 145
 def _done_cells(st, retry_failed:bool) -> set:
     "Cells whose JSON exists (minus those with host failures when retrying them)."
     fs, p = get_fs(st.path("cells")); done = set()
@@ -961,7 +974,7 @@ def _done_cells(st, retry_failed:bool) -> set:
         if not (retry_failed and d["failures"]): done.add(int(d["cell_id"]))
     return done
 
-# %% ../nbs/14_injection.ipynb 144
+# %% ../nbs/14_injection.ipynb 146
 def _assemble(st, cells:pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     "(injections, per-cell info, host failures) from the cell files, in cell order."
     parts, info, fails = [], [], []
@@ -973,19 +986,19 @@ def _assemble(st, cells:pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Da
     f = pd.DataFrame(fails, columns=FAILURE_COLUMNS)
     return inj, pd.DataFrame(info), f.drop_duplicates("path").reset_index(drop=True)
 
-# %% ../nbs/14_injection.ipynb 145
+# %% ../nbs/14_injection.ipynb 147
 def _finish_injections(inj:pd.DataFrame, threshold:float) -> pd.DataFrame:
     "Add `detected` (p_lens >= threshold; False for a NaN score, which no count includes) and order the columns."
     inj = inj.assign(detected=inj["p_lens"].to_numpy(np.float64) >= threshold)
     cols = [k for k in INJECTION_COLUMNS if k in inj.columns] + [k for k in inj.columns if k not in INJECTION_COLUMNS]
     return inj[cols].astype({k: ("object" if t == "str" else t) for k, t in INJECTION_COLUMNS.items() if k in inj.columns}).reset_index(drop=True)
 
-# %% ../nbs/14_injection.ipynb 146
+# %% ../nbs/14_injection.ipynb 148
 def _conditions(df:pd.DataFrame, c:InjectionConfig, prefix:str="") -> pd.DataFrame:
     "psf_fwhm and depth (the grid's axes) from DR10 psfsize_*/psfdepth_* columns."
     return df.assign(psf_fwhm=df[f"{prefix}psfsize_{c.psf_band}"].astype(np.float64), depth=psfdepth_to_m5(df[f"{prefix}psfdepth_{c.depth_band}"]))
 
-# %% ../nbs/14_injection.ipynb 147
+# %% ../nbs/14_injection.ipynb 149
 def tier_a_targets(inp:dict, threshold:float, c:InjectionConfig, truth_path:str="") -> pd.DataFrame:
     "Held-out Tier-A positives (test split, grading confident) with θE and arc S/N (truth), PSF, depth, p_lens, detected."
     m, pos, sc = inp["manifest"], inp["positives"], inp["scores"]
@@ -997,7 +1010,7 @@ def tier_a_targets(inp:dict, threshold:float, c:InjectionConfig, truth_path:str=
     t = _conditions(t, c); t = t[np.isfinite(t.p_lens)]
     return t.assign(detected=t.p_lens >= threshold).reset_index(drop=True)
 
-# %% ../nbs/14_injection.ipynb 148
+# %% ../nbs/14_injection.ipynb 150
 def planted_cutouts(inp:dict, cfg, run_dir:str, c:InjectionConfig) -> tuple[pd.DataFrame, np.ndarray]:
     "Every planted lens of the mock sky in the test split (listed or not; a seeded subset of `planted_max`) with PSF and depth, and its cutout rendered like the cutout stage."
     from stronglens.splits import healpix_split
@@ -1018,7 +1031,7 @@ def planted_cutouts(inp:dict, cfg, run_dir:str, c:InjectionConfig) -> tuple[pd.D
     t.attrs.update(n_planted_test=int(n_all), n_render_failed=int((~ok).sum()), render_failure=bad[0] if bad else "")
     return t, X
 
-# %% ../nbs/14_injection.ipynb 149
+# %% ../nbs/14_injection.ipynb 151
 def planted_targets(inp:dict, cfg, run_dir:str, scorer, threshold:float, c:InjectionConfig) -> pd.DataFrame:
     "`planted_cutouts` scored: the closure test's targets on the mock (p_lens, detected at `threshold`)."
     t, X = planted_cutouts(inp, cfg, run_dir, c); attrs = dict(t.attrs)
@@ -1027,7 +1040,7 @@ def planted_targets(inp:dict, cfg, run_dir:str, scorer, threshold:float, c:Injec
     return t
 
 
-# %% ../nbs/14_injection.ipynb 150
+# %% ../nbs/14_injection.ipynb 152
 def probe_real_positives(inp:dict, c:InjectionConfig, truth_path:str="") -> pd.DataFrame:
     "Test-split positives that are true lenses (truth), with θE, arc S/N, PSF, depth and resolved cutout path."
     m, pos = inp["manifest"], inp["positives"]; truth = _read_table(truth_path) if truth_path else inp["truth"]
@@ -1036,7 +1049,7 @@ def probe_real_positives(inp:dict, c:InjectionConfig, truth_path:str="") -> pd.D
     t = m[(m.split == HOST_SPLIT) & (m.label == 1)][["galaxy_id", "s3_path"]].merge(pos.drop(columns=["split"], errors="ignore"), on="galaxy_id").merge(tr, on="galaxy_id")
     return _conditions(t, c).assign(path=lambda d: d.s3_path).reset_index(drop=True)
 
-# %% ../nbs/14_injection.ipynb 151
+# %% ../nbs/14_injection.ipynb 153
 def closure_document(inp:dict, inj:pd.DataFrame, thr:dict, cfg, run_dir:str, ctx:CellContext, scorer, c:InjectionConfig) -> dict:
     "closure.json: threshold, closure test on the Tier-A positives and (mock) on every planted test lens, the feature probe."
     skyc = (inp["sky_meta"] or {}).get("config", {})
@@ -1057,7 +1070,7 @@ def closure_document(inp:dict, inj:pd.DataFrame, thr:dict, cfg, run_dir:str, ctx
     doc["feature_probe"] = _probe(inp, ctx, scorer, c, run_dir)
     return doc
 
-# %% ../nbs/14_injection.ipynb 152
+# %% ../nbs/14_injection.ipynb 154
 def _match_quality(rows:pd.DataFrame, inj:pd.DataFrame) -> dict:
     "What a probe's injections were matched on, and the median |difference| of each matched quantity (conditions; host look)."
     d = {"host_matched": bool(inj.attrs["host_matched"]), "median_abs_dpsf": float(np.median(np.abs(inj.psf_fwhm - rows.psf_fwhm))),
@@ -1068,7 +1081,7 @@ def _match_quality(rows:pd.DataFrame, inj:pd.DataFrame) -> dict:
     d["matched_on"] = "theta_e, arc_snr (exact: the arc is scaled); PSF, depth" + (", host r mag, g-r, SHAPE_R" if d["host_matched"] else "") + " (nearest of 5 hosts)"
     return d
 
-# %% ../nbs/14_injection.ipynb 153
+# %% ../nbs/14_injection.ipynb 155
 def probe_vs_injections(rows:pd.DataFrame, X:np.ndarray, ctx:CellContext, scorer, c:InjectionConfig, what:str="real lenses", features=None) -> dict:
     "Feature probe of lenses (rows: θE, PSF, depth, arc S/N, host look; cutouts X) against one matched injection each, hosts matched in look and in conditions only."
     ok = (np.isfinite(rows[["theta_e", "psf_fwhm", "depth", "arc_snr"]]).all(axis=1) & (rows.arc_snr > 0)).to_numpy()
@@ -1083,7 +1096,7 @@ def probe_vs_injections(rows:pd.DataFrame, X:np.ndarray, ctx:CellContext, scorer
         if not inj.attrs["host_matched"]: break
     return {**out, "ci_lower": out.get("auc_ci", [np.nan])[0], "ci_upper": out.get("auc_ci", [np.nan, np.nan])[1]}
 
-# %% ../nbs/14_injection.ipynb 154
+# %% ../nbs/14_injection.ipynb 156
 def _probe(inp:dict, ctx:CellContext, scorer, c:InjectionConfig, run_dir:str) -> dict:
     "The feature probe: test-split true-lens positives vs one matched injection each (`probe_vs_injections`), on the scorer's penultimate features."
     if not hasattr(scorer, "features"): return {"status": "the scorer has no features (not a trained checkpoint)", "auc": float("nan")}
@@ -1094,7 +1107,7 @@ def _probe(inp:dict, ctx:CellContext, scorer, c:InjectionConfig, run_dir:str) ->
     real = real[real.path.map(lambda p: resolve_path(run_dir, p)).isin(set(meta.path))].reset_index(drop=True)
     return probe_vs_injections(real, Xr, ctx, scorer, c, "test-split positives")
 
-# %% ../nbs/14_injection.ipynb 155
+# %% ../nbs/14_injection.ipynb 157
 def gallery_cells(cells:pd.DataFrame, hosts:pd.DataFrame, max_cells:int=12) -> tuple:
     "Cells whose first stamps are kept for figures: 4 θE values × 3 PSF values at the depth with the most hosts."
     h = hosts[(hosts.i_psf >= 0) & (hosts.i_depth >= 0)]
@@ -1105,7 +1118,7 @@ def gallery_cells(cells:pd.DataFrame, hosts:pd.DataFrame, max_cells:int=12) -> t
     sel = cells[(cells.i_depth == d) & cells.i_psf.isin(pi) & cells.i_theta_e.isin(ti)]
     return tuple(int(x) for x in sel.cell_id[:max_cells])
 
-# %% ../nbs/14_injection.ipynb 156
+# %% ../nbs/14_injection.ipynb 158
 def write_gallery(st, inj:pd.DataFrame, ids) -> str:
     "gallery.npz: the kept stamps and arcs of the gallery cells (`cells/cell_NNNN.npz`) with their rows."
     parts, rows = [], []
@@ -1121,7 +1134,7 @@ def write_gallery(st, inj:pd.DataFrame, ids) -> str:
                         ("theta_e", "psf_fwhm", "depth", "arc_snr", "p_lens", "cell_id", "i_inj", "source_mag_r", "magnification")})
     return atomic_write_bytes(st.path("gallery.npz"), buf.getvalue())
 
-# %% ../nbs/14_injection.ipynb 157
+# %% ../nbs/14_injection.ipynb 159
 def run_injections(todo:pd.DataFrame, ctx:CellContext, engine:str="local", n_workers:int=1, on_result=None, progress:bool=True,
                    spark_master:str="local[2]") -> list[CellResult]:
     "Run the `todo` cells on the chosen engine ('local' or 'spark'); `on_result` is called as each cell finishes."
@@ -1133,7 +1146,7 @@ def run_injections(todo:pd.DataFrame, ctx:CellContext, engine:str="local", n_wor
         return out
     return run_cells_local(todo, ctx, n_workers, on_result, progress)
 
-# %% ../nbs/14_injection.ipynb 158
+# %% ../nbs/14_injection.ipynb 160
 def _write_tables(st, inj:pd.DataFrame, cells:pd.DataFrame, info:pd.DataFrame, fails:pd.DataFrame, c:InjectionConfig) -> pd.DataFrame:
     "injections.parquet, completeness.{parquet,csv}, marginals, S/N curve and failed_hosts.parquet; returns the table."
     atomic_write_parquet(inj, st.path("injections.parquet"))
@@ -1144,13 +1157,13 @@ def _write_tables(st, inj:pd.DataFrame, cells:pd.DataFrame, info:pd.DataFrame, f
     atomic_write_parquet(fails, st.path("failed_hosts.parquet"))
     return table
 
-# %% ../nbs/14_injection.ipynb 159
+# %% ../nbs/14_injection.ipynb 161
 def _stable_provenance(prov:dict) -> dict:
     "The part of a provenance record that two runs of one config share (closure.json, shown in the report), pointing to the full record."
     return {**{k: prov[k] for k in ("stage", "pipeline_version", "config_hash", "seed", "seeds") if k in prov}, "record": "provenance.json"}
 
 
-# %% ../nbs/14_injection.ipynb 160
+# %% ../nbs/14_injection.ipynb 162
 def run_injection(st,                     # an open `stage_run` (any stage: `inject`, or the audit's `audits/<name>`)
                   cfg,                    # pipeline config (its `injection` section; defaults when absent)
                   scorer:dict,            # `make_scorer` spec of the finder under test
@@ -1174,7 +1187,7 @@ def run_injection(st,                     # an open `stage_run` (any stage: `inj
     st.failures(len(fails), max(int(len(set(inj.galaxy_id)) + len(fails)), 1), what="host cutouts", table=out.path("failed_hosts.parquet"))
     return _summary(inj, table, thr, doc, len(todo), t_grid, time.time() - t0)
 
-# %% ../nbs/14_injection.ipynb 161
+# %% ../nbs/14_injection.ipynb 163
 def run_inject_stage(cfg, run_dir:str, progress:bool=True, engine:str|None=None, scorer:dict|None=None) -> dict:
     "The `inject` stage: `run_injection` of the trained checkpoint into `injection/` (`scorer` overrides the model, for tests)."
     from stronglens.runs import stage_run
@@ -1185,7 +1198,7 @@ def run_inject_stage(cfg, run_dir:str, progress:bool=True, engine:str|None=None,
         st.result.update(run_injection(st, cfg, spec, model_scores(st.run_dir), sub="", progress=progress, engine=engine))
     return st.result
 
-# %% ../nbs/14_injection.ipynb 162
+# %% ../nbs/14_injection.ipynb 164
 def _summary(inj:pd.DataFrame, table:pd.DataFrame, thr:dict, doc:dict, n_run:int, t_grid:float, t_all:float) -> dict:
     "The stage result (merged into the done marker, shown by the pipeline notebook)."
     v = _valid(inj); ta, pr = doc.get("tier_a", {}), doc.get("feature_probe", {})
@@ -1198,7 +1211,7 @@ def _summary(inj:pd.DataFrame, table:pd.DataFrame, thr:dict, doc:dict, n_run:int
             "seconds_grid": round(t_grid, 1), "seconds": round(t_all, 1),
             "injections_per_second": round(len(v) / t_grid, 1) if n_run and t_grid > 0 else None}
 
-# %% ../nbs/14_injection.ipynb 168
+# %% ../nbs/14_injection.ipynb 170
 def source_model_twin(run_dir:str,               # a finished run on the mock sky (sky, catalogs, train, inject)
                       twin_dir:str,              # new folder: the twin sky goes to <twin_dir>/sky, the result to closure_twin.json
                       source_model:str="clumpy", # the twin's source model

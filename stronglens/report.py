@@ -756,7 +756,7 @@ def _probe_matching(fp:dict) -> str:
     s = f"; matched on {_e(fp['matched_on'])}" if fp.get("matched_on") else ""
     co = fp.get("conditions_only") or {}
     if co.get("auc") is not None and np.isfinite(co["auc"]):
-        s += f"; with hosts matched in PSF and depth only it reads {co['auc']:.3f}: the difference is the hosts' share"
+        s += f"; with hosts matched on PSF and depth only it reads {co['auc']:.3f} (the difference is what the hosts contribute)"
     return s
 
 # %% ../nbs/16c_report.ipynb 96
