@@ -11,8 +11,9 @@ without one, an untrained `small` model in the training format: identical cost).
     per ring in the scoring's preprocessing; `previous_path`), swapped back in from the tests' reference copies;
   * breakdown of one N-injection cell: host draw + load, source sampling (the μ rejection), rendering, injection with
     Poisson noise, scoring (preprocessing + CNN), least CPU time of 4, the paths interleaved;
-  * batched: `run_cells_local` on C cells x N injections with 1 worker (CPU time, each path; now and f44122c best of 2,
-    interleaved) and 2 workers (wall);
+  * batched: C cells x N injections, 1 thread (`run_cell` per cell, each path, every cell on every path in turn 3
+    times, the least CPU time per cell and path), then the engine itself, `run_cells_local`, with 1 worker (CPU time)
+    and 2 workers (wall);
   * baseline, same run: one injection at a time (a Python loop per injection: sample, render, inject, score).
 Prints injections per CPU-second, the ratios, and the projected time of the spec's full grid, 385 x 200 = 77,000
 injections, on an idle 2-core CPU with 2 workers (the goal: < 4 min). `--device cuda` scores on a GPU where there is one.
@@ -218,15 +219,28 @@ def main():
             cl = cells[cells.i_theta_e == th].iloc[0].to_dict(); exact, screened = sampling_screen_vs_exact(cl, ctx)
             print(f"  μ-conditioned sampling at θE {cl['theta_e']}\" (CPU s, best of 2): exact μ per proposal {exact:.2f} s, "
                   f"screened + lazy (now) {screened:.2f} s: {exact / screened:.2f}x")
-    cpu = {}
-    for name in ("592b5db", "16f9d0d", "f44122c", "now", "f44122c", "now"):      # in this process: CPU time is what an idle core would need
+    cpu, per, n_in, scorers = {}, {}, {}, {}
+    for name in PATHS:
         with PATHS[name]():
-            c0 = time.process_time(); res = I.run_cells_local(pick, ctx, n_workers=1, progress=False); dc = time.process_time() - c0
-        n = sum(len(r.injections) for r in res); cpu[name] = max(cpu.get(name, 0.0), n / dc)
-        print(f"\nbatched, 1 worker, {name} path: {n} injections in {dc:.1f} CPU-s = {n / dc:.1f} injections per CPU-second "
-              f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
-    print(f"ratio now / f44122c (this session's start) batched path, best of 2 each: {cpu['now'] / cpu['f44122c']:.2f}x; "
-          f"now / 16f9d0d: {cpu['now'] / cpu['16f9d0d']:.2f}x; now / 592b5db: {cpu['now'] / cpu['592b5db']:.2f}x")
+            scorers[name] = I.make_scorer(spec)                               # (the scorer of that path: unfolded CNN before)
+    with torch_threads(1):
+        for rep in range(3):                  # every cell on every path in turn, 3 times: the machine's load drifts, the least CPU time is the cost
+            for i in range(len(pick)):
+                for name in PATHS:
+                    with PATHS[name]():
+                        c0 = time.process_time(); r = I.run_cell(pick.iloc[i].to_dict(), ctx, scorers[name]); dc = time.process_time() - c0
+                    per[name, i], n_in[i] = min(per.get((name, i), np.inf), dc), len(r.injections)
+    n = sum(n_in.values())
+    for name in PATHS:
+        dc = sum(per[name, i] for i in range(len(pick))); cpu[name] = n / dc
+        print(f"\nbatched, 1 thread, {name} path: {n} injections in {dc:.1f} CPU-s (per cell the least of 3, paths interleaved) = "
+              f"{n / dc:.1f} injections per CPU-second")
+    print(f"ratio now / f44122c (this session's start): {cpu['now'] / cpu['f44122c']:.2f}x; "
+          f"now / 16f9d0d: {cpu['now'] / cpu['16f9d0d']:.2f}x; now / 592b5db: {cpu['now'] / cpu['592b5db']:.2f}x "
+          f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+    c0 = time.process_time(); res = I.run_cells_local(pick, ctx, n_workers=1, progress=False); dc = time.process_time() - c0
+    print(f"the engine itself (run_cells_local, 1 worker, now, one run at this load): {sum(len(r.injections) for r in res)} injections in {dc:.1f} CPU-s = "
+          f"{sum(len(r.injections) for r in res) / dc:.1f} injections per CPU-second")
     t0 = time.perf_counter(); res = I.run_cells_local(pick, ctx, n_workers=2, progress=False); dt = time.perf_counter() - t0
     n = sum(len(r.injections) for r in res); rate2 = n / dt
     print(f"batched, 2 workers: {n} injections in {dt:.1f} s wall = {rate2:.1f} injections/s (incl. worker start-up, at this run's load)")

@@ -715,8 +715,8 @@ def _propose_shapes(rng, sys_, lens, bmax, R_sersic_range, n_sersic_range, q_ran
 # %% ../nbs/04_lensing.ipynb 94
 def _screened_magnification(lens:dict, prop:dict, mu_range, eps_screen:float, tol:float, screen_ifrac:float=1e-2, **kw) -> tuple:
     """(μ, exact) of proposals: a cheap μ (the box at the (1 − eps_screen) isophote with the exact max|α_SIE|, pixels refined only where the profile at
-    the footprint's edge exceeds `screen_ifrac` × I(R_e)), never above the exact μ and close to it (measured: ≤ 0.7 % with
-    screen_ifrac 1e-2, ≤ 0.5 % at μ ≥ 4 with 0.1), recomputed exactly (`lensed_magnification`) within `tol` of a bound of `mu_range`."""
+    the footprint's edge exceeds `screen_ifrac` × I(R_e)), never above the exact μ and close to it (measured over 4,000 proposals:
+    ≤ 0.9 % with screen_ifrac 1e-2, ≤ 0.7 % at μ ≥ 4 with 0.1), recomputed exactly (`lensed_magnification`) within `tol` of a bound of `mu_range`."""
     if not eps_screen: return lensed_magnification(lens, prop, **kw), np.ones(len(prop["R_sersic"]), bool)
     mm = lensed_magnification(lens, prop, eps_flux=eps_screen, refine_ifrac=screen_ifrac, tight_box=True, **kw)
     near = (np.abs(mm / mu_range[0] - 1) < tol) | (np.abs(mm / mu_range[1] - 1) < tol)
@@ -754,7 +754,7 @@ def sample_sources(
     max_rounds:int=50,                    # give up (RuntimeError) after this many rounds
     mu_screen_eps_flux:float=0.1,         # μ of every proposal from the box at this isophote (cheap), exact near the bounds and for the accepted; 0: exact for all
     mu_screen_tol:float=0.02,             # relative distance to a μ bound within which a proposal's μ is recomputed exactly
-    mu_screen_refine_ifrac:float=0.1,     # the screen refines pixels only where the profile > this × I(R_e) (the render: 1e-2); used when mu_range[0] >= 4 (there within 0.5 % of the exact μ)
+    mu_screen_refine_ifrac:float=0.1,     # the screen refines pixels only where the profile > this × I(R_e) (the render: 1e-2); used when mu_range[0] >= 4 (there within 0.7 % of the exact μ)
     supersample:int=4, dtype=torch.float32, device=None,
     verify_accepted:bool=True,            # False: an accepted proposal's screened μ is not recomputed exactly (magnification NaN there, `magnification_screen` returned): the caller must check the exact μ (e.g. its render's)
 ) -> dict:                                # (n,) render_lensed source keys + magnification + n_draws + lens_<key>
