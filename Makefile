@@ -36,7 +36,11 @@ demo: install
 ## make test: install, check notebooks and library are in sync, run notebook tests and pytest
 test: install sync
 	@[ -d ../shared/data ] || echo "NOTE: ../shared/data not found: skipping the real-data notebooks ($(REALDATA_NBS))"
-	$(BIN)/nbdev_test $(NBDEV_TEST_ARGS) $(NB_SKIP)
+	@df -h . "$${TMPDIR:-/tmp}" | awk 'NR==1 || !seen[$$0]++' || true
+	@scratch="$$(mktemp -d "$${TMPDIR:-/tmp}/stronglens-test.XXXXXX")"; trap 'rm -rf "$$scratch"' EXIT; \
+	echo "temporary files of this test run: $$scratch (removed when it ends)"; \
+	export TMPDIR="$$scratch"; \
+	$(BIN)/nbdev_test $(NBDEV_TEST_ARGS) $(NB_SKIP) && \
 	$(BIN)/python -m pytest -q --durations=15 -n $(PYTEST_WORKERS) --dist loadgroup tests
 
 ## quicker local loop: skip cells and tests flagged slow

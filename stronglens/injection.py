@@ -764,10 +764,12 @@ def nearest_hosts(targets:pd.DataFrame, H:pd.DataFrame, c:InjectionConfig, rng:n
     return H.iloc[np.asarray(j).reshape(len(targets), k)[np.arange(len(targets)), rng.integers(0, k, len(targets))]].reset_index(drop=True), look
 
 # %% ../nbs/14_injection.ipynb 119
-def matched_injections(targets:pd.DataFrame, ctx:CellContext, seed:int=0, n_nearest_hosts:int=5, match_host:bool=True) -> tuple[np.ndarray, pd.DataFrame]:
+def matched_injections(targets:pd.DataFrame, ctx:CellContext, seed:int=0, n_nearest_hosts:int=5, match_host:bool=True,
+                       loader:HostStamps|None=None, # host cutouts already read (shared by several calls), else read anew
+                      ) -> tuple[np.ndarray, pd.DataFrame]:
     "One injection per target (theta_e, psf_fwhm, depth, arc_snr): its θE, a `nearest_hosts` host, the arc scaled to its S/N."
     c, rng = ctx.cfg, np.random.default_rng(seed); H = ctx.hosts[np.isfinite(ctx.hosts.psf) & np.isfinite(ctx.hosts.depth)].reset_index(drop=True)
-    loader = HostStamps(); stamps, bad = loader.get(H.path); H = H[~H.path.isin(set(bad.path))].reset_index(drop=True)
+    stamps, bad = (loader or HostStamps()).get(H.path); H = H[~H.path.isin(set(bad.path))].reset_index(drop=True)
     h, look = nearest_hosts(targets, H, c, rng, n_nearest_hosts, match_host); th = targets["theta_e"].to_numpy(np.float64)
     lens = sample_lens(th, th, h.shape_e1, h.shape_e2, rng, c); src = sample_source(lens, int(rng.integers(2**62)), ctx.colours, c)
     r = render_arcs(lens, src, h[["psfsize_g", "psfsize_r", "psfsize_z"]].to_numpy(np.float64), c, ctx.psf)
@@ -776,7 +778,7 @@ def matched_injections(targets:pd.DataFrame, ctx:CellContext, seed:int=0, n_near
     rows = pd.DataFrame({"galaxy_id": h.galaxy_id.to_numpy(), "theta_e": th, "psf_fwhm": h.psf.to_numpy(), "depth": h.depth.to_numpy(),
                          "arc_snr": targets["arc_snr"].to_numpy(np.float64), "source_mag_r": src["mag_r"] - 2.5 * np.log10(scale),
                          **{f"host_{k}": v for k, v in zip(HOST_LOOK_COLUMNS, (host_look(h) * HOST_LOOK_SCALES).T)}})
-    rows.attrs["host_matched"] = look
+    rows.attrs.update(host_matched=look, n_nearest_hosts=int(min(n_nearest_hosts, len(H))))
     return X, rows
 
 # %% ../nbs/14_injection.ipynb 122
@@ -1078,7 +1080,7 @@ def _match_quality(rows:pd.DataFrame, inj:pd.DataFrame) -> dict:
     look = host_look(rows) * HOST_LOOK_SCALES
     d.update({f"median_abs_d{k}": float(np.nanmedian(np.abs(inj[f"host_{k}"] - look[:, i]))) if np.isfinite(look[:, i]).any() else float("nan")
               for i, k in enumerate(HOST_LOOK_COLUMNS)})
-    d["matched_on"] = "theta_e, arc_snr (exact: the arc is scaled); PSF, depth" + (", host r mag, g-r, SHAPE_R" if d["host_matched"] else "") + " (nearest of 5 hosts)"
+    d["matched_on"] = "theta_e, arc_snr (exact: the arc is scaled); PSF, depth" + (", host r mag, g-r, SHAPE_R" if d["host_matched"] else "") + f" (nearest of {inj.attrs.get('n_nearest_hosts', '?')} hosts)"
     return d
 
 # %% ../nbs/14_injection.ipynb 155
@@ -1087,8 +1089,9 @@ def probe_vs_injections(rows:pd.DataFrame, X:np.ndarray, ctx:CellContext, scorer
     ok = (np.isfinite(rows[["theta_e", "psf_fwhm", "depth", "arc_snr"]]).all(axis=1) & (rows.arc_snr > 0)).to_numpy()
     if ok.sum() < 2 * c.probe_folds: return {"status": f"too few {what} with truth ({int(ok.sum())})", "auc": float("nan")}
     rows, Fr, out = rows[ok].reset_index(drop=True), (scorer.features(X) if features is None else features)[ok], {}
+    loader = HostStamps()                                                               # the hosts are read once for both matchings
     for key, mh in (("", True), ("conditions_only", False)):
-        Xi, inj = matched_injections(rows, ctx, seed=c.seed, match_host=mh)
+        Xi, inj = matched_injections(rows, ctx, seed=c.seed, match_host=mh, loader=loader)
         g = np.r_[rows.galaxy_id.astype(str), "host " + inj.galaxy_id.astype(str)]          # a reused host stays in one fold
         p = {**feature_probe(Fr, scorer.features(Xi), c.probe_folds, c.seed, c.n_bootstrap, g), **_match_quality(rows, inj)}
         if key: out[key] = p
@@ -1096,7 +1099,7 @@ def probe_vs_injections(rows:pd.DataFrame, X:np.ndarray, ctx:CellContext, scorer
         if not inj.attrs["host_matched"]: break
     return {**out, "ci_lower": out.get("auc_ci", [np.nan])[0], "ci_upper": out.get("auc_ci", [np.nan, np.nan])[1]}
 
-# %% ../nbs/14_injection.ipynb 156
+# %% ../nbs/14_injection.ipynb 157
 def _probe(inp:dict, ctx:CellContext, scorer, c:InjectionConfig, run_dir:str) -> dict:
     "The feature probe: test-split true-lens positives vs one matched injection each (`probe_vs_injections`), on the scorer's penultimate features."
     if not hasattr(scorer, "features"): return {"status": "the scorer has no features (not a trained checkpoint)", "auc": float("nan")}
@@ -1107,7 +1110,7 @@ def _probe(inp:dict, ctx:CellContext, scorer, c:InjectionConfig, run_dir:str) ->
     real = real[real.path.map(lambda p: resolve_path(run_dir, p)).isin(set(meta.path))].reset_index(drop=True)
     return probe_vs_injections(real, Xr, ctx, scorer, c, "test-split positives")
 
-# %% ../nbs/14_injection.ipynb 157
+# %% ../nbs/14_injection.ipynb 158
 def gallery_cells(cells:pd.DataFrame, hosts:pd.DataFrame, max_cells:int=12) -> tuple:
     "Cells whose first stamps are kept for figures: 4 θE values × 3 PSF values at the depth with the most hosts."
     h = hosts[(hosts.i_psf >= 0) & (hosts.i_depth >= 0)]
@@ -1118,7 +1121,7 @@ def gallery_cells(cells:pd.DataFrame, hosts:pd.DataFrame, max_cells:int=12) -> t
     sel = cells[(cells.i_depth == d) & cells.i_psf.isin(pi) & cells.i_theta_e.isin(ti)]
     return tuple(int(x) for x in sel.cell_id[:max_cells])
 
-# %% ../nbs/14_injection.ipynb 158
+# %% ../nbs/14_injection.ipynb 159
 def write_gallery(st, inj:pd.DataFrame, ids) -> str:
     "gallery.npz: the kept stamps and arcs of the gallery cells (`cells/cell_NNNN.npz`) with their rows."
     parts, rows = [], []
@@ -1134,7 +1137,7 @@ def write_gallery(st, inj:pd.DataFrame, ids) -> str:
                         ("theta_e", "psf_fwhm", "depth", "arc_snr", "p_lens", "cell_id", "i_inj", "source_mag_r", "magnification")})
     return atomic_write_bytes(st.path("gallery.npz"), buf.getvalue())
 
-# %% ../nbs/14_injection.ipynb 159
+# %% ../nbs/14_injection.ipynb 160
 def run_injections(todo:pd.DataFrame, ctx:CellContext, engine:str="local", n_workers:int=1, on_result=None, progress:bool=True,
                    spark_master:str="local[2]") -> list[CellResult]:
     "Run the `todo` cells on the chosen engine ('local' or 'spark'); `on_result` is called as each cell finishes."
@@ -1146,7 +1149,7 @@ def run_injections(todo:pd.DataFrame, ctx:CellContext, engine:str="local", n_wor
         return out
     return run_cells_local(todo, ctx, n_workers, on_result, progress)
 
-# %% ../nbs/14_injection.ipynb 160
+# %% ../nbs/14_injection.ipynb 161
 def _write_tables(st, inj:pd.DataFrame, cells:pd.DataFrame, info:pd.DataFrame, fails:pd.DataFrame, c:InjectionConfig) -> pd.DataFrame:
     "injections.parquet, completeness.{parquet,csv}, marginals, S/N curve and failed_hosts.parquet; returns the table."
     atomic_write_parquet(inj, st.path("injections.parquet"))
@@ -1157,13 +1160,13 @@ def _write_tables(st, inj:pd.DataFrame, cells:pd.DataFrame, info:pd.DataFrame, f
     atomic_write_parquet(fails, st.path("failed_hosts.parquet"))
     return table
 
-# %% ../nbs/14_injection.ipynb 161
+# %% ../nbs/14_injection.ipynb 162
 def _stable_provenance(prov:dict) -> dict:
     "The part of a provenance record that two runs of one config share (closure.json, shown in the report), pointing to the full record."
     return {**{k: prov[k] for k in ("stage", "pipeline_version", "config_hash", "seed", "seeds") if k in prov}, "record": "provenance.json"}
 
 
-# %% ../nbs/14_injection.ipynb 162
+# %% ../nbs/14_injection.ipynb 163
 def run_injection(st,                     # an open `stage_run` (any stage: `inject`, or the audit's `audits/<name>`)
                   cfg,                    # pipeline config (its `injection` section; defaults when absent)
                   scorer:dict,            # `make_scorer` spec of the finder under test
@@ -1187,7 +1190,7 @@ def run_injection(st,                     # an open `stage_run` (any stage: `inj
     st.failures(len(fails), max(int(len(set(inj.galaxy_id)) + len(fails)), 1), what="host cutouts", table=out.path("failed_hosts.parquet"))
     return _summary(inj, table, thr, doc, len(todo), t_grid, time.time() - t0)
 
-# %% ../nbs/14_injection.ipynb 163
+# %% ../nbs/14_injection.ipynb 164
 def run_inject_stage(cfg, run_dir:str, progress:bool=True, engine:str|None=None, scorer:dict|None=None) -> dict:
     "The `inject` stage: `run_injection` of the trained checkpoint into `injection/` (`scorer` overrides the model, for tests)."
     from stronglens.runs import stage_run
@@ -1198,7 +1201,7 @@ def run_inject_stage(cfg, run_dir:str, progress:bool=True, engine:str|None=None,
         st.result.update(run_injection(st, cfg, spec, model_scores(st.run_dir), sub="", progress=progress, engine=engine))
     return st.result
 
-# %% ../nbs/14_injection.ipynb 164
+# %% ../nbs/14_injection.ipynb 165
 def _summary(inj:pd.DataFrame, table:pd.DataFrame, thr:dict, doc:dict, n_run:int, t_grid:float, t_all:float) -> dict:
     "The stage result (merged into the done marker, shown by the pipeline notebook)."
     v = _valid(inj); ta, pr = doc.get("tier_a", {}), doc.get("feature_probe", {})
@@ -1211,7 +1214,7 @@ def _summary(inj:pd.DataFrame, table:pd.DataFrame, thr:dict, doc:dict, n_run:int
             "seconds_grid": round(t_grid, 1), "seconds": round(t_all, 1),
             "injections_per_second": round(len(v) / t_grid, 1) if n_run and t_grid > 0 else None}
 
-# %% ../nbs/14_injection.ipynb 170
+# %% ../nbs/14_injection.ipynb 171
 def source_model_twin(run_dir:str,               # a finished run on the mock sky (sky, catalogs, train, inject)
                       twin_dir:str,              # new folder: the twin sky goes to <twin_dir>/sky, the result to closure_twin.json
                       source_model:str="clumpy", # the twin's source model

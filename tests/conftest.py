@@ -131,6 +131,20 @@ def demo_run(tmp_path_factory):
     return folder / "run", r["res"], r["log"]
 
 
+_TWINS = {}                                       # run folder -> source_model_twin result, per worker process
+
+
+@pytest.fixture(scope="session")
+def clumpy_twin(demo_run, tmp_path_factory):
+    """The demo run's model and Sérsic injections against its own planted test lenses (control) and against the same lenses
+    with clumpy sources (`injection.source_model_twin`: one sky stage, no retraining; ~1.5 min on an idle 2-core CPU).
+    Built once per worker process: as a module fixture it was torn down and built again (~6 min) inside the demo group."""
+    from stronglens.injection import source_model_twin
+    run, _, _ = demo_run
+    if str(run) not in _TWINS: _TWINS[str(run)] = source_model_twin(str(run), str(tmp_path_factory.mktemp("twin") / "twin"))
+    return _TWINS[str(run)]
+
+
 def copy_run(src: Path, dst: Path) -> Path:
     "`cp -r src dst`, as a user copies a run folder (new mtimes everywhere)."
     subprocess.run(["cp", "-r", str(src), str(dst)], check=True)

@@ -111,15 +111,6 @@ def test_closure_holds_on_the_sersic_mock(sersic):
     assert pl["min_detectable_gap"] < 0.3, pl
 
 
-@pytest.fixture(scope="module")
-def clumpy_twin(demo_run, tmp_path_factory):
-    """The demo run's model and Sérsic injections against its own planted test lenses (control) and against the same lenses
-    with clumpy sources (`injection.source_model_twin`: one sky stage, no retraining; ~1.5 min on an idle 2-core CPU)."""
-    from stronglens.injection import source_model_twin
-    run, _, _ = demo_run
-    return source_model_twin(str(run), str(tmp_path_factory.mktemp("twin") / "twin"))
-
-
 @pytest.mark.slow
 def test_clumpy_twin_control_agrees_and_the_gap_is_measured(clumpy_twin):
     "The Sérsic control agrees within its interval; the clumpy twin's difference is reported with interval, p and power."
