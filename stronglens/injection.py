@@ -27,8 +27,8 @@ __all__ = ['AXES', 'HOST_SPLIT', 'SWEEP_COLUMNS', 'HOST_LOOK_COLUMNS', 'HOST_LOO
            'cell_seed', 'CellContext', 'CellResult', 'empty_injections', 'run_cell', 'synthetic_hosts',
            'synthetic_host_run', 'synthetic_stage_run', 'detection_threshold', 'snr_target_mass', 'completeness_table',
            'marginal_completeness', 'completeness_vs_snr', 'completeness', 'poisson_binomial_pvalue', 'closure_test',
-           'feature_probe', 'host_look', 'nearest_hosts', 'matched_injections', 'cell_tasks', 'run_cells',
-           'run_cells_local', 'read_injection', 'plot_completeness', 'plot_gallery', 'write_figures',
+           'feature_probe', 'paired_auc_difference', 'host_look', 'nearest_hosts', 'matched_injections', 'cell_tasks',
+           'run_cells', 'run_cells_local', 'read_injection', 'plot_completeness', 'plot_gallery', 'write_figures',
            'injection_config', 'load_inputs', 'model_scores', 'OutFolder', 'tier_a_targets', 'planted_cutouts',
            'planted_targets', 'probe_real_positives', 'closure_document', 'probe_vs_injections', 'gallery_cells',
            'write_gallery', 'run_injections', 'run_injection', 'run_inject_stage', 'source_model_twin']
@@ -731,19 +731,34 @@ def _auc_interval(y, s, n_resamples:int=1000, seed:int=0, ci:float=0.95, groups=
 
 # %% ../nbs/14_injection.ipynb 114
 def feature_probe(real_features, injected_features, folds:int=5, seed:int=0, n_bootstrap:int=1000,
-                  groups=None) -> dict:  # one label per row (real rows, then injected): a group (a host galaxy) stays in one fold
+                  groups=None,               # one label per row (real rows, then injected): a group (a host galaxy) stays in one fold
+                  return_scores:bool=False): # also (labels, out-of-fold scores, groups), for `paired_auc_difference`
     "Cross-validated AUC (with bootstrap CI) of a logistic regression telling real positives from matched injections."
     from stronglens.gates import cv_auc
     X = np.vstack([np.asarray(real_features, np.float64), np.asarray(injected_features, np.float64)])
     y = np.r_[np.ones(len(real_features), int), np.zeros(len(injected_features), int)]
     g = None if groups is None else np.asarray(groups).astype(str)
     k = int(min(folds, np.bincount(y, minlength=2).min(), *([len(set(g[y == 0])), len(set(g[y == 1]))] if g is not None else [])))
-    if k < 2: return {"status": f"too few rows ({len(real_features)} real, {len(injected_features)} injected)", "auc": float("nan")}
+    if k < 2:
+        d = {"status": f"too few rows ({len(real_features)} real, {len(injected_features)} injected)", "auc": float("nan")}
+        return (d, None) if return_scores else d
     auc, oof = cv_auc(X, y, k=k, seed=seed, return_oof=True, groups=g)
-    return {"status": "ok", "auc": float(auc), "auc_ci": _auc_interval(y, oof, n_bootstrap, seed, groups=g), "folds": k,
+    d = {"status": "ok", "auc": float(auc), "auc_ci": _auc_interval(y, oof, n_bootstrap, seed, groups=g), "folds": k,
             "n_real": int(len(real_features)), "n_injected": int(len(injected_features)), "n_features": int(X.shape[1]), "grouped": g is not None}
+    return (d, (y, oof, np.arange(len(y)).astype(str) if g is None else g)) if return_scores else d
 
 # %% ../nbs/14_injection.ipynb 117
+def paired_auc_difference(a:tuple, b:tuple, # (labels, scores, groups) of two probes, from `feature_probe(return_scores=True)`
+                          n_resamples:int=1000, seed:int=0, ci:float=0.95) -> dict:
+    "AUC(b) − AUC(a) with a paired cluster bootstrap (a group shared by both probes moves together): difference, interval, one-sided p."
+    (ya, sa, ga), (yb, sb, gb) = [(np.asarray(y, int), np.asarray(s, np.float64), np.asarray(g).astype(str)) for y, s, g in (a, b)]
+    M = _group_multiplicities(np.r_[ga, gb], np.r_[ya, yb], n_resamples, seed)       # one draw per group, shared by a and b
+    reps = roc_auc(yb, sb, M[:, len(ya):]) - roc_auc(ya, sa, M[:, :len(ya)])
+    lo, hi = np.nanquantile(reps, [(1 - ci) / 2, (1 + ci) / 2])
+    return {"difference": float(roc_auc(yb, sb) - roc_auc(ya, sa)), "difference_ci": [float(lo), float(hi)],
+            "p_not_higher": float((np.sum(reps <= 0) + 1) / (np.isfinite(reps).sum() + 1)), "n_resamples": int(n_resamples)}
+
+# %% ../nbs/14_injection.ipynb 120
 def host_look(df:pd.DataFrame) -> np.ndarray:
     "(N, 3) r mag, g − r and log10 SHAPE_R (from mag_r, g_minus_r or flux_g, flux_r; shape_r) over `HOST_LOOK_SCALES`; NaN where unknown."
     col = lambda k: df[k].to_numpy(np.float64) if k in df else np.full(len(df), np.nan)
@@ -752,7 +767,7 @@ def host_look(df:pd.DataFrame) -> np.ndarray:
     with np.errstate(invalid="ignore"): size = np.log10(np.clip(col("shape_r"), 0.1, None))     # PSF-like rows count as 0.1"
     return np.c_[mag, gr, size] / np.asarray(HOST_LOOK_SCALES)
 
-# %% ../nbs/14_injection.ipynb 118
+# %% ../nbs/14_injection.ipynb 121
 def nearest_hosts(targets:pd.DataFrame, H:pd.DataFrame, c:InjectionConfig, rng:np.random.Generator, k:int=5, match_host:bool=True) -> tuple[pd.DataFrame, bool]:
     "For each target, one of the k hosts nearest in PSF and depth (in grid steps) and, when every target has it, in `host_look`; (rows of H, look used?)."
     cond = lambda d: np.c_[d.psf_fwhm if "psf_fwhm" in d else d.psf, d.depth] / [c.psf_step_arcsec, c.depth_step_mag]
@@ -763,7 +778,7 @@ def nearest_hosts(targets:pd.DataFrame, H:pd.DataFrame, c:InjectionConfig, rng:n
     k = min(k, len(H)); _, j = cKDTree(Q).query(q, k=k)
     return H.iloc[np.asarray(j).reshape(len(targets), k)[np.arange(len(targets)), rng.integers(0, k, len(targets))]].reset_index(drop=True), look
 
-# %% ../nbs/14_injection.ipynb 119
+# %% ../nbs/14_injection.ipynb 122
 def matched_injections(targets:pd.DataFrame, ctx:CellContext, seed:int=0, n_nearest_hosts:int=5, match_host:bool=True,
                        loader:HostStamps|None=None, # host cutouts already read (shared by several calls), else read anew
                       ) -> tuple[np.ndarray, pd.DataFrame]:
@@ -781,24 +796,24 @@ def matched_injections(targets:pd.DataFrame, ctx:CellContext, seed:int=0, n_near
     rows.attrs.update(host_matched=look, n_nearest_hosts=int(min(n_nearest_hosts, len(H))))
     return X, rows
 
-# %% ../nbs/14_injection.ipynb 122
+# %% ../nbs/14_injection.ipynb 125
 def cell_tasks(cells:pd.DataFrame, n_workers:int=1) -> list[pd.DataFrame]:
     "Cells grouped by (i_psf, i_depth), groups split so that there are at least 4 tasks per worker (when cells allow)."
     groups = [g for _, g in cells.groupby(["i_psf", "i_depth"], sort=True)]
     size = max(1, math.ceil(len(cells) / max(4 * n_workers, 1)))
     return [g.iloc[i:i + size] for g in groups for i in range(0, len(g), size)]
 
-# %% ../nbs/14_injection.ipynb 123
+# %% ../nbs/14_injection.ipynb 126
 def run_cells(cells:pd.DataFrame, ctx:CellContext, scorer=None) -> list[CellResult]:
     "Run `cells` (rows of `grid_cells`) here, with one host cache: the task body of every engine."
     from stronglens.mocksky import torch_threads
     scorer = scorer if scorer is not None else make_scorer(ctx.scorer); loader = HostStamps()
     with torch_threads(1): return [run_cell(r, ctx, scorer, loader) for r in cells.to_dict("records")]
 
-# %% ../nbs/14_injection.ipynb 124
+# %% ../nbs/14_injection.ipynb 127
 _WORKER: dict = {}
 
-# %% ../nbs/14_injection.ipynb 125
+# %% ../nbs/14_injection.ipynb 128
 def _init_worker(ctx:CellContext, parent_pid:int):
     "Pool initializer: die with the parent, one torch thread, the scorer built once."
     try:
@@ -806,10 +821,10 @@ def _init_worker(ctx:CellContext, parent_pid:int):
     except ImportError: pass
     torch.set_num_threads(1); _WORKER.update(ctx=ctx, scorer=make_scorer(ctx.scorer))
 
-# %% ../nbs/14_injection.ipynb 126
+# %% ../nbs/14_injection.ipynb 129
 def _run_task(records:list) -> list[CellResult]: return run_cells(pd.DataFrame(records), _WORKER["ctx"], _WORKER["scorer"])
 
-# %% ../nbs/14_injection.ipynb 127
+# %% ../nbs/14_injection.ipynb 130
 def run_cells_local(cells:pd.DataFrame, ctx:CellContext, n_workers:int=1, on_result:Callable|None=None, progress:bool=True) -> list[CellResult]:
     "Run `cells` in this process (n_workers = 1) or a spawned process pool; `on_result(CellResult)` as each cell finishes."
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -829,7 +844,7 @@ def run_cells_local(cells:pd.DataFrame, ctx:CellContext, n_workers:int=1, on_res
     bar.close()
     return sorted(out, key=lambda r: r.cell_id)
 
-# %% ../nbs/14_injection.ipynb 129
+# %% ../nbs/14_injection.ipynb 132
 def read_injection(folder:str) -> dict:
     "What `run_injection` wrote in `folder` (e.g. `<run>/injection`): table, marginals, vs_snr, closure, failed, gallery (None if absent)."
     import io
@@ -839,10 +854,10 @@ def read_injection(folder:str) -> dict:
             "failed": read_parquet(url_join(folder, "failed_hosts.parquet")),
             "gallery": dict(np.load(io.BytesIO(read_bytes(g)), allow_pickle=False)) if exists(g) else None}
 
-# %% ../nbs/14_injection.ipynb 130
+# %% ../nbs/14_injection.ipynb 133
 _AXIS_LABELS = {"theta_e": "θE (arcsec)", "psf": "PSF FWHM (PSFSIZE, arcsec)", "depth": "5σ depth (AB mag)"}
 
-# %% ../nbs/14_injection.ipynb 131
+# %% ../nbs/14_injection.ipynb 134
 def plot_completeness(marginals:pd.DataFrame, vs_snr:pd.DataFrame|None=None, threshold:dict|None=None):
     "Completeness pooled along θE, PSF and depth (and against arc S/N), with binomial 95 % intervals: a `Figure`."
     from stronglens.figures import new_figure, paper_style
@@ -859,7 +874,7 @@ def plot_completeness(marginals:pd.DataFrame, vs_snr:pd.DataFrame|None=None, thr
         if threshold: fig.suptitle(f"detected: p ≥ {threshold['value']:.3g} ({threshold['kind']} {threshold['target']:g}, {threshold['split']} split)", fontsize=8)
     return fig
 
-# %% ../nbs/14_injection.ipynb 132
+# %% ../nbs/14_injection.ipynb 135
 def plot_gallery(gallery:dict, n:int=12, n_cols:int=6):
     "Injected stamps with their arcs alone below (grz composites, same stretch), spread over arc S/N from faint to bright: a `Figure`."
     from stronglens.figures import new_figure, paper_style
@@ -876,7 +891,7 @@ def plot_gallery(gallery:dict, n:int=12, n_cols:int=6):
             axs[r, col].set_title(f"θE {gallery['theta_e'][j]:.2f}\" S/N {gallery['arc_snr'][j]:.1f} p {gallery['p_lens'][j]:.2f}", fontsize=6, pad=2)
     return fig
 
-# %% ../nbs/14_injection.ipynb 133
+# %% ../nbs/14_injection.ipynb 136
 def write_figures(out) -> dict:
     "completeness.png, completeness_map.png and gallery.png from the files in `out` (an `OutFolder` or a folder URL)."
     from stronglens.figures import save_figure, fig_selection_function
@@ -885,16 +900,16 @@ def write_figures(out) -> dict:
     if d["gallery"] is not None and len(d["gallery"]["stamps"]): figs["gallery"] = plot_gallery(d["gallery"])
     return {k: save_figure(f, folder, k, formats=("png",), dpi=150)["png"] for k, f in figs.items()}
 
-# %% ../nbs/14_injection.ipynb 135
+# %% ../nbs/14_injection.ipynb 138
 def injection_config(cfg) -> InjectionConfig:
     "The `injection` section of a pipeline config (defaults when absent), or `cfg` itself if it is an `InjectionConfig`."
     return cfg if isinstance(cfg, InjectionConfig) else (getattr(cfg, "injection", None) or InjectionConfig())
 
-# %% ../nbs/14_injection.ipynb 136
+# %% ../nbs/14_injection.ipynb 139
 def _read_table(url):
     return read_parquet(url) if str(url).endswith(".parquet") else pd.read_csv(__import__("io").BytesIO(read_bytes(url)))
 
-# %% ../nbs/14_injection.ipynb 137
+# %% ../nbs/14_injection.ipynb 140
 def _checkpoint(cfg, run_dir:str) -> str:
     "The trained checkpoint the `train` stage wrote (its `training.train.out_dir`, else `<run>/model`)."
     od = getattr(getattr(getattr(cfg, "training", None), "train", None), "out_dir", "") or ""
@@ -903,7 +918,7 @@ def _checkpoint(cfg, run_dir:str) -> str:
         if exists(url_join(base, rel)): return url_join(base, rel)
     raise FileNotFoundError(f"no trained checkpoint under {base} (run the train stage first)")
 
-# %% ../nbs/14_injection.ipynb 138
+# %% ../nbs/14_injection.ipynb 141
 def _sky_truth(run_dir:str) -> tuple[dict|None, pd.DataFrame|None]:
     "(mock sky meta, planted-lens truth table) when the run has a mock sky, else (None, None)."
     u = url_join(run_dir, "sky", "sky_meta.json")
@@ -911,7 +926,7 @@ def _sky_truth(run_dir:str) -> tuple[dict|None, pd.DataFrame|None]:
     meta = json.loads(read_bytes(u)); lt = url_join(run_dir, "sky", meta.get("files", {}).get("lens_truth", "lens_truth.parquet"))
     return meta, (read_parquet(lt) if exists(lt) else None)
 
-# %% ../nbs/14_injection.ipynb 139
+# %% ../nbs/14_injection.ipynb 142
 def _with_sweep_columns(pool:pd.DataFrame, ids, cfg, run_dir:str) -> pd.DataFrame:
     "The pool with `SWEEP_COLUMNS` (shape, Sérsic, exposures) added from the sweep files of rows `ids` (None: all) where it lacks them."
     from stronglens.negatives import resolve_catalog_paths, CatalogConfig
@@ -922,7 +937,7 @@ def _with_sweep_columns(pool:pd.DataFrame, ids, cfg, run_dir:str) -> pd.DataFram
     extra = sweep_lookup(rows, [resolve_path(sweep_dir, f) for f in rows.sweep_file.astype(str).unique()], miss)
     return pool.merge(pd.concat([rows[["galaxy_id"]], extra], axis=1).drop_duplicates("galaxy_id"), on="galaxy_id", how="left")
 
-# %% ../nbs/14_injection.ipynb 140
+# %% ../nbs/14_injection.ipynb 143
 def load_inputs(cfg, run_dir:str) -> dict:
     "What the stage reads: manifest, pool, hosts (with shapes and exposures), colours, positives, mock truth (scores: `model_scores`)."
     c = injection_config(cfg); man_dir = url_join(run_dir, "manifests")
@@ -940,13 +955,13 @@ def load_inputs(cfg, run_dir:str) -> dict:
             "colours": colour_table(resolve_path(run_dir, c.colour_table) if c.colour_table else "", truth),
             "positives": _with_sweep_columns(read_parquet(pos_url), None, cfg, run_dir) if exists(pos_url) else None}
 
-# %% ../nbs/14_injection.ipynb 141
+# %% ../nbs/14_injection.ipynb 144
 def model_scores(run_dir:str) -> pd.DataFrame:
     "The train stage's scores of every manifest row (`model/scores_all.parquet`), else of the test split (`scores.parquet`)."
     u = url_join(run_dir, "model", "scores_all.parquet")
     return read_parquet(u if exists(u) else url_join(run_dir, "model", "scores.parquet"))
 
-# %% ../nbs/14_injection.ipynb 142
+# %% ../nbs/14_injection.ipynb 145
 @dataclass
 class OutFolder:
     "Where `run_injection` writes: `path(*parts)` under the stage folder's `sub` (sub '': the stage folder itself)."
@@ -954,10 +969,10 @@ class OutFolder:
     sub: str = ""
     def path(self, *parts) -> str: return self.st.path(*[p for p in (self.sub, *parts) if p])
 
-# %% ../nbs/14_injection.ipynb 143
+# %% ../nbs/14_injection.ipynb 146
 def _cell_files(st, cell_id:int) -> tuple[str, str]: return st.path("cells", f"cell_{cell_id:04d}.parquet"), st.path("cells", f"cell_{cell_id:04d}.json")
 
-# %% ../nbs/14_injection.ipynb 144
+# %% ../nbs/14_injection.ipynb 147
 def _write_cell(st, r:CellResult, provenance:dict|None=None):
     "Write one finished cell: its rows, then its bookkeeping JSON (the JSON marks the cell done; with the stage's `provenance`)."
     pq, js = _cell_files(st, r.cell_id)
@@ -967,7 +982,7 @@ def _write_cell(st, r:CellResult, provenance:dict|None=None):
     atomic_write_json(js, {"cell_id": r.cell_id, "reason": r.reason, "n_hosts": r.n_hosts, "n_hosts_available": r.n_hosts_available,
                            "n_injected": int(len(r.injections)), "failures": r.failures.to_dict("records"), **({"provenance": provenance} if provenance else {})})
 
-# %% ../nbs/14_injection.ipynb 145
+# %% ../nbs/14_injection.ipynb 148
 def _done_cells(st, retry_failed:bool) -> set:
     "Cells whose JSON exists (minus those with host failures when retrying them)."
     fs, p = get_fs(st.path("cells")); done = set()
@@ -976,7 +991,7 @@ def _done_cells(st, retry_failed:bool) -> set:
         if not (retry_failed and d["failures"]): done.add(int(d["cell_id"]))
     return done
 
-# %% ../nbs/14_injection.ipynb 146
+# %% ../nbs/14_injection.ipynb 149
 def _assemble(st, cells:pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     "(injections, per-cell info, host failures) from the cell files, in cell order."
     parts, info, fails = [], [], []
@@ -988,19 +1003,19 @@ def _assemble(st, cells:pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.Da
     f = pd.DataFrame(fails, columns=FAILURE_COLUMNS)
     return inj, pd.DataFrame(info), f.drop_duplicates("path").reset_index(drop=True)
 
-# %% ../nbs/14_injection.ipynb 147
+# %% ../nbs/14_injection.ipynb 150
 def _finish_injections(inj:pd.DataFrame, threshold:float) -> pd.DataFrame:
     "Add `detected` (p_lens >= threshold; False for a NaN score, which no count includes) and order the columns."
     inj = inj.assign(detected=inj["p_lens"].to_numpy(np.float64) >= threshold)
     cols = [k for k in INJECTION_COLUMNS if k in inj.columns] + [k for k in inj.columns if k not in INJECTION_COLUMNS]
     return inj[cols].astype({k: ("object" if t == "str" else t) for k, t in INJECTION_COLUMNS.items() if k in inj.columns}).reset_index(drop=True)
 
-# %% ../nbs/14_injection.ipynb 148
+# %% ../nbs/14_injection.ipynb 151
 def _conditions(df:pd.DataFrame, c:InjectionConfig, prefix:str="") -> pd.DataFrame:
     "psf_fwhm and depth (the grid's axes) from DR10 psfsize_*/psfdepth_* columns."
     return df.assign(psf_fwhm=df[f"{prefix}psfsize_{c.psf_band}"].astype(np.float64), depth=psfdepth_to_m5(df[f"{prefix}psfdepth_{c.depth_band}"]))
 
-# %% ../nbs/14_injection.ipynb 149
+# %% ../nbs/14_injection.ipynb 152
 def tier_a_targets(inp:dict, threshold:float, c:InjectionConfig, truth_path:str="") -> pd.DataFrame:
     "Held-out Tier-A positives (test split, grading confident) with θE and arc S/N (truth), PSF, depth, p_lens, detected."
     m, pos, sc = inp["manifest"], inp["positives"], inp["scores"]
@@ -1012,7 +1027,7 @@ def tier_a_targets(inp:dict, threshold:float, c:InjectionConfig, truth_path:str=
     t = _conditions(t, c); t = t[np.isfinite(t.p_lens)]
     return t.assign(detected=t.p_lens >= threshold).reset_index(drop=True)
 
-# %% ../nbs/14_injection.ipynb 150
+# %% ../nbs/14_injection.ipynb 153
 def planted_cutouts(inp:dict, cfg, run_dir:str, c:InjectionConfig) -> tuple[pd.DataFrame, np.ndarray]:
     "Every planted lens of the mock sky in the test split (listed or not; a seeded subset of `planted_max`) with PSF and depth, and its cutout rendered like the cutout stage."
     from stronglens.splits import healpix_split
@@ -1033,7 +1048,7 @@ def planted_cutouts(inp:dict, cfg, run_dir:str, c:InjectionConfig) -> tuple[pd.D
     t.attrs.update(n_planted_test=int(n_all), n_render_failed=int((~ok).sum()), render_failure=bad[0] if bad else "")
     return t, X
 
-# %% ../nbs/14_injection.ipynb 151
+# %% ../nbs/14_injection.ipynb 154
 def planted_targets(inp:dict, cfg, run_dir:str, scorer, threshold:float, c:InjectionConfig) -> pd.DataFrame:
     "`planted_cutouts` scored: the closure test's targets on the mock (p_lens, detected at `threshold`)."
     t, X = planted_cutouts(inp, cfg, run_dir, c); attrs = dict(t.attrs)
@@ -1042,7 +1057,7 @@ def planted_targets(inp:dict, cfg, run_dir:str, scorer, threshold:float, c:Injec
     return t
 
 
-# %% ../nbs/14_injection.ipynb 152
+# %% ../nbs/14_injection.ipynb 155
 def probe_real_positives(inp:dict, c:InjectionConfig, truth_path:str="") -> pd.DataFrame:
     "Test-split positives that are true lenses (truth), with θE, arc S/N, PSF, depth and resolved cutout path."
     m, pos = inp["manifest"], inp["positives"]; truth = _read_table(truth_path) if truth_path else inp["truth"]
@@ -1051,7 +1066,7 @@ def probe_real_positives(inp:dict, c:InjectionConfig, truth_path:str="") -> pd.D
     t = m[(m.split == HOST_SPLIT) & (m.label == 1)][["galaxy_id", "s3_path"]].merge(pos.drop(columns=["split"], errors="ignore"), on="galaxy_id").merge(tr, on="galaxy_id")
     return _conditions(t, c).assign(path=lambda d: d.s3_path).reset_index(drop=True)
 
-# %% ../nbs/14_injection.ipynb 153
+# %% ../nbs/14_injection.ipynb 156
 def closure_document(inp:dict, inj:pd.DataFrame, thr:dict, cfg, run_dir:str, ctx:CellContext, scorer, c:InjectionConfig) -> dict:
     "closure.json: threshold, closure test on the Tier-A positives and (mock) on every planted test lens, the feature probe."
     skyc = (inp["sky_meta"] or {}).get("config", {})
@@ -1072,7 +1087,7 @@ def closure_document(inp:dict, inj:pd.DataFrame, thr:dict, cfg, run_dir:str, ctx
     doc["feature_probe"] = _probe(inp, ctx, scorer, c, run_dir)
     return doc
 
-# %% ../nbs/14_injection.ipynb 154
+# %% ../nbs/14_injection.ipynb 157
 def _match_quality(rows:pd.DataFrame, inj:pd.DataFrame) -> dict:
     "What a probe's injections were matched on, and the median |difference| of each matched quantity (conditions; host look)."
     d = {"host_matched": bool(inj.attrs["host_matched"]), "median_abs_dpsf": float(np.median(np.abs(inj.psf_fwhm - rows.psf_fwhm))),
@@ -1083,23 +1098,27 @@ def _match_quality(rows:pd.DataFrame, inj:pd.DataFrame) -> dict:
     d["matched_on"] = "theta_e, arc_snr (exact: the arc is scaled); PSF, depth" + (", host r mag, g-r, SHAPE_R" if d["host_matched"] else "") + f" (nearest of {inj.attrs.get('n_nearest_hosts', '?')} hosts)"
     return d
 
-# %% ../nbs/14_injection.ipynb 155
-def probe_vs_injections(rows:pd.DataFrame, X:np.ndarray, ctx:CellContext, scorer, c:InjectionConfig, what:str="real lenses", features=None) -> dict:
+# %% ../nbs/14_injection.ipynb 158
+def probe_vs_injections(rows:pd.DataFrame, X:np.ndarray, ctx:CellContext, scorer, c:InjectionConfig, what:str="real lenses", features=None,
+                        return_scores:bool=False): # also the host-matched probe's (labels, out-of-fold scores, groups)
     "Feature probe of lenses (rows: θE, PSF, depth, arc S/N, host look; cutouts X) against one matched injection each, hosts matched in look and in conditions only."
     ok = (np.isfinite(rows[["theta_e", "psf_fwhm", "depth", "arc_snr"]]).all(axis=1) & (rows.arc_snr > 0)).to_numpy()
-    if ok.sum() < 2 * c.probe_folds: return {"status": f"too few {what} with truth ({int(ok.sum())})", "auc": float("nan")}
+    if ok.sum() < 2 * c.probe_folds:
+        d = {"status": f"too few {what} with truth ({int(ok.sum())})", "auc": float("nan")}
+        return (d, None) if return_scores else d
     rows, Fr, out = rows[ok].reset_index(drop=True), (scorer.features(X) if features is None else features)[ok], {}
     loader = HostStamps()                                                               # the hosts are read once for both matchings
     for key, mh in (("", True), ("conditions_only", False)):
         Xi, inj = matched_injections(rows, ctx, seed=c.seed, match_host=mh, loader=loader)
         g = np.r_[rows.galaxy_id.astype(str), "host " + inj.galaxy_id.astype(str)]          # a reused host stays in one fold
-        p = {**feature_probe(Fr, scorer.features(Xi), c.probe_folds, c.seed, c.n_bootstrap, g), **_match_quality(rows, inj)}
-        if key: out[key] = p
-        else: out.update(p)
+        p, sc = feature_probe(Fr, scorer.features(Xi), c.probe_folds, c.seed, c.n_bootstrap, g, return_scores=True)
+        if key: out[key] = {**p, **_match_quality(rows, inj)}
+        else: out.update(p, **_match_quality(rows, inj)); scores = sc
         if not inj.attrs["host_matched"]: break
-    return {**out, "ci_lower": out.get("auc_ci", [np.nan])[0], "ci_upper": out.get("auc_ci", [np.nan, np.nan])[1]}
+    out = {**out, "ci_lower": out.get("auc_ci", [np.nan])[0], "ci_upper": out.get("auc_ci", [np.nan, np.nan])[1]}
+    return (out, scores) if return_scores else out
 
-# %% ../nbs/14_injection.ipynb 157
+# %% ../nbs/14_injection.ipynb 160
 def _probe(inp:dict, ctx:CellContext, scorer, c:InjectionConfig, run_dir:str) -> dict:
     "The feature probe: test-split true-lens positives vs one matched injection each (`probe_vs_injections`), on the scorer's penultimate features."
     if not hasattr(scorer, "features"): return {"status": "the scorer has no features (not a trained checkpoint)", "auc": float("nan")}
@@ -1110,7 +1129,7 @@ def _probe(inp:dict, ctx:CellContext, scorer, c:InjectionConfig, run_dir:str) ->
     real = real[real.path.map(lambda p: resolve_path(run_dir, p)).isin(set(meta.path))].reset_index(drop=True)
     return probe_vs_injections(real, Xr, ctx, scorer, c, "test-split positives")
 
-# %% ../nbs/14_injection.ipynb 158
+# %% ../nbs/14_injection.ipynb 161
 def gallery_cells(cells:pd.DataFrame, hosts:pd.DataFrame, max_cells:int=12) -> tuple:
     "Cells whose first stamps are kept for figures: 4 θE values × 3 PSF values at the depth with the most hosts."
     h = hosts[(hosts.i_psf >= 0) & (hosts.i_depth >= 0)]
@@ -1121,7 +1140,7 @@ def gallery_cells(cells:pd.DataFrame, hosts:pd.DataFrame, max_cells:int=12) -> t
     sel = cells[(cells.i_depth == d) & cells.i_psf.isin(pi) & cells.i_theta_e.isin(ti)]
     return tuple(int(x) for x in sel.cell_id[:max_cells])
 
-# %% ../nbs/14_injection.ipynb 159
+# %% ../nbs/14_injection.ipynb 162
 def write_gallery(st, inj:pd.DataFrame, ids) -> str:
     "gallery.npz: the kept stamps and arcs of the gallery cells (`cells/cell_NNNN.npz`) with their rows."
     parts, rows = [], []
@@ -1137,7 +1156,7 @@ def write_gallery(st, inj:pd.DataFrame, ids) -> str:
                         ("theta_e", "psf_fwhm", "depth", "arc_snr", "p_lens", "cell_id", "i_inj", "source_mag_r", "magnification")})
     return atomic_write_bytes(st.path("gallery.npz"), buf.getvalue())
 
-# %% ../nbs/14_injection.ipynb 160
+# %% ../nbs/14_injection.ipynb 163
 def run_injections(todo:pd.DataFrame, ctx:CellContext, engine:str="local", n_workers:int=1, on_result=None, progress:bool=True,
                    spark_master:str="local[2]") -> list[CellResult]:
     "Run the `todo` cells on the chosen engine ('local' or 'spark'); `on_result` is called as each cell finishes."
@@ -1149,7 +1168,7 @@ def run_injections(todo:pd.DataFrame, ctx:CellContext, engine:str="local", n_wor
         return out
     return run_cells_local(todo, ctx, n_workers, on_result, progress)
 
-# %% ../nbs/14_injection.ipynb 161
+# %% ../nbs/14_injection.ipynb 164
 def _write_tables(st, inj:pd.DataFrame, cells:pd.DataFrame, info:pd.DataFrame, fails:pd.DataFrame, c:InjectionConfig) -> pd.DataFrame:
     "injections.parquet, completeness.{parquet,csv}, marginals, S/N curve and failed_hosts.parquet; returns the table."
     atomic_write_parquet(inj, st.path("injections.parquet"))
@@ -1160,13 +1179,13 @@ def _write_tables(st, inj:pd.DataFrame, cells:pd.DataFrame, info:pd.DataFrame, f
     atomic_write_parquet(fails, st.path("failed_hosts.parquet"))
     return table
 
-# %% ../nbs/14_injection.ipynb 162
+# %% ../nbs/14_injection.ipynb 165
 def _stable_provenance(prov:dict) -> dict:
     "The part of a provenance record that two runs of one config share (closure.json, shown in the report), pointing to the full record."
     return {**{k: prov[k] for k in ("stage", "pipeline_version", "config_hash", "seed", "seeds") if k in prov}, "record": "provenance.json"}
 
 
-# %% ../nbs/14_injection.ipynb 163
+# %% ../nbs/14_injection.ipynb 166
 def run_injection(st,                     # an open `stage_run` (any stage: `inject`, or the audit's `audits/<name>`)
                   cfg,                    # pipeline config (its `injection` section; defaults when absent)
                   scorer:dict,            # `make_scorer` spec of the finder under test
@@ -1190,7 +1209,7 @@ def run_injection(st,                     # an open `stage_run` (any stage: `inj
     st.failures(len(fails), max(int(len(set(inj.galaxy_id)) + len(fails)), 1), what="host cutouts", table=out.path("failed_hosts.parquet"))
     return _summary(inj, table, thr, doc, len(todo), t_grid, time.time() - t0)
 
-# %% ../nbs/14_injection.ipynb 164
+# %% ../nbs/14_injection.ipynb 167
 def run_inject_stage(cfg, run_dir:str, progress:bool=True, engine:str|None=None, scorer:dict|None=None) -> dict:
     "The `inject` stage: `run_injection` of the trained checkpoint into `injection/` (`scorer` overrides the model, for tests)."
     from stronglens.runs import stage_run
@@ -1201,7 +1220,7 @@ def run_inject_stage(cfg, run_dir:str, progress:bool=True, engine:str|None=None,
         st.result.update(run_injection(st, cfg, spec, model_scores(st.run_dir), sub="", progress=progress, engine=engine))
     return st.result
 
-# %% ../nbs/14_injection.ipynb 165
+# %% ../nbs/14_injection.ipynb 168
 def _summary(inj:pd.DataFrame, table:pd.DataFrame, thr:dict, doc:dict, n_run:int, t_grid:float, t_all:float) -> dict:
     "The stage result (merged into the done marker, shown by the pipeline notebook)."
     v = _valid(inj); ta, pr = doc.get("tier_a", {}), doc.get("feature_probe", {})
@@ -1214,10 +1233,11 @@ def _summary(inj:pd.DataFrame, table:pd.DataFrame, thr:dict, doc:dict, n_run:int
             "seconds_grid": round(t_grid, 1), "seconds": round(t_all, 1),
             "injections_per_second": round(len(v) / t_grid, 1) if n_run and t_grid > 0 else None}
 
-# %% ../nbs/14_injection.ipynb 171
+# %% ../nbs/14_injection.ipynb 174
 def source_model_twin(run_dir:str,               # a finished run on the mock sky (sky, catalogs, train, inject)
                       twin_dir:str,              # new folder: the twin sky goes to <twin_dir>/sky, the result to closure_twin.json
                       source_model:str="clumpy", # the twin's source model
+                      listed_quantile:float=0.1, # the bright probes: planted lenses with arc S/N >= this quantile of the listed lenses'
                       progress:bool=False) -> dict:
     "Closure test and feature probe of the run's model and injections on its own planted test lenses (control) and on a twin sky with `source_model` sources."
     from stronglens.config import load_config
@@ -1228,16 +1248,21 @@ def source_model_twin(run_dir:str,               # a finished run on the mock sk
     thr = json.loads(read_bytes(url_join(run_dir, "injection", "closure.json")))["threshold"]
     inj = read_parquet(url_join(run_dir, "injection", "injections.parquet")); spec = {"kind": "checkpoint", "path": _checkpoint(cfg, run_dir)}
     ctx = CellContext(c, inp["hosts"][(inp["hosts"].i_psf >= 0) & (inp["hosts"].i_depth >= 0)].reset_index(drop=True), inp["colours"], spec, psf=inp["psf"], gain_scale=inp["gain_scale"])
-    out, scorer, (tmeta, ttruth), feats = {"threshold": thr, "run_dir": str(run_dir)}, make_scorer(spec), _sky_truth(twin_dir), {}
+    out, scorer, (tmeta, ttruth), feats, sc = {"threshold": thr, "run_dir": str(run_dir)}, make_scorer(spec), _sky_truth(twin_dir), {}, {}
+    lt = inp["truth"]; bright = float(np.quantile(lt.arc_snr[lt.listed.astype(bool)], listed_quantile))   # the run's listed lenses, both skies
     with torch_threads(1):
         for name, meta, truth, folder in (("control", inp["sky_meta"], inp["truth"], run_dir), ("twin", tmeta, ttruth, twin_dir)):
             t, X = planted_cutouts({"truth": truth, "sky_meta": meta}, cfg, folder, c)
             t["p_lens"] = 1 / (1 + np.exp(-np.asarray(scorer(X, t), np.float64))); t["detected"] = t.p_lens >= thr["value"]
             F = feats[name] = (t.galaxy_id.to_numpy(), scorer.features(X))
+            b = (t.arc_snr >= bright).to_numpy()                                          # arcs as bright as the listed lenses'
+            pb, sc[name] = probe_vs_injections(t[b], X[b], ctx, scorer, c, "bright planted lenses", F[1][b], return_scores=True)
             out[name] = {"source_model": meta["config"]["source_model"], "closure": closure_test(inj, t, c), "probe": probe_vs_injections(t, X, ctx, scorer, c, "planted lenses", F[1]),
-                         "median_arc_snr": float(np.median(t.arc_snr)), **t.attrs}
+                         "probe_bright": pb, "median_arc_snr": float(np.median(t.arc_snr)), **t.attrs}
     (ga, Fa), (gb, Fb) = feats["control"], feats["twin"]; _, ia, ib = np.intersect1d(ga, gb, return_indices=True)
     out["probe_twin_vs_control"] = {"set": "the same planted lenses, twin vs control sources: the most a probe on these features can see of the source model",
                                     **feature_probe(Fb[ib], Fa[ia], c.probe_folds, c.seed, c.n_bootstrap, np.r_[ga[ia], ga[ia]])}
+    out["probe_difference"] = {"set": f"planted lenses with arc S/N >= {bright:.2f} (the listed lenses' {listed_quantile:.0%} quantile): twin probe minus control probe, paired by lens and host",
+                               "min_arc_snr": bright, **(paired_auc_difference(sc["control"], sc["twin"], c.n_bootstrap, c.seed) if sc["control"] and sc["twin"] else {"status": "too few bright planted lenses"})}
     atomic_write_json(url_join(twin_dir, "closure_twin.json"), out)
     return out
