@@ -1100,14 +1100,15 @@ def _match_quality(rows:pd.DataFrame, inj:pd.DataFrame) -> dict:
 
 # %% ../nbs/14_injection.ipynb 158
 def probe_vs_injections(rows:pd.DataFrame, X:np.ndarray, ctx:CellContext, scorer, c:InjectionConfig, what:str="real lenses", features=None,
-                        return_scores:bool=False): # also the host-matched probe's (labels, out-of-fold scores, groups)
+                        return_scores:bool=False, # also the host-matched probe's (labels, out-of-fold scores, groups)
+                        loader:HostStamps|None=None): # host cutouts shared with other probes, else read once here
     "Feature probe of lenses (rows: θE, PSF, depth, arc S/N, host look; cutouts X) against one matched injection each, hosts matched in look and in conditions only."
     ok = (np.isfinite(rows[["theta_e", "psf_fwhm", "depth", "arc_snr"]]).all(axis=1) & (rows.arc_snr > 0)).to_numpy()
     if ok.sum() < 2 * c.probe_folds:
         d = {"status": f"too few {what} with truth ({int(ok.sum())})", "auc": float("nan")}
         return (d, None) if return_scores else d
     rows, Fr, out = rows[ok].reset_index(drop=True), (scorer.features(X) if features is None else features)[ok], {}
-    loader = HostStamps()                                                               # the hosts are read once for both matchings
+    loader = loader or HostStamps()                                                     # the hosts are read once for both matchings
     for key, mh in (("", True), ("conditions_only", False)):
         Xi, inj = matched_injections(rows, ctx, seed=c.seed, match_host=mh, loader=loader)
         g = np.r_[rows.galaxy_id.astype(str), "host " + inj.galaxy_id.astype(str)]          # a reused host stays in one fold
@@ -1249,15 +1250,15 @@ def source_model_twin(run_dir:str,               # a finished run on the mock sk
     inj = read_parquet(url_join(run_dir, "injection", "injections.parquet")); spec = {"kind": "checkpoint", "path": _checkpoint(cfg, run_dir)}
     ctx = CellContext(c, inp["hosts"][(inp["hosts"].i_psf >= 0) & (inp["hosts"].i_depth >= 0)].reset_index(drop=True), inp["colours"], spec, psf=inp["psf"], gain_scale=inp["gain_scale"])
     out, scorer, (tmeta, ttruth), feats, sc = {"threshold": thr, "run_dir": str(run_dir)}, make_scorer(spec), _sky_truth(twin_dir), {}, {}
-    lt = inp["truth"]; bright = float(np.quantile(lt.arc_snr[lt.listed.astype(bool)], listed_quantile))   # the run's listed lenses, both skies
+    ld, lt = HostStamps(), inp["truth"]; bright = float(np.quantile(lt.arc_snr[lt.listed.astype(bool)], listed_quantile))   # the run's listed lenses, both skies
     with torch_threads(1):
         for name, meta, truth, folder in (("control", inp["sky_meta"], inp["truth"], run_dir), ("twin", tmeta, ttruth, twin_dir)):
             t, X = planted_cutouts({"truth": truth, "sky_meta": meta}, cfg, folder, c)
             t["p_lens"] = 1 / (1 + np.exp(-np.asarray(scorer(X, t), np.float64))); t["detected"] = t.p_lens >= thr["value"]
             F = feats[name] = (t.galaxy_id.to_numpy(), scorer.features(X))
             b = (t.arc_snr >= bright).to_numpy()                                          # arcs as bright as the listed lenses'
-            pb, sc[name] = probe_vs_injections(t[b], X[b], ctx, scorer, c, "bright planted lenses", F[1][b], return_scores=True)
-            out[name] = {"source_model": meta["config"]["source_model"], "closure": closure_test(inj, t, c), "probe": probe_vs_injections(t, X, ctx, scorer, c, "planted lenses", F[1]),
+            pb, sc[name] = probe_vs_injections(t[b], X[b], ctx, scorer, c, "bright planted lenses", F[1][b], return_scores=True, loader=ld)
+            out[name] = {"source_model": meta["config"]["source_model"], "closure": closure_test(inj, t, c), "probe": probe_vs_injections(t, X, ctx, scorer, c, "planted lenses", F[1], loader=ld),
                          "probe_bright": pb, "median_arc_snr": float(np.median(t.arc_snr)), **t.attrs}
     (ga, Fa), (gb, Fb) = feats["control"], feats["twin"]; _, ia, ib = np.intersect1d(ga, gb, return_indices=True)
     out["probe_twin_vs_control"] = {"set": "the same planted lenses, twin vs control sources: the most a probe on these features can see of the source model",
