@@ -151,9 +151,12 @@ def copy_run(src: Path, dst: Path) -> Path:
     return dst
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """Under pytest-xdist (`--dist loadgroup`): one group per test file (its module fixtures are built once), except
-    that every test of the session's demo run goes to one group, scheduled first (it is the longest)."""
+    that every test of the session's demo run goes to one group, scheduled first (it is the longest). `tryfirst`:
+    pytest-xdist turns the marks into '@group' node ids in its own hook, which must run after this one (and it needs
+    pytest<9.2, see settings.ini; tests/test_xdist_groups.py checks both)."""
     for it in items:
         it.add_marker(pytest.mark.xdist_group("demo_run" if "demo_run" in it.fixturenames else it.path.name))
     items.sort(key=lambda it: "demo_run" not in it.fixturenames)     # stable: file order kept otherwise
