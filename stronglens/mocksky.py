@@ -1271,7 +1271,7 @@ def _scene_catalog(sky, ra0, dec0) -> tuple[dict, dict]:
     ext_px = sky._src_ext[idx] / PIXSCALE_ARCSEC + 2
     keep = (np.abs(x) < G / 2 + ext_px) & (np.abs(y) < G / 2 + ext_px); cut, idx, x, y = cut[keep], idx[keep], x[keep] + c0, y[keep] + c0
     flux = np.stack([S.flux_g.to_numpy()[idx], S.flux_r.to_numpy()[idx], S.flux_z.to_numpy()[idx]], 1)
-    isp = S.type.to_numpy()[idx] == "PSF"; ge = ~isp; ng = int(ge.sum())
+    isp = sky._src_type[idx] == "PSF"; ge = ~isp; ng = int(ge.sum())
     gal = {"cut": cut[ge], "x": x[ge], "y": y[ge], "kind": np.full(ng, KIND_SERSIC), "flux": flux[ge], **{k: np.zeros(ng) for k in COMP_PARAMS}}
     gal["r_e"] = np.maximum(S.shape_r.to_numpy()[idx][ge], 0.02); sn = S.sersic.to_numpy()[idx][ge]; gal["n"] = np.where(sn > 0, sn, 1.0)
     gal["e1"], gal["e2"] = S.shape_e1.to_numpy()[idx][ge], S.shape_e2.to_numpy()[idx][ge]; gal["t_out"] = sky._src_tout[idx][ge]
@@ -1288,7 +1288,7 @@ def _scene_components(sky, ra0, dec0) -> dict|None:
     cx, cy = gnomonic_offsets_px(ra0[cc], dec0[cc], C.ra.to_numpy()[ci], C.dec.to_numpy()[ci])
     ep = sky._cmp_ext[ci] / PIXSCALE_ARCSEC + 2; k2 = (np.abs(cx) < G / 2 + ep) & (np.abs(cy) < G / 2 + ep)
     cc, ci = cc[k2], ci[k2]
-    return {"cut": cc, "x": cx[k2] + c0, "y": cy[k2] + c0, "kind": C.kind.to_numpy()[ci], "flux": C[["flux_g", "flux_r", "flux_z"]].to_numpy()[ci],
+    return {"cut": cc, "x": cx[k2] + c0, "y": cy[k2] + c0, "kind": sky._cmp_kind[ci], "flux": C[["flux_g", "flux_r", "flux_z"]].to_numpy()[ci],
             **{k: C[k].to_numpy()[ci] for k in COMP_PARAMS}}
 
 # %% ../nbs/05_mocksky.ipynb 161
@@ -1319,7 +1319,7 @@ def _cutout_meta(sky, ra0, dec0, B, has, jc, gid, sig, off, n_src, seed) -> pd.D
     "The meta table of a batch: spec §1 fields, brick PSF sizes, σ and offsets per band, the truth."
     S, lt = sky.sources, sky._lens
     lcol = lambda c: np.array([lt.at[g, c] if g in lt.index else np.nan for g in gid])
-    return pd.DataFrame({"galaxy_id": gid, "ra": ra0, "dec": dec0, "type": np.where(has, S.type.to_numpy()[jc], ""),
+    return pd.DataFrame({"galaxy_id": gid, "ra": ra0, "dec": dec0, "type": np.where(has, sky._src_type[jc], ""),
                          "nobs_z": pd.Series(np.where(has, S.nobs_z.to_numpy()[jc], 0), dtype="Int64").where(has).array,
                          "psfsize_z": np.where(has, S.psfsize_z.to_numpy()[jc], B.psfsize_z.to_numpy()).astype(np.float32),
                          "flux_r": np.where(has, S.flux_r.to_numpy()[jc], np.nan).astype(np.float32),
@@ -1343,7 +1343,7 @@ def _scene_wings(sky, ra0, dec0) -> dict|None:
     keep = np.hypot(np.maximum(np.abs(x) - NPIX / 2, 0), np.maximum(np.abs(y) - NPIX / 2, 0)) < R    # the wing reaches the field
     flux = np.stack([S[f"flux_{b}"].to_numpy()[idx] for b in "grz"], 1)
     return {"cut": cut[keep], "x": x[keep] + NPIX // 2, "y": y[keep] + NPIX // 2, "flux": flux[keep], "radius": R[keep],
-            "r_soft": np.where(S.type.to_numpy()[idx] == "PSF", 0.0, S.shape_r.to_numpy()[idx])[keep]}
+            "r_soft": np.where(sky._src_type[idx] == "PSF", 0.0, S.shape_r.to_numpy()[idx])[keep]}
 
 # %% ../nbs/05_mocksky.ipynb 164
 def _add_wings(img, W:dict|None, psfsize, psf:PSFModel, chunk:int=32):
@@ -1368,7 +1368,7 @@ def _render_batch(sky, ra0, dec0, B, seed, noise, sky_offset, outer_light:bool=T
     side = _scene_components(sky, ra0, dec0)
     comps = gal if side is None else {k: np.concatenate([np.asarray(gal[k]), np.asarray(side[k])]) for k in gal}
     if not outer_light: comps["t_out"] = np.zeros(len(comps["cut"]))                   # Tractor's truncation for every Sérsic
-    gid = np.where(has, S.brickname.to_numpy()[jc] + "_" + S.objid.to_numpy()[jc].astype(str), "")
+    gid = np.where(has, sky._src_brickname[jc] + "_" + S.objid.to_numpy()[jc].astype(str), "")
     ps = B[["psfsize_g", "psfsize_r", "psfsize_z"]].to_numpy().astype(float).copy()
     if sky.shortcut == "psf": ps[np.array([g in sky._listed for g in gid], bool)] *= 0.8
     uniq, inv = np.unique(ps, axis=0, return_inverse=True)
@@ -1390,7 +1390,9 @@ class MockSky:
         self.sky_offset_max_frac = float(cfg.get("sky_offset_max_frac", 0.3))
         self._src_tree = cKDTree(unit_vectors(sources.ra.to_numpy(), sources.dec.to_numpy()))
         self._init_outer(); self._cmp_tree = cKDTree(unit_vectors(comps.ra.to_numpy(), comps.dec.to_numpy())) if len(comps) else None
-        self._cmp_ext = component_extent_arcsec(comps.kind.to_numpy(), {k: self.comps[k].to_numpy() for k in COMP_PARAMS}) if len(comps) else np.zeros(0)
+        self._src_type, self._src_brickname = sources.type.to_numpy(), sources.brickname.to_numpy()   # string columns as numpy once:
+        self._cmp_kind = comps.kind.to_numpy() if len(comps) else np.zeros(0, object)                  # pandas converts them anew per call (~4 ms)
+        self._cmp_ext = component_extent_arcsec(self._cmp_kind, {k: self.comps[k].to_numpy() for k in COMP_PARAMS}) if len(comps) else np.zeros(0)
         self._lens = lens_truth.set_index("galaxy_id")
         self._listed = set(known.galaxy_id[known.is_lens.astype(bool)]) if len(known) else set()
         self._grading = dict(zip(known.galaxy_id, known.grading))
