@@ -14,10 +14,10 @@ import pandas as pd
 # %% auto 0
 __all__ = ['SECTIONS', 'PIPELINE_VERSION', 'ConfigError', 'from_dict', 'config_to_dict', 'config_hash', 'RunConfig',
            'register_section', 'PipelineConfig', 'DuplicateKeyError', 'parse_overrides', 'detect_schema', 'load_config',
-           'config_from_dict', 'dump_config', 'save_config', 'is_local', 'storage_options', 'get_fs', 'url_join',
-           'exists', 'makedirs', 'current_umask', 'atomic_write_bytes', 'atomic_write_text', 'atomic_write_json',
-           'atomic_write_parquet', 'read_parquet', 'read_bytes', 'resolve_path', 'relative_path', 'git_commit',
-           'provenance']
+           'config_from_dict', 'dump_config', 'save_config', 'scratch_dir', 'is_local', 'storage_options', 'get_fs',
+           'url_join', 'exists', 'makedirs', 'current_umask', 'atomic_write_bytes', 'atomic_write_text',
+           'atomic_write_json', 'atomic_write_parquet', 'read_parquet', 'read_bytes', 'resolve_path', 'relative_path',
+           'git_commit', 'provenance']
 
 # %% ../nbs/00_config.ipynb 6
 class ConfigError(ValueError):
@@ -249,7 +249,15 @@ def save_config(cfg, url:str) -> str:
     "Write `cfg` as YAML to `url` atomically; returns `url`."
     atomic_write_text(url, dump_config(cfg)); return url
 
-# %% ../nbs/00_config.ipynb 29
+# %% ../nbs/00_config.ipynb 27
+def scratch_dir(prefix:str="stronglens-") -> str:
+    "A new temporary folder (`tempfile.mkdtemp`), removed with its contents when this process exits (a multiprocessing worker too)."
+    import multiprocessing.util, shutil
+    d = tempfile.mkdtemp(prefix=prefix)
+    multiprocessing.util.Finalize(None, shutil.rmtree, args=(d,), kwargs={"ignore_errors": True}, exitpriority=0)   # at exit, also where atexit never runs
+    return d
+
+# %% ../nbs/00_config.ipynb 32
 def is_local(url) -> bool:
     "True for a plain path or a `file://` URL."
     u = str(url)
@@ -334,7 +342,7 @@ def read_bytes(url) -> bytes:
     fs, p = get_fs(url)
     with fs.open(p, "rb") as f: return f.read()
 
-# %% ../nbs/00_config.ipynb 33
+# %% ../nbs/00_config.ipynb 36
 def resolve_path(base, path) -> str:
     "`path` as given when it is absolute or a URL, else joined onto `base` (a run folder or prefix)."
     p = str(path)
@@ -349,7 +357,7 @@ def relative_path(base, url) -> str:
         return up.relative_to(bp).as_posix() if up.is_relative_to(bp) else u
     return u[len(b) + 1:] if u.startswith(b + "/") else u
 
-# %% ../nbs/00_config.ipynb 41
+# %% ../nbs/00_config.ipynb 44
 def _pkg_version() -> str:
     try:
         from stronglens import __version__; return __version__
