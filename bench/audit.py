@@ -8,7 +8,7 @@ CPU ms per cutout and as ratios to the baseline; nothing is asserted.
     .venv/bin/python bench/audit.py                  # a synthetic run (report.synthetic_run, small CNN)
     .venv/bin/python bench/audit.py --run runs/demo  # a real run (its checkpoint; the mock re-render too)
 """
-import argparse, tempfile, time
+import argparse, time
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,7 @@ from stronglens import audit as A
 from stronglens.config import load_config, read_parquet, resolve_path, url_join
 from stronglens.cutouts import read_cutouts
 from stronglens.train import LensScorer, export_onnx, export_torchscript
+from stronglens.config import scratch_dir
 
 
 def cpu(fn, *a, **k):
@@ -26,7 +27,7 @@ def cpu(fn, *a, **k):
 
 
 def main(run: str | None, n: int):
-    d = tempfile.mkdtemp(prefix="bench-audit-")
+    d = scratch_dir("bench-audit-")
     if run is None:
         from stronglens.report import synthetic_run
         run = f"{d}/run"; synthetic_run(run, n=max(n, 240), seed=0)

@@ -27,12 +27,12 @@ import argparse
 import contextlib
 import functools
 import os
-import tempfile
 import time
 
 import numpy as np
 import pandas as pd
 import torch
+from stronglens.config import scratch_dir
 
 
 def untrained_checkpoint(path):
@@ -179,7 +179,7 @@ def sampling_screen_vs_exact(cell, ctx, repeats=2):
 def full_grid(a, spec_for):
     "The spec's 385-cell grid, --n injections per cell, through the engine with --workers processes: wall-clock time."
     from stronglens import injection as I
-    d = tempfile.mkdtemp(prefix="bench-inj-grid-")
+    d = scratch_dir("bench-inj-grid-")
     cfg = I.InjectionConfig(n_per_cell=a.n)
     I.synthetic_host_run(d, n=a.hosts, seed=1, psf_range=(cfg.psf_min_arcsec - cfg.psf_step_arcsec / 2, cfg.psf_max_arcsec + cfg.psf_step_arcsec / 2),
                          depth_range=(cfg.depth_min_mag - cfg.depth_step_mag / 2, cfg.depth_max_mag + cfg.depth_step_mag / 2))
@@ -215,7 +215,7 @@ def main():
     if a.quick: a.n, a.cells, a.n_baseline = 40, 4, 10
     from stronglens import injection as I
     from stronglens.mocksky import torch_threads
-    d = tempfile.mkdtemp(prefix="bench-inj-")
+    d = scratch_dir("bench-inj-")
     I.synthetic_host_run(d, n=160, seed=0, psf_range=(1.2, 1.7), depth_range=(23.75, 24.75))
     hosts = I.host_table(pd.read_parquet(f"{d}/manifests/training_manifest.parquet"), pd.read_parquet(f"{d}/manifests/negative_pool.parquet"), d)
     ck = a.checkpoint or untrained_checkpoint(os.path.join(d, "small.pt"))

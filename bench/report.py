@@ -7,10 +7,11 @@ headline numbers and the page. Baseline, measured in the same run: saving the sa
 
     .venv/bin/python bench/report.py [--n 400]
 """
-import argparse, io, tempfile, time
+import argparse, io, time
 
 from stronglens import figures as F
 from stronglens import report as R
+from stronglens.config import scratch_dir
 
 
 def cpu(fn, *a, **k):
@@ -32,7 +33,7 @@ def save_all(figs, out_dir, tight: bool) -> float:
 
 
 def main(n: int):
-    d = tempfile.mkdtemp(prefix="bench-report-")
+    d = scratch_dir("bench-report-")
     R.synthetic_run(d, n=n, seed=0)
     cfg = R.ReportConfig()
     inp, t_load = cpu(R.load_report_inputs, d)

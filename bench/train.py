@@ -16,7 +16,6 @@ bf16 autocast and channels_last, so "data loading is not the bottleneck" can be 
 import argparse
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from stronglens.data import (AugmentSpec, Augmenter, NPZDataset, PreprocessSpec,
                              file_fingerprints, resolve_paths, write_synthetic_manifest)
 from stronglens.model import build_model, count_parameters  # noqa: E402
 from stronglens.train import amp_dtype_for, make_loader, masked_bce, resolve_device  # noqa: E402
+from stronglens.config import scratch_dir  # noqa: E402
 
 
 def _sync(dev):
@@ -78,7 +78,7 @@ def main(argv=None):
     amp = amp_dtype_for(dev, True)
     cl = dev.type == "cuda"
     torch.manual_seed(0)
-    tmp = tempfile.mkdtemp(prefix="bench-train-")
+    tmp = scratch_dir("bench-train-")
     try:
         t = time.perf_counter()
         man = write_synthetic_manifest(tmp, n=n, seed=0, splits=(1.0, 0.0, 0.0))
