@@ -176,20 +176,28 @@ def sampling_screen_vs_exact(cell, ctx, repeats=2):
     return out[0.0], out[0.1]
 
 
-def full_grid(a, spec_for):
+def synthetic_context(a, prefix, n_hosts, seed, psf_range, depth_range):
+    "(context, hosts, checkpoint) of synthetic test-split hosts in a scratch folder and the scorer of --checkpoint (else an untrained small CNN)."
+    from stronglens import injection as I
+    d = scratch_dir(prefix)
+    I.synthetic_host_run(d, n=n_hosts, seed=seed, psf_range=psf_range, depth_range=depth_range)
+    hosts = I.host_table(pd.read_parquet(f"{d}/manifests/training_manifest.parquet"), pd.read_parquet(f"{d}/manifests/negative_pool.parquet"), d)
+    ck = a.checkpoint or untrained_checkpoint(os.path.join(d, "small.pt"))
+    spec = {"kind": "checkpoint", "path": ck, "device": a.device, "batch_size": 256}
+    return I.CellContext(I.InjectionConfig(n_per_cell=a.n), hosts, I.LENSPOP_SOURCE_COLOURS, spec), hosts, ck
+
+
+def full_grid(a):
     "The spec's 385-cell grid, --n injections per cell, through the engine with --workers processes: wall-clock time."
     from stronglens import injection as I
-    d = scratch_dir("bench-inj-grid-")
-    cfg = I.InjectionConfig(n_per_cell=a.n)
-    I.synthetic_host_run(d, n=a.hosts, seed=1, psf_range=(cfg.psf_min_arcsec - cfg.psf_step_arcsec / 2, cfg.psf_max_arcsec + cfg.psf_step_arcsec / 2),
-                         depth_range=(cfg.depth_min_mag - cfg.depth_step_mag / 2, cfg.depth_max_mag + cfg.depth_step_mag / 2))
-    hosts = I.host_table(pd.read_parquet(f"{d}/manifests/training_manifest.parquet"), pd.read_parquet(f"{d}/manifests/negative_pool.parquet"), d)
-    cells, spec = I.grid_cells(cfg), spec_for(d)
-    ctx = I.CellContext(cfg, hosts, I.LENSPOP_SOURCE_COLOURS, spec)
+    c = I.InjectionConfig()
+    ctx, hosts, _ = synthetic_context(a, "bench-inj-grid-", a.hosts, 1, (c.psf_min_arcsec - c.psf_step_arcsec / 2, c.psf_max_arcsec + c.psf_step_arcsec / 2),
+                                      (c.depth_min_mag - c.depth_step_mag / 2, c.depth_max_mag + c.depth_step_mag / 2))
+    cells = I.grid_cells(ctx.cfg)
     per_cell = hosts[hosts.i_psf >= 0].groupby(["i_psf", "i_depth"]).size()
     print(f"full grid: {len(cells)} cells x {a.n} injections, {a.workers} workers; {len(hosts)} synthetic hosts, {len(per_cell)} of 35 "
           f"PSF x depth cells hosted ({per_cell.min()}-{per_cell.max()} hosts each); load average {os.getloadavg()[0]:.1f} before", flush=True)
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0 = time.perf_counter()
     res = I.run_cells_local(cells, ctx, n_workers=a.workers, progress=True)
     dt = time.perf_counter() - t0
     n = sum(len(r.injections) for r in res); empty = sum(bool(r.reason) for r in res)
@@ -209,19 +217,12 @@ def main():
     ap.add_argument("--hosts", type=int, default=700, help="--full-grid: synthetic hosts over the 35 PSF x depth cells")
     ap.add_argument("--workers", type=int, default=2, help="--full-grid: worker processes")
     a = ap.parse_args()
-    if a.full_grid:
-        return full_grid(a, lambda d: {"kind": "checkpoint", "path": a.checkpoint or untrained_checkpoint(os.path.join(d, "small.pt")),
-                                       "device": a.device, "batch_size": 256})
+    if a.full_grid: return full_grid(a)
     if a.quick: a.n, a.cells, a.n_baseline = 40, 4, 10
     from stronglens import injection as I
     from stronglens.mocksky import torch_threads
-    d = scratch_dir("bench-inj-")
-    I.synthetic_host_run(d, n=160, seed=0, psf_range=(1.2, 1.7), depth_range=(23.75, 24.75))
-    hosts = I.host_table(pd.read_parquet(f"{d}/manifests/training_manifest.parquet"), pd.read_parquet(f"{d}/manifests/negative_pool.parquet"), d)
-    ck = a.checkpoint or untrained_checkpoint(os.path.join(d, "small.pt"))
-    spec = {"kind": "checkpoint", "path": ck, "device": a.device, "batch_size": 256}
-    cfg = I.InjectionConfig(n_per_cell=a.n)
-    ctx = I.CellContext(cfg, hosts, I.LENSPOP_SOURCE_COLOURS, spec)
+    ctx, hosts, ck = synthetic_context(a, "bench-inj-", 160, 0, (1.2, 1.7), (23.75, 24.75))
+    cfg, spec = ctx.cfg, ctx.scorer
     cells = I.grid_cells(cfg)
     keys = hosts.groupby(["i_psf", "i_depth"]).size().sort_values(ascending=False).index[:4]
     pick = cells[np.array([(p, q) in set(keys) for p, q in zip(cells.i_psf, cells.i_depth)]) & cells.i_theta_e.isin([1, 4, 7, 10]).to_numpy()]

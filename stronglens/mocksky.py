@@ -1288,7 +1288,7 @@ def _scene_components(sky, ra0, dec0) -> dict|None:
     cx, cy = gnomonic_offsets_px(ra0[cc], dec0[cc], C.ra.to_numpy()[ci], C.dec.to_numpy()[ci])
     ep = sky._cmp_ext[ci] / PIXSCALE_ARCSEC + 2; k2 = (np.abs(cx) < G / 2 + ep) & (np.abs(cy) < G / 2 + ep)
     cc, ci = cc[k2], ci[k2]
-    return {"cut": cc, "x": cx[k2] + c0, "y": cy[k2] + c0, "kind": sky._cmp_kind[ci], "flux": C[["flux_g", "flux_r", "flux_z"]].to_numpy()[ci],
+    return {"cut": cc, "x": cx[k2] + c0, "y": cy[k2] + c0, "kind": C.kind.to_numpy()[ci], "flux": C[["flux_g", "flux_r", "flux_z"]].to_numpy()[ci],
             **{k: C[k].to_numpy()[ci] for k in COMP_PARAMS}}
 
 # %% ../nbs/05_mocksky.ipynb 161
@@ -1390,9 +1390,8 @@ class MockSky:
         self.sky_offset_max_frac = float(cfg.get("sky_offset_max_frac", 0.3))
         self._src_tree = cKDTree(unit_vectors(sources.ra.to_numpy(), sources.dec.to_numpy()))
         self._init_outer(); self._cmp_tree = cKDTree(unit_vectors(comps.ra.to_numpy(), comps.dec.to_numpy())) if len(comps) else None
-        self._src_type, self._src_brickname = sources.type.to_numpy(), sources.brickname.to_numpy()   # string columns as numpy once:
-        self._cmp_kind = comps.kind.to_numpy() if len(comps) else np.zeros(0, object)                  # pandas converts them anew per call (~4 ms)
-        self._cmp_ext = component_extent_arcsec(self._cmp_kind, {k: self.comps[k].to_numpy() for k in COMP_PARAMS}) if len(comps) else np.zeros(0)
+        self._src_type, self._src_brickname = sources.type.to_numpy(), sources.brickname.to_numpy()   # string columns as numpy once (pandas converts them anew per call, ~4 ms)
+        self._cmp_ext = component_extent_arcsec(comps.kind.to_numpy(), {k: self.comps[k].to_numpy() for k in COMP_PARAMS}) if len(comps) else np.zeros(0)
         self._lens = lens_truth.set_index("galaxy_id")
         self._listed = set(known.galaxy_id[known.is_lens.astype(bool)]) if len(known) else set()
         self._grading = dict(zip(known.galaxy_id, known.grading))
